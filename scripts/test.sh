@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs cairn's whole test suite: formatting, vet, buf lint, the race detector
+# over the quick tests, then every Go test at full size (S3 tests against a
+# real MinIO this script starts and stops). Extra arguments go to both
+# `go test` runs (for example -run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/tools.sh
+
+install_buf
+echo "== gofmt"
+bad=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$bad" ]; then echo "gofmt wants to change: $bad"; exit 1; fi
+echo "== go vet"
+go vet ./...
+echo "== buf lint"
+buf lint
+
+trap stop_minio EXIT
+start_minio
+echo "== go test -race -short"
+go test -race -short -timeout 15m "$@" ./...
+echo "== go test (full size)"
+go test -timeout 25m "$@" ./...

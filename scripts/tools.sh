@@ -1,0 +1,68 @@
+# Sourced by the scripts in this folder: installs the pinned tools the tests
+# need into $CAIRN_TOOLS (default: $(go env GOPATH)/bin) unless they are there.
+# Pinned because the module proxy's @latest may be old or refused here.
+MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
+BUF_VERSION=v1.75.0
+
+CAIRN_TOOLS=${CAIRN_TOOLS:-$(go env GOPATH)/bin}
+export PATH="$CAIRN_TOOLS:$PATH"
+
+# install_tool NAME MODULE@VERSION: builds NAME unless a binary that reports
+# the pinned version is already present (a stamp file records which).
+install_tool() {
+  local name=$1 pkg=$2 stamp="$CAIRN_TOOLS/.$1.version"
+  if [ -x "$CAIRN_TOOLS/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$pkg" ]; then
+    return 0
+  fi
+  echo "installing $pkg (once; a few minutes)" >&2
+  GOBIN="$CAIRN_TOOLS" GOFLAGS=-buildvcs=false go install "$pkg" >&2
+  echo "$pkg" >"$stamp"
+}
+
+install_minio() { install_tool minio "github.com/minio/minio@$MINIO_VERSION"; }
+install_buf() { install_tool buf "github.com/bufbuild/buf/cmd/buf@$BUF_VERSION"; }
+
+# free_port prints a TCP port on 127.0.0.1 that nothing listens on now.
+free_port() {
+  python3 - <<'PY' 2>/dev/null || echo $((20000 + RANDOM % 20000))
+import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()
+PY
+}
+
+# start_minio: starts MinIO on 127.0.0.1 with a temp directory and random
+# credentials, waits until it is ready and exports the CAIRN_TEST_S3_*
+# variables the tests read. stop_minio undoes it; callers trap it on EXIT.
+start_minio() {
+  install_minio
+  MINIO_DIR=$(mktemp -d)
+  local port; port=$(free_port)
+  export CAIRN_TEST_MINIO_BIN="$CAIRN_TOOLS/minio"
+  export CAIRN_TEST_S3_ENDPOINT="127.0.0.1:$port"
+  export CAIRN_TEST_S3_ACCESS_KEY="cairn$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+  export CAIRN_TEST_S3_SECRET_KEY="$(od -An -N18 -tx1 /dev/urandom | tr -d ' \n')"
+  MINIO_ROOT_USER=$CAIRN_TEST_S3_ACCESS_KEY MINIO_ROOT_PASSWORD=$CAIRN_TEST_S3_SECRET_KEY \
+    MINIO_BROWSER=off MINIO_UPDATE=off \
+    "$CAIRN_TEST_MINIO_BIN" server --quiet --address "127.0.0.1:$port" \
+    --console-address "127.0.0.1:$(free_port)" "$MINIO_DIR/data" >"$MINIO_DIR/log" 2>&1 &
+  MINIO_PID=$!
+  for _ in $(seq 1 100); do
+    if curl -fsS "http://127.0.0.1:$port/minio/health/ready" >/dev/null 2>&1; then
+      echo "minio ready on 127.0.0.1:$port (pid $MINIO_PID)" >&2
+      return 0
+    fi
+    kill -0 "$MINIO_PID" 2>/dev/null || break
+    sleep 0.2
+  done
+  echo "minio did not start:" >&2; cat "$MINIO_DIR/log" >&2
+  return 1
+}
+
+stop_minio() {
+  if [ -n "${MINIO_PID:-}" ]; then
+    kill "$MINIO_PID" 2>/dev/null; wait "$MINIO_PID" 2>/dev/null
+    MINIO_PID=
+  fi
+  [ -n "${MINIO_DIR:-}" ] && rm -rf "$MINIO_DIR"
+  return 0
+}
