@@ -20,11 +20,12 @@ import (
 // Contract, for every implementation:
 //   - Safe for concurrent use by multiple goroutines.
 //   - Every method takes the caller's context first and returns promptly
-//     once it is cancelled.
+//     once it is cancelled, with an error that wraps ctx.Err().
 //   - Keys are checked with ValidateKey before any I/O; a bad key is an
 //     error wrapping ErrInvalidKey and touches nothing.
 //   - A missing object is an error for which errors.Is(err, ErrNotFound).
-//   - Put stores exactly size bytes read from r. If r yields fewer or more
+//   - Put stores exactly size bytes read from r, starting at the reader's
+//     current position (a decorator that retries seeks back to it). If r yields fewer or more
 //     bytes, Put fails with an error wrapping ErrSizeMismatch and leaves
 //     nothing behind (a previous object under key, if any, is untouched).
 //     A Put that succeeds is durable and atomically visible: readers see
@@ -74,12 +75,17 @@ var (
 	ErrUnavailable = errors.New("backend: unavailable")
 )
 
-// MaxKeyLen bounds keys well below the 1024-byte S3 limit and the 255-byte
-// file name limit of common file systems (keys are split on '/').
+// MaxKeyLen bounds keys well below the 1024-byte S3 limit.
 const MaxKeyLen = 512
 
+// MaxSegmentLen bounds each '/'-separated segment, so that a key valid on
+// one store is valid on all: the fs store adds a few bytes to each segment
+// and file systems allow 255-byte names.
+const MaxSegmentLen = 200
+
 // ValidateKey reports whether key is acceptable to every Store: 1 to
-// MaxKeyLen bytes of [A-Za-z0-9._-] in '/'-separated segments, with no empty,
+// MaxKeyLen bytes of [A-Za-z0-9._-] in '/'-separated segments of at most
+// MaxSegmentLen bytes, with no empty,
 // "." or ".." segment and no leading or trailing '/'. These rules keep a key
 // from ever naming a file outside an fs store and mean the same object on
 // every backend.
@@ -105,6 +111,9 @@ func ValidateKey(key string) error {
 			return fmt.Errorf("%w: %q: empty path segment", ErrInvalidKey, key)
 		case ".", "..":
 			return fmt.Errorf("%w: %q: %q segment", ErrInvalidKey, key, seg)
+		}
+		if len(seg) > MaxSegmentLen {
+			return fmt.Errorf("%w: %q: segment of %d bytes, longer than %d", ErrInvalidKey, key, len(seg), MaxSegmentLen)
 		}
 	}
 	return nil
