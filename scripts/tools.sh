@@ -33,6 +33,9 @@ PY
 # start_minio: starts MinIO on 127.0.0.1 with a temp directory and random
 # credentials, waits until it is ready and exports the CAIRN_TEST_S3_*
 # variables the tests read. stop_minio undoes it; callers trap it on EXIT.
+# Ready means /minio/health/cluster answers 200: /minio/health/ready does
+# so before the object layer is up (requests then fail with
+# XMinioServerNotInitialized).
 start_minio() {
   install_minio
   MINIO_DIR=$(mktemp -d)
@@ -47,7 +50,7 @@ start_minio() {
     --console-address "127.0.0.1:$(free_port)" "$MINIO_DIR/data" >"$MINIO_DIR/log" 2>&1 &
   MINIO_PID=$!
   for _ in $(seq 1 100); do
-    if curl -fsS "http://127.0.0.1:$port/minio/health/ready" >/dev/null 2>&1; then
+    if curl -fsS "http://127.0.0.1:$port/minio/health/cluster" >/dev/null 2>&1; then
       echo "minio ready on 127.0.0.1:$port (pid $MINIO_PID)" >&2
       return 0
     fi
