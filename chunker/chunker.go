@@ -1,12 +1,3 @@
-// Package chunker cuts byte streams into content-defined chunks with FastCDC
-// (gear rolling hash with normalized chunking), so that an insertion or a
-// deletion in a layer moves only the chunk boundaries next to it and the rest
-// of the layer deduplicates against what is already stored.
-//
-// The gear table and the parameters decide every boundary, so they are part
-// of cairn's stored format: V1 names them and golden vectors in testdata/
-// guard them. The package does no I/O of its own beyond reading the
-// io.Reader it is handed.
 package chunker
 
 import (
@@ -25,9 +16,17 @@ type Params struct {
 	Max int // no chunk is longer
 }
 
-// V1 is cairn's stored chunking format: the V1 gear table with these sizes.
-// 256 KiB average: on real layer tars it stored less with zstd than 64 KiB or
-// 16 KiB (see bench/RESULTS.md).
+// V1 is cairn's stored chunking format: the V1 gear table and boundary rule
+// with these sizes. 256 KiB average: on real layer tars it stored less with
+// zstd than 64 KiB or 16 KiB (see bench/RESULTS.md).
+//
+// The whole rule, for reimplementing it elsewhere: gear[b] is the first 8
+// bytes, little-endian, of SHA-256("cairnv1" || b). For a chunk starting at
+// offset 0, fp = 0 at offset Min, and for each byte x at offset i ≥ Min,
+// fp = fp<<1 + gear[x] (mod 2^64); the chunk ends after byte i if fp&M == 0,
+// where M is k one bits ending at bit 62, k = log2(Avg)+2 while i < Avg and
+// log2(Avg)-2 after; else it ends at Max or at the end of the stream.
+// testdata/golden-v1.txt holds the boundaries of 32 MiB of seeded input.
 var V1 = Params{Min: 64 << 10, Avg: 256 << 10, Max: 1 << 20}
 
 // Limits on Params, so that masks and buffers stay sane.
@@ -54,6 +53,9 @@ func (p Params) Validate() error {
 	return nil
 }
 
+// gear is the V1 gear table. Deriving it from SHA-256 of a fixed label (and
+// not from a random literal) lets anyone rebuild it; the golden vectors and
+// TestGearTable pin it.
 var gear = func() (t [256]uint64) {
 	for i := range t {
 		h := sha256.Sum256([]byte{'c', 'a', 'i', 'r', 'n', 'v', '1', byte(i)})
@@ -62,51 +64,142 @@ var gear = func() (t [256]uint64) {
 	return t
 }()
 
-// masks returns the normalized-chunking masks: a stricter one (two more bits)
-// before Avg and a looser one (two fewer bits) after it.
+// gearLS is gear shifted left by one, for the two-bytes-per-step loop of the
+// 2020 FastCDC paper: (fp<<2)+gearLS[b] is the one-byte fingerprint shifted
+// left by one, so testing it against mask<<1 is the one-byte test.
+var gearLS = func() (t [256]uint64) {
+	for i := range t {
+		t[i] = gear[i] << 1
+	}
+	return t
+}()
+
+// mask returns n one bits ending at bit 62. The top bits of a gear
+// fingerprint depend on the most bytes (bit k sees the last k+1 bytes), so
+// the mask sits as high as it can; bit 63 stays out so that mask<<1 loses
+// nothing and the two-bytes-per-step loop cuts exactly where the one-byte
+// rule does.
+func mask(n int) uint64 {
+	if n <= 0 {
+		return 0
+	}
+	return (uint64(1)<<n - 1) << (63 - n)
+}
+
+// masks returns the normalized-chunking masks (level 2): a stricter one (two
+// more bits) before Avg and a looser one (two fewer bits) after it.
 func (p Params) masks() (small, large uint64) {
 	b := bits.TrailingZeros(uint(p.Avg))
-	top := func(n int) uint64 {
-		if n <= 0 {
-			return 0
-		}
-		return ^uint64(0) << (64 - n)
-	}
-	return top(b + 2), top(b - 2)
+	return mask(b + 2), mask(b - 2)
 }
 
 // Cut returns the length of the first chunk of data: a content-defined
 // boundary, or min(len(data), p.Max) if there is none. The caller must hand
 // over at least p.Max bytes unless data is the end of the stream, or the cut
 // is not the one a longer view would give. p must be valid.
+//
+// The V1 rule: the fingerprint starts at zero at offset p.Min and rolls one
+// byte at a time as fp = fp<<1 + gear[b]; the chunk ends after the first
+// byte at which fp&mask is zero, with the small mask before p.Avg and the
+// large one from p.Avg on, and at p.Max at the latest.
 func Cut(data []byte, p Params) int {
-	n := len(data)
-	if n <= p.Min {
+	small, large := p.masks()
+	if n, _ := cut(data, p, small, large, p.Min, 0); n >= 0 {
 		return n
 	}
-	if n > p.Max {
-		n = p.Max
+	return len(data)
+}
+
+// cut finds the end of the chunk that starts data, resuming at offset i
+// with fingerprint fp (p.Min and 0 for a fresh chunk). It returns the
+// chunk's length, or -1 and the fingerprint after the last byte when data
+// ends before both a boundary and p.Max; the cut then depends on bytes not
+// seen yet, and resuming at max(p.Min, len(data)) with that fingerprint on a
+// longer view continues where this call stopped.
+func cut(data []byte, p Params, small, large uint64, i int, fp uint64) (int, uint64) {
+	n := min(len(data), p.Max)
+	if mid := min(p.Avg, n); i < mid {
+		var j int
+		if j, fp = scan(data[:mid], i, fp, small, &gear, &gearLS); j >= 0 {
+			return j, 0
+		}
+		i = mid
 	}
-	mid := p.Avg
-	if mid > n {
-		mid = n
-	}
-	small, large := p.masks()
-	var fp uint64
-	i := p.Min
-	for ; i < mid; i++ {
-		fp = (fp << 1) + gear[data[i]]
-		if fp&small == 0 {
-			return i + 1
+	if i < n {
+		var j int
+		if j, fp = scan(data[:n], i, fp, large, &gear, &gearLS); j >= 0 {
+			return j, 0
 		}
 	}
-	for ; i < n; i++ {
-		fp = (fp << 1) + gear[data[i]]
-		if fp&large == 0 {
-			return i + 1
+	if n == p.Max {
+		return n, 0
+	}
+	return -1, fp
+}
+
+// scan rolls fp over data[i:] and returns the length of the chunk that ends
+// at the first byte where fp&m is zero, or -1 and the fingerprint after the
+// last byte. This loop bounds the speed of ingest, so it is written for the
+// machine:
+//
+//   - Two bytes per step, as in the 2020 paper, but with the step's two table
+//     values summed off the fingerprint's dependency chain: the chain is one
+//     shift-and-add (a single LEA) per two bytes, and the odd byte's check
+//     (fp<<2 + gearLS[b0] against m<<1) hangs off it. This beat both the
+//     paper's loop (three dependent operations per two bytes) and a four-byte
+//     step with more independent work (more instructions) by about 20 % on
+//     the tar benchmark.
+//   - Four steps per iteration, to spread the loop's own compare and branch.
+//   - The tables come in as arguments, nil-checked once before the loop, so
+//     that they stay in registers instead of being rematerialized from their
+//     symbols on every step; the indexes are written so that the compiler
+//     proves them in bounds (check with -gcflags=-d=ssa/check_bce).
+func scan(data []byte, i int, fp, m uint64, g, gl *[256]uint64) (int, uint64) {
+	mLS := m << 1
+	_, _ = g[0], gl[0]
+	d := data[i:]
+	k := 0
+	for ; k < len(d)-7; k += 8 {
+		a := gl[d[k]]
+		s := a + g[d[k+1]]
+		if (fp<<2+a)&mLS == 0 {
+			return i + k + 1, 0
+		}
+		if fp = fp<<2 + s; fp&m == 0 {
+			return i + k + 2, 0
+		}
+		a = gl[d[k+2]]
+		s = a + g[d[k+3]]
+		if (fp<<2+a)&mLS == 0 {
+			return i + k + 3, 0
+		}
+		if fp = fp<<2 + s; fp&m == 0 {
+			return i + k + 4, 0
+		}
+		a = gl[d[k+4]]
+		s = a + g[d[k+5]]
+		if (fp<<2+a)&mLS == 0 {
+			return i + k + 5, 0
+		}
+		if fp = fp<<2 + s; fp&m == 0 {
+			return i + k + 6, 0
+		}
+		a = gl[d[k+6]]
+		s = a + g[d[k+7]]
+		if (fp<<2+a)&mLS == 0 {
+			return i + k + 7, 0
+		}
+		if fp = fp<<2 + s; fp&m == 0 {
+			return i + k + 8, 0
 		}
 	}
-	return n
+	for ; k < len(d); k++ {
+		fp = fp<<1 + g[d[k]]
+		if fp&m == 0 {
+			return i + k + 1, 0
+		}
+	}
+	return -1, fp
 }
 
 // Chunk is one piece of the stream. Data aliases the Chunker's buffer and is
@@ -118,13 +211,18 @@ type Chunk struct {
 
 // Chunker splits a stream into chunks. It is not safe for concurrent use.
 type Chunker struct {
-	r      io.Reader
-	p      Params
-	buf    []byte
-	start  int // first unread byte in buf
-	end    int // end of valid data in buf
-	offset int64
-	eof    bool
+	r            io.Reader
+	p            Params
+	small, large uint64
+	buf          []byte
+	start        int // first byte of the next chunk in buf
+	end          int // end of valid data in buf
+	offset       int64
+	eof          bool
+	// Where the search for the next chunk's end stopped when the buffer ran
+	// out: its offset from start and the fingerprint there.
+	resume   int
+	resumeFP uint64
 }
 
 // New returns a Chunker reading from r. buf is the caller's buffer and must
@@ -140,49 +238,79 @@ func New(r io.Reader, p Params, buf []byte) (*Chunker, error) {
 	if len(buf) < 2*p.Max {
 		return nil, fmt.Errorf("chunker: buffer of %d bytes, want at least %d", len(buf), 2*p.Max)
 	}
-	return &Chunker{r: r, p: p, buf: buf}, nil
+	small, large := p.masks()
+	return &Chunker{r: r, p: p, small: small, large: large, buf: buf, resume: p.Min}, nil
 }
 
 // Reset makes c read a new stream from r, keeping its buffer and parameters.
 func (c *Chunker) Reset(r io.Reader) {
 	c.r, c.start, c.end, c.offset, c.eof = r, 0, 0, 0, false
+	c.resume, c.resumeFP = c.p.Min, 0
 }
 
 // Next returns the next chunk, or io.EOF after the last one. Read errors
-// other than io.EOF are returned as they are.
+// other than io.EOF are returned as they are; the chunks already returned
+// stay valid and a later call to Next reads on.
+//
+// Next cuts in the bytes it has and reads only when the next boundary lies
+// beyond them, resuming the search where it stopped. Refilling only then,
+// instead of whenever fewer than Max bytes are left, moves about one chunk
+// per buffer to the front instead of most of a buffer per chunk.
 func (c *Chunker) Next() (Chunk, error) {
-	if c.end-c.start < c.p.Max && !c.eof {
-		if err := c.fill(); err != nil {
-			return Chunk{}, err
+	for {
+		avail := c.buf[c.start:c.end]
+		n, fp := cut(avail, c.p, c.small, c.large, c.resume, c.resumeFP)
+		if n < 0 {
+			if !c.eof {
+				c.resume, c.resumeFP = max(c.p.Min, len(avail)), fp
+				if err := c.fill(); err != nil {
+					return Chunk{}, err
+				}
+				continue
+			}
+			n = len(avail)
 		}
+		if n == 0 {
+			return Chunk{}, io.EOF
+		}
+		ch := Chunk{Offset: c.offset, Data: avail[:n:n]}
+		c.start += n
+		c.offset += int64(n)
+		c.resume, c.resumeFP = c.p.Min, 0
+		return ch, nil
 	}
-	if c.start == c.end {
-		return Chunk{}, io.EOF
-	}
-	n := Cut(c.buf[c.start:c.end], c.p)
-	ch := Chunk{Offset: c.offset, Data: c.buf[c.start : c.start+n]}
-	c.start += n
-	c.offset += int64(n)
-	return ch, nil
 }
 
-// fill moves unread bytes to the front and reads until the buffer holds Max
-// bytes or the stream ends.
+// maxEmptyReads bounds how often a Reader may return no bytes and no error
+// in a row before Next gives up with io.ErrNoProgress, as bufio does.
+const maxEmptyReads = 100
+
+// fill reads until the chunk being cut has Max bytes, the buffer is full or
+// the stream ends. It hands the reader all the free space at once, so a fast
+// reader fills the buffer in one call, but stops once Max bytes are in (the
+// cut is then certain), so a slow one (a network stream) is not waited on
+// for a full buffer. The
+// bytes of the chunk are moved to the front only when Max of them would not
+// fit behind its start: about once per buffer.
 func (c *Chunker) fill() error {
-	if c.start > 0 {
+	if c.start+c.p.Max > len(c.buf) {
 		c.end = copy(c.buf, c.buf[c.start:c.end])
 		c.start = 0
 	}
-	for c.end < len(c.buf) && !c.eof {
+	for empty := 0; c.end-c.start < c.p.Max && !c.eof; {
 		n, err := c.r.Read(c.buf[c.end:])
 		c.end += n
-		if err == io.EOF {
+		switch {
+		case err == io.EOF:
 			c.eof = true
-		} else if err != nil {
+		case err != nil:
 			return err
-		}
-		if c.end >= c.p.Max {
-			break
+		case n == 0:
+			if empty++; empty >= maxEmptyReads {
+				return io.ErrNoProgress
+			}
+		default:
+			empty = 0
 		}
 	}
 	return nil
