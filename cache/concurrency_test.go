@@ -1,0 +1,141 @@
+package cache
+
+import (
+	"bytes"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/cairnbuild/cairn/backend/backendtest"
+	"github.com/cairnbuild/cairn/backend/mem"
+	"github.com/opencontainers/go-digest"
+)
+
+// The same layer pushed by 8 goroutines at once is stored once: each chunk
+// object is written once, there is one layer record, and the references
+// count it once.
+func TestConcurrentSamePush(t *testing.T) {
+	inner := mem.New()
+	var mu sync.Mutex
+	puts := map[string]int{}
+	store := &backendtest.Faulty{Store: inner, Fail: func(op backendtest.Op, key string, _ int) error {
+		if op == backendtest.OpPut {
+			mu.Lock()
+			puts[key]++
+			mu.Unlock()
+		}
+		return nil
+	}}
+	c := openCache(t, t.TempDir(), store)
+	data := genData(80, scale(32<<20, 8<<20))
+	var wg sync.WaitGroup
+	infos := make([]LayerInfo, 8)
+	errs := make([]error, 8)
+	for i := range 8 {
+		wg.Go(func() {
+			infos[i], errs[i] = c.Push(t.Context(), bytes.NewReader(data), PushOptions{Size: int64(len(data))})
+		})
+	}
+	wg.Wait()
+	for i := range 8 {
+		if errs[i] != nil {
+			t.Fatalf("push %d: %v", i, errs[i])
+		}
+		if infos[i].Digest != digest.FromBytes(data) || infos[i].Created != infos[0].Created {
+			t.Errorf("push %d: %+v, want the one record %+v", i, infos[i], infos[0])
+		}
+	}
+	chunkPuts := 0
+	for k, n := range puts {
+		if strings.HasPrefix(k, chunkPrefix) {
+			chunkPuts++
+			if n != 1 {
+				t.Errorf("chunk %s written %d times", k, n)
+			}
+		}
+	}
+	st, err := c.Stats(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Layers != 1 || st.Chunks != int64(chunkPuts) || st.StoredBytes != infos[0].StoredSize {
+		t.Errorf("Stats %+v: want 1 layer of %d chunks, %d stored bytes", st, chunkPuts, infos[0].StoredSize)
+	}
+	checkRefcounts(t, c)
+	if got := pullDigest(t, c, infos[0].Digest); got != infos[0].Digest {
+		t.Errorf("pulled %s", got)
+	}
+}
+
+// Two layers sharing 90 % of their content, pushed at the same time, store
+// about 10 % more than one of them.
+func TestConcurrentSharedContent(t *testing.T) {
+	c, _ := newCache(t)
+	n := scale(32<<20, 8<<20)
+	a := randomData(81, n) // incompressible, so stored bytes track logical ones
+	b := bytes.Clone(a)
+	copy(b[n/2:], randomData(82, n/10)) // replace 10 %, in the middle
+	var wg sync.WaitGroup
+	var ia, ib LayerInfo
+	var ea, eb error
+	wg.Go(func() { ia, ea = c.Push(t.Context(), bytes.NewReader(a), PushOptions{Size: -1}) })
+	wg.Go(func() { ib, eb = c.Push(t.Context(), bytes.NewReader(b), PushOptions{Size: -1}) })
+	wg.Wait()
+	if ea != nil || eb != nil {
+		t.Fatal(ea, eb)
+	}
+	st, err := c.Stats(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	extra := float64(st.StoredBytes)/float64(ia.StoredSize) - 1
+	t.Logf("one layer stores %d bytes, both %d: %.1f %% extra", ia.StoredSize, st.StoredBytes, 100*extra)
+	// Chunk boundaries resynchronise within one maximum chunk on each side
+	// of the change.
+	limit := 0.10 + 2*float64(c.params.Max)/float64(n)
+	if extra > limit || extra < 0.09 {
+		t.Errorf("the second layer adds %.1f %% stored bytes, want 10 %% to %.1f %%", 100*extra, 100*limit)
+	}
+	if st.LogicalBytes != 2*int64(n) {
+		t.Errorf("logical bytes %d, want %d", st.LogicalBytes, 2*n)
+	}
+	for _, l := range []LayerInfo{ia, ib} {
+		if got := pullDigest(t, c, l.Digest); got != l.Digest {
+			t.Errorf("pulled %s, want %s", got, l.Digest)
+		}
+	}
+	checkRefcounts(t, c)
+}
+
+// Pushes, pulls, steps, deletes and stats at the same time, for the race
+// detector.
+func TestConcurrentMixed(t *testing.T) {
+	c, _ := newCache(t)
+	common := genData(90, 1<<20)
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 3 {
+				data := append(bytes.Clone(common), genData(uint64(91+g*10+i), 300<<10)...)
+				info, err := c.Push(t.Context(), bytes.NewReader(data), PushOptions{Size: -1})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if got := pullDigest(t, c, info.Digest); got != info.Digest {
+					t.Errorf("pulled %s", got)
+				}
+				if _, err := c.Stats(t.Context()); err != nil {
+					t.Error(err)
+				}
+				if i == 1 {
+					if err := c.Delete(t.Context(), info.Digest); err != nil {
+						t.Error(err)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	checkRefcounts(t, c)
+}

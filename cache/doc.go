@@ -1,0 +1,84 @@
+// Package cache is cairn's core: a chunked, deduplicated, compressed layer
+// store and the build-step cache on top of it, kept in a backend.Store (the
+// source of truth) and indexed by a Badger database (the fast index).
+//
+// # Pieces
+//
+//   - push.go: Push reads a layer stream once. The caller's goroutine cuts
+//     chunks (chunker, content-defined) and copies each into a pooled
+//     buffer; a hasher goroutine computes the layer's SHA-256 over the
+//     chunks in order; up to Options.Concurrency workers hash each chunk,
+//     look it up in the index and, if it is new, compress it (zstd) and
+//     write it to the backend. Workers that are all busy stop the reading,
+//     so backpressure reaches the client. Concurrent pushes of the same new
+//     chunk upload it once (flights). When every chunk is durable, the
+//     layer manifest is written to the backend and then the layer record
+//     and all its chunk references are committed in one index transaction.
+//   - chunks.go: the client-side chunking path: MissingChunks, PutChunk
+//     (verified against its hash), Commit (the layer digest is verified by
+//     reading the chunks back before the layer becomes visible).
+//   - pull.go: Open streams a byte range of a layer, fetching chunks ahead
+//     in parallel and verifying each (a mismatch is ErrDataLoss, never
+//     wrong bytes). ReadChunk serves one chunk.
+//   - layers.go: Stat, List (paged), Delete, Chunks (the recipe), Stats.
+//   - steps.go: RecordStep, LookupStep and LookupChain over keys derived by
+//     package stepkey.
+//   - reindex.go: Reindex rebuilds the index from the backend alone.
+//   - format.go: every stored format, backend and index.
+//
+// # Rules
+//
+// Backend first, index second: an index entry is written only after the
+// data it names is durable in the backend, and a layer's index record only
+// after all its chunks and its manifest. So a crash at any point leaves no
+// index entry naming missing data; it can leave backend objects the index
+// does not know (chunks of a push that never committed), which the garbage
+// collector or Reindex deals with. Deletes go the other way: index first.
+//
+// Reference counts are exact: the refs of chunk c is the number of recipe
+// entries, over all committed layers, that name c (a chunk that occurs
+// three times in one layer holds three references). A layer commit adds
+// them and Delete removes them in the same transaction as the layer record,
+// except for layers of more than maxTxnChunks (16 000) distinct chunks,
+// which do not fit in one transaction: their references are added before
+// the record is written and removed after it is deleted, so that a crash in
+// between leaves counts too high (chunks kept longer), never too low;
+// Reindex makes them exact again.
+// A chunk with zero references is durable but unused: uploaded ahead of a
+// commit, left by a push that failed, or by a delete. Deleting chunk
+// objects is the garbage collector's job; it must also spare chunks a
+// running push or upload may still reference: a chunk uploaded ahead of its
+// commit (each entry records when it was added, for a grace period), and a
+// chunk with no references that a push found in the index and will commit
+// a reference to (nothing fences that yet: the collector will need a lock
+// that pushes hold from lookup to commit).
+//
+// # Backend layout
+//
+//	chunks/<first 2 hex>/<64 hex>  one chunk: a 16-byte header (magic "CRNC",
+//	                               format version, hash algorithm, codec,
+//	                               uncompressed size), then one zstd frame
+//	layers/sha256/<64 hex>         layer manifest, JSON: digest, size, media
+//	                               type, created, recipe (chunk hashes, sizes)
+//	steps/<64 hex of the key>      step record, JSON (see stepJSON)
+//
+// # Index keys (Badger)
+//
+//	c/<32 raw bytes of the chunk hash>  uvarint size, stored size, refs,
+//	                                    added (Unix seconds)
+//	l/<layer digest string>             layer record: version, size, stored
+//	                                    size, media type, created, recipe
+//	a/<layer digest string>             last access, varint Unix nanoseconds
+//	k/<step key digest string>          step record, the JSON of steps/
+//	h/<step key digest string>          hit count and last hit
+//
+// The index is opened with synced writes: a commit that returned survives a
+// crash, and Badger recovers its own logs on the next Open. Hit counts and
+// access times are batched in memory and written every few seconds and on
+// Close; a crash loses at most those.
+//
+// # Formats chosen by measurement
+//
+// Chunks are named by SHA-256 (see ChunkDigest) and compressed with zstd
+// at SpeedFastest (see zstdLevel); bench/results-cache.md has the figures.
+package cache

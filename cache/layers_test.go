@@ -1,0 +1,410 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/cairnbuild/cairn/chunker"
+	"github.com/opencontainers/go-digest"
+)
+
+// clientChunks cuts data as a client would and returns the recipe and the
+// chunks' bytes.
+func clientChunks(t *testing.T, data []byte) ([]ChunkRef, [][]byte) {
+	t.Helper()
+	ch, err := chunker.New(bytes.NewReader(data), chunker.V1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var refs []ChunkRef
+	var parts [][]byte
+	for {
+		c, err := ch.Next()
+		if err == io.EOF {
+			return refs, parts
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := bytes.Clone(c.Data)
+		refs = append(refs, ChunkRef{Digest: ChunkDigest(b), Size: int64(len(b))})
+		parts = append(parts, b)
+	}
+}
+
+func TestClientSideChunking(t *testing.T) {
+	c, _ := newCache(t)
+	ctx := t.Context()
+	shared := genData(10, 2<<20)
+	first := push(t, c, shared)
+
+	data := append(bytes.Clone(shared), genData(11, 1<<20)...)
+	d := digest.FromBytes(data)
+	refs, parts := clientChunks(t, data)
+	ids := make([]digest.Digest, len(refs))
+	for i, r := range refs {
+		ids[i] = r.Digest
+	}
+	missing, err := c.MissingChunks(ctx, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(missing) == 0 || len(missing) == len(ids) {
+		t.Fatalf("%d of %d chunks missing; want the shared prefix present and the tail missing", len(missing), len(ids))
+	}
+	// Commit before the upload names a missing chunk.
+	if _, err := c.Commit(ctx, d, "", refs); !errors.Is(err, ErrFailedPrecondition) || !strings.Contains(err.Error(), string(missing[0])) {
+		t.Fatalf("Commit before upload: %v, want ErrFailedPrecondition naming %s", err, missing[0])
+	}
+	// A chunk that does not match its digest is refused.
+	if err := c.PutChunk(ctx, refs[0].Digest, []byte("not it")); !errors.Is(err, ErrDigestMismatch) || !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("PutChunk of wrong bytes: %v, want ErrDigestMismatch", err)
+	}
+	isMissing := map[digest.Digest]bool{}
+	for _, m := range missing {
+		isMissing[m] = true
+	}
+	for i, r := range refs {
+		if isMissing[r.Digest] {
+			if err := c.PutChunk(ctx, r.Digest, parts[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if m, err := c.MissingChunks(ctx, ids); err != nil || len(m) != 0 {
+		t.Fatalf("after upload: %d missing, %v", len(m), err)
+	}
+	// A recipe in the wrong order does not hash to the digest.
+	swapped := append([]ChunkRef(nil), refs...)
+	swapped[0], swapped[1] = swapped[1], swapped[0]
+	if _, err := c.Commit(ctx, d, "", swapped); !errors.Is(err, ErrDigestMismatch) {
+		t.Fatalf("Commit of a reordered recipe: %v, want ErrDigestMismatch", err)
+	}
+	if _, err := c.Stat(ctx, d); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("layer visible after a failed commit: %v", err)
+	}
+	info, err := c.Commit(ctx, d, "application/vnd.oci.image.layer.v1.tar+zstd", refs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Digest != d || info.Size != int64(len(data)) || info.Chunks != len(refs) {
+		t.Errorf("Commit = %+v", info)
+	}
+	if got := pullDigest(t, c, d); got != d {
+		t.Errorf("pulled %s, want %s", got, d)
+	}
+	b, err := c.ReadChunk(ctx, refs[len(refs)-1].Digest)
+	if err != nil || !bytes.Equal(b, parts[len(parts)-1]) {
+		t.Errorf("ReadChunk: %d bytes, %v", len(b), err)
+	}
+	// The server-side push of the same bytes finds every chunk and the layer.
+	if again := push(t, c, data); again.Created != info.Created {
+		t.Errorf("push of a committed layer made a new record")
+	}
+	// Refcounts: the shared prefix chunks are referenced by both layers.
+	checkRefcounts(t, c)
+	_ = first
+}
+
+// checkRefcounts recomputes every chunk's references from the layer records
+// and compares them with the index.
+func checkRefcounts(t *testing.T, c *Cache) {
+	t.Helper()
+	want := map[chunkID]int64{}
+	got := map[chunkID]int64{}
+	token := ""
+	for {
+		page, next, err := c.List(t.Context(), token, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range page {
+			lr, _, err := c.layer(l.Digest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range lr.recipe {
+				want[e.id]++
+			}
+		}
+		if token = next; token == "" {
+			break
+		}
+	}
+	txn := c.db.NewTransaction(false)
+	defer txn.Discard()
+	for id := range want {
+		ci, ok, err := getChunk(txn, id)
+		if err != nil || !ok {
+			t.Fatalf("chunk %s of a layer is not indexed: %v", id, err)
+		}
+		got[id] = ci.refs
+	}
+	for id, n := range want {
+		if got[id] != n {
+			t.Errorf("chunk %s: %d references, want %d", id, got[id], n)
+		}
+	}
+	// Chunks no layer uses hold no references.
+	it := txn.NewIterator(badgerIterOpts(idxChunk))
+	defer it.Close()
+	for it.Rewind(); it.ValidForPrefix(idxChunk); it.Next() {
+		var id chunkID
+		copy(id[:], it.Item().Key()[len(idxChunk):])
+		if _, ok := want[id]; ok {
+			continue
+		}
+		v, _ := it.Item().ValueCopy(nil)
+		if ci, _ := decodeChunkInfo(v); ci.refs != 0 {
+			t.Errorf("chunk %s is in no layer but has %d references", id, ci.refs)
+		}
+	}
+}
+
+func TestListDelete(t *testing.T) {
+	c, store := newCache(t)
+	ctx := t.Context()
+	common := genData(20, 1<<20)
+	var ds []digest.Digest
+	for i := range 7 {
+		data := append(bytes.Clone(common), genData(uint64(30+i), 200<<10)...)
+		ds = append(ds, push(t, c, data).Digest)
+	}
+	seen := map[digest.Digest]bool{}
+	token, pages := "", 0
+	for {
+		page, next, err := c.List(ctx, token, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages++
+		for _, l := range page {
+			if seen[l.Digest] {
+				t.Errorf("%s listed twice", l.Digest)
+			}
+			seen[l.Digest] = true
+		}
+		if token = next; token == "" {
+			break
+		}
+	}
+	if len(seen) != 7 || pages != 3 {
+		t.Errorf("List: %d layers in %d pages, want 7 in 3", len(seen), pages)
+	}
+	if _, _, err := c.List(ctx, "!!", 3); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("List with a bad token: %v", err)
+	}
+	checkRefcounts(t, c)
+	before, _ := c.Stats(ctx)
+	for _, d := range ds[:4] {
+		if err := c.Delete(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Delete(ctx, ds[0]); !errors.Is(err, ErrNotFound) {
+		t.Errorf("second Delete: %v, want ErrNotFound", err)
+	}
+	if _, err := store.Stat(ctx, layerKey(ds[0])); err == nil {
+		t.Errorf("manifest of a deleted layer is still in the backend")
+	}
+	checkRefcounts(t, c)
+	c.vlogGC() // the deleted recipes' space; nothing to rewrite this small, but it must not fail
+	after, _ := c.Stats(ctx)
+	if after.Layers != 3 || after.Chunks != before.Chunks {
+		t.Errorf("Stats after delete: %+v (before %+v); chunks stay for GC", after, before)
+	}
+	for _, d := range ds[4:] {
+		if got := pullDigest(t, c, d); got != d {
+			t.Errorf("layer %s after deleting its siblings: pulled %s", d, got)
+		}
+	}
+	// Every chunk of the deleted layers' private tails has no references.
+	var zero int
+	txn := c.db.NewTransaction(false)
+	defer txn.Discard()
+	it := txn.NewIterator(badgerIterOpts(idxChunk))
+	defer it.Close()
+	for it.Rewind(); it.ValidForPrefix(idxChunk); it.Next() {
+		v, _ := it.Item().ValueCopy(nil)
+		if ci, _ := decodeChunkInfo(v); ci.refs == 0 {
+			zero++
+		}
+	}
+	if zero == 0 {
+		t.Errorf("no chunk lost its references after deleting 4 layers")
+	}
+}
+
+// Invariant 4: bad input gets a clear error and changes nothing.
+func TestBadInput(t *testing.T) {
+	c, store := newCache(t)
+	ctx := t.Context()
+	data := genData(40, 2<<20)
+	d := digest.FromBytes(data)
+	for _, tc := range []struct {
+		reason string
+		r      io.Reader
+		opts   PushOptions
+		want   error
+	}{
+		{"wrong expected digest", bytes.NewReader(data), PushOptions{Size: -1, Expected: digest.FromString("other")}, ErrDigestMismatch},
+		{"truncated stream (declared size)", bytes.NewReader(data[:len(data)-1]), PushOptions{Size: int64(len(data)), Expected: d}, ErrInvalidArgument},
+		{"stream longer than declared", bytes.NewReader(data), PushOptions{Size: int64(len(data)) - 10}, ErrInvalidArgument},
+		{"truncated stream (unexpected EOF)", io.MultiReader(bytes.NewReader(data[:1<<20]), errReader{io.ErrUnexpectedEOF}), PushOptions{Size: -1}, ErrInvalidArgument},
+		{"unknown digest algorithm", bytes.NewReader(data), PushOptions{Size: -1, Expected: "md5:d41d8cd98f00b204e9800998ecf8427e"}, ErrInvalidArgument},
+		{"malformed digest", bytes.NewReader(data), PushOptions{Size: -1, Expected: "sha256:abc"}, ErrInvalidArgument},
+		{"negative size", bytes.NewReader(data), PushOptions{Size: -2}, ErrInvalidArgument},
+	} {
+		_, err := c.Push(ctx, tc.r, tc.opts)
+		if !errors.Is(err, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.reason, err, tc.want)
+		}
+	}
+	refs, parts := clientChunks(t, data)
+	for i, r := range refs {
+		if err := c.PutChunk(ctx, r.Digest, parts[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bigChunk := make([]byte, MaxChunkSize+1)
+	for _, tc := range []struct {
+		reason string
+		call   func() error
+		want   error
+	}{
+		{"commit: unknown algorithm", func() error {
+			_, err := c.Commit(ctx, "sha512:"+digest.Digest(strings.Repeat("a", 128)), "", refs)
+			return err
+		}, ErrInvalidArgument},
+		{"commit: malformed chunk digest", func() error {
+			bad := append([]ChunkRef{{Digest: "sha256:zz", Size: 1}}, refs...)
+			_, err := c.Commit(ctx, d, "", bad)
+			return err
+		}, ErrInvalidArgument},
+		{"commit: chunk size wrong", func() error {
+			bad := append([]ChunkRef(nil), refs...)
+			bad[0].Size++
+			_, err := c.Commit(ctx, d, "", bad)
+			return err
+		}, ErrInvalidArgument},
+		{"commit: zero chunk size", func() error {
+			bad := append([]ChunkRef(nil), refs...)
+			bad[0].Size = 0
+			_, err := c.Commit(ctx, d, "", bad)
+			return err
+		}, ErrInvalidArgument},
+		{"commit: chunk missing from the list", func() error {
+			_, err := c.Commit(ctx, d, "", refs[1:])
+			return err
+		}, ErrDigestMismatch},
+		{"put chunk: too large", func() error { return c.PutChunk(ctx, ChunkDigest(bigChunk), bigChunk) }, ErrInvalidArgument},
+		{"put chunk: empty", func() error { return c.PutChunk(ctx, ChunkDigest(nil), nil) }, ErrInvalidArgument},
+		{"put chunk: blake3 id", func() error { return c.PutChunk(ctx, "blake3:"+digest.Digest(strings.Repeat("a", 64)), []byte("x")) }, ErrInvalidArgument},
+		{"missing chunks: malformed", func() error { _, err := c.MissingChunks(ctx, []digest.Digest{"sha256:"}); return err }, ErrInvalidArgument},
+		{"open: malformed digest", func() error { _, _, err := c.Open(ctx, "nope", 0, -1); return err }, ErrInvalidArgument},
+		{"open: unknown layer", func() error { _, _, err := c.Open(ctx, digest.FromString("x"), 0, -1); return err }, ErrNotFound},
+		{"stat: unknown layer", func() error { _, err := c.Stat(ctx, digest.FromString("x")); return err }, ErrNotFound},
+		{"read chunk: unknown", func() error { _, err := c.ReadChunk(ctx, ChunkDigest([]byte("x"))); return err }, ErrNotFound},
+	} {
+		if err := tc.call(); !errors.Is(err, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.reason, err, tc.want)
+		}
+	}
+	st, err := c.Stats(ctx)
+	if err != nil || st.Layers != 0 {
+		t.Errorf("after bad input: %+v, %v; want no layer", st, err)
+	}
+	n := 0
+	store.List(ctx, layerPrefix, func(bi backendInfo) error { n++; return nil })
+	if n != 0 {
+		t.Errorf("%d manifests in the backend after bad input", n)
+	}
+	// And the good push still works.
+	info := push(t, c, data)
+	// A push of a committed layer with its digest only verifies the stream,
+	// and still refuses bad input.
+	again, err := c.Push(ctx, bytes.NewReader(data), PushOptions{Size: int64(len(data)), Expected: d})
+	if err != nil || again != info {
+		t.Errorf("push of a committed layer: %+v, %v; want %+v", again, err, info)
+	}
+	if _, err := c.Push(ctx, bytes.NewReader(flip(data, 5)), PushOptions{Size: -1, Expected: d}); !errors.Is(err, ErrDigestMismatch) {
+		t.Errorf("push of other bytes under a committed digest: %v, want ErrDigestMismatch", err)
+	}
+	if _, err := c.Push(ctx, bytes.NewReader(data[:100]), PushOptions{Size: int64(len(data)), Expected: d}); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("truncated push of a committed layer: %v, want ErrInvalidArgument", err)
+	}
+	checkRefcounts(t, c)
+}
+
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) { return 0, e.err }
+
+// A corrupted or missing chunk is ErrDataLoss, never wrong bytes.
+func TestDataLoss(t *testing.T) {
+	c, store := newCache(t)
+	ctx := t.Context()
+	data := genData(50, 3<<20)
+	info := push(t, c, data)
+	refs, _ := c.Chunks(ctx, info.Digest)
+	id, _ := parseChunkID(refs[1].Digest)
+	key := chunkKey(id)
+	rc, err := store.Open(ctx, key, 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, _ := io.ReadAll(rc)
+	rc.Close()
+
+	for _, tc := range []struct {
+		reason string
+		obj    []byte
+	}{
+		{"flipped payload byte", flip(obj, len(obj)-5)},
+		{"flipped header size", flip(obj, 9)},
+		{"bad magic", flip(obj, 0)},
+		{"truncated", obj[:len(obj)/2]},
+		{"chunk of other content", otherChunk(c, refs[1].Size)},
+		{"missing", nil},
+	} {
+		if tc.obj == nil {
+			store.Delete(ctx, key)
+		} else if err := store.Put(ctx, key, bytes.NewReader(tc.obj), int64(len(tc.obj))); err != nil {
+			t.Fatal(err)
+		}
+		rc, _, err := c.Open(ctx, info.Digest, 0, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(rc)
+		rc.Close()
+		if !errors.Is(err, ErrDataLoss) {
+			t.Errorf("%s: read error %v, want ErrDataLoss", tc.reason, err)
+		}
+		if !bytes.Equal(got, data[:len(got)]) || int64(len(got)) > refs[0].Size {
+			t.Errorf("%s: %d bytes came back before the error; want only the good first chunk", tc.reason, len(got))
+		}
+		if _, err := c.ReadChunk(ctx, refs[1].Digest); !errors.Is(err, ErrDataLoss) {
+			t.Errorf("%s: ReadChunk: %v, want ErrDataLoss", tc.reason, err)
+		}
+	}
+	_ = context.Background
+}
+
+func flip(b []byte, i int) []byte {
+	b = bytes.Clone(b)
+	b[i] ^= 0x40
+	return b
+}
+
+// otherChunk is a well-formed chunk object of size bytes of other content.
+func otherChunk(c *Cache, size int64) []byte {
+	data := genData(99, int(size))
+	obj := make([]byte, chunkHeaderSize)
+	putChunkHeader(obj, len(data))
+	return c.enc.EncodeAll(data, obj)
+}

@@ -1,0 +1,401 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cairnbuild/cairn/chunker"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
+)
+
+// LayerInfo describes a committed layer.
+type LayerInfo struct {
+	Digest     digest.Digest
+	Size       int64  // bytes of the blob as pushed (logical)
+	StoredSize int64  // sum of the stored sizes of its chunks (shared chunks counted in full)
+	MediaType  string // as pushed
+	Chunks     int    // entries in its recipe
+	Created    time.Time
+	Accessed   time.Time // last read, recorded lazily (within a few seconds)
+}
+
+// PushOptions qualify a Push.
+type PushOptions struct {
+	// Expected is the digest the stream must hash to; "" accepts any. On a
+	// mismatch nothing is committed and Push returns ErrDigestMismatch.
+	Expected digest.Digest
+	// Size is the stream's declared length, or -1 if unknown. A stream that
+	// ends early or runs long fails with ErrInvalidArgument. Zero means an
+	// empty layer: pass -1 when the size is unknown.
+	Size int64
+	// MediaType is recorded with the layer; "" means DefaultMediaType.
+	MediaType string
+}
+
+// Push stores the layer read from r, chunked, deduplicated and compressed,
+// and returns its record. It reads r to the end (or the declared size) in
+// one pass, hashing the whole stream while it cuts chunks; chunks the index
+// lacks are compressed and written to the backend, up to Concurrency at a
+// time, so a slow backend slows the reading of r. The layer becomes visible
+// only after every chunk and its manifest are durable. Pushing a layer that
+// is already committed returns the committed record.
+func (c *Cache) Push(ctx context.Context, r io.Reader, opts PushOptions) (LayerInfo, error) {
+	if err := c.begin(ctx); err != nil {
+		return LayerInfo{}, fmt.Errorf("cache: push: %w", err)
+	}
+	defer c.end()
+	info, err := c.push(ctx, r, opts)
+	if err != nil {
+		return LayerInfo{}, fmt.Errorf("cache: push: %w", err)
+	}
+	return info, nil
+}
+
+// pushChunk is one chunk on its way through a push: filled by the reader,
+// hashed into the layer digest by the hasher, and hashed, looked up and
+// stored by a worker. Its buffer returns to the pool when both are done.
+type pushChunk struct {
+	buf  *[]byte
+	data []byte
+	refs atomic.Int32
+	idx  int
+}
+
+func (c *Cache) releaseChunk(pc *pushChunk) {
+	if pc.refs.Add(-1) == 0 {
+		c.dataPool.Put(pc.buf)
+	}
+}
+
+func (c *Cache) push(ctx context.Context, r io.Reader, opts PushOptions) (LayerInfo, error) {
+	if opts.Expected != "" {
+		if err := parseLayerDigest(opts.Expected); err != nil {
+			return LayerInfo{}, err
+		}
+	}
+	if opts.Size < -1 {
+		return LayerInfo{}, fmt.Errorf("%w: size %d", ErrInvalidArgument, opts.Size)
+	}
+	if opts.MediaType == "" {
+		opts.MediaType = DefaultMediaType
+	}
+	if opts.Size >= 0 {
+		// Read one byte more than declared to notice a long stream.
+		r = io.LimitReader(r, opts.Size+1)
+	}
+	if opts.Expected != "" {
+		if info, err := c.stat(opts.Expected); err == nil {
+			return c.verifyStored(ctx, r, opts, info)
+		}
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	held := newHeldFlights(&c.flights)
+	defer held.releaseAll()
+
+	var (
+		recipe   []recipeEntry
+		recipeMu sync.Mutex // workers fill recipe[idx]; the reader appends
+		uploaded = make(map[chunkID]chunkInfo)
+	)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(c.conc)
+
+	// The layer hasher: SHA-256 over the chunks in stream order, on its own
+	// goroutine so that the reader only cuts and copies.
+	toHash := make(chan *pushChunk, c.conc)
+	hashDone := make(chan []byte, 1)
+	go func() {
+		h := sha256.New()
+		for pc := range toHash {
+			h.Write(pc.data)
+			c.releaseChunk(pc)
+		}
+		hashDone <- h.Sum(nil)
+	}()
+
+	bufp := getBuf(&c.cutPool, 2*c.params.Max, 2*c.params.Max)
+	ch, err := chunker.New(r, c.params, (*bufp)[:2*c.params.Max])
+	if err != nil {
+		close(toHash)
+		<-hashDone
+		return LayerInfo{}, err
+	}
+	var (
+		total   int64
+		readErr error
+	)
+	for idx := 0; ; idx++ {
+		chunk, err := ch.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			readErr = fmt.Errorf("read layer: %w", err)
+			if errors.Is(err, io.ErrUnexpectedEOF) {
+				readErr = fmt.Errorf("%w: truncated stream: %w", ErrInvalidArgument, err)
+			}
+			break
+		}
+		total += int64(len(chunk.Data))
+		if opts.Size >= 0 && total > opts.Size {
+			readErr = fmt.Errorf("%w: stream longer than its declared size %d", ErrInvalidArgument, opts.Size)
+			break
+		}
+		if gctx.Err() != nil {
+			break
+		}
+		pc := &pushChunk{buf: c.getData(c.params.Max), idx: idx}
+		pc.data = append((*pc.buf)[:0], chunk.Data...)
+		pc.refs.Store(2)
+		recipeMu.Lock()
+		recipe = append(recipe, recipeEntry{size: int64(len(pc.data))})
+		recipeMu.Unlock()
+		select {
+		case toHash <- pc:
+		case <-gctx.Done():
+			c.releaseChunk(pc)
+			c.releaseChunk(pc)
+		}
+		if gctx.Err() != nil {
+			break
+		}
+		g.Go(func() error {
+			defer c.releaseChunk(pc)
+			id := chunkID(sha256.Sum256(pc.data))
+			recipeMu.Lock()
+			recipe[pc.idx].id = id
+			recipeMu.Unlock()
+			ci, fresh, err := c.ensureChunk(gctx, id, pc.data, held)
+			if err != nil {
+				return err
+			}
+			if fresh {
+				recipeMu.Lock()
+				uploaded[id] = ci
+				recipeMu.Unlock()
+			}
+			return nil
+		})
+	}
+	close(toHash)
+	sum := <-hashDone
+	c.cutPool.Put(bufp)
+	if readErr != nil {
+		cancel()
+		_ = g.Wait()
+		return LayerInfo{}, readErr
+	}
+	if err := g.Wait(); err != nil {
+		return LayerInfo{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return LayerInfo{}, err
+	}
+	if opts.Size >= 0 && total != opts.Size {
+		return LayerInfo{}, fmt.Errorf("%w: truncated stream: got %d bytes, declared %d", ErrInvalidArgument, total, opts.Size)
+	}
+	got := digest.NewDigestFromBytes(digest.SHA256, sum)
+	if opts.Expected != "" && got != opts.Expected {
+		return LayerInfo{}, fmt.Errorf("%w: stream hashes to %s, expected %s", ErrDigestMismatch, got, opts.Expected)
+	}
+	lr := &layerRecord{digest: got, size: total, mediaType: opts.MediaType, created: time.Now().UTC(), recipe: recipe}
+	return c.commit(ctx, lr, uploaded)
+}
+
+// verifyStored consumes the push of a layer that is already committed: the
+// stream must still be the declared one, but nothing needs cutting or
+// storing.
+func (c *Cache) verifyStored(ctx context.Context, r io.Reader, opts PushOptions, info LayerInfo) (LayerInfo, error) {
+	h := sha256.New()
+	bp := c.getData(c.params.Max)
+	defer c.dataPool.Put(bp)
+	buf := (*bp)[:cap(*bp)]
+	var n int64
+	for {
+		if err := ctx.Err(); err != nil {
+			return LayerInfo{}, err
+		}
+		k, err := r.Read(buf)
+		h.Write(buf[:k])
+		n += int64(k)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			if errors.Is(err, io.ErrUnexpectedEOF) {
+				return LayerInfo{}, fmt.Errorf("%w: truncated stream: %w", ErrInvalidArgument, err)
+			}
+			return LayerInfo{}, fmt.Errorf("read layer: %w", err)
+		}
+	}
+	if opts.Size >= 0 && n != opts.Size {
+		return LayerInfo{}, fmt.Errorf("%w: got %d bytes, declared %d", ErrInvalidArgument, n, opts.Size)
+	}
+	if got := digest.NewDigestFromBytes(digest.SHA256, h.Sum(nil)); got != opts.Expected {
+		return LayerInfo{}, fmt.Errorf("%w: stream hashes to %s, expected %s", ErrDigestMismatch, got, opts.Expected)
+	}
+	return info, nil
+}
+
+// commit writes the layer's manifest to the backend, then the index record;
+// the backend always comes first. A layer that is already committed is
+// returned as it is.
+func (c *Cache) commit(ctx context.Context, lr *layerRecord, uploaded map[chunkID]chunkInfo) (LayerInfo, error) {
+	if old, err := c.stat(lr.digest); err == nil {
+		return old, nil
+	} else if !errors.Is(err, ErrNotFound) {
+		return LayerInfo{}, err
+	}
+	m, err := lr.manifest()
+	if err != nil {
+		return LayerInfo{}, err
+	}
+	if err := c.store.Put(ctx, layerKey(lr.digest), bytes.NewReader(m), int64(len(m))); err != nil {
+		return LayerInfo{}, backendErr("write manifest", err)
+	}
+	res, err := c.commitLayer(lr, uploaded)
+	if err != nil {
+		return LayerInfo{}, err
+	}
+	acc := res.created
+	return res.info(acc), nil
+}
+
+func (lr *layerRecord) info(accessed time.Time) LayerInfo {
+	return LayerInfo{Digest: lr.digest, Size: lr.size, StoredSize: lr.stored, MediaType: lr.mediaType,
+		Chunks: len(lr.recipe), Created: lr.created, Accessed: accessed}
+}
+
+// ensureChunk makes chunk id durable in the backend unless the index or a
+// concurrent upload already has it. fresh reports that the index may not
+// hold it yet, so the commit must create its entry from ci.
+func (c *Cache) ensureChunk(ctx context.Context, id chunkID, data []byte, held *heldFlights) (ci chunkInfo, fresh bool, err error) {
+	if ci, ok, err := c.lookupChunk(id); err != nil || ok {
+		return ci, false, err
+	}
+	for {
+		f, leader := held.join(id)
+		if !leader {
+			select {
+			case <-f.done:
+			case <-ctx.Done():
+				return chunkInfo{}, false, ctx.Err()
+			}
+			if f.err == nil {
+				return f.info, true, nil
+			}
+			continue // the leader failed (its push was cancelled?): try ourselves
+		}
+		// Recheck: a push that committed this chunk may have just left.
+		if ci, ok, err := c.lookupChunk(id); err != nil || ok {
+			held.finish(id, f, ci, err)
+			return ci, false, err
+		}
+		ci, err := c.writeChunk(ctx, id, data)
+		held.finish(id, f, ci, err)
+		return ci, true, err
+	}
+}
+
+// writeChunk compresses data and writes it to chunkKey(id).
+func (c *Cache) writeChunk(ctx context.Context, id chunkID, data []byte) (chunkInfo, error) {
+	bp := c.getComp(len(data))
+	defer c.compPool.Put(bp)
+	obj := (*bp)[:chunkHeaderSize]
+	putChunkHeader(obj, len(data))
+	obj = c.enc.EncodeAll(data, obj)
+	*bp = obj[:0]
+	if err := c.store.Put(ctx, chunkKey(id), bytes.NewReader(obj), int64(len(obj))); err != nil {
+		return chunkInfo{}, backendErr("write chunk "+id.String(), err)
+	}
+	return chunkInfo{size: int64(len(data)), stored: int64(len(obj))}, nil
+}
+
+// flights dedups concurrent uploads of the same new chunk: the first push
+// to need it uploads it, later ones wait and reuse the result. A finished
+// flight stays in the map while any push that used it is still running, so
+// a push that starts later also skips the upload: the chunk is durable, and
+// its index entry arrives with the first commit.
+type flights struct {
+	mu sync.Mutex
+	m  map[chunkID]*flight
+}
+
+type flight struct {
+	done    chan struct{}
+	info    chunkInfo
+	err     error
+	holders int
+}
+
+// heldFlights are the flights one push has joined; it leaves them all when
+// it ends, committed or not.
+type heldFlights struct {
+	fs   *flights
+	mu   sync.Mutex
+	held map[chunkID]*flight
+}
+
+func newHeldFlights(fs *flights) *heldFlights {
+	return &heldFlights{fs: fs, held: make(map[chunkID]*flight)}
+}
+
+// join returns the flight for id, starting one (leader true) if none is
+// under way.
+func (h *heldFlights) join(id chunkID) (f *flight, leader bool) {
+	h.fs.mu.Lock()
+	defer h.fs.mu.Unlock()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	f, ok := h.fs.m[id]
+	if !ok {
+		f = &flight{done: make(chan struct{})}
+		h.fs.m[id] = f
+		leader = true
+	}
+	if old := h.held[id]; old != f {
+		if old != nil {
+			old.holders-- // a failed flight, already out of the map
+		}
+		f.holders++
+		h.held[id] = f
+	}
+	return f, leader
+}
+
+// finish ends a flight this push leads. A failed flight leaves the map at
+// once, so the next push to need the chunk uploads it again.
+func (h *heldFlights) finish(id chunkID, f *flight, ci chunkInfo, err error) {
+	h.fs.mu.Lock()
+	defer h.fs.mu.Unlock()
+	f.info, f.err = ci, err
+	if err != nil && h.fs.m[id] == f {
+		delete(h.fs.m, id)
+	}
+	close(f.done)
+}
+
+func (h *heldFlights) releaseAll() {
+	h.fs.mu.Lock()
+	defer h.fs.mu.Unlock()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for id, f := range h.held {
+		f.holders--
+		if f.holders == 0 && h.fs.m[id] == f {
+			delete(h.fs.m, id)
+		}
+	}
+	h.held = nil
+}
