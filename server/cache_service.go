@@ -1,0 +1,186 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/cairnbuild/cairn/cache"
+	"github.com/cairnbuild/cairn/cache/stepkey"
+	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
+)
+
+// cacheService implements cairnv1.CacheService over a cache.Cache.
+type cacheService struct {
+	cairnv1.UnimplementedCacheServiceServer
+	cache *cache.Cache
+	m     *rpcMetrics
+}
+
+// LookupStep implements cairnv1.CacheServiceServer.
+func (s *cacheService) LookupStep(ctx context.Context, req *cairnv1.LookupStepRequest) (*cairnv1.LookupStepResponse, error) {
+	parent, err := parseDigest("parent", req.GetParent(), true)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	step, err := stepFromProto("step", req.GetStep())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	rec, err := s.cache.LookupStep(ctx, parent, step)
+	if errors.Is(err, cache.ErrNotFound) {
+		key, kerr := stepkey.Key(parent, step)
+		if kerr != nil {
+			return nil, toStatus(kerr)
+		}
+		s.m.lookups(0, 1)
+		return &cairnv1.LookupStepResponse{Hit: false, Key: key.String()}, nil
+	}
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	s.m.lookups(1, 0)
+	return &cairnv1.LookupStepResponse{Hit: true, Record: recordToProto(rec), Key: rec.Key.String()}, nil
+}
+
+// LookupChain implements cairnv1.CacheServiceServer.
+func (s *cacheService) LookupChain(ctx context.Context, req *cairnv1.LookupChainRequest) (*cairnv1.LookupChainResponse, error) {
+	base, err := parseDigest("base", req.GetBase(), true)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if n := len(req.GetSteps()); n > cairnv1.MaxChainSteps {
+		return nil, toStatus(fieldErr("steps", fmt.Errorf("%w: %d steps, at most %d per call", errTooMany, n, cairnv1.MaxChainSteps)))
+	}
+	steps := make([]stepkey.Step, len(req.GetSteps()))
+	for i, ps := range req.GetSteps() {
+		if steps[i], err = stepFromProto(fmt.Sprintf("steps[%d]", i), ps); err != nil {
+			return nil, toStatus(err)
+		}
+	}
+	resp := &cairnv1.LookupChainResponse{NextParent: base.String()}
+	if len(steps) == 0 {
+		return resp, nil
+	}
+	recs, err := s.cache.LookupChain(ctx, base, steps)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	misses := 0
+	if len(recs) < len(steps) {
+		misses = 1 // the walk stops at the first miss
+	}
+	s.m.lookups(len(recs), misses)
+	resp.Hits = make([]*cairnv1.StepRecord, len(recs))
+	for i, r := range recs {
+		resp.Hits[i] = recordToProto(r)
+	}
+	if len(recs) > 0 {
+		resp.NextParent = recs[len(recs)-1].Next.String()
+	}
+	return resp, nil
+}
+
+// RecordStep implements cairnv1.CacheServiceServer.
+func (s *cacheService) RecordStep(ctx context.Context, req *cairnv1.RecordStepRequest) (*cairnv1.RecordStepResponse, error) {
+	parent, err := parseDigest("parent", req.GetParent(), true)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	step, err := stepFromProto("step", req.GetStep())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	var layer *cache.LayerRef
+	if l := req.GetLayer(); l != nil {
+		if layer, err = layerRefFromProto("layer", l); err != nil {
+			return nil, toStatus(err)
+		}
+	}
+	if n := len(req.GetConfig()); n > cache.MaxConfigSize {
+		return nil, toStatus(fieldErr("config", fmt.Errorf("%w: %d bytes, at most %d", errInvalidArgument, n, cache.MaxConfigSize)))
+	}
+	rec, err := s.cache.RecordStep(ctx, parent, step, layer, req.GetConfig())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &cairnv1.RecordStepResponse{Record: recordToProto(rec)}, nil
+}
+
+// stepFromProto converts and validates the digests of a step; the cache
+// validates the rest (instruction, platform, build args).
+func stepFromProto(field string, ps *cairnv1.Step) (stepkey.Step, error) {
+	if ps == nil {
+		return stepkey.Step{}, fieldErr(field, fmt.Errorf("%w: required", errInvalidArgument))
+	}
+	inputs, err := parseDigest(field+".inputs_digest", ps.GetInputsDigest(), true)
+	if err != nil {
+		return stepkey.Step{}, err
+	}
+	return stepkey.Step{
+		Instruction:  ps.GetInstruction(),
+		InputsDigest: inputs,
+		Platform:     ps.GetPlatform(),
+		BuildArgs:    ps.GetBuildArgs(),
+	}, nil
+}
+
+func layerRefFromProto(field string, l *cairnv1.LayerDescriptor) (*cache.LayerRef, error) {
+	d, err := parseDigest(field+".digest", l.GetDigest(), false)
+	if err != nil {
+		return nil, err
+	}
+	diffID, err := parseDigest(field+".diff_id", l.GetDiffId(), true)
+	if err != nil {
+		return nil, err
+	}
+	if l.GetSizeBytes() < 0 {
+		return nil, fieldErr(field+".size_bytes", fmt.Errorf("%w: negative size %d", errInvalidArgument, l.GetSizeBytes()))
+	}
+	if err := checkMediaType(field+".media_type", l.GetMediaType()); err != nil {
+		return nil, err
+	}
+	return &cache.LayerRef{Digest: d, DiffID: diffID, Size: l.GetSizeBytes(), MediaType: l.GetMediaType()}, nil
+}
+
+func recordToProto(r cache.StepRecord) *cairnv1.StepRecord {
+	p := &cairnv1.StepRecord{
+		Key:    r.Key.String(),
+		Parent: r.Parent.String(),
+		Step: &cairnv1.Step{
+			Instruction:  r.Step.Instruction,
+			InputsDigest: r.Step.InputsDigest.String(),
+			Platform:     r.Step.Platform,
+			BuildArgs:    r.Step.BuildArgs,
+		},
+		Config:      r.Config,
+		CreateTime:  timestamp(r.Created),
+		HitCount:    r.Hits,
+		LastHitTime: timestamp(r.LastHit),
+		NextParent:  r.Next.String(),
+	}
+	if r.Layer != nil {
+		diffID := r.Layer.DiffID
+		if diffID == "" {
+			diffID = r.Layer.Digest
+		}
+		p.Layer = &cairnv1.LayerDescriptor{
+			Digest:    r.Layer.Digest.String(),
+			DiffId:    diffID.String(),
+			SizeBytes: r.Layer.Size,
+			MediaType: r.Layer.MediaType,
+		}
+	}
+	return p
+}
+
+// timestamp converts t, leaving the zero time unset.
+func timestamp(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}

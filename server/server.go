@@ -1,0 +1,245 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	"github.com/cairnbuild/cairn/cache"
+	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
+)
+
+// Defaults for Options fields left zero.
+const (
+	// DefaultMaxRecvMsgSize fits the largest chunk (cache.MaxChunkSize,
+	// 4 MiB) with room to spare, and a CommitLayer of
+	// cairnv1.MaxChunksPerRequest chunk references (about 5 MiB).
+	DefaultMaxRecvMsgSize = cairnv1.DefaultMaxRecvMsgBytes
+	// DefaultUnaryTimeout caps every unary call, whatever deadline the
+	// client sets (or none): long enough for a CommitLayer that verifies a
+	// multi-GiB layer against a slow blob store.
+	DefaultUnaryTimeout = 5 * time.Minute
+	// DefaultStreamIdleTimeout fails a client stream (PushLayer, PutChunks)
+	// whose client sends nothing for this long, so a stalled builder does
+	// not hold a push open forever.
+	DefaultStreamIdleTimeout = time.Minute
+	// DefaultMaxConcurrentStreams bounds the calls in flight on one
+	// connection; with the per-call buffers it bounds memory per client.
+	DefaultMaxConcurrentStreams = 128
+	// DefaultMaxTransfers bounds the data-carrying calls (pushes, pulls,
+	// chunk uploads and downloads, commits) the server runs at once, over
+	// all connections. Each holds up to about 24 MiB (a message, the
+	// cache's chunk buffers), so 32 of them stay under 1 GiB.
+	DefaultMaxTransfers = 32
+)
+
+// keepalive settings: clients may ping every 10 s at most (faster pings are
+// answered with GOAWAY); the server pings a connection idle for 1 minute and
+// drops it if the ping is not answered in 20 s, which ends the calls of a
+// client that vanished mid-push.
+const (
+	keepaliveMinTime = 10 * time.Second
+	keepaliveTime    = time.Minute
+	keepaliveTimeout = 20 * time.Second
+)
+
+// Options configure a Server. Zero fields take the defaults above.
+type Options struct {
+	// MaxRecvMsgSize bounds one incoming message in bytes; a larger one
+	// fails with ResourceExhausted. It must be at least cache.MaxChunkSize
+	// plus framing, or PutChunks of large chunks cannot work.
+	MaxRecvMsgSize int
+	// UnaryTimeout caps the duration of every unary call.
+	UnaryTimeout time.Duration
+	// StreamIdleTimeout fails a client stream whose client sends nothing for
+	// this long.
+	StreamIdleTimeout time.Duration
+	// MaxConcurrentStreams bounds the calls in flight per connection.
+	MaxConcurrentStreams uint32
+	// MaxTransfers bounds the data-carrying calls running at once over all
+	// connections; more wait for a slot (within their deadline). With
+	// MaxRecvMsgSize and the cache's Concurrency it bounds the server's
+	// memory.
+	MaxTransfers int
+	// Registerer receives the RPC metrics (see metrics.go); nil disables
+	// them.
+	Registerer prometheus.Registerer
+	// Logger receives failed calls that point at the server (Internal,
+	// DataLoss, Unavailable) and recovered panics; nil discards.
+	Logger *slog.Logger
+}
+
+// Server serves one cache.Cache over gRPC. Make it with New, run it with
+// Serve and end it with Shutdown. It does not own the cache: close the cache
+// after Shutdown returns.
+type Server struct {
+	grpc   *grpc.Server
+	health *health.Server
+	log    *slog.Logger
+}
+
+// New returns a Server for c: the cairn.v1 CacheService and LayerService,
+// grpc.health.v1 (serving until Shutdown) and server reflection, with the
+// limits and interceptors opts ask for.
+func New(c *cache.Cache, opts Options) (*Server, error) {
+	if c == nil {
+		return nil, errors.New("server: no cache")
+	}
+	if opts.MaxRecvMsgSize == 0 {
+		opts.MaxRecvMsgSize = DefaultMaxRecvMsgSize
+	}
+	if opts.MaxRecvMsgSize < cache.MaxChunkSize+4<<10 {
+		return nil, fmt.Errorf("server: max receive message size %d is below %d (the largest chunk and framing)",
+			opts.MaxRecvMsgSize, cache.MaxChunkSize+4<<10)
+	}
+	if opts.UnaryTimeout <= 0 {
+		opts.UnaryTimeout = DefaultUnaryTimeout
+	}
+	if opts.StreamIdleTimeout <= 0 {
+		opts.StreamIdleTimeout = DefaultStreamIdleTimeout
+	}
+	if opts.MaxConcurrentStreams == 0 {
+		opts.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
+	if opts.MaxTransfers <= 0 {
+		opts.MaxTransfers = DefaultMaxTransfers
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	m, err := newRPCMetrics(opts.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("server: metrics: %w", err)
+	}
+
+	unary := []grpc.UnaryServerInterceptor{}
+	stream := []grpc.StreamServerInterceptor{}
+	if m != nil {
+		unary = append(unary, m.unary)
+		stream = append(stream, m.stream)
+	}
+	l := &callLogger{log: log}
+	unary = append(unary, l.unary, timeoutInterceptor(opts.UnaryTimeout))
+	stream = append(stream, l.stream)
+
+	gs := grpc.NewServer(
+		grpc.MaxRecvMsgSize(opts.MaxRecvMsgSize),
+		grpc.MaxConcurrentStreams(opts.MaxConcurrentStreams),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime:             keepaliveMinTime,
+			PermitWithoutStream: true,
+		}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: keepaliveTimeout}),
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...),
+		// Stop (the end of the grace period) waits for the handlers to
+		// return, so the cache is not closed under a push cleaning up.
+		grpc.WaitForHandlers(true),
+	)
+	cairnv1.RegisterCacheServiceServer(gs, &cacheService{cache: c, m: m})
+	cairnv1.RegisterLayerServiceServer(gs, &layerService{cache: c, m: m, idle: opts.StreamIdleTimeout,
+		transfers: make(chan struct{}, opts.MaxTransfers)})
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	for _, name := range []string{"", cairnv1.CacheService_ServiceDesc.ServiceName, cairnv1.LayerService_ServiceDesc.ServiceName} {
+		hs.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
+	}
+	reflection.Register(gs)
+	return &Server{grpc: gs, health: hs, log: log}, nil
+}
+
+// Serve accepts connections on lis until Shutdown; it returns nil after a
+// Shutdown and the listener's error otherwise.
+func (s *Server) Serve(lis net.Listener) error {
+	err := s.grpc.Serve(lis)
+	if errors.Is(err, grpc.ErrServerStopped) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops the server: health turns NOT_SERVING, no new calls are
+// accepted, and calls in flight may finish until ctx is done; then the rest
+// are cancelled. A push cancelled this way commits nothing (the cache
+// commits a layer only once all of it is stored). Shutdown returns when
+// every handler has returned, so the cache can be closed after it.
+func (s *Server) Shutdown(ctx context.Context) {
+	s.health.Shutdown()
+	done := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.log.Warn("grace period over, cancelling the calls still in flight")
+		s.grpc.Stop()
+		<-done
+	}
+}
+
+// GRPCServer returns the underlying grpc.Server, for tests and for
+// registering more services before Serve.
+func (s *Server) GRPCServer() *grpc.Server { return s.grpc }
+
+// timeoutInterceptor caps a unary call's deadline at d.
+func timeoutInterceptor(d time.Duration) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		ctx, cancel := context.WithTimeout(ctx, d)
+		defer cancel()
+		return handler(ctx, req)
+	}
+}
+
+// callLogger turns a handler's panic into an Internal error and logs the
+// calls that failed with a code pointing at the server.
+type callLogger struct{ log *slog.Logger }
+
+func (l *callLogger) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = l.panicked(info.FullMethod, p)
+		}
+		l.done(info.FullMethod, err)
+	}()
+	return handler(ctx, req)
+}
+
+func (l *callLogger) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = l.panicked(info.FullMethod, p)
+		}
+		l.done(info.FullMethod, err)
+	}()
+	return handler(srv, ss)
+}
+
+func (l *callLogger) panicked(method string, p any) error {
+	l.log.Error("panic in handler", "method", method, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+	return status.Error(codes.Internal, "internal error")
+}
+
+func (l *callLogger) done(method string, err error) {
+	switch code := status.Code(err); code {
+	case codes.Internal, codes.DataLoss, codes.Unknown:
+		l.log.Error("call failed", "method", method, "code", code.String(), "err", err)
+	case codes.Unavailable:
+		l.log.Warn("call failed", "method", method, "code", code.String(), "err", err)
+	}
+}
