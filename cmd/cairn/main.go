@@ -54,6 +54,15 @@ func newRootCmd(a *app) *cobra.Command {
 	root.SetErr(a.stderr)
 	root.AddCommand(
 		newVersionCmd(a),
+		newServeCmd(a),
+		newPushCmd(a),
+		newPullCmd(a),
+		newLookupCmd(a),
+		newRecordCmd(a),
+		newStatCmd(a),
+		newLsCmd(a),
+		newRmCmd(a),
+		newBenchCmd(a),
 	)
 	return root
 }

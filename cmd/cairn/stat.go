@@ -1,0 +1,80 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+func newStatCmd(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "stat [DIGEST]",
+		Short: "Show a layer, or the server's totals",
+		Long: `Stat with a layer digest shows the layer: size, stored size, media type,
+chunks. Without one it adds up all layers: their logical bytes, the
+distinct chunks they use and the dedup ratio (it reads every layer's chunk
+list, so it takes a while on a large server).`,
+		Example: `  cairn stat
+  cairn stat sha256:... --json`,
+		Args: cobra.MaximumNArgs(1),
+	}
+	cf := addClientFlags(a, cmd, false)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) == 1 {
+			d, err := parseDigest("layer", args[0])
+			if err != nil {
+				return err
+			}
+			ctx, c, done, err := cf.connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer done()
+			info, err := c.Stat(ctx, d)
+			if err != nil {
+				return cf.layerFail(d, err)
+			}
+			if cf.json {
+				return cf.printJSON(info)
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintf(tw, "digest\t%s\n", info.Digest)
+			fmt.Fprintf(tw, "size\t%d (%s)\n", info.Size, humanBytes(info.Size))
+			fmt.Fprintf(tw, "stored\t%d (%s)\n", info.StoredSize, humanBytes(info.StoredSize))
+			fmt.Fprintf(tw, "media type\t%s\n", info.MediaType)
+			fmt.Fprintf(tw, "chunks\t%d\n", info.Chunks)
+			if !info.Created.IsZero() {
+				fmt.Fprintf(tw, "created\t%s\n", info.Created.Local().Format(time.RFC3339))
+			}
+			if !info.Accessed.IsZero() {
+				fmt.Fprintf(tw, "accessed\t%s\n", info.Accessed.Local().Format(time.RFC3339))
+			}
+			return tw.Flush()
+		}
+		ctx, c, done, err := cf.connect(cmd.Context())
+		if err != nil {
+			return err
+		}
+		defer done()
+		st, err := c.Stats(ctx)
+		if err != nil {
+			return cf.fail(err)
+		}
+		if cf.json {
+			return cf.printJSON(st)
+		}
+		tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintf(tw, "server\t%s\n", cf.server)
+		fmt.Fprintf(tw, "layers\t%d\n", st.Layers)
+		fmt.Fprintf(tw, "logical\t%d (%s)\n", st.LogicalBytes, humanBytes(st.LogicalBytes))
+		fmt.Fprintf(tw, "chunks\t%d distinct\n", st.Chunks)
+		fmt.Fprintf(tw, "unique\t%d (%s)\n", st.UniqueBytes, humanBytes(st.UniqueBytes))
+		if st.DedupRatio > 0 {
+			fmt.Fprintf(tw, "dedup\t%.2fx (logical / unique, before compression)\n", st.DedupRatio)
+		}
+		return tw.Flush()
+	}
+	return cmd
+}
