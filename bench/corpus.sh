@@ -70,7 +70,10 @@ else
       fi
       if command -v debootstrap >/dev/null && [ "$(id -u)" = 0 ]; then
         log "debootstrap bookworm minbase (about a minute)"
-        if timeout 300 debootstrap --variant=minbase bookworm "$WORK/debian" http://deb.debian.org/debian >"$WORK/debootstrap.log" 2>&1; then
+        # The Debian mirror this machine's apt already uses (DEBIAN_MIRROR overrides).
+        mirror=${DEBIAN_MIRROR:-$(grep -hsE '^(URIs:|deb )' /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list |
+          grep -oE 'https?://[^ ]+/debian/?' | grep -v -- '-security' | head -1)}
+        if timeout 300 debootstrap --variant=minbase bookworm "$WORK/debian" $mirror >"$WORK/debootstrap.log" 2>&1; then
           # What a base image holds: the rootfs without the apt caches.
           rm -rf "$WORK/debian/var/cache/apt/archives/"*.deb "$WORK/debian/var/lib/apt/lists/"*
           dtar "$DIR/00-debian.tar" "$WORK/debian" .

@@ -8,7 +8,8 @@
 #   bench/run.sh            # full run: real corpus, 4 GiB layer; ~10 min on 2 cores
 #   bench/run.sh --smoke    # seconds: synthetic corpus, 64 MiB layer (run by go test)
 #
-# Environment: BENCH_OUT (report path; default bench/results-bench.md, or
+# Environment: BENCH_OUT (report path; default bench/RESULTS.md, where the
+# report replaces the section between the run.sh markers, or
 # a temp file with --smoke), BENCH_BIG_LAYER (default 4G), BENCH_LOAD_DURATION
 # (default 10s), BENCH_MINIO=0 to skip MinIO, BENCH_REPS (MinIO rounds,
 # default 3, medians reported), CAIRN_CORPUS_DIR and the
@@ -28,7 +29,7 @@ if [ "$SMOKE" = 1 ]; then
   BIG=${BENCH_BIG_LAYER:-64M}
   LOAD_DURATION=${BENCH_LOAD_DURATION:-2s}
 else
-  OUT=${BENCH_OUT:-bench/results-bench.md}
+  OUT=${BENCH_OUT:-bench/RESULTS.md}
   BIG=${BENCH_BIG_LAYER:-4G}
   LOAD_DURATION=${BENCH_LOAD_DURATION:-10s}
 fi
@@ -73,7 +74,7 @@ log "corpus: ${#LAYERS[@]} layers, $(mib "$RAW_FILES_BYTES") ($(elapsed "$T0") s
 
 # --- reuse analysis (local, no server)
 t=$(now)
-PLOT="${OUT%.md}.svg"
+PLOT=${BENCH_PLOT:-$([ "$SMOKE" = 1 ] && echo "${OUT%.md}.svg" || echo bench/reuse-plot.svg)}
 case $PLOT in /*) ;; *) PLOT=$ROOT/$PLOT ;; esac
 # From the corpus directory, so that the report names the layers by file name.
 (cd "$(dirname "${LAYERS[0]}")" && "$CAIRN" bench reuse --json-out "$WORK/reuse.json" --plot "$PLOT" "${LAYERS[@]##*/}") >"$WORK/reuse.txt" 2>/dev/null
@@ -311,5 +312,17 @@ TOTAL_S=$(elapsed "$T0")
   cat "$WORK/load-chain.txt"
   echo '```'
 } >"$OUT.tmp"
-mv "$OUT.tmp" "$OUT"
+# Into a file that has the markers, the report (headings one level down)
+# replaces what stands between them; any other file is overwritten.
+BEGIN='<!-- bench/run.sh report: begin -->' END='<!-- bench/run.sh report: end -->'
+if [ -f "$OUT" ] && grep -qF "$BEGIN" "$OUT"; then
+  sed -i 's/^#/##/' "$OUT.tmp"
+  awk -v b="$BEGIN" -v e="$END" -v part="$OUT.tmp" '
+    $0 == b { print; while ((getline l < part) > 0) print l; skip = 1; next }
+    $0 == e { skip = 0 }
+    !skip' "$OUT" >"$OUT.new"
+  mv "$OUT.new" "$OUT"; rm -f "$OUT.tmp"
+else
+  mv "$OUT.tmp" "$OUT"
+fi
 log "report written to $OUT, plot to $PLOT (${TOTAL_S} s)"

@@ -80,5 +80,5 @@
 // # Formats chosen by measurement
 //
 // Chunks are named by SHA-256 (see ChunkDigest) and compressed with zstd
-// at SpeedFastest (see zstdLevel); bench/results-cache.md has the figures.
+// at SpeedFastest (see zstdLevel); bench/RESULTS.md has the figures.
 package cache

@@ -24,7 +24,7 @@ func TestConformance(t *testing.T) {
 }
 
 // BenchmarkMinIO measures put and get throughput against the shared MinIO
-// (see bench/results-backend-s3.md for the command and figures).
+// (see bench/RESULTS.md for the command and figures).
 func BenchmarkMinIO(b *testing.B) {
 	backendtest.Bench(b, newTestStore(b))
 }
