@@ -5,18 +5,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/cairnbuild/cairn/backend/mem"
 	"github.com/cairnbuild/cairn/bench/load"
 	"github.com/cairnbuild/cairn/bench/reuse"
-	"github.com/cairnbuild/cairn/cache"
-	"github.com/cairnbuild/cairn/server"
 )
 
 // runCLI runs the CLI in-process and returns its exit code and streams.
@@ -116,39 +112,10 @@ func TestBenchParseSize(t *testing.T) {
 	}
 }
 
-// startBenchServer runs a real server (mem backend, Badger in a temp dir)
-// on a TCP port of 127.0.0.1 and returns its address.
-func startBenchServer(t *testing.T) string {
-	t.Helper()
-	ctx := context.Background()
-	c, err := cache.Open(ctx, cache.Options{Dir: t.TempDir(), Backend: mem.New()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := server.New(c, server.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(lis) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-served
-		c.Close()
-	})
-	return lis.Addr().String()
-}
-
 // TestBenchLoadCLI runs `cairn bench load` against a real server over TCP:
 // every kind of operation runs, none fails, and the run stops by itself.
 func TestBenchLoadCLI(t *testing.T) {
-	addr := startBenchServer(t)
+	addr := startTestServer(t)
 	start := time.Now()
 	code, out, errOut := runBenchCLI(t, "bench", "load", "--server", addr, "--clients", "3",
 		"--duration", "20s", "--max-ops", "120", "--layer-size", "256K", "--seed", "3", "--json")
@@ -184,7 +151,7 @@ func TestBenchLoadCLI(t *testing.T) {
 // TestBenchLoadChainCLI: lookups of 5-step chains (one LookupChain call
 // each) against a real server find the seeded chains whole.
 func TestBenchLoadChainCLI(t *testing.T) {
-	addr := startBenchServer(t)
+	addr := startTestServer(t)
 	code, out, errOut := runBenchCLI(t, "bench", "load", "--server", addr, "--clients", "2",
 		"--mix", "1,0,0", "--chain", "5", "--max-ops", "60", "--layer-size", "64K", "--seed", "5", "--json")
 	if code != 0 {

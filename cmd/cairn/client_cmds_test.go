@@ -5,48 +5,15 @@ import (
 	"context"
 	"encoding/json"
 	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/cairnbuild/cairn/backend/mem"
-	"github.com/cairnbuild/cairn/cache"
 	"github.com/cairnbuild/cairn/client"
-	"github.com/cairnbuild/cairn/server"
 )
-
-// startClientTestServer runs a real server (mem backend, Badger in a temp
-// dir) on 127.0.0.1 and returns its address.
-func startClientTestServer(t *testing.T) string {
-	t.Helper()
-	c, err := cache.Open(context.Background(), cache.Options{Dir: t.TempDir(), Backend: mem.New()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := server.New(c, server.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(lis) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-served
-		c.Close()
-	})
-	return lis.Addr().String()
-}
 
 // cliRun is one in-process run of the CLI.
 type cliRun struct {
@@ -73,7 +40,7 @@ func testLayer(seed uint64, n int) []byte {
 }
 
 func TestClientCommands(t *testing.T) {
-	env := map[string]string{"CAIRN_SERVER": startClientTestServer(t), "CAIRN_PLATFORM": "linux/amd64"}
+	env := map[string]string{"CAIRN_SERVER": startTestServer(t), "CAIRN_PLATFORM": "linux/amd64"}
 	dir := t.TempDir()
 	layer := testLayer(1, 3<<20)
 	path := filepath.Join(dir, "layer.tar")
@@ -189,7 +156,7 @@ func TestClientCommands(t *testing.T) {
 // TestClientCommandErrors checks that mistakes get a message that says
 // what to do, and exit status 1.
 func TestClientCommandErrors(t *testing.T) {
-	addr := startClientTestServer(t)
+	addr := startTestServer(t)
 	env := map[string]string{"CAIRN_SERVER": addr}
 	d := digest.FromString("x").String()
 	for _, tc := range []struct {
