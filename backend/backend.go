@@ -1,4 +1,4 @@
-// Package backend defines the blob store that cairn keeps chunk objects and
+// Package backend defines the blob store that cairn keeps chunk packs and
 // metadata in, and the contract every implementation honours.
 //
 // Implementations live in subpackages: fs (a local directory, the embedded

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -193,26 +194,32 @@ func BenchmarkPipeline(b *testing.B) {
 // figure that counts), mem, and discard (a Put that only reads its input:
 // the cache's own overhead over the pipeline).
 func BenchmarkPushVsPipeline(b *testing.B) {
-	b.Run("fs", func(b *testing.B) { benchPushVsPipeline(b, fsStore(b)) })
-	b.Run("mem", func(b *testing.B) { benchPushVsPipeline(b, mem.New()) })
-	b.Run("discard", func(b *testing.B) { benchPushVsPipeline(b, discardStore{mem.New()}) })
+	for _, bc := range []struct {
+		name  string
+		store func(b *testing.B) backend.Store
+	}{
+		{"fs", func(b *testing.B) backend.Store { return fsStore(b) }},
+		{"mem", func(*testing.B) backend.Store { return mem.New() }},
+		{"discard", func(*testing.B) backend.Store { return discardStore{mem.New()} }},
+	} {
+		b.Run(bc.name, func(b *testing.B) { benchPushVsPipeline(b, openCache(b, b.TempDir(), bc.store(b))) })
+	}
 }
 
 // discardStore drops what is Put (after reading it) and stores the rest.
 type discardStore struct{ *mem.Store }
 
 func (d discardStore) Put(ctx context.Context, key string, r io.Reader, size int64) error {
-	if strings.HasPrefix(key, chunkPrefix) {
+	if strings.HasPrefix(key, packPrefix) {
 		_, err := io.Copy(io.Discard, r)
 		return err
 	}
 	return d.Store.Put(ctx, key, r, size)
 }
 
-func benchPushVsPipeline(b *testing.B, store backend.Store) {
+func benchPushVsPipeline(b *testing.B, c *Cache) {
 	data := bytes.Clone(benchLayer(b))
 	pl := newPipeline()
-	c := openCache(b, b.TempDir(), store)
 	best := func(d *[2]time.Duration, wall, cpu time.Duration) {
 		if d[0] == 0 || wall < d[0] {
 			d[0] = wall
@@ -244,18 +251,34 @@ func benchPushVsPipeline(b *testing.B, store backend.Store) {
 }
 
 func BenchmarkPushNew(b *testing.B) {
-	benchPushNew(b, benchStore(b))
+	benchPushNew(b, openCache(b, b.TempDir(), benchStore(b)))
+}
+
+// BenchmarkPackSize is BenchmarkPushVsPipeline on fs at several pack
+// targets; "1B" writes every chunk as a pack of its own, as cairn did
+// before it had packs.
+func BenchmarkPackSize(b *testing.B) {
+	for _, target := range []int{1, 1 << 20, 4 << 20, 16 << 20} {
+		name := "1B"
+		if target > 1 {
+			name = strconv.Itoa(target>>20) + "MiB"
+		}
+		b.Run(name, func(b *testing.B) {
+			c := openCache(b, b.TempDir(), fsStore(b))
+			c.packTarget = target
+			benchPushVsPipeline(b, c)
+		})
+	}
 }
 
 // BenchmarkPushNewMem is BenchmarkPushNew without storage I/O: the mem
 // backend, to tell the pipeline's cost from the file system's.
 func BenchmarkPushNewMem(b *testing.B) {
-	benchPushNew(b, mem.New())
+	benchPushNew(b, openCache(b, b.TempDir(), mem.New()))
 }
 
-func benchPushNew(b *testing.B, store backend.Store) {
+func benchPushNew(b *testing.B, c *Cache) {
 	data := bytes.Clone(benchLayer(b))
-	c := openCache(b, b.TempDir(), store)
 
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()

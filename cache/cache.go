@@ -75,6 +75,9 @@ type Cache struct {
 	dataPool sync.Pool // *[]byte of cap params.Max (or MaxChunkSize): chunk data
 	compPool sync.Pool // *[]byte: compressed chunk objects
 	cutPool  sync.Pool // *[]byte of 2 × params.Max: chunker buffers
+	packPool sync.Pool // *[]byte: packs being filled (see getPackBuf)
+
+	packTarget int // packTarget; benchmarks vary it
 
 	flights   flights
 	bigCommit sync.Mutex // serialises commits and deletes of layers over maxTxnChunks
@@ -137,6 +140,10 @@ func Open(ctx context.Context, opts Options) (*Cache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cache: open index %s: %w: %w", opts.Dir, ErrUnavailable, err)
 	}
+	if err := checkFormat(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("cache: open index %s: %w", opts.Dir, err)
+	}
 	procs := runtime.GOMAXPROCS(0)
 	enc, err := newEncoder(procs)
 	if err != nil {
@@ -153,6 +160,7 @@ func Open(ctx context.Context, opts Options) (*Cache, error) {
 		db: db, store: opts.Backend, params: opts.Chunking, conc: opts.Concurrency, log: log,
 		enc: enc, dec: dec,
 		flights:    flights{m: make(map[chunkID]*flight)},
+		packTarget: packTarget,
 		pendHits:   make(map[digest.Digest]hitDelta),
 		pendAccess: make(map[digest.Digest]time.Time),
 		stop:       make(chan struct{}),
@@ -161,6 +169,40 @@ func Open(ctx context.Context, opts Options) (*Cache, error) {
 	c.readersCtx, c.stopReaders = context.WithCancel(context.Background())
 	go c.flushLoop()
 	return c, nil
+}
+
+// checkFormat refuses an index written in another format and marks a new
+// one with indexFormat.
+func checkFormat(db *badger.DB) error {
+	var found string
+	empty := true
+	err := db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(idxFormat)
+		if err == nil {
+			return item.Value(func(v []byte) error { found = string(v); return nil })
+		}
+		if !errors.Is(err, badger.ErrKeyNotFound) {
+			return err
+		}
+		it := txn.NewIterator(badger.IteratorOptions{})
+		defer it.Close()
+		it.Rewind()
+		empty = !it.Valid()
+		return nil
+	})
+	switch {
+	case err != nil:
+		return indexErr("read format", err)
+	case found == indexFormat:
+		return nil
+	case found != "":
+		return fmt.Errorf("%w: index format %q, this cairn reads %q", ErrFailedPrecondition, found, indexFormat)
+	case !empty:
+		return fmt.Errorf("%w: index written by an older cairn (one backend object per chunk), this one stores chunks in packs: start from an empty data directory", ErrFailedPrecondition)
+	}
+	return indexErr("write format", db.Update(func(txn *badger.Txn) error {
+		return txn.Set(idxFormat, []byte(indexFormat))
+	}))
 }
 
 // newEncoder returns the chunk encoder, for n concurrent EncodeAll calls.

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -68,8 +69,38 @@ func (c *Cache) MissingChunks(ctx context.Context, ids []digest.Digest) ([]diges
 // to id (else ErrDigestMismatch) and hold 1 to MaxChunkSize bytes. The chunk
 // is durable in the backend and known to the index when PutChunk returns,
 // with no references until a Commit names it. Storing a chunk the cache
-// already holds is a no-op.
+// already holds is a no-op. Uploading many chunks, use a ChunkUpload: it
+// stores them together in packs.
 func (c *Cache) PutChunk(ctx context.Context, id digest.Digest, data []byte) error {
+	u := c.NewChunkUpload(ctx)
+	if err := u.Put(ctx, id, data); err != nil {
+		u.Close()
+		return err
+	}
+	return u.Close()
+}
+
+// A ChunkUpload stores the chunks of one client-side chunked upload
+// together, in packs: a chunk is durable and known to the index once its
+// pack is written, when the pack is full or at Close. Put is safe for
+// concurrent use; Close must come after the last Put returns.
+type ChunkUpload struct {
+	c    *Cache
+	s    *chunkSession
+	once sync.Once
+	err  error
+}
+
+// NewChunkUpload starts an upload whose packs are written under ctx.
+func (c *Cache) NewChunkUpload(ctx context.Context) *ChunkUpload {
+	return &ChunkUpload{c: c, s: c.newSession(ctx, true)}
+}
+
+// Put accepts one chunk: data must hash to id (else ErrDigestMismatch) and
+// hold 1 to MaxChunkSize bytes. A chunk the cache already holds, or that an
+// upload or push in progress is storing, is not stored again.
+func (u *ChunkUpload) Put(ctx context.Context, id digest.Digest, data []byte) error {
+	c := u.c
 	if err := c.begin(ctx); err != nil {
 		return fmt.Errorf("cache: put chunk: %w", err)
 	}
@@ -84,23 +115,30 @@ func (c *Cache) PutChunk(ctx context.Context, id digest.Digest, data []byte) err
 	if got := chunkID(sha256.Sum256(data)); got != cid {
 		return fmt.Errorf("cache: put chunk: %w: data hashes to %s, not %s", ErrDigestMismatch, got, id)
 	}
-	held := newHeldFlights(&c.flights)
-	defer held.releaseAll()
-	ci, fresh, err := c.ensureChunk(ctx, cid, data, held)
-	if err != nil || !fresh {
-		if err != nil {
-			return fmt.Errorf("cache: put chunk: %w", err)
-		}
-		return nil
+	if err := u.s.ensure(ctx, cid, data); err != nil {
+		return fmt.Errorf("cache: put chunk %s: %w", id, err)
 	}
-	err = c.update("cache: put chunk "+string(id), func(txn *badger.Txn) error {
-		if _, ok, err := getChunk(txn, cid); err != nil || ok {
-			return err
+	return nil
+}
+
+// Close writes the chunks accepted and not yet written, and ends the
+// upload. nil means every chunk Put accepted is durable and indexed; after
+// a failed Put the others are still written. Further calls return the
+// first result.
+func (u *ChunkUpload) Close() error {
+	u.once.Do(func() {
+		if err := u.c.begin(context.Background()); err != nil {
+			u.s.close()
+			u.err = fmt.Errorf("cache: put chunks: %w", err)
+			return
 		}
-		ci.refs, ci.added = 0, time.Now().Unix()
-		return txn.Set(chunkIdxKey(cid), ci.encode())
+		defer u.c.end()
+		if err := u.s.flush(); err != nil {
+			u.err = fmt.Errorf("cache: put chunks: %w", err)
+		}
+		u.s.close()
 	})
-	return err
+	return u.err
 }
 
 // Commit makes a client-side chunked layer visible: the chunks, in order,

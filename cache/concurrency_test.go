@@ -12,7 +12,7 @@ import (
 )
 
 // The same layer pushed by 8 goroutines at once is stored once: each chunk
-// object is written once, there is one layer record, and the references
+// is in one pack, each object is written once, there is one layer record, and the references
 // count it once.
 func TestConcurrentSamePush(t *testing.T) {
 	inner := mem.New()
@@ -45,15 +45,23 @@ func TestConcurrentSamePush(t *testing.T) {
 			t.Errorf("push %d: %+v, want the one record %+v", i, infos[i], infos[0])
 		}
 	}
-	chunkPuts := 0
-	for k, n := range puts {
-		if strings.HasPrefix(k, chunkPrefix) {
-			chunkPuts++
-			if n != 1 {
-				t.Errorf("chunk %s written %d times", k, n)
-			}
+	written := map[chunkID]int{}
+	for _, entries := range packTables(t, c, inner) {
+		for _, e := range entries {
+			written[e.id]++
 		}
 	}
+	for id, n := range written {
+		if n != 1 {
+			t.Errorf("chunk %s written %d times", id, n)
+		}
+	}
+	for k, n := range puts {
+		if strings.HasPrefix(k, packPrefix) && n != 1 {
+			t.Errorf("pack %s written %d times", k, n)
+		}
+	}
+	chunkPuts := len(written)
 	st, err := c.Stats(t.Context())
 	if err != nil {
 		t.Fatal(err)

@@ -8,14 +8,19 @@
 //     chunks (chunker, content-defined) and copies each into a pooled
 //     buffer; a hasher goroutine computes the layer's SHA-256 over the
 //     chunks in order; up to Options.Concurrency workers hash each chunk,
-//     look it up in the index and, if it is new, compress it (zstd) and
-//     write it to the backend. Workers that are all busy stop the reading,
-//     so backpressure reaches the client. Concurrent pushes of the same new
-//     chunk upload it once (flights). When every chunk is durable, the
+//     look it up in the index and, if it is new, compress it (zstd) into
+//     the push's current pack. Workers that are all busy stop the reading,
+//     so backpressure reaches the client. When every pack is durable, the
 //     layer manifest is written to the backend and then the layer record
 //     and all its chunk references are committed in one index transaction.
-//   - chunks.go: the client-side chunking path: MissingChunks, PutChunk
-//     (verified against its hash), Commit (the layer digest is verified by
+//   - packs.go: chunk sessions. A push or a chunk upload stream gathers its
+//     new chunks into packs of about packTarget bytes, each written as one
+//     backend object, at most packsInFlight in memory at once. Concurrent
+//     sessions that need the same new chunk store it once (flights): the
+//     others wait for it, and have the pack holding it written at once
+//     rather than when it fills.
+//   - chunks.go: the client-side chunking path: MissingChunks, PutChunk and
+//     ChunkUpload (each chunk verified against its hash), Commit (the layer digest is verified by
 //     reading the chunks back before the layer becomes visible).
 //   - pull.go: Open streams a byte range of a layer, fetching chunks ahead
 //     in parallel and verifying each (a mismatch is ErrDataLoss, never
@@ -32,7 +37,7 @@
 // data it names is durable in the backend, and a layer's index record only
 // after all its chunks and its manifest. So a crash at any point leaves no
 // index entry naming missing data; it can leave backend objects the index
-// does not know (chunks of a push that never committed), which the garbage
+// does not know (packs of a push that never committed), which the garbage
 // collector or Reindex deals with. Deletes go the other way: index first.
 //
 // Reference counts are exact: the refs of chunk c is the number of recipe
@@ -45,27 +50,39 @@
 // between leaves counts too high (chunks kept longer), never too low;
 // Reindex makes them exact again.
 // A chunk with zero references is durable but unused: uploaded ahead of a
-// commit, left by a push that failed, or by a delete. Deleting chunk
-// objects is the garbage collector's job; it must also spare chunks a
-// running push or upload may still reference: a chunk uploaded ahead of its
-// commit (each entry records when it was added, for a grace period), and a
-// chunk with no references that a push found in the index and will commit
-// a reference to (nothing fences that yet: the collector will need a lock
-// that pushes hold from lookup to commit).
+// commit, left by a push that failed, or by a delete. Reclaiming them is
+// the garbage collector's job (not written yet): a pack whose chunks all
+// have no references can be deleted; a pack with some can be rewritten
+// with the live ones, their index entries moved to the new pack before the
+// old one goes. It must also spare chunks a running push or upload may
+// still reference: a chunk uploaded ahead of its commit (each entry records
+// when it was added, for a grace period), and a chunk with no references
+// that a push found in the index and will commit a reference to (nothing
+// fences that yet: the collector will need a lock that pushes hold from
+// lookup to commit). A copy of a chunk in a pack the index does not name
+// (two sessions racing past the flights, a push that failed after writing
+// a pack) is garbage from the start.
 //
 // # Backend layout
 //
-//	chunks/<first 2 hex>/<64 hex>  one chunk: a 16-byte header (magic "CRNC",
-//	                               format version, hash algorithm, codec,
-//	                               uncompressed size), then one zstd frame
+//	packs/<first 2 hex>/<32 hex>   a pack of chunks, named by 16 random
+//	                               bytes: chunk records back to back (each a
+//	                               16-byte header: magic "CRNC", format
+//	                               version, hash algorithm, codec,
+//	                               uncompressed size; then one zstd frame),
+//	                               then a table of (chunk hash, offset,
+//	                               length, size) and a 16-byte footer
+//	                               (magic "CRNP"); see format.go
 //	layers/sha256/<64 hex>         layer manifest, JSON: digest, size, media
 //	                               type, created, recipe (chunk hashes, sizes)
 //	steps/<64 hex of the key>      step record, JSON (see stepJSON)
 //
 // # Index keys (Badger)
 //
+//	v/format                            indexFormat: Open refuses others
 //	c/<32 raw bytes of the chunk hash>  uvarint size, stored size, refs,
-//	                                    added (Unix seconds)
+//	                                    added (Unix seconds), offset in
+//	                                    the pack; 16 bytes of pack name
 //	l/<layer digest string>             layer record: version, size, stored
 //	                                    size, media type, created, recipe
 //	a/<layer digest string>             last access, varint Unix nanoseconds

@@ -1,12 +1,14 @@
 package cache
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"strings"
 	"time"
 
@@ -63,30 +65,43 @@ func parseLayerDigest(d digest.Digest) error {
 	return nil
 }
 
-// Backend layout. Keep "where does X live" in these functions only: packing
-// several chunks into one object later changes chunkKey and nothing else.
+// Backend layout. Keep "where does X live" in these functions only.
 const (
-	chunkPrefix = "chunks/"
+	packPrefix  = "packs/"
 	layerPrefix = "layers/"
 	stepPrefix  = "steps/"
 )
 
-// chunkKey is where chunk id lives: chunks/<first 2 hex>/<64 hex>. The fan-out
-// keeps directories of the fs backend small.
-func chunkKey(id chunkID) string {
-	h := hex.EncodeToString(id[:])
-	return chunkPrefix + h[:2] + "/" + h
+// packID names a pack object: 16 random bytes. Packs are not named by
+// their content: hashing every pack again would cost a pass over all
+// stored bytes, and each chunk in it is verified by its own hash anyway.
+type packID [16]byte
+
+func (p packID) String() string { return hex.EncodeToString(p[:]) }
+
+// newPackID returns a fresh random pack name.
+func newPackID() packID {
+	var p packID
+	rand.Read(p[:]) // never fails (crypto/rand)
+	return p
 }
 
-// chunkIDFromKey parses a key written by chunkKey.
-func chunkIDFromKey(key string) (chunkID, bool) {
-	var id chunkID
-	rest, ok := strings.CutPrefix(key, chunkPrefix)
-	if !ok || len(rest) != 3+2*len(id) || rest[2] != '/' || rest[:2] != rest[3:5] {
-		return id, false
+// packKey is where pack p lives: packs/<first 2 hex>/<32 hex>. The fan-out
+// keeps directories of the fs backend small.
+func packKey(p packID) string {
+	h := p.String()
+	return packPrefix + h[:2] + "/" + h
+}
+
+// packIDFromKey parses a key written by packKey.
+func packIDFromKey(key string) (packID, bool) {
+	var p packID
+	rest, ok := strings.CutPrefix(key, packPrefix)
+	if !ok || len(rest) != 3+2*len(p) || rest[2] != '/' || rest[:2] != rest[3:5] {
+		return p, false
 	}
-	_, err := hex.Decode(id[:], []byte(rest[3:]))
-	return id, err == nil
+	_, err := hex.Decode(p[:], []byte(rest[3:]))
+	return p, err == nil
 }
 
 // layerKey is where a layer's manifest lives: layers/<alg>/<hex>.
@@ -97,7 +112,8 @@ func layerKey(d digest.Digest) string {
 // stepObjectKey is where a step record lives: steps/<hex of the key>.
 func stepObjectKey(key digest.Digest) string { return stepPrefix + key.Encoded() }
 
-// Chunk objects: a fixed header, then the payload.
+// Chunk records (one per chunk, inside a pack): a fixed header, then the
+// payload.
 //
 //	offset size
 //	0      4    magic "CRNC"
@@ -121,11 +137,11 @@ func putChunkHeader(b []byte, size int) {
 	binary.LittleEndian.PutUint64(b[8:16], uint64(size))
 }
 
-// parseChunkHeader checks a chunk object's header and returns the
+// parseChunkHeader checks a chunk record's header and returns the
 // uncompressed size and the payload.
 func parseChunkHeader(obj []byte) (size int64, payload []byte, err error) {
 	if len(obj) < chunkHeaderSize || string(obj[:4]) != chunkMagic {
-		return 0, nil, errors.New("not a chunk object (bad magic)")
+		return 0, nil, errors.New("not a chunk record (bad magic)")
 	}
 	if obj[4] != chunkVersion || obj[5] != chunkHashSHA256 || obj[6] != codecZstd {
 		return 0, nil, fmt.Errorf("unsupported chunk format: version %d, hash %d, codec %d", obj[4], obj[5], obj[6])
@@ -137,6 +153,108 @@ func parseChunkHeader(obj []byte) (size int64, payload []byte, err error) {
 	return int64(s), obj[chunkHeaderSize:], nil
 }
 
+// Packs: chunk records back to back, then a table of contents, then a
+// fixed footer, so that Reindex learns what a pack holds from its last
+// bytes alone.
+//
+//	records    chunk records (header and payload), from offset 0
+//	table      count entries of packEntrySize bytes:
+//	             32  chunk hash
+//	              8  offset of the record in the pack, little-endian
+//	              4  length of the record (header and payload)
+//	              4  uncompressed size
+//	footer     16 bytes:
+//	              4  magic "CRNP"
+//	              1  format version (1)
+//	              1  hash algorithm of the chunk IDs (1 = SHA-256)
+//	              2  reserved, 0
+//	              4  count of entries
+//	              4  CRC-32C of the table
+//
+// A pack holds at most maxPackChunks records; records lie in table order,
+// without gaps, and end where the table starts.
+const (
+	packMagic      = "CRNP"
+	packVersion    = 1
+	packEntrySize  = len(chunkID{}) + 16
+	packFooterSize = 16
+	maxPackChunks  = 4096
+)
+
+// packEntry is one record of a pack's table.
+type packEntry struct {
+	id     chunkID
+	off    int64 // of the record in the pack
+	stored int64 // bytes of the record: header and compressed payload
+	size   int64 // uncompressed bytes
+}
+
+var crc32c = crc32.MakeTable(crc32.Castagnoli)
+
+// appendPackTable appends the table and footer for entries to b.
+func appendPackTable(b []byte, entries []packEntry) []byte {
+	start := len(b)
+	for _, e := range entries {
+		b = append(b, e.id[:]...)
+		b = binary.LittleEndian.AppendUint64(b, uint64(e.off))
+		b = binary.LittleEndian.AppendUint32(b, uint32(e.stored))
+		b = binary.LittleEndian.AppendUint32(b, uint32(e.size))
+	}
+	sum := crc32.Checksum(b[start:], crc32c)
+	b = append(b, packMagic...)
+	b = append(b, packVersion, chunkHashSHA256, 0, 0)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(entries)))
+	return binary.LittleEndian.AppendUint32(b, sum)
+}
+
+// parsePackFooter checks the footer of a pack of packSize bytes and returns
+// how many entries its table has.
+func parsePackFooter(footer []byte, packSize int64) (int, error) {
+	if len(footer) != packFooterSize || string(footer[:4]) != packMagic {
+		return 0, errors.New("not a pack (bad magic)")
+	}
+	if footer[4] != packVersion || footer[5] != chunkHashSHA256 {
+		return 0, fmt.Errorf("unsupported pack format: version %d, hash %d", footer[4], footer[5])
+	}
+	n := int64(binary.LittleEndian.Uint32(footer[8:12]))
+	if n > maxPackChunks || packFooterSize+n*int64(packEntrySize) > packSize {
+		return 0, fmt.Errorf("pack footer claims %d chunks in %d bytes", n, packSize)
+	}
+	return int(n), nil
+}
+
+// parsePackTable checks a pack's table against the footer's checksum and
+// the pack's size: records in order, without gaps, ending at the table.
+func parsePackTable(table, footer []byte, packSize int64) ([]packEntry, error) {
+	n := len(table) / packEntrySize
+	if len(table)%packEntrySize != 0 || int(binary.LittleEndian.Uint32(footer[8:12])) != n {
+		return nil, errors.New("pack table has the wrong length")
+	}
+	if crc32.Checksum(table, crc32c) != binary.LittleEndian.Uint32(footer[12:16]) {
+		return nil, errors.New("pack table fails its checksum")
+	}
+	end := packSize - int64(len(table)) - packFooterSize
+	entries := make([]packEntry, n)
+	var next int64
+	for i := range entries {
+		b := table[i*packEntrySize:]
+		e := &entries[i]
+		copy(e.id[:], b)
+		b = b[len(e.id):]
+		e.off = int64(binary.LittleEndian.Uint64(b))
+		e.stored = int64(binary.LittleEndian.Uint32(b[8:]))
+		e.size = int64(binary.LittleEndian.Uint32(b[12:]))
+		if e.off != next || e.stored < chunkHeaderSize || e.size <= 0 || e.size > MaxChunkSize {
+			return nil, fmt.Errorf("pack table entry %d: offset %d, %d bytes stored, size %d", i, e.off, e.stored, e.size)
+		}
+		next = e.off + e.stored
+	}
+	if next != end {
+		return nil, fmt.Errorf("pack records end at %d, the table starts at %d", next, end)
+	}
+	return entries, nil
+}
+
 // Index keys; doc.go lists them.
 var (
 	idxChunk  = []byte("c/")
@@ -144,7 +262,14 @@ var (
 	idxStep   = []byte("k/")
 	idxHits   = []byte("h/")
 	idxAccess = []byte("a/")
+	// idxFormat holds indexFormat: an index written by another version of
+	// the formats is refused with a clear error, not misread.
+	idxFormat = []byte("v/format")
 )
+
+// indexFormat names the index and backend formats of this version: chunks
+// in packs (2); 1 was one backend object per chunk.
+const indexFormat = "cairn-index-2"
 
 func chunkIdxKey(id chunkID) []byte {
 	return append(append(make([]byte, 0, 2+len(id)), idxChunk...), id[:]...)
@@ -158,30 +283,35 @@ func accessIdxKey(d digest.Digest) []byte {
 func stepIdxKey(key digest.Digest) []byte { return append(append([]byte(nil), idxStep...), key...) }
 func hitsIdxKey(key digest.Digest) []byte { return append(append([]byte(nil), idxHits...), key...) }
 
-// chunkInfo is the index value under c/<id>: sizes, the reference count
-// and when the entry was made. refs counts recipe entries of committed
-// layers naming the chunk: a chunk that appears three times in one layer
-// holds three references. An entry with refs 0 is a chunk that is durable
-// in the backend but that no committed layer uses (uploaded ahead of a
-// commit, or left by a delete); added lets the garbage collector give
-// uploads ahead of a commit a grace period.
+// chunkInfo is the index value under c/<id>: where the chunk's record is
+// (pack, offset, length), its uncompressed size, the reference count and
+// when the entry was made. refs counts recipe entries of committed layers
+// naming the chunk: a chunk that appears three times in one layer holds
+// three references. An entry with refs 0 is a chunk that is durable in the
+// backend but that no committed layer uses (uploaded ahead of a commit, or
+// left by a delete); added lets the garbage collector give uploads ahead of
+// a commit a grace period.
 type chunkInfo struct {
 	size   int64 // uncompressed bytes
-	stored int64 // bytes of the chunk object (header and compressed payload)
+	stored int64 // bytes of the chunk record (header and compressed payload)
 	refs   int64
 	added  int64 // Unix seconds when the index learnt of the chunk
+	pack   packID
+	off    int64 // of the record in the pack
 }
 
 func (ci chunkInfo) encode() []byte {
-	b := make([]byte, 0, 4*binary.MaxVarintLen64)
+	b := make([]byte, 0, 5*binary.MaxVarintLen64+len(ci.pack))
 	b = binary.AppendUvarint(b, uint64(ci.size))
 	b = binary.AppendUvarint(b, uint64(ci.stored))
 	b = binary.AppendUvarint(b, uint64(ci.refs))
-	return binary.AppendUvarint(b, uint64(ci.added))
+	b = binary.AppendUvarint(b, uint64(ci.added))
+	b = binary.AppendUvarint(b, uint64(ci.off))
+	return append(b, ci.pack[:]...)
 }
 
 func decodeChunkInfo(b []byte) (chunkInfo, error) {
-	var v [4]uint64
+	var v [5]uint64
 	for i := range v {
 		x, n := binary.Uvarint(b)
 		if n <= 0 {
@@ -189,7 +319,12 @@ func decodeChunkInfo(b []byte) (chunkInfo, error) {
 		}
 		v[i], b = x, b[n:]
 	}
-	return chunkInfo{size: int64(v[0]), stored: int64(v[1]), refs: int64(v[2]), added: int64(v[3])}, nil
+	ci := chunkInfo{size: int64(v[0]), stored: int64(v[1]), refs: int64(v[2]), added: int64(v[3]), off: int64(v[4])}
+	if len(b) != len(ci.pack) {
+		return chunkInfo{}, errors.New("corrupt chunk index entry")
+	}
+	copy(ci.pack[:], b)
+	return ci, nil
 }
 
 // recipeEntry is one chunk of a layer, in order.

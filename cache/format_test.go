@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"errors"
 	"testing"
 	"time"
 
@@ -118,19 +119,107 @@ func FuzzStepRecord(f *testing.F) {
 	})
 }
 
-func TestChunkKey(t *testing.T) {
-	id := chunkID{0xab, 0xcd}
-	key := chunkKey(id)
-	if key[:10] != "chunks/ab/" {
-		t.Errorf("chunkKey = %s", key)
+func TestPackKey(t *testing.T) {
+	id := packID{0xab, 0xcd}
+	key := packKey(id)
+	if key != "packs/ab/abcd0000000000000000000000000000" {
+		t.Errorf("packKey = %s", key)
 	}
-	back, ok := chunkIDFromKey(key)
+	back, ok := packIDFromKey(key)
 	if !ok || back != id {
-		t.Errorf("chunkIDFromKey(%s) = %v, %v", key, back, ok)
+		t.Errorf("packIDFromKey(%s) = %v, %v", key, back, ok)
 	}
-	for _, bad := range []string{"chunks/ab", "chunks/cd/" + key[10:], "layers/sha256/x", key + "0"} {
-		if _, ok := chunkIDFromKey(bad); ok {
-			t.Errorf("chunkIDFromKey(%q) accepted", bad)
+	for _, bad := range []string{"packs/ab", "packs/cd/" + key[9:], "layers/sha256/x", key + "0", "chunks/ab/" + key[9:]} {
+		if _, ok := packIDFromKey(bad); ok {
+			t.Errorf("packIDFromKey(%q) accepted", bad)
 		}
 	}
+}
+
+// A pack's table round-trips, and every kind of damage to it is caught.
+func TestPackTable(t *testing.T) {
+	entries := []packEntry{
+		{id: chunkID{1}, off: 0, stored: 100, size: 300},
+		{id: chunkID{2}, off: 100, stored: 20, size: 1 << 20},
+	}
+	records := make([]byte, 120)
+	body := appendPackTable(records, entries)
+	parse := func(b []byte) ([]packEntry, error) {
+		if len(b) < packFooterSize {
+			return nil, errors.New("short")
+		}
+		footer := b[len(b)-packFooterSize:]
+		n, err := parsePackFooter(footer, int64(len(b)))
+		if err != nil {
+			return nil, err
+		}
+		start := len(b) - packFooterSize - n*packEntrySize
+		return parsePackTable(b[start:len(b)-packFooterSize], footer, int64(len(b)))
+	}
+	got, err := parse(body)
+	if err != nil || len(got) != 2 || got[0] != entries[0] || got[1] != entries[1] {
+		t.Fatalf("round trip: %+v, %v", got, err)
+	}
+	tableAt := len(records)
+	for _, tc := range []struct {
+		reason string
+		b      []byte
+	}{
+		{"flipped table byte", flip(body, tableAt+40)},
+		{"bad magic", flip(body, len(body)-packFooterSize)},
+		{"other version", flip(body, len(body)-packFooterSize+4)},
+		{"count too high", flip(body, len(body)-8)},
+		{"flipped checksum", flip(body, len(body)-1)},
+		{"extra bytes before the table", append([]byte{0}, body...)},
+		{"records missing", body[20:]},
+	} {
+		if _, err := parse(tc.b); err == nil {
+			t.Errorf("%s: accepted", tc.reason)
+		}
+	}
+	// Entries must describe records back to back, ending at the table.
+	for _, bad := range [][]packEntry{
+		{{id: chunkID{1}, off: 0, stored: 100, size: 300}, {id: chunkID{2}, off: 101, stored: 19, size: 1}},
+		{{id: chunkID{1}, off: 0, stored: 120, size: 0}},
+		{{id: chunkID{1}, off: 0, stored: 120, size: MaxChunkSize + 1}},
+		{{id: chunkID{1}, off: 0, stored: 8, size: 1}, {id: chunkID{2}, off: 8, stored: 112, size: 1}},
+		{{id: chunkID{1}, off: 0, stored: 119, size: 1}},
+	} {
+		if got, err := parse(appendPackTable(bytes.Clone(records), bad)); err == nil {
+			t.Errorf("table %+v accepted as %+v", bad, got)
+		}
+	}
+}
+
+func FuzzPackTable(f *testing.F) {
+	f.Add(appendPackTable(make([]byte, 120), []packEntry{{id: chunkID{1}, stored: 100, size: 300}, {id: chunkID{2}, off: 100, stored: 20, size: 7}}))
+	f.Add(appendPackTable(nil, nil))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) < packFooterSize {
+			return
+		}
+		footer := b[len(b)-packFooterSize:]
+		n, err := parsePackFooter(footer, int64(len(b)))
+		if err != nil {
+			return
+		}
+		start := len(b) - packFooterSize - n*packEntrySize
+		if start < 0 {
+			t.Fatalf("footer of %d entries accepted in %d bytes", n, len(b))
+		}
+		entries, err := parsePackTable(b[start:len(b)-packFooterSize], footer, int64(len(b)))
+		if err != nil {
+			return
+		}
+		var next int64
+		for _, e := range entries {
+			if e.off != next || e.stored < chunkHeaderSize || e.size <= 0 || e.size > MaxChunkSize {
+				t.Fatalf("accepted entry %+v", e)
+			}
+			next += e.stored
+		}
+		if next != int64(start) {
+			t.Fatalf("records end at %d, table at %d", next, start)
+		}
+	})
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os/exec"
@@ -136,4 +137,62 @@ func goroot() string {
 		return ""
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// packTables reads the table of every pack in store, by pack key.
+func packTables(t testing.TB, c *Cache, store backend.Store) map[string][]packEntry {
+	t.Helper()
+	out := map[string][]packEntry{}
+	err := store.List(context.Background(), packPrefix, func(info backend.Info) error {
+		entries, err := c.readPackTable(context.Background(), info)
+		if err != nil {
+			return fmt.Errorf("pack %s: %w", info.Key, err)
+		}
+		out[info.Key] = entries
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// chunkLocation returns where the index says chunk d is.
+func chunkLocation(t testing.TB, c *Cache, d digest.Digest) (chunkID, chunkInfo) {
+	t.Helper()
+	id, err := parseChunkID(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ci, ok, err := c.lookupChunk(id)
+	if err != nil || !ok {
+		t.Fatalf("chunk %s not in the index: %v", d, err)
+	}
+	return id, ci
+}
+
+// rewritePack replaces the pack holding ci with what edit makes of its
+// bytes; edit returning nil deletes the pack.
+func rewritePack(t testing.TB, store backend.Store, ci chunkInfo, edit func(body []byte) []byte) {
+	t.Helper()
+	ctx := context.Background()
+	key := packKey(ci.pack)
+	rc, err := store.Open(ctx, key, 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	body = edit(body)
+	if body == nil {
+		err = store.Delete(ctx, key)
+	} else {
+		err = store.Put(ctx, key, bytes.NewReader(body), int64(len(body)))
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
 }

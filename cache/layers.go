@@ -209,7 +209,7 @@ func (c *Cache) Delete(ctx context.Context, d digest.Digest) error {
 type Stats struct {
 	Layers, Chunks, Steps int64
 	LogicalBytes          int64 // sum of the sizes of all layers
-	StoredBytes           int64 // bytes of all chunk objects the index knows
+	StoredBytes           int64 // bytes of all chunk records the index knows
 }
 
 // Stats counts what the index holds. It walks the index: call it for

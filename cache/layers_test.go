@@ -2,13 +2,14 @@ package cache
 
 import (
 	"bytes"
-	"context"
+	"crypto/sha256"
 	"errors"
 	"io"
 	"strings"
 	"testing"
 
 	"github.com/cairnbuild/cairn/chunker"
+	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -351,31 +352,41 @@ func TestDataLoss(t *testing.T) {
 	data := genData(50, 3<<20)
 	info := push(t, c, data)
 	refs, _ := c.Chunks(ctx, info.Digest)
-	id, _ := parseChunkID(refs[1].Digest)
-	key := chunkKey(id)
-	rc, err := store.Open(ctx, key, 0, -1)
-	if err != nil {
+	id, ci := chunkLocation(t, c, refs[1].Digest)
+	var orig []byte
+	rewritePack(t, store, ci, func(b []byte) []byte { orig = b; return b })
+	at := func(i int64) int { return int(ci.off + i) }
+
+	// A well-formed record of other content, of the same size, in a pack
+	// of its own, for an index entry pointing at the wrong record.
+	other := otherChunk(c, refs[1].Size)
+	otherPack := newPackID()
+	otherBody := appendPackTable(bytes.Clone(other), []packEntry{{id: chunkID(sha256.Sum256(genData(99, int(refs[1].Size)))), stored: int64(len(other)), size: refs[1].Size}})
+	if err := store.Put(ctx, packKey(otherPack), bytes.NewReader(otherBody), int64(len(otherBody))); err != nil {
 		t.Fatal(err)
 	}
-	obj, _ := io.ReadAll(rc)
-	rc.Close()
+	setEntry := func(e chunkInfo) {
+		if err := c.db.Update(func(txn *badger.Txn) error { return txn.Set(chunkIdxKey(id), e.encode()) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wrong := ci
+	wrong.pack, wrong.off, wrong.stored = otherPack, 0, int64(len(other))
 
 	for _, tc := range []struct {
 		reason string
-		obj    []byte
+		pack   []byte    // the pack's bytes; nil deletes it
+		entry  chunkInfo // the index entry
 	}{
-		{"flipped payload byte", flip(obj, len(obj)-5)},
-		{"flipped header size", flip(obj, 9)},
-		{"bad magic", flip(obj, 0)},
-		{"truncated", obj[:len(obj)/2]},
-		{"chunk of other content", otherChunk(c, refs[1].Size)},
-		{"missing", nil},
+		{"flipped payload byte", flip(orig, at(ci.stored-5)), ci},
+		{"flipped header size", flip(orig, at(9)), ci},
+		{"bad magic", flip(orig, at(0)), ci},
+		{"truncated pack", orig[:at(ci.stored/2)], ci},
+		{"record of other content", orig, wrong},
+		{"missing pack", nil, ci},
 	} {
-		if tc.obj == nil {
-			store.Delete(ctx, key)
-		} else if err := store.Put(ctx, key, bytes.NewReader(tc.obj), int64(len(tc.obj))); err != nil {
-			t.Fatal(err)
-		}
+		rewritePack(t, store, ci, func([]byte) []byte { return tc.pack })
+		setEntry(tc.entry)
 		rc, _, err := c.Open(ctx, info.Digest, 0, -1)
 		if err != nil {
 			t.Fatal(err)
@@ -386,13 +397,22 @@ func TestDataLoss(t *testing.T) {
 			t.Errorf("%s: read error %v, want ErrDataLoss", tc.reason, err)
 		}
 		if !bytes.Equal(got, data[:len(got)]) || int64(len(got)) > refs[0].Size {
-			t.Errorf("%s: %d bytes came back before the error; want only the good first chunk", tc.reason, len(got))
+			t.Errorf("%s: %d bytes came back before the error; want at most the good first chunk", tc.reason, len(got))
 		}
 		if _, err := c.ReadChunk(ctx, refs[1].Digest); !errors.Is(err, ErrDataLoss) {
 			t.Errorf("%s: ReadChunk: %v, want ErrDataLoss", tc.reason, err)
 		}
+		if tc.pack == nil {
+			if err := store.Put(ctx, packKey(ci.pack), bytes.NewReader(orig), int64(len(orig))); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
-	_ = context.Background
+	setEntry(ci)
+	rewritePack(t, store, ci, func([]byte) []byte { return orig })
+	if got := pullDigest(t, c, info.Digest); got != info.Digest {
+		t.Errorf("restored pack: pulled %s", got)
+	}
 }
 
 func flip(b []byte, i int) []byte {

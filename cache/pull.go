@@ -201,35 +201,55 @@ func (rr *recipeReader) Close() error {
 	return nil
 }
 
-// readChunk fetches chunk id, checks its header, decompresses it into a
-// pooled buffer and verifies its hash. Anything wrong with the stored chunk
-// is ErrDataLoss; a backend that cannot be reached is ErrUnavailable.
+// readChunk looks chunk id up in the index and reads it (readRecord).
+// size is what the recipe says it holds. A chunk the index has lost is
+// ErrDataLoss.
 func (c *Cache) readChunk(ctx context.Context, id chunkID, size int64) (*[]byte, []byte, error) {
-	key := chunkKey(id)
-	rc, err := c.store.Open(ctx, key, 0, -1)
+	ci, ok, err := c.lookupChunk(id)
 	if err != nil {
-		if errors.Is(err, backend.ErrNotFound) {
-			return nil, nil, fmt.Errorf("%w: chunk %s is missing from the backend: %w", ErrDataLoss, id, err)
+		return nil, nil, err
+	}
+	if !ok {
+		return nil, nil, fmt.Errorf("%w: chunk %s is missing from the index", ErrDataLoss, id)
+	}
+	if ci.size != size {
+		return nil, nil, fmt.Errorf("%w: chunk %s: index says %d bytes, recipe %d", ErrDataLoss, id, ci.size, size)
+	}
+	return c.readRecord(ctx, id, ci)
+}
+
+// readRecord reads chunk id's record from its pack, checks its header,
+// decompresses it into a pooled buffer and verifies its hash. Anything wrong
+// with the stored record is ErrDataLoss; a backend that cannot be reached
+// is ErrUnavailable.
+func (c *Cache) readRecord(ctx context.Context, id chunkID, ci chunkInfo) (*[]byte, []byte, error) {
+	key := packKey(ci.pack)
+	if ci.stored > chunkHeaderSize+int64(c.enc.MaxEncodedSize(int(ci.size))) {
+		return nil, nil, fmt.Errorf("%w: chunk %s: index entry claims %d bytes stored for %d", ErrDataLoss, id, ci.stored, ci.size)
+	}
+	rc, err := c.store.Open(ctx, key, ci.off, ci.stored)
+	if err != nil {
+		if errors.Is(err, backend.ErrNotFound) || errors.Is(err, backend.ErrInvalidRange) {
+			return nil, nil, fmt.Errorf("%w: chunk %s: pack %s: %w", ErrDataLoss, id, ci.pack, err)
 		}
 		return nil, nil, backendErr("read chunk "+id.String(), err)
 	}
 	defer rc.Close()
-	cp := c.getComp(int(size))
+	cp := c.getComp(int(ci.size))
 	defer c.compPool.Put(cp)
-	obj, err := readAllInto((*cp)[:0], rc, chunkHeaderSize+int64(c.enc.MaxEncodedSize(int(size))))
-	*cp = obj[:0]
-	if err != nil {
-		if errors.Is(err, errTooLong) {
-			return nil, nil, fmt.Errorf("%w: chunk %s: object larger than its size allows", ErrDataLoss, id)
+	rec := (*cp)[:ci.stored]
+	if n, err := io.ReadFull(rc, rec); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+			return nil, nil, fmt.Errorf("%w: chunk %s: pack %s ends %d bytes into the record of %d", ErrDataLoss, id, ci.pack, n, ci.stored)
 		}
 		return nil, nil, backendErr("read chunk "+id.String(), err)
 	}
-	hdrSize, payload, err := parseChunkHeader(obj)
+	hdrSize, payload, err := parseChunkHeader(rec)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: chunk %s: %w", ErrDataLoss, id, err)
 	}
-	if size >= 0 && hdrSize != size {
-		return nil, nil, fmt.Errorf("%w: chunk %s: header says %d bytes, recipe %d", ErrDataLoss, id, hdrSize, size)
+	if hdrSize != ci.size {
+		return nil, nil, fmt.Errorf("%w: chunk %s: header says %d bytes, index %d", ErrDataLoss, id, hdrSize, ci.size)
 	}
 	bp := c.getData(int(hdrSize))
 	data, err := c.dec.DecodeAll(payload, (*bp)[:0:hdrSize])
@@ -246,31 +266,6 @@ func (c *Cache) readChunk(ctx context.Context, id chunkID, size int64) (*[]byte,
 		return nil, nil, fmt.Errorf("%w: chunk %s fails verification", ErrDataLoss, id)
 	}
 	return bp, data, nil
-}
-
-var errTooLong = errors.New("object too long")
-
-// readAllInto reads r to the end into buf, failing beyond limit bytes.
-func readAllInto(buf []byte, r io.Reader, limit int64) ([]byte, error) {
-	for {
-		if len(buf) == cap(buf) {
-			if int64(len(buf)) > limit {
-				return buf, errTooLong
-			}
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := r.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if err == io.EOF {
-			if int64(len(buf)) > limit {
-				return buf, errTooLong
-			}
-			return buf, nil
-		}
-		if err != nil {
-			return buf, err
-		}
-	}
 }
 
 // ReadChunk returns chunk d's bytes, verified and decompressed.
@@ -290,7 +285,7 @@ func (c *Cache) ReadChunk(ctx context.Context, d digest.Digest) ([]byte, error) 
 	if !ok {
 		return nil, fmt.Errorf("cache: read chunk %s: %w", d, ErrNotFound)
 	}
-	bp, data, err := c.readChunk(ctx, id, ci.size)
+	bp, data, err := c.readRecord(ctx, id, ci)
 	if err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
 	}

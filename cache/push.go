@@ -43,9 +43,10 @@ type PushOptions struct {
 // Push stores the layer read from r, chunked, deduplicated and compressed,
 // and returns its record. It reads r to the end (or the declared size) in
 // one pass, hashing the whole stream while it cuts chunks; chunks the index
-// lacks are compressed and written to the backend, up to Concurrency at a
-// time, so a slow backend slows the reading of r. The layer becomes visible
-// only after every chunk and its manifest are durable. Pushing a layer that
+// lacks are compressed, up to Concurrency at a time, and written to the
+// backend in packs (see packTarget), so a slow backend slows the reading of
+// r. The layer becomes visible only after every chunk and its manifest are
+// durable. Pushing a layer that
 // is already committed returns the committed record.
 func (c *Cache) Push(ctx context.Context, r io.Reader, opts PushOptions) (LayerInfo, error) {
 	if err := c.begin(ctx); err != nil {
@@ -61,7 +62,7 @@ func (c *Cache) Push(ctx context.Context, r io.Reader, opts PushOptions) (LayerI
 
 // pushChunk is one chunk on its way through a push: filled by the reader,
 // hashed into the layer digest by the hasher, and hashed, looked up and
-// stored by a worker. Its buffer returns to the pool when both are done.
+// compressed into a pack by a worker. Its buffer returns to the pool when both are done.
 type pushChunk struct {
 	buf  *[]byte
 	data []byte
@@ -100,16 +101,14 @@ func (c *Cache) push(ctx context.Context, r io.Reader, opts PushOptions) (LayerI
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	held := newHeldFlights(&c.flights)
-	defer held.releaseAll()
-
 	var (
 		recipe   []recipeEntry
 		recipeMu sync.Mutex // workers fill recipe[idx]; the reader appends
-		uploaded = make(map[chunkID]chunkInfo)
 	)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(c.conc)
+	sess := c.newSession(ctx, false) // not gctx: Wait cancels that, and flush comes after
+	defer sess.close()
 
 	// The layer hasher: SHA-256 over the chunks in stream order, on its own
 	// goroutine so that the reader only cuts and copies.
@@ -176,16 +175,7 @@ func (c *Cache) push(ctx context.Context, r io.Reader, opts PushOptions) (LayerI
 			recipeMu.Lock()
 			recipe[pc.idx].id = id
 			recipeMu.Unlock()
-			ci, fresh, err := c.ensureChunk(gctx, id, pc.data, held)
-			if err != nil {
-				return err
-			}
-			if fresh {
-				recipeMu.Lock()
-				uploaded[id] = ci
-				recipeMu.Unlock()
-			}
-			return nil
+			return sess.ensure(gctx, id, pc.data)
 		})
 	}
 	close(toHash)
@@ -209,8 +199,11 @@ func (c *Cache) push(ctx context.Context, r io.Reader, opts PushOptions) (LayerI
 	if opts.Expected != "" && got != opts.Expected {
 		return LayerInfo{}, fmt.Errorf("%w: stream hashes to %s, expected %s", ErrDigestMismatch, got, opts.Expected)
 	}
+	if err := sess.flush(); err != nil {
+		return LayerInfo{}, err
+	}
 	lr := &layerRecord{digest: got, size: total, mediaType: opts.MediaType, created: time.Now().UTC(), recipe: recipe}
-	return c.commit(ctx, lr, uploaded)
+	return c.commit(ctx, lr, sess.knownChunks())
 }
 
 // verifyStored consumes the push of a layer that is already committed: the
@@ -275,127 +268,4 @@ func (c *Cache) commit(ctx context.Context, lr *layerRecord, uploaded map[chunkI
 func (lr *layerRecord) info(accessed time.Time) LayerInfo {
 	return LayerInfo{Digest: lr.digest, Size: lr.size, StoredSize: lr.stored, MediaType: lr.mediaType,
 		Chunks: len(lr.recipe), Created: lr.created, Accessed: accessed}
-}
-
-// ensureChunk makes chunk id durable in the backend unless the index or a
-// concurrent upload already has it. fresh reports that the index may not
-// hold it yet, so the commit must create its entry from ci.
-func (c *Cache) ensureChunk(ctx context.Context, id chunkID, data []byte, held *heldFlights) (ci chunkInfo, fresh bool, err error) {
-	if ci, ok, err := c.lookupChunk(id); err != nil || ok {
-		return ci, false, err
-	}
-	for {
-		f, leader := held.join(id)
-		if !leader {
-			select {
-			case <-f.done:
-			case <-ctx.Done():
-				return chunkInfo{}, false, ctx.Err()
-			}
-			if f.err == nil {
-				return f.info, true, nil
-			}
-			continue // the leader failed (its push was cancelled?): try ourselves
-		}
-		// Recheck: a push that committed this chunk may have just left.
-		if ci, ok, err := c.lookupChunk(id); err != nil || ok {
-			held.finish(id, f, ci, err)
-			return ci, false, err
-		}
-		ci, err := c.writeChunk(ctx, id, data)
-		held.finish(id, f, ci, err)
-		return ci, true, err
-	}
-}
-
-// writeChunk compresses data and writes it to chunkKey(id).
-func (c *Cache) writeChunk(ctx context.Context, id chunkID, data []byte) (chunkInfo, error) {
-	bp := c.getComp(len(data))
-	defer c.compPool.Put(bp)
-	obj := (*bp)[:chunkHeaderSize]
-	putChunkHeader(obj, len(data))
-	obj = c.enc.EncodeAll(data, obj)
-	*bp = obj[:0]
-	if err := c.store.Put(ctx, chunkKey(id), bytes.NewReader(obj), int64(len(obj))); err != nil {
-		return chunkInfo{}, backendErr("write chunk "+id.String(), err)
-	}
-	return chunkInfo{size: int64(len(data)), stored: int64(len(obj))}, nil
-}
-
-// flights dedups concurrent uploads of the same new chunk: the first push
-// to need it uploads it, later ones wait and reuse the result. A finished
-// flight stays in the map while any push that used it is still running, so
-// a push that starts later also skips the upload: the chunk is durable, and
-// its index entry arrives with the first commit.
-type flights struct {
-	mu sync.Mutex
-	m  map[chunkID]*flight
-}
-
-type flight struct {
-	done    chan struct{}
-	info    chunkInfo
-	err     error
-	holders int
-}
-
-// heldFlights are the flights one push has joined; it leaves them all when
-// it ends, committed or not.
-type heldFlights struct {
-	fs   *flights
-	mu   sync.Mutex
-	held map[chunkID]*flight
-}
-
-func newHeldFlights(fs *flights) *heldFlights {
-	return &heldFlights{fs: fs, held: make(map[chunkID]*flight)}
-}
-
-// join returns the flight for id, starting one (leader true) if none is
-// under way.
-func (h *heldFlights) join(id chunkID) (f *flight, leader bool) {
-	h.fs.mu.Lock()
-	defer h.fs.mu.Unlock()
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	f, ok := h.fs.m[id]
-	if !ok {
-		f = &flight{done: make(chan struct{})}
-		h.fs.m[id] = f
-		leader = true
-	}
-	if old := h.held[id]; old != f {
-		if old != nil {
-			old.holders-- // a failed flight, already out of the map
-		}
-		f.holders++
-		h.held[id] = f
-	}
-	return f, leader
-}
-
-// finish ends a flight this push leads. A failed flight leaves the map at
-// once, so the next push to need the chunk uploads it again.
-func (h *heldFlights) finish(id chunkID, f *flight, ci chunkInfo, err error) {
-	h.fs.mu.Lock()
-	defer h.fs.mu.Unlock()
-	f.info, f.err = ci, err
-	if err != nil && h.fs.m[id] == f {
-		delete(h.fs.m, id)
-	}
-	close(f.done)
-}
-
-func (h *heldFlights) releaseAll() {
-	h.fs.mu.Lock()
-	defer h.fs.mu.Unlock()
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for id, f := range h.held {
-		f.holders--
-		if f.holders == 0 && h.fs.m[id] == f {
-			delete(h.fs.m, id)
-		}
-	}
-	h.held = nil
 }

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"time"
 
 	"github.com/cairnbuild/cairn/backend"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
 )
 
 // maxMetaObject bounds the manifests and step records Reindex reads: a
@@ -17,7 +19,7 @@ import (
 const maxMetaObject = 16 << 20
 
 // Reindex rebuilds the index from the backend alone: it drops every index
-// entry, lists chunks/, layers/ and steps/, and writes the entries back,
+// entry, lists packs/, layers/ and steps/, and writes the entries back,
 // with reference counts recomputed from the layer manifests. A layer whose
 // manifest names a chunk the backend lacks is not restored (it could not be
 // served), and neither are steps that name a layer not restored. Hit counts
@@ -39,19 +41,12 @@ func (c *Cache) Reindex(ctx context.Context) error {
 }
 
 func (c *Cache) reindex(ctx context.Context) error {
-	// 1. Chunk objects: their stored sizes.
-	chunks := make(map[chunkID]*chunkInfo)
-	err := c.store.List(ctx, chunkPrefix, func(info backend.Info) error {
-		id, ok := chunkIDFromKey(info.Key)
-		if !ok {
-			c.log.Warn("cache: reindex: skipping stray object", "key", info.Key)
-			return nil
-		}
-		chunks[id] = &chunkInfo{size: -1, stored: info.Size}
-		return nil
-	})
+	// 1. Packs: their tables say which chunks each holds, where, and how
+	// large. A chunk in several packs (concurrent pushes, a push that
+	// failed after writing some) is taken from the first pack by key.
+	chunks, err := c.readPackTables(ctx)
 	if err != nil {
-		return backendErr("list chunks", err)
+		return err
 	}
 
 	// 2. Layer manifests: the recipes, which give the references and the
@@ -84,7 +79,7 @@ func (c *Cache) reindex(ctx context.Context) error {
 		complete := true
 		for _, e := range lr.recipe {
 			ci, ok := chunks[e.id]
-			if !ok {
+			if !ok || ci.size != e.size {
 				c.log.Warn("cache: reindex: layer names a missing chunk; not restored", "layer", lr.digest, "chunk", e.id.String())
 				complete = false
 				break
@@ -95,31 +90,12 @@ func (c *Cache) reindex(ctx context.Context) error {
 			continue
 		}
 		for _, e := range lr.recipe {
-			ci := chunks[e.id]
-			ci.size = e.size
-			ci.refs++
+			chunks[e.id].refs++
 		}
 		restored[lr.digest] = true
 		kept = append(kept, lr)
 	}
 	layers = kept
-
-	// Unreferenced chunks: their size is in the object header.
-	for id, ci := range chunks {
-		if ci.size >= 0 {
-			continue
-		}
-		size, err := c.chunkHeaderSize(ctx, id)
-		if err != nil {
-			if errors.Is(err, ErrDataLoss) {
-				c.log.Warn("cache: reindex: skipping bad chunk object", "chunk", id.String(), "err", err)
-				delete(chunks, id)
-				continue
-			}
-			return err
-		}
-		ci.size = size
-	}
 
 	// 3. Step records.
 	var steps []stepObject
@@ -152,6 +128,9 @@ func (c *Cache) reindex(ctx context.Context) error {
 	}
 	wb := c.db.NewWriteBatch()
 	defer wb.Cancel()
+	if err := wb.Set(idxFormat, []byte(indexFormat)); err != nil {
+		return indexErr("write index", err)
+	}
 	now := time.Now().Unix() // the objects' ages are unknown: a full grace period
 	for id, ci := range chunks {
 		ci.added = now
@@ -204,23 +183,91 @@ func (c *Cache) readMeta(ctx context.Context, info backend.Info) ([]byte, error)
 	return buf.Bytes(), nil
 }
 
-// chunkHeaderSize reads the uncompressed size from a chunk object's header.
-func (c *Cache) chunkHeaderSize(ctx context.Context, id chunkID) (int64, error) {
-	rc, err := c.store.Open(ctx, chunkKey(id), 0, chunkHeaderSize)
+// readPackTables lists packs/ and reads every pack's table, up to
+// Concurrency packs at a time. A pack whose table is unreadable or
+// inconsistent is skipped with a warning: its chunks are as good as lost.
+func (c *Cache) readPackTables(ctx context.Context) (map[chunkID]*chunkInfo, error) {
+	var packs []backend.Info
+	err := c.store.List(ctx, packPrefix, func(info backend.Info) error {
+		packs = append(packs, info)
+		return nil
+	})
 	if err != nil {
-		return 0, backendErr("read chunk header "+id.String(), err)
+		return nil, backendErr("list packs", err)
 	}
-	defer rc.Close()
-	var hdr [chunkHeaderSize]byte
-	if _, err := io.ReadFull(rc, hdr[:]); err != nil {
-		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-			return 0, fmt.Errorf("%w: chunk %s: short header", ErrDataLoss, id)
+	sort.Slice(packs, func(i, j int) bool { return packs[i].Key < packs[j].Key })
+	tables := make([][]packEntry, len(packs))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(c.conc)
+	for i, info := range packs {
+		if _, ok := packIDFromKey(info.Key); !ok {
+			c.log.Warn("cache: reindex: skipping stray object", "key", info.Key)
+			continue
 		}
-		return 0, backendErr("read chunk header "+id.String(), err)
+		g.Go(func() error {
+			entries, err := c.readPackTable(gctx, info)
+			if errors.Is(err, ErrDataLoss) {
+				c.log.Warn("cache: reindex: skipping bad pack", "key", info.Key, "err", err)
+				return nil
+			}
+			tables[i] = entries
+			return err
+		})
 	}
-	size, _, err := parseChunkHeader(hdr[:])
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	chunks := make(map[chunkID]*chunkInfo)
+	for i, entries := range tables {
+		id, _ := packIDFromKey(packs[i].Key)
+		for _, e := range entries {
+			if _, ok := chunks[e.id]; !ok {
+				chunks[e.id] = &chunkInfo{size: e.size, stored: e.stored, pack: id, off: e.off}
+			}
+		}
+	}
+	return chunks, nil
+}
+
+// readPackTable reads the footer, then the table, of one pack.
+func (c *Cache) readPackTable(ctx context.Context, info backend.Info) ([]packEntry, error) {
+	read := func(off, n int64) ([]byte, error) {
+		rc, err := c.store.Open(ctx, info.Key, off, n)
+		if err != nil {
+			if errors.Is(err, backend.ErrNotFound) || errors.Is(err, backend.ErrInvalidRange) {
+				return nil, fmt.Errorf("%w: %w", ErrDataLoss, err)
+			}
+			return nil, backendErr("read pack "+info.Key, err)
+		}
+		defer rc.Close()
+		b := make([]byte, n)
+		if _, err := io.ReadFull(rc, b); err != nil {
+			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+				return nil, fmt.Errorf("%w: short read", ErrDataLoss)
+			}
+			return nil, backendErr("read pack "+info.Key, err)
+		}
+		return b, nil
+	}
+	if info.Size < packFooterSize {
+		return nil, fmt.Errorf("%w: %d bytes, too short for a pack", ErrDataLoss, info.Size)
+	}
+	footer, err := read(info.Size-packFooterSize, packFooterSize)
 	if err != nil {
-		return 0, fmt.Errorf("%w: chunk %s: %w", ErrDataLoss, id, err)
+		return nil, err
 	}
-	return size, nil
+	n, err := parsePackFooter(footer, info.Size)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrDataLoss, err)
+	}
+	tableLen := int64(n * packEntrySize)
+	table, err := read(info.Size-packFooterSize-tableLen, tableLen)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := parsePackTable(table, footer, info.Size)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrDataLoss, err)
+	}
+	return entries, nil
 }

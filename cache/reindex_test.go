@@ -110,8 +110,8 @@ func testReindex(t *testing.T, store backend.Store) {
 	// Reindex over a live index gives the same result, and a layer whose
 	// chunk is gone from the backend is not restored.
 	refs, _ := c.Chunks(ctx, layers[2].Digest)
-	id, _ := parseChunkID(refs[len(refs)-1].Digest)
-	store.Delete(ctx, chunkKey(id))
+	_, ci := chunkLocation(t, c, refs[len(refs)-1].Digest)
+	rewritePack(t, store, ci, func(b []byte) []byte { return dropRecord(t, c, b, ci) })
 	if err := c.Reindex(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -123,4 +123,29 @@ func testReindex(t *testing.T, store backend.Store) {
 	}
 	checkRefcounts(t, c)
 	checkIndexBacked(t, c, store)
+}
+
+// dropRecord returns pack body without the record at ci, its table
+// rewritten to match.
+func dropRecord(t *testing.T, c *Cache, body []byte, ci chunkInfo) []byte {
+	t.Helper()
+	entries, err := c.readPackTable(t.Context(), backend.Info{Key: packKey(ci.pack), Size: int64(len(body))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []byte
+	var kept []packEntry
+	for _, e := range entries {
+		if e.off == ci.off {
+			continue
+		}
+		rec := body[e.off : e.off+e.stored]
+		e.off = int64(len(out))
+		out = append(out, rec...)
+		kept = append(kept, e)
+	}
+	if len(kept) != len(entries)-1 {
+		t.Fatalf("no record at %d in pack %s", ci.off, ci.pack)
+	}
+	return appendPackTable(out, kept)
 }

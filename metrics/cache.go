@@ -26,7 +26,7 @@ type StatsFunc func(ctx context.Context) (cache.Stats, error)
 //
 //   - cairn_layers, cairn_chunks, cairn_steps: what the index holds.
 //   - cairn_logical_bytes: the sum of the sizes of all layers, as pushed.
-//   - cairn_stored_bytes: the compressed bytes of all chunk objects.
+//   - cairn_stored_bytes: the compressed bytes of all chunks the index knows.
 //   - cairn_dedup_ratio: logical over stored bytes (0 while nothing is
 //     stored).
 //
@@ -59,7 +59,7 @@ func NewCacheCollector(stats StatsFunc, interval time.Duration, log *slog.Logger
 		chunks:  prometheus.NewDesc("cairn_chunks", "Distinct chunks stored.", nil, nil),
 		steps:   prometheus.NewDesc("cairn_steps", "Step records stored.", nil, nil),
 		logical: prometheus.NewDesc("cairn_logical_bytes", "Sum of the sizes of all stored layers, as pushed.", nil, nil),
-		stored:  prometheus.NewDesc("cairn_stored_bytes", "Compressed bytes of all stored chunk objects.", nil, nil),
+		stored:  prometheus.NewDesc("cairn_stored_bytes", "Compressed bytes of all stored chunks (their records in packs, headers included).", nil, nil),
 		ratio:   prometheus.NewDesc("cairn_dedup_ratio", "Logical bytes over stored bytes (dedup and compression together).", nil, nil),
 	}
 }

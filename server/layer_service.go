@@ -284,7 +284,9 @@ func (s *layerService) FindMissingChunks(ctx context.Context, req *cairnv1.FindM
 }
 
 // PutChunks implements cairnv1.LayerServiceServer. Up to putChunksParallel
-// chunks are stored at once; the first failure ends the call.
+// chunks are verified and compressed at once, into the packs of one
+// ChunkUpload; the first failure ends the call, and the chunks accepted
+// before it are still stored.
 func (s *layerService) PutChunks(stream cairnv1.LayerService_PutChunksServer) error {
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)
@@ -294,12 +296,16 @@ func (s *layerService) PutChunks(stream cairnv1.LayerService_PutChunksServer) er
 	defer s.release()
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(putChunksParallel)
+	// The stream's chunks go to packs together; not under ctx, which fail
+	// cancels, so that the chunks accepted before a failure are stored.
+	up := s.cache.NewChunkUpload(stream.Context())
 	var count, received int64
 	fail := func(err error) error {
 		cancel(nil)
 		if gerr := g.Wait(); gerr != nil && !errors.Is(gerr, context.Canceled) {
 			err = gerr // a store that failed first explains the rest
 		}
+		up.Close()
 		return toStatus(withCause(ctx, err))
 	}
 	for i := 0; ; i++ {
@@ -324,9 +330,13 @@ func (s *layerService) PutChunks(stream cairnv1.LayerService_PutChunksServer) er
 		s.m.addReceived(len(data))
 		count++
 		received += int64(len(data))
-		g.Go(func() error { return s.cache.PutChunk(gctx, d, data) })
+		g.Go(func() error { return up.Put(gctx, d, data) })
 	}
 	if err := g.Wait(); err != nil {
+		up.Close() // the chunks accepted before the failure are still stored
+		return toStatus(withCause(ctx, err))
+	}
+	if err := up.Close(); err != nil {
 		return toStatus(withCause(ctx, err))
 	}
 	return stream.SendAndClose(&cairnv1.PutChunksResponse{ChunkCount: count, ReceivedBytes: received})
