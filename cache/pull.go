@@ -252,7 +252,9 @@ func (c *Cache) readRecord(ctx context.Context, id chunkID, ci chunkInfo) (*[]by
 		return nil, nil, fmt.Errorf("%w: chunk %s: header says %d bytes, index %d", ErrDataLoss, id, hdrSize, ci.size)
 	}
 	bp := c.getData(int(hdrSize))
-	data, err := c.dec.DecodeAll(payload, (*bp)[:0:hdrSize])
+	// The capacity bounds what DecodeAll may write (WithDecodeAllCapLimit):
+	// a frame that decodes to more than the header says fails below.
+	data, err := c.dec.DecodeAll(payload, (*bp)[:0:hdrSize+decodeSlack])
 	if errors.Is(err, zstd.ErrDecoderClosed) {
 		c.dataPool.Put(bp)
 		return nil, nil, ErrClosed
