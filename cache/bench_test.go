@@ -23,6 +23,7 @@ import (
 	"github.com/cairnbuild/cairn/backend/mem"
 	"github.com/cairnbuild/cairn/cache/stepkey"
 	"github.com/cairnbuild/cairn/chunker"
+	"github.com/cairnbuild/cairn/chunkid"
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	"github.com/zeebo/blake3"
@@ -153,7 +154,7 @@ func (pl *pipeline) run(data []byte) int64 {
 		}
 		*p = append((*p)[:0], c.Data...)
 		g.Go(func() error {
-			_ = sha256.Sum256(*p)
+			_ = chunkid.Sum(*p)
 			o, _ := pl.outPool.Get().(*[]byte)
 			if o == nil {
 				o = new([]byte)

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cairnbuild/cairn/chunkid"
 	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
 )
@@ -112,7 +113,7 @@ func (u *ChunkUpload) Put(ctx context.Context, id digest.Digest, data []byte) er
 	if len(data) == 0 || len(data) > MaxChunkSize {
 		return fmt.Errorf("cache: put chunk %s: %w: %d bytes, want 1 to %d", id, ErrInvalidArgument, len(data), MaxChunkSize)
 	}
-	if got := chunkID(sha256.Sum256(data)); got != cid {
+	if got := chunkid.Sum(data); got != cid {
 		return fmt.Errorf("cache: put chunk: %w: data hashes to %s, not %s", ErrDigestMismatch, got, id)
 	}
 	if err := u.s.ensure(ctx, cid, data); err != nil {

@@ -96,6 +96,8 @@
 //
 // # Formats chosen by measurement
 //
-// Chunks are named by SHA-256 (see ChunkDigest) and compressed with zstd
-// at SpeedFastest (see zstdLevel); bench/RESULTS.md has the figures.
+// Chunks are named by BLAKE3 (package chunkid says why), stored in packs of
+// about 4 MiB (see packTarget) and compressed with zstd at SpeedFastest
+// (see zstdLevel), without zstd's frame checksum; bench/RESULTS.md has the
+// figures.
 package cache

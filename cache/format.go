@@ -2,7 +2,6 @@ package cache
 
 import (
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -12,42 +11,35 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cairnbuild/cairn/chunkid"
 	"github.com/opencontainers/go-digest"
 )
 
 // This file holds every stored format: backend object keys and bodies, and
 // index keys and values. Changing any of them is a format change.
 
-// chunkID is a chunk's content hash (SHA-256 of its uncompressed bytes).
-type chunkID [sha256.Size]byte
+// chunkID is a chunk's content hash; package chunkid says which and why.
+type chunkID = chunkid.ID
 
-func (id chunkID) digest() digest.Digest {
-	return digest.NewDigestFromEncoded(digest.SHA256, hex.EncodeToString(id[:]))
-}
+// ChunkDigest returns the digest clients must name a chunk by (see package
+// chunkid: BLAKE3 of its uncompressed bytes, chosen by measurement). Chunk
+// records and pack tables record the algorithm.
+func ChunkDigest(data []byte) digest.Digest { return chunkid.Of(data) }
 
-func (id chunkID) String() string { return string(id.digest()) }
-
-// ChunkDigest returns the digest clients must name a chunk by: SHA-256 of its
-// uncompressed bytes. SHA-256 over BLAKE3: zstd is about 80 % of ingest CPU,
-// so BLAKE3 would save under 10 % (MEASUREMENTS.md and BenchmarkChunkHash),
-// while SHA-256 is in every client's standard library, has SHA-NI here and
-// is what OCI digests already use. Chunk objects record the algorithm in
-// their header, so it can change later.
-func ChunkDigest(data []byte) digest.Digest {
-	return chunkID(sha256.Sum256(data)).digest()
+// ParseChunkDigest checks a chunk digest from a caller; a mistake is an
+// ErrInvalidArgument that says which.
+func ParseChunkDigest(s string) (digest.Digest, error) {
+	if _, err := parseChunkID(digest.Digest(s)); err != nil {
+		return "", err
+	}
+	return digest.Digest(s), nil
 }
 
 // parseChunkID validates a chunk digest from a caller.
 func parseChunkID(d digest.Digest) (chunkID, error) {
-	var id chunkID
-	if err := d.Validate(); err != nil {
-		return id, fmt.Errorf("%w: chunk digest %q: %w", ErrInvalidArgument, d, err)
-	}
-	if d.Algorithm() != digest.SHA256 {
-		return id, fmt.Errorf("%w: chunk digest %q: algorithm %q not supported, chunks are named by sha256", ErrInvalidArgument, d, d.Algorithm())
-	}
-	if _, err := hex.Decode(id[:], []byte(d.Encoded())); err != nil {
-		return id, fmt.Errorf("%w: chunk digest %q: %w", ErrInvalidArgument, d, err)
+	id, err := chunkid.Parse(string(d))
+	if err != nil {
+		return id, fmt.Errorf("%w: %w", ErrInvalidArgument, err)
 	}
 	return id, nil
 }
@@ -118,14 +110,14 @@ func stepObjectKey(key digest.Digest) string { return stepPrefix + key.Encoded()
 //	offset size
 //	0      4    magic "CRNC"
 //	4      1    format version (1)
-//	5      1    hash algorithm of the chunk ID (1 = SHA-256)
+//	5      1    hash algorithm of the chunk ID (2 = BLAKE3)
 //	6      1    codec of the payload (1 = one zstd frame)
 //	7      1    reserved, 0
 //	8      8    uncompressed size, little-endian
 const (
 	chunkMagic      = "CRNC"
 	chunkVersion    = 1
-	chunkHashSHA256 = 1
+	chunkHashBLAKE3 = 2 // 1 was SHA-256, before packs
 	codecZstd       = 1
 	chunkHeaderSize = 16
 )
@@ -133,7 +125,7 @@ const (
 // putChunkHeader writes the header for a chunk of size uncompressed bytes.
 func putChunkHeader(b []byte, size int) {
 	copy(b, chunkMagic)
-	b[4], b[5], b[6], b[7] = chunkVersion, chunkHashSHA256, codecZstd, 0
+	b[4], b[5], b[6], b[7] = chunkVersion, chunkHashBLAKE3, codecZstd, 0
 	binary.LittleEndian.PutUint64(b[8:16], uint64(size))
 }
 
@@ -143,7 +135,7 @@ func parseChunkHeader(obj []byte) (size int64, payload []byte, err error) {
 	if len(obj) < chunkHeaderSize || string(obj[:4]) != chunkMagic {
 		return 0, nil, errors.New("not a chunk record (bad magic)")
 	}
-	if obj[4] != chunkVersion || obj[5] != chunkHashSHA256 || obj[6] != codecZstd {
+	if obj[4] != chunkVersion || obj[5] != chunkHashBLAKE3 || obj[6] != codecZstd {
 		return 0, nil, fmt.Errorf("unsupported chunk format: version %d, hash %d, codec %d", obj[4], obj[5], obj[6])
 	}
 	s := binary.LittleEndian.Uint64(obj[8:16])
@@ -166,7 +158,7 @@ func parseChunkHeader(obj []byte) (size int64, payload []byte, err error) {
 //	footer     16 bytes:
 //	              4  magic "CRNP"
 //	              1  format version (1)
-//	              1  hash algorithm of the chunk IDs (1 = SHA-256)
+//	              1  hash algorithm of the chunk IDs (2 = BLAKE3)
 //	              2  reserved, 0
 //	              4  count of entries
 //	              4  CRC-32C of the table
@@ -202,7 +194,7 @@ func appendPackTable(b []byte, entries []packEntry) []byte {
 	}
 	sum := crc32.Checksum(b[start:], crc32c)
 	b = append(b, packMagic...)
-	b = append(b, packVersion, chunkHashSHA256, 0, 0)
+	b = append(b, packVersion, chunkHashBLAKE3, 0, 0)
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(entries)))
 	return binary.LittleEndian.AppendUint32(b, sum)
 }
@@ -213,7 +205,7 @@ func parsePackFooter(footer []byte, packSize int64) (int, error) {
 	if len(footer) != packFooterSize || string(footer[:4]) != packMagic {
 		return 0, errors.New("not a pack (bad magic)")
 	}
-	if footer[4] != packVersion || footer[5] != chunkHashSHA256 {
+	if footer[4] != packVersion || footer[5] != chunkHashBLAKE3 {
 		return 0, fmt.Errorf("unsupported pack format: version %d, hash %d", footer[4], footer[5])
 	}
 	n := int64(binary.LittleEndian.Uint32(footer[8:12]))
@@ -268,7 +260,8 @@ var (
 )
 
 // indexFormat names the index and backend formats of this version: chunks
-// in packs (2); 1 was one backend object per chunk.
+// named by BLAKE3, in packs (2); 1 was one backend object per chunk, named
+// by SHA-256.
 const indexFormat = "cairn-index-2"
 
 func chunkIdxKey(id chunkID) []byte {
@@ -417,7 +410,7 @@ type layerManifest struct {
 	Size      int64           `json:"size"`
 	MediaType string          `json:"mediaType"`
 	Created   time.Time       `json:"created"`
-	ChunkHash string          `json:"chunkHash"` // "sha256"
+	ChunkHash string          `json:"chunkHash"` // "blake3"
 	Chunks    []manifestChunk `json:"chunks"`
 }
 
@@ -430,7 +423,7 @@ const manifestVersion = 1
 
 func (lr *layerRecord) manifest() ([]byte, error) {
 	m := layerManifest{Version: manifestVersion, Digest: lr.digest, Size: lr.size, MediaType: lr.mediaType,
-		Created: lr.created, ChunkHash: "sha256", Chunks: make([]manifestChunk, len(lr.recipe))}
+		Created: lr.created, ChunkHash: string(chunkid.Algorithm), Chunks: make([]manifestChunk, len(lr.recipe))}
 	for i, e := range lr.recipe {
 		m.Chunks[i] = manifestChunk{Digest: hex.EncodeToString(e.id[:]), Size: e.size}
 	}
@@ -442,7 +435,7 @@ func parseManifest(b []byte) (*layerRecord, error) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		return nil, err
 	}
-	if m.Version != manifestVersion || m.ChunkHash != "sha256" {
+	if m.Version != manifestVersion || m.ChunkHash != string(chunkid.Algorithm) {
 		return nil, fmt.Errorf("unsupported manifest version %d, chunk hash %q", m.Version, m.ChunkHash)
 	}
 	if err := parseLayerDigest(m.Digest); err != nil {

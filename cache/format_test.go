@@ -223,3 +223,17 @@ func FuzzPackTable(f *testing.F) {
 		}
 	})
 }
+
+// Chunk digests follow package chunkid (tested there); the cache reports
+// a bad one as ErrInvalidArgument.
+func TestParseChunkDigest(t *testing.T) {
+	good := ChunkDigest([]byte("chunk"))
+	if d, err := ParseChunkDigest(string(good)); err != nil || d != good {
+		t.Errorf("ParseChunkDigest(%s) = %s, %v", good, d, err)
+	}
+	for _, bad := range []string{"", "sha256:" + string(good[7:]), string(good) + "0"} {
+		if _, err := ParseChunkDigest(bad); !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("ParseChunkDigest(%q) = %v, want ErrInvalidArgument", bad, err)
+		}
+	}
+}

@@ -74,7 +74,7 @@ func (c *Cache) Chunks(ctx context.Context, d digest.Digest) ([]ChunkRef, error)
 	}
 	refs := make([]ChunkRef, len(lr.recipe))
 	for i, e := range lr.recipe {
-		refs[i] = ChunkRef{Digest: e.id.digest(), Size: e.size}
+		refs[i] = ChunkRef{Digest: e.id.Digest(), Size: e.size}
 	}
 	return refs, nil
 }

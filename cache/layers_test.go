@@ -2,13 +2,13 @@ package cache
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"errors"
 	"io"
 	"strings"
 	"testing"
 
 	"github.com/cairnbuild/cairn/chunker"
+	"github.com/cairnbuild/cairn/chunkid"
 	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
 )
@@ -361,7 +361,7 @@ func TestDataLoss(t *testing.T) {
 	// of its own, for an index entry pointing at the wrong record.
 	other := otherChunk(c, refs[1].Size)
 	otherPack := newPackID()
-	otherBody := appendPackTable(bytes.Clone(other), []packEntry{{id: chunkID(sha256.Sum256(genData(99, int(refs[1].Size)))), stored: int64(len(other)), size: refs[1].Size}})
+	otherBody := appendPackTable(bytes.Clone(other), []packEntry{{id: chunkid.Sum(genData(99, int(refs[1].Size))), stored: int64(len(other)), size: refs[1].Size}})
 	if err := store.Put(ctx, packKey(otherPack), bytes.NewReader(otherBody), int64(len(otherBody))); err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package cache
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cairnbuild/cairn/backend"
+	"github.com/cairnbuild/cairn/chunkid"
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 )
@@ -263,7 +263,7 @@ func (c *Cache) readRecord(ctx context.Context, id chunkID, ci chunkInfo) (*[]by
 		c.dataPool.Put(bp)
 		return nil, nil, fmt.Errorf("%w: chunk %s: decompress: got %d bytes of %d: %v", ErrDataLoss, id, len(data), hdrSize, err)
 	}
-	if chunkID(sha256.Sum256(data)) != id {
+	if chunkid.Sum(data) != id {
 		c.dataPool.Put(bp)
 		return nil, nil, fmt.Errorf("%w: chunk %s fails verification", ErrDataLoss, id)
 	}

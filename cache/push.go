@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cairnbuild/cairn/chunker"
+	"github.com/cairnbuild/cairn/chunkid"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
 )
@@ -171,7 +172,7 @@ func (c *Cache) push(ctx context.Context, r io.Reader, opts PushOptions) (LayerI
 		}
 		g.Go(func() error {
 			defer c.releaseChunk(pc)
-			id := chunkID(sha256.Sum256(pc.data))
+			id := chunkid.Sum(pc.data)
 			recipeMu.Lock()
 			recipe[pc.idx].id = id
 			recipeMu.Unlock()
@@ -199,11 +200,8 @@ func (c *Cache) push(ctx context.Context, r io.Reader, opts PushOptions) (LayerI
 	if opts.Expected != "" && got != opts.Expected {
 		return LayerInfo{}, fmt.Errorf("%w: stream hashes to %s, expected %s", ErrDigestMismatch, got, opts.Expected)
 	}
-	if err := sess.flush(); err != nil {
-		return LayerInfo{}, err
-	}
 	lr := &layerRecord{digest: got, size: total, mediaType: opts.MediaType, created: time.Now().UTC(), recipe: recipe}
-	return c.commit(ctx, lr, sess.knownChunks())
+	return c.commit(ctx, lr, sess)
 }
 
 // verifyStored consumes the push of a layer that is already committed: the
@@ -242,9 +240,12 @@ func (c *Cache) verifyStored(ctx context.Context, r io.Reader, opts PushOptions,
 }
 
 // commit writes the layer's manifest to the backend, then the index record;
-// the backend always comes first. A layer that is already committed is
-// returned as it is.
-func (c *Cache) commit(ctx context.Context, lr *layerRecord, uploaded map[chunkID]chunkInfo) (LayerInfo, error) {
+// the backend always comes first. sess, if not nil, is the push's chunk
+// session: its last pack is written while the manifest is (a manifest whose
+// chunks never landed is harmless: nothing indexes it, and Reindex restores
+// a layer only if every chunk it names is there), and the commit uses the
+// chunks it wrote. A layer that is already committed is returned as it is.
+func (c *Cache) commit(ctx context.Context, lr *layerRecord, sess *chunkSession) (LayerInfo, error) {
 	if old, err := c.stat(lr.digest); err == nil {
 		return old, nil
 	} else if !errors.Is(err, ErrNotFound) {
@@ -254,10 +255,24 @@ func (c *Cache) commit(ctx context.Context, lr *layerRecord, uploaded map[chunkI
 	if err != nil {
 		return LayerInfo{}, err
 	}
-	if err := c.store.Put(ctx, layerKey(lr.digest), bytes.NewReader(m), int64(len(m))); err != nil {
+	var flushErr error
+	var wg sync.WaitGroup
+	if sess != nil {
+		wg.Go(func() { flushErr = sess.flush() })
+	}
+	err = c.store.Put(ctx, layerKey(lr.digest), bytes.NewReader(m), int64(len(m)))
+	wg.Wait()
+	if flushErr != nil {
+		return LayerInfo{}, flushErr
+	}
+	if err != nil {
 		return LayerInfo{}, backendErr("write manifest", err)
 	}
-	res, err := c.commitLayer(lr, uploaded)
+	var known map[chunkID]chunkInfo
+	if sess != nil {
+		known = sess.knownChunks()
+	}
+	res, err := c.commitLayer(lr, known)
 	if err != nil {
 		return LayerInfo{}, err
 	}

@@ -7,7 +7,7 @@
 // ...), never raw gRPC codes.
 //
 // Push chunks a layer here, with the server's stored chunking format
-// (chunker.V1) and chunk hash (SHA-256 of the uncompressed chunk, see
+// (chunker.V1) and chunk hash (BLAKE3 of the uncompressed chunk, see
 // ChunkDigest), asks the server which chunks it lacks and uploads only
 // those, then commits the layer's recipe; the layer digest is computed
 // while reading. Memory stays bounded by PushOptions.WindowBytes, whatever

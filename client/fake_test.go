@@ -116,7 +116,7 @@ func (f *fakeServer) PutChunks(s cairnv1.LayerService_PutChunksServer) error {
 		if err != nil {
 			return err
 		}
-		if got := digest.FromBytes(req.GetData()).String(); got != req.GetDigest() {
+		if got := ChunkDigest(req.GetData()).String(); got != req.GetDigest() {
 			return cairnErr(codes.InvalidArgument, cairnv1.ReasonDigestMismatch, "chunk %s: digest mismatch", req.GetDigest())
 		}
 		f.mu.Lock()

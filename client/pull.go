@@ -9,6 +9,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
 
+	"github.com/cairnbuild/cairn/chunkid"
 	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
 )
 
@@ -124,14 +125,14 @@ func (c *Client) pullChunks(ctx context.Context, d digest.Digest, out *pullWrite
 	var parts []part
 	var pos int64
 	for _, ch := range resp.GetChunks() {
-		id, err := digest.Parse(ch.GetDigest())
+		id, err := chunkid.Parse(ch.GetDigest())
 		if err != nil {
 			return &Error{Op: op, Message: fmt.Sprintf("server sent a bad chunk digest %q", ch.GetDigest()), kind: ErrServer}
 		}
 		n := ch.GetSizeBytes()
 		if pos+n > opts.Offset && pos < end {
 			parts = append(parts, part{
-				id: id, size: n,
+				id: id.Digest(), size: n,
 				from: int(max(opts.Offset-pos, 0)),
 				to:   int(min(end-pos, n)),
 			})

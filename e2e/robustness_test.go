@@ -270,7 +270,7 @@ func TestBadInput(t *testing.T) {
 			t.Fatal(err)
 		}
 		huge := randomBytes(9 << 20)
-		stream.Send(&cairnv1.PutChunksRequest{Digest: digest.FromBytes(huge).String(), Data: huge})
+		stream.Send(&cairnv1.PutChunksRequest{Digest: client.ChunkDigest(huge).String(), Data: huge})
 		_, err = stream.CloseAndRecv()
 		wantCode(t, err, codes.ResourceExhausted, "PutChunks of a 9 MiB message")
 		// Within the message limit but above the largest chunk (4 MiB).
@@ -279,13 +279,13 @@ func TestBadInput(t *testing.T) {
 			t.Fatal(err)
 		}
 		big := randomBytes(5 << 20)
-		stream.Send(&cairnv1.PutChunksRequest{Digest: digest.FromBytes(big).String(), Data: big})
+		stream.Send(&cairnv1.PutChunksRequest{Digest: client.ChunkDigest(big).String(), Data: big})
 		_, err = stream.CloseAndRecv()
 		wantCode(t, err, codes.InvalidArgument, "PutChunks of a 5 MiB chunk", codes.ResourceExhausted)
 		// Too many digests in one request.
 		ids := make([]string, cairnv1.MaxChunksPerRequest+1)
 		for i := range ids {
-			ids[i] = digest.FromBytes([]byte{byte(i), byte(i >> 8), byte(i >> 16)}).String()
+			ids[i] = client.ChunkDigest([]byte{byte(i), byte(i >> 8), byte(i >> 16)}).String()
 		}
 		_, err = layers.FindMissingChunks(ctx, &cairnv1.FindMissingChunksRequest{Digests: ids})
 		wantCode(t, err, codes.InvalidArgument, "FindMissingChunks of 65537 digests", codes.ResourceExhausted)
@@ -294,17 +294,18 @@ func TestBadInput(t *testing.T) {
 
 	t.Run("bogus chunk lists", func(t *testing.T) {
 		chunk := randomBytes(100 << 10)
-		id := digest.FromBytes(chunk)
+		id := client.ChunkDigest(chunk)
+		layer := digest.FromBytes(chunk) // the layer of that one chunk
 		// A chunk whose bytes are not what its digest says.
 		stream, err := layers.PutChunks(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		stream.Send(&cairnv1.PutChunksRequest{Digest: digest.FromString("other").String(), Data: chunk})
+		stream.Send(&cairnv1.PutChunksRequest{Digest: client.ChunkDigest([]byte("other")).String(), Data: chunk})
 		_, err = stream.CloseAndRecv()
 		wantCode(t, err, codes.InvalidArgument, "PutChunks with a wrong digest")
 		// Commit naming a chunk that was never uploaded.
-		_, err = layers.CommitLayer(ctx, &cairnv1.CommitLayerRequest{Digest: id.String(),
+		_, err = layers.CommitLayer(ctx, &cairnv1.CommitLayerRequest{Digest: layer.String(),
 			Chunks: []*cairnv1.ChunkRef{{Digest: id.String(), SizeBytes: int64(len(chunk))}}})
 		wantCode(t, err, codes.FailedPrecondition, "CommitLayer of a chunk never uploaded")
 		// Upload it, then commit it under a wrong layer digest, a wrong
@@ -325,9 +326,11 @@ func TestBadInput(t *testing.T) {
 			req  *cairnv1.CommitLayerRequest
 		}{
 			{"wrong layer digest", &cairnv1.CommitLayerRequest{Digest: digest.FromString("x").String(), Chunks: []*cairnv1.ChunkRef{ref}}},
-			{"chunk twice, digest of once", &cairnv1.CommitLayerRequest{Digest: id.String(), Chunks: []*cairnv1.ChunkRef{ref, ref}}},
-			{"wrong chunk size", &cairnv1.CommitLayerRequest{Digest: id.String(), Chunks: []*cairnv1.ChunkRef{{Digest: id.String(), SizeBytes: 1}}}},
-			{"malformed chunk digest", &cairnv1.CommitLayerRequest{Digest: id.String(), Chunks: []*cairnv1.ChunkRef{{Digest: "sha256:nothex", SizeBytes: 1}}}},
+			{"chunk twice, digest of once", &cairnv1.CommitLayerRequest{Digest: layer.String(), Chunks: []*cairnv1.ChunkRef{ref, ref}}},
+			{"wrong chunk size", &cairnv1.CommitLayerRequest{Digest: layer.String(), Chunks: []*cairnv1.ChunkRef{{Digest: id.String(), SizeBytes: 1}}}},
+			{"malformed chunk digest", &cairnv1.CommitLayerRequest{Digest: layer.String(), Chunks: []*cairnv1.ChunkRef{{Digest: "blake3:nothex", SizeBytes: 1}}}},
+			{"chunk named by sha256", &cairnv1.CommitLayerRequest{Digest: layer.String(), Chunks: []*cairnv1.ChunkRef{{Digest: layer.String(), SizeBytes: int64(len(chunk))}}}},
+			{"layer named by blake3", &cairnv1.CommitLayerRequest{Digest: id.String(), Chunks: []*cairnv1.ChunkRef{ref}}},
 			{"no layer digest", &cairnv1.CommitLayerRequest{Chunks: []*cairnv1.ChunkRef{ref}}},
 		} {
 			_, err := layers.CommitLayer(ctx, tc.req)

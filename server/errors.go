@@ -14,6 +14,7 @@ import (
 	"github.com/cairnbuild/cairn/backend"
 	"github.com/cairnbuild/cairn/cache"
 	"github.com/cairnbuild/cairn/cache/stepkey"
+	"github.com/cairnbuild/cairn/chunkid"
 	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
 )
 
@@ -138,14 +139,29 @@ func parseDigest(field, s string, optional bool) (digest.Digest, error) {
 	return d, nil
 }
 
-// parseDigests validates a list of digests, at most limit of them.
-func parseDigests(field string, ss []string, limit int) ([]digest.Digest, error) {
+// parseChunkDigest validates a chunk digest (blake3:<hex>, which
+// digest.Parse does not know; see cache.ChunkDigest).
+func parseChunkDigest(field, s string) (digest.Digest, error) {
+	if s == "" {
+		return "", fieldErr(field, fmt.Errorf("%w: empty", errInvalidDigest))
+	}
+	if _, err := chunkid.Parse(s); err != nil {
+		// "invalid digest" and what chunkid says after its own "invalid
+		// chunk digest".
+		return "", fieldErr(field, fmt.Errorf("%w%s", errInvalidDigest, strings.TrimPrefix(err.Error(), chunkid.ErrInvalid.Error())))
+	}
+	return digest.Digest(s), nil
+}
+
+// parseChunkDigests validates a list of chunk digests, at most limit of
+// them.
+func parseChunkDigests(field string, ss []string, limit int) ([]digest.Digest, error) {
 	if len(ss) > limit {
 		return nil, fieldErr(field, fmt.Errorf("%w: %d digests, at most %d per request", errTooMany, len(ss), limit))
 	}
 	ds := make([]digest.Digest, len(ss))
 	for i, s := range ss {
-		d, err := parseDigest(fmt.Sprintf("%s[%d]", field, i), s, false)
+		d, err := parseChunkDigest(fmt.Sprintf("%s[%d]", field, i), s)
 		if err != nil {
 			return nil, err
 		}

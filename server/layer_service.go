@@ -268,7 +268,7 @@ func (s *layerService) DeleteLayer(ctx context.Context, req *cairnv1.DeleteLayer
 
 // FindMissingChunks implements cairnv1.LayerServiceServer.
 func (s *layerService) FindMissingChunks(ctx context.Context, req *cairnv1.FindMissingChunksRequest) (*cairnv1.FindMissingChunksResponse, error) {
-	ids, err := parseDigests("digests", req.GetDigests(), cairnv1.MaxChunksPerRequest)
+	ids, err := parseChunkDigests("digests", req.GetDigests(), cairnv1.MaxChunksPerRequest)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -319,7 +319,7 @@ func (s *layerService) PutChunks(stream cairnv1.LayerService_PutChunksServer) er
 		if gctx.Err() != nil {
 			break // a store failed: g.Wait below says which
 		}
-		d, err := parseDigest("digest", msg.GetDigest(), false)
+		d, err := parseChunkDigest("digest", msg.GetDigest())
 		if err != nil {
 			return fail(err)
 		}
@@ -356,7 +356,7 @@ func (s *layerService) CommitLayer(ctx context.Context, req *cairnv1.CommitLayer
 	}
 	refs := make([]cache.ChunkRef, len(req.GetChunks()))
 	for i, c := range req.GetChunks() {
-		id, err := parseDigest(fmt.Sprintf("chunks[%d].digest", i), c.GetDigest(), false)
+		id, err := parseChunkDigest(fmt.Sprintf("chunks[%d].digest", i), c.GetDigest())
 		if err != nil {
 			return nil, toStatus(err)
 		}
@@ -402,7 +402,7 @@ func (s *layerService) GetLayerChunks(ctx context.Context, req *cairnv1.GetLayer
 // getChunksReadAhead chunks ahead of the one it sends, and sends them in the
 // order requested.
 func (s *layerService) GetChunks(req *cairnv1.GetChunksRequest, stream cairnv1.LayerService_GetChunksServer) error {
-	ids, err := parseDigests("digests", req.GetDigests(), cairnv1.MaxChunksPerRequest)
+	ids, err := parseChunkDigests("digests", req.GetDigests(), cairnv1.MaxChunksPerRequest)
 	if err != nil {
 		return toStatus(err)
 	}

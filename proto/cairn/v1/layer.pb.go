@@ -126,7 +126,7 @@ func (x *Layer) GetAccessTime() *timestamppb.Timestamp {
 // ChunkRef names one chunk of a layer.
 type ChunkRef struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The chunk's digest: the hash of its uncompressed bytes.
+	// The chunk's digest: "blake3:<hex>" of its uncompressed bytes.
 	Digest string `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
 	// The chunk's uncompressed size in bytes.
 	SizeBytes     int64 `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
@@ -881,7 +881,7 @@ func (x *FindMissingChunksResponse) GetMissingDigests() []string {
 // PutChunksRequest is one message of a PutChunks stream: one whole chunk.
 type PutChunksRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The chunk's digest, as returned by the chunk hash clients must use.
+	// The chunk's digest: "blake3:<hex>" of its uncompressed bytes.
 	Digest string `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
 	// The chunk's uncompressed bytes, at most 4 MiB.
 	Data          []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`

@@ -49,6 +49,11 @@ const (
 // GetLayerChunks plus GetChunks let a client with its own chunk cache fetch
 // only the chunks it lacks.
 //
+// Layers are named by OCI digests ("sha256:<64 hex>"). Chunks are named by
+// the BLAKE3 hash of their uncompressed bytes, "blake3:<64 lower-case hex>"
+// (Go: package github.com/cairnbuild/cairn/chunkid); a chunk digest in any
+// other form is INVALID_DIGEST.
+//
 // Limits: a request message is at most 8 MiB by default (the server's
 // --max-recv-msg-size); a larger one fails with RESOURCE_EXHAUSTED. Blob data
 // travels in messages of at most 1 MiB. A chunk is at most 4 MiB and travels
@@ -266,6 +271,11 @@ type LayerService_GetChunksClient = grpc.ServerStreamingClient[GetChunksResponse
 // Two ways out: PullLayer streams the blob (or a range of it);
 // GetLayerChunks plus GetChunks let a client with its own chunk cache fetch
 // only the chunks it lacks.
+//
+// Layers are named by OCI digests ("sha256:<64 hex>"). Chunks are named by
+// the BLAKE3 hash of their uncompressed bytes, "blake3:<64 lower-case hex>"
+// (Go: package github.com/cairnbuild/cairn/chunkid); a chunk digest in any
+// other form is INVALID_DIGEST.
 //
 // Limits: a request message is at most 8 MiB by default (the server's
 // --max-recv-msg-size); a larger one fails with RESOURCE_EXHAUSTED. Blob data
