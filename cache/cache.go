@@ -27,12 +27,14 @@ type Options struct {
 	// only affects server-side pushes; stored layers are readable whatever
 	// it is.
 	Chunking chunker.Params
-	// Concurrency bounds the chunks one push compresses and writes, and the
-	// chunks one pull reads ahead, at the same time. Zero means
-	// DefaultConcurrency. A push holds at most about 3 × Concurrency ×
-	// Chunking.Max bytes of buffers, a pull 2 × (Concurrency + 2) × the
-	// largest chunk; the index adds about 60 MiB (two 16 MiB memtables with
-	// their arenas, block and index caches), whatever the layer size.
+	// Concurrency bounds the chunks one push compresses at the same time,
+	// and the chunks one pull reads ahead. Zero means DefaultConcurrency. A
+	// push holds at most about 3 × Concurrency × Chunking.Max bytes of
+	// buffers and 3 packs of about 5 MiB; a pull about 2 × (Concurrency +
+	// maxRunChunks) × the largest chunk and a few ranged reads of up to 4
+	// MiB of compressed records. The index adds about 60 MiB (two 16 MiB
+	// memtables with their arenas, block and index caches), whatever the
+	// layer size.
 	Concurrency int
 	// Logger receives the index's warnings and errors; nil discards them.
 	Logger *slog.Logger
@@ -76,6 +78,7 @@ type Cache struct {
 	compPool sync.Pool // *[]byte: compressed chunk objects
 	cutPool  sync.Pool // *[]byte of 2 × params.Max: chunker buffers
 	packPool sync.Pool // *[]byte: packs being filled (see getPackBuf)
+	runPool  sync.Pool // *[]byte of maxRunBytes (or one larger record): runs being read
 
 	packTarget int // packTarget; benchmarks vary it
 

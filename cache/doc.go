@@ -23,8 +23,9 @@
 //     ChunkUpload (each chunk verified against its hash), Commit (the layer digest is verified by
 //     reading the chunks back before the layer becomes visible).
 //   - pull.go: Open streams a byte range of a layer, fetching chunks ahead
-//     in parallel and verifying each (a mismatch is ErrDataLoss, never
-//     wrong bytes). ReadChunk serves one chunk.
+//     and verifying each (a mismatch is ErrDataLoss, never wrong bytes).
+//     Neighbouring chunks in one pack are fetched with one ranged read
+//     (runs) and decompressed in parallel. ReadChunk serves one chunk.
 //   - layers.go: Stat, List (paged), Delete, Chunks (the recipe), Stats.
 //   - steps.go: RecordStep, LookupStep and LookupChain over keys derived by
 //     package stepkey.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/cairnbuild/cairn/backend"
@@ -48,9 +49,11 @@ func (c *Cache) Open(ctx context.Context, d digest.Digest, offset, length int64)
 	return c.newRecipeReader(ctx, lr.recipe, offset, n), lr.info(accessed), nil
 }
 
-// recipeReader streams a byte range of a recipe. A feeder goroutine starts
-// chunk fetches in order, at most Concurrency at a time; Read consumes the
-// results in order.
+// recipeReader streams a byte range of a recipe. A feeder goroutine looks
+// the chunks up in order, groups neighbours in one pack into runs, and
+// starts one ranged read per run; each chunk of a run is then decompressed
+// and verified in its own goroutine. At most Concurrency chunks are ahead
+// of Read (results), plus the rest of the run being read.
 type recipeReader struct {
 	c       *Cache
 	cancel  context.CancelFunc
@@ -64,6 +67,25 @@ type fetched struct {
 	buf  *[]byte
 	data []byte
 	err  error
+}
+
+// Runs: consecutive chunks of a recipe whose records lie close together in
+// one pack are read with one ranged read (one file open on fs, one GET on
+// S3) instead of one each. A run spans at most maxRunBytes of the pack, at
+// most half of it other records, and holds at most maxRunChunks chunks.
+const (
+	maxRunChunks = 8
+	maxRunBytes  = 4 << 20
+)
+
+// runChunk is one chunk of a run: where it is, which of its bytes to
+// deliver, and where to.
+type runChunk struct {
+	id     chunkID
+	ci     chunkInfo
+	lo, hi int64 // the bytes of the chunk that Read delivers
+	err    error // the lookup failed: delivered instead of data
+	res    chan fetched
 }
 
 // newRecipeReader reads n bytes from offset of the stream recipe describes.
@@ -88,38 +110,156 @@ func (c *Cache) newRecipeReader(ctx context.Context, recipe []recipeEntry, offse
 		if first > 0 {
 			skip -= ends[first-1]
 		}
-		for i := first; i < len(recipe) && remaining > 0; i++ {
+		i := first
+		more := func() bool { return i < len(recipe) && remaining > 0 }
+		// locate looks up chunk i and takes its share of the range.
+		locate := func() *runChunk {
 			e := recipe[i]
-			lo, hi := skip, e.size
-			if hi-lo > remaining {
-				hi = lo + remaining
+			i++
+			rc := &runChunk{id: e.id, lo: skip, hi: e.size, res: make(chan fetched, 1)}
+			if rc.hi-rc.lo > remaining {
+				rc.hi = rc.lo + remaining
 			}
-			remaining -= hi - lo
+			remaining -= rc.hi - rc.lo
 			skip = 0
-			res := make(chan fetched, 1)
-			select {
-			case rr.results <- res: // blocks while Concurrency fetches are unread
-			case <-ctx.Done():
-				return
+			ci, ok, err := c.lookupChunk(e.id)
+			switch {
+			case err != nil:
+				rc.err = err
+			case !ok:
+				rc.err = fmt.Errorf("%w: chunk %s is missing from the index", ErrDataLoss, e.id)
+			case ci.size != e.size:
+				rc.err = fmt.Errorf("%w: chunk %s: index says %d bytes, recipe %d", ErrDataLoss, e.id, ci.size, e.size)
+			case ci.stored > chunkHeaderSize+int64(c.enc.MaxEncodedSize(int(ci.size))):
+				rc.err = fmt.Errorf("%w: chunk %s: index entry claims %d bytes stored for %d", ErrDataLoss, e.id, ci.stored, ci.size)
 			}
+			rc.ci = ci
+			return rc
+		}
+		// Chunks are appended to packs as workers finish them, so
+		// neighbours in a recipe are near each other in a pack but not in
+		// order: look at the next maxRunChunks chunks and take the longest
+		// prefix in one pack whose span meets the limits.
+		var queue []*runChunk // located, not yet in a run
+		for {
+			for len(queue) < maxRunChunks && more() {
+				queue = append(queue, locate())
+			}
+			if len(queue) == 0 {
+				break
+			}
+			k := 1
+			if head := queue[0]; head.err == nil {
+				m := 1
+				for m < len(queue) && queue[m].err == nil && queue[m].ci.pack == head.ci.pack {
+					m++
+				}
+				for k = m; k > 1; k-- {
+					lo, hi, used := runSpan(queue[:k])
+					if hi-lo <= maxRunBytes && hi-lo <= 2*used {
+						break
+					}
+				}
+			}
+			run := append([]*runChunk(nil), queue[:k]...)
+			queue = queue[k:]
 			c.readers.Add(1)
-			go func() {
-				defer c.readers.Done()
-				if c.readersCtx.Err() != nil {
-					res <- fetched{err: ErrClosed}
+			go c.fetchRun(ctx, run)
+			for _, rc := range run {
+				select {
+				case rr.results <- rc.res: // blocks while Concurrency chunks are unread
+				case <-ctx.Done():
 					return
 				}
-				buf, data, err := c.readChunk(ctx, e.id, e.size)
-				if err == nil {
-					data = data[lo:hi]
-				} else if c.readersCtx.Err() != nil {
-					err = fmt.Errorf("%w: %w", ErrClosed, err)
-				}
-				res <- fetched{buf: buf, data: data, err: err}
-			}()
+			}
 		}
 	}()
 	return rr
+}
+
+// fetchRun reads the records of run with one ranged read and decodes each
+// in its own goroutine; every chunk of the run gets a result.
+func (c *Cache) fetchRun(ctx context.Context, run []*runChunk) {
+	defer c.readers.Done()
+	deliver := func(rc *runChunk, bp *[]byte, data []byte, err error) {
+		if err == nil {
+			data = data[rc.lo:rc.hi]
+		} else if c.readersCtx.Err() != nil {
+			err = fmt.Errorf("%w: %w", ErrClosed, err)
+		}
+		rc.res <- fetched{buf: bp, data: data, err: err}
+	}
+	if c.readersCtx.Err() != nil {
+		for _, rc := range run {
+			rc.res <- fetched{err: ErrClosed}
+		}
+		return
+	}
+	if run[0].err != nil { // a run of one chunk that was not found
+		deliver(run[0], nil, nil, run[0].err)
+		return
+	}
+	pack := run[0].ci.pack
+	lo, hi, _ := runSpan(run)
+	bp := getBuf(&c.runPool, int(hi-lo), maxRunBytes)
+	defer c.runPool.Put(bp)
+	got, err := c.readRange(ctx, pack, lo, (*bp)[:hi-lo])
+	var wg sync.WaitGroup
+	for k, rc := range run {
+		start, end := rc.ci.off-lo, rc.ci.off-lo+rc.ci.stored
+		switch {
+		case err != nil && end > int64(got):
+			if errors.Is(err, errShortPack) {
+				err = fmt.Errorf("%w: chunk %s: pack %s ends %d bytes into the record of %d", ErrDataLoss, rc.id, pack, max(int64(got)-start, 0), rc.ci.stored)
+			}
+			deliver(rc, nil, nil, err)
+		case k == len(run)-1: // the last one here: the others run meanwhile
+			out, data, derr := c.decodeRecord(rc.id, rc.ci, (*bp)[start:end])
+			deliver(rc, out, data, derr)
+		default:
+			wg.Go(func() {
+				out, data, derr := c.decodeRecord(rc.id, rc.ci, (*bp)[start:end])
+				deliver(rc, out, data, derr)
+			})
+		}
+	}
+	wg.Wait() // the records live in bp
+}
+
+// runSpan returns the range of the pack that run's records cover and the
+// bytes of those records.
+func runSpan(run []*runChunk) (lo, hi, used int64) {
+	lo, hi = run[0].ci.off, run[0].ci.off
+	for _, rc := range run {
+		lo, hi = min(lo, rc.ci.off), max(hi, rc.ci.off+rc.ci.stored)
+		used += rc.ci.stored
+	}
+	return lo, hi, used
+}
+
+var errShortPack = errors.New("pack shorter than its index entries say")
+
+// readRange reads len(buf) bytes of pack from off into buf and returns how
+// many it got: all of them, or fewer and an error. A pack that is missing
+// or ends early is ErrDataLoss (errShortPack for the latter); a backend
+// that cannot be reached is ErrUnavailable.
+func (c *Cache) readRange(ctx context.Context, pack packID, off int64, buf []byte) (int, error) {
+	rc, err := c.store.Open(ctx, packKey(pack), off, int64(len(buf)))
+	if err != nil {
+		if errors.Is(err, backend.ErrNotFound) || errors.Is(err, backend.ErrInvalidRange) {
+			return 0, fmt.Errorf("%w: pack %s: %w", ErrDataLoss, pack, err)
+		}
+		return 0, backendErr("read pack "+pack.String(), err)
+	}
+	defer rc.Close()
+	n, err := io.ReadFull(rc, buf)
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return n, errShortPack
+	}
+	if err != nil {
+		return n, backendErr("read pack "+pack.String(), err)
+	}
+	return n, nil
 }
 
 // next makes the next chunk current, waiting for its fetch.
@@ -201,49 +341,27 @@ func (rr *recipeReader) Close() error {
 	return nil
 }
 
-// readChunk looks chunk id up in the index and reads it (readRecord).
-// size is what the recipe says it holds. A chunk the index has lost is
-// ErrDataLoss.
-func (c *Cache) readChunk(ctx context.Context, id chunkID, size int64) (*[]byte, []byte, error) {
-	ci, ok, err := c.lookupChunk(id)
-	if err != nil {
-		return nil, nil, err
-	}
-	if !ok {
-		return nil, nil, fmt.Errorf("%w: chunk %s is missing from the index", ErrDataLoss, id)
-	}
-	if ci.size != size {
-		return nil, nil, fmt.Errorf("%w: chunk %s: index says %d bytes, recipe %d", ErrDataLoss, id, ci.size, size)
-	}
-	return c.readRecord(ctx, id, ci)
-}
-
-// readRecord reads chunk id's record from its pack, checks its header,
-// decompresses it into a pooled buffer and verifies its hash. Anything wrong
-// with the stored record is ErrDataLoss; a backend that cannot be reached
-// is ErrUnavailable.
+// readRecord reads chunk id's record from its pack and decodes it
+// (decodeRecord).
 func (c *Cache) readRecord(ctx context.Context, id chunkID, ci chunkInfo) (*[]byte, []byte, error) {
-	key := packKey(ci.pack)
 	if ci.stored > chunkHeaderSize+int64(c.enc.MaxEncodedSize(int(ci.size))) {
 		return nil, nil, fmt.Errorf("%w: chunk %s: index entry claims %d bytes stored for %d", ErrDataLoss, id, ci.stored, ci.size)
 	}
-	rc, err := c.store.Open(ctx, key, ci.off, ci.stored)
-	if err != nil {
-		if errors.Is(err, backend.ErrNotFound) || errors.Is(err, backend.ErrInvalidRange) {
-			return nil, nil, fmt.Errorf("%w: chunk %s: pack %s: %w", ErrDataLoss, id, ci.pack, err)
-		}
-		return nil, nil, backendErr("read chunk "+id.String(), err)
-	}
-	defer rc.Close()
 	cp := c.getComp(int(ci.size))
 	defer c.compPool.Put(cp)
-	rec := (*cp)[:ci.stored]
-	if n, err := io.ReadFull(rc, rec); err != nil {
-		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-			return nil, nil, fmt.Errorf("%w: chunk %s: pack %s ends %d bytes into the record of %d", ErrDataLoss, id, ci.pack, n, ci.stored)
-		}
-		return nil, nil, backendErr("read chunk "+id.String(), err)
+	n, err := c.readRange(ctx, ci.pack, ci.off, (*cp)[:ci.stored])
+	if errors.Is(err, errShortPack) {
+		return nil, nil, fmt.Errorf("%w: chunk %s: pack %s ends %d bytes into the record of %d", ErrDataLoss, id, ci.pack, n, ci.stored)
 	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("chunk %s: %w", id, err)
+	}
+	return c.decodeRecord(id, ci, (*cp)[:ci.stored])
+}
+
+// decodeRecord checks a chunk record's header, decompresses it into a
+// pooled buffer and verifies its hash. Anything wrong is ErrDataLoss.
+func (c *Cache) decodeRecord(id chunkID, ci chunkInfo, rec []byte) (*[]byte, []byte, error) {
 	hdrSize, payload, err := parseChunkHeader(rec)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: chunk %s: %w", ErrDataLoss, id, err)

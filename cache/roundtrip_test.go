@@ -6,8 +6,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"testing"
 
+	"github.com/cairnbuild/cairn/backend/backendtest"
+	"github.com/cairnbuild/cairn/backend/mem"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -149,5 +153,40 @@ func TestRealTar(t *testing.T) {
 	t.Logf("tar of %d bytes: %d chunks, stored %d bytes (%.2f×)", info.Size, info.Chunks, info.StoredSize, ratio)
 	if ratio < 2 {
 		t.Errorf("a source tar compresses only %.2f×", ratio)
+	}
+}
+
+// A pull reads neighbouring chunks of a pack with one ranged read, and
+// what comes back is still byte-exact, whatever the range.
+func TestPullReadsRuns(t *testing.T) {
+	inner := mem.New()
+	var opens atomic.Int64
+	store := &backendtest.Faulty{Store: inner, Fail: func(op backendtest.Op, key string, _ int) error {
+		if op == backendtest.OpOpen && strings.HasPrefix(key, packPrefix) {
+			opens.Add(1)
+		}
+		return nil
+	}}
+	c := openCache(t, t.TempDir(), store)
+	data := genData(140, 8<<20)
+	info := push(t, c, data)
+	opens.Store(0)
+	if got := pullDigest(t, c, info.Digest); got != info.Digest {
+		t.Fatalf("pulled %s", got)
+	}
+	n := opens.Load()
+	t.Logf("%d chunks read with %d ranged reads", info.Chunks, n)
+	if min := (info.Chunks + maxRunChunks - 1) / maxRunChunks; n < int64(min) || n > int64(info.Chunks)/2 {
+		t.Errorf("%d ranged reads for %d chunks: want %d to %d", n, info.Chunks, min, info.Chunks/2)
+	}
+	refs, err := c.Chunks(t.Context(), info.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edge := refs[0].Size + refs[1].Size // the end of the second chunk
+	for _, r := range [][2]int64{{0, 1}, {edge - 1, 2}, {edge, refs[2].Size}, {3, int64(len(data)) - 6}, {edge + 5, 3 << 20}} {
+		if got := pull(t, c, info.Digest, r[0], r[1]); !bytes.Equal(got, data[r[0]:r[0]+r[1]]) {
+			t.Errorf("range %d+%d: wrong bytes", r[0], r[1])
+		}
 	}
 }
