@@ -30,7 +30,8 @@ type Options struct {
 	// Concurrency bounds the chunks one push compresses at the same time,
 	// and the chunks one pull reads ahead. Zero means DefaultConcurrency. A
 	// push holds at most about 3 × Concurrency × Chunking.Max bytes of
-	// buffers and 3 packs of about 5 MiB; a pull about 2 × (Concurrency +
+	// buffers and 3 packs of about 5 MiB (up to 8 MiB when a client uploads
+	// chunks larger than Chunking.Max); a pull about 2 × (Concurrency +
 	// maxRunChunks) × the largest chunk and a few ranged reads of up to 4
 	// MiB of compressed records. The index adds about 60 MiB (two 16 MiB
 	// memtables with their arenas, block and index caches), whatever the

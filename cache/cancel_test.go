@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -75,6 +76,10 @@ func TestCloseWithOpenReader(t *testing.T) {
 	if !bytes.Equal(got, data[:len(got)]) {
 		t.Fatalf("wrong bytes after Close")
 	}
+	// Whole and no error, or short and ErrClosed: never short without one.
+	if err == nil && len(got) != len(data) {
+		t.Errorf("read after Close: %d of %d bytes and no error", len(got), len(data))
+	}
 	if err != nil && !errors.Is(err, ErrClosed) {
 		t.Errorf("read after Close: %v, want ErrClosed", err)
 	}
@@ -86,5 +91,35 @@ func TestCloseWithOpenReader(t *testing.T) {
 	}
 	if err := c.Reindex(t.Context()); !errors.Is(err, ErrClosed) {
 		t.Errorf("Reindex after Close: %v, want ErrClosed", err)
+	}
+}
+
+// A read whose context is cancelled ends with the context's error, never
+// with a short result that looks whole (the read-ahead stops early).
+func TestReadCancelled(t *testing.T) {
+	c, _ := newCache(t)
+	data := genData(132, 12<<20)
+	info := push(t, c, data)
+	for range 3 {
+		ctx, cancel := context.WithCancel(t.Context())
+		rc, _, err := c.Open(ctx, info.Digest, 0, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first := make([]byte, 1000)
+		if _, err := io.ReadFull(rc, first); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond) // let the read-ahead fill
+		cancel()
+		rest, err := io.ReadAll(rc)
+		rc.Close()
+		got := append(first, rest...)
+		if !bytes.Equal(got, data[:len(got)]) {
+			t.Fatalf("wrong bytes after cancel")
+		}
+		if len(got) < len(data) && !errors.Is(err, context.Canceled) {
+			t.Fatalf("read cancelled after %d of %d bytes: err %v, want context.Canceled", len(got), len(data), err)
+		}
 	}
 }

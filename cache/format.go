@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"math"
 	"strings"
 	"time"
 
@@ -70,6 +71,8 @@ const (
 type packID [16]byte
 
 func (p packID) String() string { return hex.EncodeToString(p[:]) }
+
+const packIDSize = len(packID{})
 
 // newPackID returns a fresh random pack name.
 func newPackID() packID {
@@ -144,6 +147,12 @@ func parseChunkHeader(obj []byte) (size int64, payload []byte, err error) {
 	}
 	return int64(s), obj[chunkHeaderSize:], nil
 }
+
+// maxRecordSize bounds the record of a chunk of size bytes: the header and
+// a zstd frame, which never exceeds its input by more than a few bytes per
+// 128 KiB block (the encoder falls back to raw blocks); twice the size plus
+// 1 KiB is far above that and still bounds what a reader allocates.
+func maxRecordSize(size uint64) uint64 { return chunkHeaderSize + 2*size + 1024 }
 
 // Packs: chunk records back to back, then a table of contents, then a
 // fixed footer, so that Reindex learns what a pack holds from its last
@@ -236,7 +245,7 @@ func parsePackTable(table, footer []byte, packSize int64) ([]packEntry, error) {
 		e.off = int64(binary.LittleEndian.Uint64(b))
 		e.stored = int64(binary.LittleEndian.Uint32(b[8:]))
 		e.size = int64(binary.LittleEndian.Uint32(b[12:]))
-		if e.off != next || e.stored < chunkHeaderSize || e.size <= 0 || e.size > MaxChunkSize {
+		if e.off != next || e.stored < chunkHeaderSize || e.size <= 0 || e.size > MaxChunkSize || uint64(e.stored) > maxRecordSize(uint64(e.size)) {
 			return nil, fmt.Errorf("pack table entry %d: offset %d, %d bytes stored, size %d", i, e.off, e.stored, e.size)
 		}
 		next = e.off + e.stored
@@ -308,14 +317,16 @@ func decodeChunkInfo(b []byte) (chunkInfo, error) {
 	for i := range v {
 		x, n := binary.Uvarint(b)
 		if n <= 0 {
-			return chunkInfo{}, errors.New("corrupt chunk index entry")
+			return chunkInfo{}, fmt.Errorf("%w: corrupt chunk index entry", ErrDataLoss)
 		}
 		v[i], b = x, b[n:]
 	}
-	ci := chunkInfo{size: int64(v[0]), stored: int64(v[1]), refs: int64(v[2]), added: int64(v[3]), off: int64(v[4])}
-	if len(b) != len(ci.pack) {
-		return chunkInfo{}, errors.New("corrupt chunk index entry")
+	// Every field is checked: readers size buffers and slice packs by them.
+	if v[0] < 1 || v[0] > MaxChunkSize || v[1] < chunkHeaderSize || v[1] > maxRecordSize(v[0]) ||
+		v[2] > math.MaxInt64 || v[3] > math.MaxInt64 || v[4] > math.MaxInt64-v[1] || len(b) != packIDSize {
+		return chunkInfo{}, fmt.Errorf("%w: corrupt chunk index entry", ErrDataLoss)
 	}
+	ci := chunkInfo{size: int64(v[0]), stored: int64(v[1]), refs: int64(v[2]), added: int64(v[3]), off: int64(v[4])}
 	copy(ci.pack[:], b)
 	return ci, nil
 }
@@ -395,7 +406,7 @@ func decodeLayerRecord(d digest.Digest, b []byte) (*layerRecord, error) {
 		copy(lr.recipe[i].id[:], b)
 		b = b[len(chunkID{}):]
 		lr.recipe[i].size = int64(uv())
-		if b == nil {
+		if b == nil || lr.recipe[i].size < 1 || lr.recipe[i].size > MaxChunkSize {
 			return nil, bad
 		}
 	}

@@ -237,3 +237,26 @@ func TestParseChunkDigest(t *testing.T) {
 		}
 	}
 }
+
+// Readers size buffers and slice packs by chunk index entries: whatever
+// decodes must be within bounds.
+func FuzzChunkInfo(f *testing.F) {
+	f.Add(chunkInfo{size: 1000, stored: 400, refs: 2, added: 1, pack: packID{1}, off: 77}.encode())
+	f.Add([]byte{0x80})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ci, err := decodeChunkInfo(b)
+		if err != nil {
+			if !errors.Is(err, ErrDataLoss) {
+				t.Fatalf("error %v is not ErrDataLoss", err)
+			}
+			return
+		}
+		if ci.size < 1 || ci.size > MaxChunkSize || ci.stored < chunkHeaderSize || uint64(ci.stored) > maxRecordSize(uint64(ci.size)) ||
+			ci.refs < 0 || ci.added < 0 || ci.off < 0 || ci.off+ci.stored < 0 {
+			t.Fatalf("accepted %+v", ci)
+		}
+		if again, err := decodeChunkInfo(ci.encode()); err != nil || again != ci {
+			t.Fatalf("round trip of %+v: %+v, %v", ci, again, err)
+		}
+	})
+}

@@ -2,11 +2,17 @@ package cache
 
 import (
 	"bytes"
+	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
+	"github.com/cairnbuild/cairn/backend/backendtest"
+	"github.com/cairnbuild/cairn/backend/mem"
 	"github.com/cairnbuild/cairn/chunker"
 	"github.com/cairnbuild/cairn/chunkid"
 	"github.com/dgraph-io/badger/v4"
@@ -427,4 +433,98 @@ func otherChunk(c *Cache, size int64) []byte {
 	obj := make([]byte, chunkHeaderSize)
 	putChunkHeader(obj, len(data))
 	return c.enc.EncodeAll(data, obj)
+}
+
+// A corrupt chunk index entry is ErrDataLoss for readers, never a panic or
+// an allocation of whatever it claims.
+func TestCorruptChunkEntry(t *testing.T) {
+	c, _ := newCache(t)
+	ctx := t.Context()
+	data := genData(133, 2<<20)
+	info := push(t, c, data)
+	refs, _ := c.Chunks(ctx, info.Digest)
+	id, ci := chunkLocation(t, c, refs[0].Digest)
+	raw := func(v ...uint64) []byte {
+		var b []byte
+		for _, x := range v {
+			b = binary.AppendUvarint(b, x)
+		}
+		return append(b, ci.pack[:]...)
+	}
+	size, stored, off := uint64(ci.size), uint64(ci.stored), uint64(ci.off)
+	for _, tc := range []struct {
+		reason string
+		value  []byte
+	}{
+		{"negative stored", raw(size, 1<<63+5, 1, 0, off)},
+		{"huge stored", raw(size, 1<<40, 1, 0, off)},
+		{"stored below a header", raw(size, 3, 1, 0, off)},
+		{"zero size", raw(0, stored, 1, 0, off)},
+		{"size over the limit", raw(MaxChunkSize+1, stored, 1, 0, off)},
+		{"offset overflowing", raw(size, stored, 1, 0, 1<<63-2)},
+		{"short pack name", raw(size, stored, 1, 0, off)[:10]},
+	} {
+		if err := c.db.Update(func(txn *badger.Txn) error { return txn.Set(chunkIdxKey(id), tc.value) }); err != nil {
+			t.Fatal(err)
+		}
+		rc, _, err := c.Open(ctx, info.Digest, 0, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = io.ReadAll(rc)
+		rc.Close()
+		if !errors.Is(err, ErrDataLoss) {
+			t.Errorf("%s: pull: %v, want ErrDataLoss", tc.reason, err)
+		}
+		if _, err := c.ReadChunk(ctx, refs[0].Digest); !errors.Is(err, ErrDataLoss) {
+			t.Errorf("%s: ReadChunk: %v, want ErrDataLoss", tc.reason, err)
+		}
+	}
+}
+
+// ChunkUpload.Close returns nil only if every chunk a Put accepted is
+// stored. Here a repeat of chunk x is accepted because an earlier Put in
+// the same upload leads x's write; that Put is then cancelled while it
+// waits for a pack slot (all are busy with slow writes), so Close must
+// report the loss.
+func TestUploadCloseReportsLostChunk(t *testing.T) {
+	gate := make(chan struct{})
+	store := &backendtest.Faulty{Store: mem.New(), Fail: func(op backendtest.Op, key string, _ int) error {
+		if op == backendtest.OpPut {
+			<-gate
+		}
+		return nil
+	}}
+	c := openCache(t, t.TempDir(), store)
+	c.packTarget = 1 // every chunk fills its pack
+	ctx := t.Context()
+	u := c.NewChunkUpload(ctx)
+	var wg sync.WaitGroup
+	for i := range packsInFlight { // every pack slot busy with a blocked write
+		d := randomData(uint64(200+i), 1000)
+		wg.Go(func() {
+			if err := u.Put(ctx, ChunkDigest(d), d); err != nil {
+				t.Errorf("put %d: %v", i, err)
+			}
+		})
+	}
+	time.Sleep(100 * time.Millisecond)
+	x := randomData(300, 1000)
+	ctx1, cancel1 := context.WithCancel(ctx)
+	err1 := make(chan error, 1)
+	go func() { err1 <- u.Put(ctx1, ChunkDigest(x), x) }() // leads x, waits for a slot
+	time.Sleep(100 * time.Millisecond)
+	if err := u.Put(ctx, ChunkDigest(x), x); err != nil {
+		t.Fatalf("repeat of x: %v", err)
+	}
+	cancel1()
+	<-err1
+	close(gate)
+	wg.Wait()
+	err := u.Close()
+	id, _ := parseChunkID(ChunkDigest(x))
+	if _, ok, _ := c.lookupChunk(id); !ok && err == nil {
+		t.Fatal("Close returned nil, but chunk x, accepted by a Put, is not stored")
+	}
+	t.Logf("Close: %v", err)
 }

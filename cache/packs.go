@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -103,11 +104,21 @@ func (s *chunkSession) ensure(ctx context.Context, id chunkID, data []byte) erro
 		}
 		// Recheck: a session that committed this chunk may have just left.
 		if ci, ok, err := s.c.lookupChunk(id); err != nil || ok {
-			s.c.flights.finish(id, f, ci, err)
+			s.leaderFailed(id, f, ci, err)
 			return err
 		}
 		return s.write(ctx, id, data, f)
 	}
+}
+
+// leaderFailed finishes flight f, which this session leads, before its
+// chunk reached a pack. A failure also fails the session: a repeat of the
+// chunk in this session returned nil, counting on this write.
+func (s *chunkSession) leaderFailed(id chunkID, f *flight, ci chunkInfo, err error) {
+	if err != nil {
+		s.setErr(fmt.Errorf("chunk %s: %w", id, err))
+	}
+	s.c.flights.finish(id, f, ci, err)
 }
 
 // write compresses data into the current pack, which it writes if that
@@ -127,7 +138,7 @@ func (s *chunkSession) write(ctx context.Context, id chunkID, data []byte, f *fl
 		case s.tokens <- struct{}{}:
 		case <-ctx.Done():
 			s.packMu.Unlock()
-			s.c.flights.finish(id, f, chunkInfo{}, ctx.Err())
+			s.leaderFailed(id, f, chunkInfo{}, ctx.Err())
 			return ctx.Err()
 		}
 		p = &openPack{id: newPackID(), buf: s.c.getPackBuf(len(rec))}

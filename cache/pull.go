@@ -55,12 +55,14 @@ func (c *Cache) Open(ctx context.Context, d digest.Digest, offset, length int64)
 // and verified in its own goroutine. At most Concurrency chunks are ahead
 // of Read (results), plus the rest of the run being read.
 type recipeReader struct {
-	c       *Cache
-	cancel  context.CancelFunc
-	results chan chan fetched // in recipe order
-	cur     fetched
-	pos     []byte // unread bytes of cur
-	err     error
+	c        *Cache
+	ctx      context.Context
+	cancel   context.CancelFunc
+	results  chan chan fetched // in recipe order
+	complete bool              // the feeder queued every chunk; set before results closes
+	cur      fetched
+	pos      []byte // unread bytes of cur
+	err      error
 }
 
 type fetched struct {
@@ -92,7 +94,7 @@ type runChunk struct {
 func (c *Cache) newRecipeReader(ctx context.Context, recipe []recipeEntry, offset, n int64) *recipeReader {
 	ctx, cancel := context.WithCancel(ctx)
 	stop := context.AfterFunc(c.readersCtx, cancel) // Close stops the read-ahead
-	rr := &recipeReader{c: c, cancel: func() { stop(); cancel() }, results: make(chan chan fetched, c.conc)}
+	rr := &recipeReader{c: c, ctx: ctx, cancel: func() { stop(); cancel() }, results: make(chan chan fetched, c.conc)}
 	// Find the first chunk: offsets are the running sums of the sizes.
 	ends := make([]int64, len(recipe))
 	var sum int64
@@ -146,6 +148,7 @@ func (c *Cache) newRecipeReader(ctx context.Context, recipe []recipeEntry, offse
 				queue = append(queue, locate())
 			}
 			if len(queue) == 0 {
+				rr.complete = true
 				break
 			}
 			k := 1
@@ -274,7 +277,13 @@ func (rr *recipeReader) next() error {
 	res, ok := <-rr.results
 	if !ok {
 		rr.err = io.EOF
-		return io.EOF
+		if !rr.complete { // the feeder stopped early: never a short read that looks whole
+			rr.err = ErrClosed
+			if rr.c.readersCtx.Err() == nil {
+				rr.err = fmt.Errorf("cache: read stopped: %w", context.Cause(rr.ctx))
+			}
+		}
+		return rr.err
 	}
 	rr.cur = <-res
 	if rr.cur.err != nil {
