@@ -2,9 +2,13 @@ package cache
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cairnbuild/cairn/backend/backendtest"
 	"github.com/cairnbuild/cairn/backend/mem"
@@ -145,5 +149,82 @@ func TestConcurrentMixed(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	checkRefcounts(t, c)
+}
+
+// Pushes and chunk uploads of overlapping content at the same time, with
+// small packs (so that many are sealed for waiting sessions), a backend
+// that is slow and fails one Put in 20, and pushes that hit their
+// deadlines: nothing hangs, every committed layer reads back, every index
+// entry is backed and the reference counts are exact.
+func TestConcurrentFaultyMix(t *testing.T) {
+	store := mem.New()
+	var mu sync.Mutex
+	rng := rand.New(rand.NewPCG(1, 2))
+	f := &backendtest.Faulty{Store: store, Fail: func(op backendtest.Op, key string, call int) error {
+		if op != backendtest.OpPut {
+			return nil
+		}
+		mu.Lock()
+		r := rng.IntN(20)
+		d := time.Duration(rng.IntN(3)) * time.Millisecond
+		mu.Unlock()
+		time.Sleep(d)
+		if r == 0 {
+			return errors.New("injected")
+		}
+		return nil
+	}}
+	c := openCache(t, t.TempDir(), f)
+	c.packTarget = 200 << 10
+	base := genData(500, scale(6<<20, 4<<20))
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-done:
+		case <-time.After(90 * time.Second):
+			panic("pushes and uploads still running after 90 s") // with every goroutine's stack
+		}
+	}()
+	var committed sync.Map
+	for i := 0; i < 6; i++ {
+		data := append(append([]byte(nil), base[:(i%3+1)<<20]...), genData(uint64(600+i), 1<<20)...)
+		data = append(data, base[3<<20:]...) // shared tail
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(t.Context(), time.Duration(50+i*100)*time.Millisecond)
+			if i%2 == 0 {
+				cancel()
+				ctx = t.Context()
+			} else {
+				defer cancel()
+			}
+			info, err := c.Push(ctx, bytes.NewReader(data), PushOptions{Size: -1})
+			t.Logf("push %d: %v", i, err)
+			if err == nil {
+				committed.Store(info.Digest, digest.FromBytes(data))
+			}
+		})
+		wg.Go(func() {
+			u := c.NewChunkUpload(t.Context())
+			var pg sync.WaitGroup
+			for off := 0; off < len(data); off += 300 << 10 {
+				ch := data[off:min(off+300<<10, len(data))]
+				pg.Go(func() { _ = u.Put(t.Context(), ChunkDigest(ch), ch) })
+			}
+			pg.Wait()
+			t.Logf("upload %d close: %v", i, u.Close())
+		})
+	}
+	wg.Wait()
+	close(done)
+	f.Fail = nil
+	committed.Range(func(k, v any) bool {
+		if got := pullDigest(t, c, k.(digest.Digest)); got != v.(digest.Digest) {
+			t.Errorf("layer %s pulled as %s", k, got)
+		}
+		return true
+	})
+	checkIndexBacked(t, c, store)
 	checkRefcounts(t, c)
 }
