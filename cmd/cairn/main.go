@@ -55,6 +55,7 @@ func newRootCmd(a *app) *cobra.Command {
 	root.AddCommand(
 		newVersionCmd(a),
 		newServeCmd(a),
+		newReindexCmd(a),
 		newPushCmd(a),
 		newPullCmd(a),
 		newLookupCmd(a),

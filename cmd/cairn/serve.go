@@ -35,26 +35,33 @@ const (
 	blobsSubdir = "blobs" // the fs backend's objects, unless S3 holds them
 )
 
-// serveConfig is everything `cairn serve` is told, from flags and their
-// CAIRN_* environment twins, validated by check.
-type serveConfig struct {
-	data          string
-	listen        string
-	metricsListen string
+// storageConfig is where the index and the blobs are: what `cairn serve`
+// and `cairn reindex` share.
+type storageConfig struct {
+	data string
 
 	s3Endpoint, s3Bucket, s3Region, s3Prefix string
 	s3AccessKey, s3SecretKey, s3SessionToken string
 	s3Insecure                               bool
+
+	concurrency int
+	logLevel    string
+	level       slog.Level
+}
+
+// serveConfig is everything `cairn serve` is told, from flags and their
+// CAIRN_* environment twins, validated by check.
+type serveConfig struct {
+	storageConfig
+	listen        string
+	metricsListen string
 
 	gracePeriod       time.Duration
 	maxRecvMsgSize    string // parsed into maxRecvBytes by check
 	maxRecvBytes      int
 	rpcTimeout        time.Duration
 	streamIdleTimeout time.Duration
-	concurrency       int
 	maxTransfers      int
-	logLevel          string
-	level             slog.Level
 }
 
 func newServeCmd(a *app) *cobra.Command {
@@ -79,43 +86,54 @@ On SIGTERM or SIGINT the server stops accepting calls, lets the calls in
 flight finish for --grace-period, then cancels the rest; a push cut off
 this way commits nothing.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := applyEnvTwins(a, cmd.Flags()); err != nil {
-				return err
-			}
-			if err := cfg.check(); err != nil {
-				return err
-			}
-			return runServe(cmd.Context(), a, &cfg)
-		},
+		RunE: withTwins(a, cfg.check, func(cmd *cobra.Command) error { return runServe(cmd.Context(), a, &cfg) }),
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.data, "data", "./cairn-data", "directory for the index (and the blobs, without S3)")
+	cfg.addFlags(f)
 	f.StringVar(&cfg.listen, "listen", defaultServer, "gRPC listen address, host:port")
 	f.StringVar(&cfg.metricsListen, "metrics-listen", "", "Prometheus /metrics listen address, host:port (empty: no metrics endpoint)")
-	f.StringVar(&cfg.s3Endpoint, "s3-endpoint", "", "S3 endpoint host[:port] (or http(s)://host[:port]); set to keep blobs in S3")
-	f.StringVar(&cfg.s3Bucket, "s3-bucket", "", "S3 bucket, created if missing (required with --s3-endpoint)")
-	f.StringVar(&cfg.s3Region, "s3-region", "", "S3 region (default: $AWS_REGION, else looked up)")
-	f.StringVar(&cfg.s3Prefix, "s3-prefix", "", "prefix for every object key, to share a bucket")
-	f.StringVar(&cfg.s3AccessKey, "s3-access-key", "", "S3 access key (default: the AWS credential chain)")
-	f.StringVar(&cfg.s3SecretKey, "s3-secret-key", "", "S3 secret key (prefer the environment twin: flags show in ps)")
-	f.StringVar(&cfg.s3SessionToken, "s3-session-token", "", "S3 session token, for temporary credentials")
-	f.BoolVar(&cfg.s3Insecure, "s3-insecure", false, "talk plain HTTP to the S3 endpoint instead of HTTPS")
 	f.DurationVar(&cfg.gracePeriod, "grace-period", 30*time.Second, "on shutdown, how long calls in flight may take to finish")
 	f.StringVar(&cfg.maxRecvMsgSize, "max-recv-msg-size", "8MiB", "largest gRPC message accepted; above 4MiB, to fit the largest chunk")
 	f.DurationVar(&cfg.rpcTimeout, "rpc-timeout", server.DefaultUnaryTimeout, "longest a unary call may take, whatever the client's deadline")
 	f.DurationVar(&cfg.streamIdleTimeout, "stream-idle-timeout", server.DefaultStreamIdleTimeout, "fail an upload whose client sends nothing for this long")
 	f.IntVar(&cfg.maxTransfers, "max-transfers", server.DefaultMaxTransfers, "pushes, pulls and chunk transfers served at once; more wait (bounds memory)")
-	f.IntVar(&cfg.concurrency, "concurrency", cache.DefaultConcurrency, "chunks one push or pull stores or reads at the same time")
-	f.StringVar(&cfg.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.VisitAll(func(fl *pflag.Flag) { fl.Usage += " [$" + envTwin(fl.Name) + "]" })
 	return cmd
+}
+
+// addFlags registers the storage flags.
+func (c *storageConfig) addFlags(f *pflag.FlagSet) {
+	f.StringVar(&c.data, "data", "./cairn-data", "directory for the index (and the blobs, without S3)")
+	f.StringVar(&c.s3Endpoint, "s3-endpoint", "", "S3 endpoint host[:port] (or http(s)://host[:port]); set to keep blobs in S3")
+	f.StringVar(&c.s3Bucket, "s3-bucket", "", "S3 bucket, created if missing (required with --s3-endpoint)")
+	f.StringVar(&c.s3Region, "s3-region", "", "S3 region (default: $AWS_REGION, else looked up)")
+	f.StringVar(&c.s3Prefix, "s3-prefix", "", "prefix for every object key, to share a bucket")
+	f.StringVar(&c.s3AccessKey, "s3-access-key", "", "S3 access key (default: the AWS credential chain)")
+	f.StringVar(&c.s3SecretKey, "s3-secret-key", "", "S3 secret key (prefer the environment twin: flags show in ps)")
+	f.StringVar(&c.s3SessionToken, "s3-session-token", "", "S3 session token, for temporary credentials")
+	f.BoolVar(&c.s3Insecure, "s3-insecure", false, "talk plain HTTP to the S3 endpoint instead of HTTPS")
+	f.IntVar(&c.concurrency, "concurrency", cache.DefaultConcurrency, "chunks one push or pull stores or reads at the same time")
+	f.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 }
 
 // envTwin is the environment variable of a flag: --s3-access-key is
 // CAIRN_S3_ACCESS_KEY.
 func envTwin(flag string) string {
 	return "CAIRN_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// withTwins is the RunE of a command whose flags have environment twins:
+// it applies the twins, checks the flags, then runs.
+func withTwins(a *app, check func() error, run func(cmd *cobra.Command) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		if err := applyEnvTwins(a, cmd.Flags()); err != nil {
+			return err
+		}
+		if err := check(); err != nil {
+			return err
+		}
+		return run(cmd)
+	}
 }
 
 // applyEnvTwins sets every flag not given on the command line from its
@@ -138,21 +156,10 @@ func applyEnvTwins(a *app, flags *pflag.FlagSet) error {
 	return errors.Join(errs...)
 }
 
-// check validates the configuration and derives the parsed fields.
-func (c *serveConfig) check() error {
+// check validates the storage flags and derives the parsed fields.
+func (c *storageConfig) check() error {
 	if c.data == "" {
 		return errors.New("--data: empty; name the directory for the index")
-	}
-	if _, _, err := net.SplitHostPort(c.listen); err != nil {
-		return fmt.Errorf("--listen %q: want host:port: %v", c.listen, err)
-	}
-	if c.metricsListen != "" {
-		if _, _, err := net.SplitHostPort(c.metricsListen); err != nil {
-			return fmt.Errorf("--metrics-listen %q: want host:port: %v", c.metricsListen, err)
-		}
-		if _, port, _ := net.SplitHostPort(c.listen); c.metricsListen == c.listen && port != "0" {
-			return fmt.Errorf("--metrics-listen and --listen are both %s", c.listen)
-		}
 	}
 	if c.s3Endpoint == "" {
 		for name, v := range map[string]string{"--s3-bucket": c.s3Bucket, "--s3-prefix": c.s3Prefix,
@@ -172,6 +179,31 @@ func (c *serveConfig) check() error {
 			return errors.New("--s3-access-key and --s3-secret-key go together")
 		}
 	}
+	if c.concurrency < 1 {
+		return fmt.Errorf("--concurrency %d: want at least 1", c.concurrency)
+	}
+	if err := c.level.UnmarshalText([]byte(c.logLevel)); err != nil {
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", c.logLevel)
+	}
+	return nil
+}
+
+// check validates the configuration and derives the parsed fields.
+func (c *serveConfig) check() error {
+	if err := c.storageConfig.check(); err != nil {
+		return err
+	}
+	if _, _, err := net.SplitHostPort(c.listen); err != nil {
+		return fmt.Errorf("--listen %q: want host:port: %v", c.listen, err)
+	}
+	if c.metricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.metricsListen); err != nil {
+			return fmt.Errorf("--metrics-listen %q: want host:port: %v", c.metricsListen, err)
+		}
+		if _, port, _ := net.SplitHostPort(c.listen); c.metricsListen == c.listen && port != "0" {
+			return fmt.Errorf("--metrics-listen and --listen are both %s", c.listen)
+		}
+	}
 	if c.gracePeriod < 0 {
 		return fmt.Errorf("--grace-period %v: negative", c.gracePeriod)
 	}
@@ -187,40 +219,17 @@ func (c *serveConfig) check() error {
 	if c.rpcTimeout <= 0 || c.streamIdleTimeout <= 0 {
 		return errors.New("--rpc-timeout and --stream-idle-timeout must be positive")
 	}
-	if c.concurrency < 1 {
-		return fmt.Errorf("--concurrency %d: want at least 1", c.concurrency)
-	}
 	if c.maxTransfers < 1 {
 		return fmt.Errorf("--max-transfers %d: want at least 1", c.maxTransfers)
-	}
-	if err := c.level.UnmarshalText([]byte(c.logLevel)); err != nil {
-		return fmt.Errorf("--log-level %q: want debug, info, warn or error", c.logLevel)
 	}
 	return nil
 }
 
-// runServe runs the server until ctx ends (a signal) or serving fails.
-func runServe(ctx context.Context, a *app, cfg *serveConfig) (err error) {
-	log := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: cfg.level}))
-	if err := os.MkdirAll(cfg.data, 0o700); err != nil {
-		return fmt.Errorf("data directory: %w", err)
-	}
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	bm, err := metrics.NewBackend(reg)
-	if err != nil {
-		return err
-	}
-
-	// The blob store: fs or S3, counted by the metrics decorator per real
-	// request, with retries around that.
-	var (
-		blobs     backend.Store
-		kind      = "fs"
-		blobsDesc string
-		closeFS   func() error
-	)
+// openBlobs opens the blob store: S3 with --s3-endpoint, else the fs
+// store under --data; bm (if not nil) counts its requests, and retries
+// wrap that. It returns the store, its kind and a description for logs.
+func (cfg *storageConfig) openBlobs(ctx context.Context, log *slog.Logger, bm *metrics.Backend) (blobs backend.Store, kind, desc string, closeFn func() error, err error) {
+	closeFn = func() error { return nil }
 	if cfg.s3Endpoint != "" {
 		st, err := s3.New(ctx, s3.Options{
 			Endpoint: cfg.s3Endpoint, Bucket: cfg.s3Bucket, Region: cfg.s3Region, Prefix: cfg.s3Prefix,
@@ -228,39 +237,89 @@ func runServe(ctx context.Context, a *app, cfg *serveConfig) (err error) {
 			Secure: !cfg.s3Insecure && !strings.HasPrefix(cfg.s3Endpoint, "http://"),
 		})
 		if err != nil {
-			return fmt.Errorf("blob store: %w", err)
+			return nil, "", "", nil, fmt.Errorf("blob store: %w", err)
 		}
 		blobs, kind = st, "s3"
-		blobsDesc = "s3://" + cfg.s3Bucket + "/" + strings.TrimSuffix(cfg.s3Prefix, "/") + " at " + cfg.s3Endpoint
+		desc = "s3://" + cfg.s3Bucket + "/" + strings.TrimSuffix(cfg.s3Prefix, "/") + " at " + cfg.s3Endpoint
 	} else {
 		dir := filepath.Join(cfg.data, blobsSubdir)
 		st, err := fs.New(dir)
 		if err != nil {
-			return fmt.Errorf("blob store: %w", err)
+			return nil, "", "", nil, fmt.Errorf("blob store: %w", err)
 		}
-		blobs, blobsDesc, closeFS = st, dir, st.Close
+		blobs, kind, desc, closeFn = st, "fs", dir, st.Close
 	}
-	defer func() {
-		if closeFS != nil {
-			if cerr := closeFS(); cerr != nil && err == nil {
-				err = fmt.Errorf("close blob store: %w", cerr)
-			}
+	var onRetry func(string)
+	if bm != nil {
+		blobs, onRetry = bm.Wrap(blobs), bm.OnRetry
+	}
+	blobs = retry.New(blobs, retry.Options{OnRetry: func(e retry.Event) {
+		if onRetry != nil {
+			onRetry(e.Op)
 		}
-	}()
-	blobs = retry.New(bm.Wrap(blobs), retry.Options{OnRetry: func(e retry.Event) {
-		bm.OnRetry(e.Op)
 		log.Debug("retrying blob store request", "op", e.Op, "key", e.Key, "attempt", e.Attempt, "err", e.Err)
 	}})
+	return blobs, kind, desc, closeFn, nil
+}
 
+// storage is an open cache over its blob store.
+type storage struct {
+	cache           *cache.Cache
+	kind, blobsDesc string // "fs" or "s3", and where the blobs are
+	indexDir        string
+	closeBlobs      func() error
+}
+
+// open creates --data if needed and opens the blob store (openBlobs) and
+// the index over it.
+func (cfg *storageConfig) open(ctx context.Context, log *slog.Logger, bm *metrics.Backend) (*storage, error) {
+	if err := os.MkdirAll(cfg.data, 0o700); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	blobs, kind, desc, closeBlobs, err := cfg.openBlobs(ctx, log, bm)
+	if err != nil {
+		return nil, err
+	}
 	indexDir := filepath.Join(cfg.data, indexSubdir)
 	c, err := cache.Open(ctx, cache.Options{Dir: indexDir, Backend: blobs, Concurrency: cfg.concurrency, Logger: log})
 	if err != nil {
+		closeBlobs()
+		return nil, err
+	}
+	return &storage{cache: c, kind: kind, blobsDesc: desc, indexDir: indexDir, closeBlobs: closeBlobs}, nil
+}
+
+// close closes the index, then the blob store.
+func (st *storage) close() error {
+	err := st.cache.Close()
+	if err != nil {
+		err = fmt.Errorf("close cache: %w", err)
+	}
+	if cerr := st.closeBlobs(); cerr != nil && err == nil {
+		err = fmt.Errorf("close blob store: %w", cerr)
+	}
+	return err
+}
+
+// runServe runs the server until ctx ends (a signal) or serving fails.
+func runServe(ctx context.Context, a *app, cfg *serveConfig) (err error) {
+	log := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: cfg.level}))
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	bm, err := metrics.NewBackend(reg)
+	if err != nil {
 		return err
 	}
+
+	st, err := cfg.open(ctx, log, bm)
+	if err != nil {
+		return err
+	}
+	c, kind, blobsDesc, indexDir := st.cache, st.kind, st.blobsDesc, st.indexDir
 	// Closed after the server has stopped: no handler uses it any more.
 	defer func() {
-		if cerr := c.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("close cache: %w", cerr)
+		if cerr := st.close(); cerr != nil && err == nil {
+			err = cerr
 		}
 	}()
 	reg.MustRegister(metrics.NewCacheCollector(c.Stats, 0, log))
