@@ -20,7 +20,7 @@ import (
 type Options struct {
 	// Dir is the Badger index directory. It is created if missing.
 	Dir string
-	// Backend holds chunk objects, layer manifests and step records: the
+	// Backend holds chunk packs, layer manifests and step records: the
 	// source of truth the index can be rebuilt from.
 	Backend backend.Store
 	// Chunking is the chunker's size parameters; zero means chunker.V1. It
@@ -76,7 +76,7 @@ type Cache struct {
 	dec *zstd.Decoder
 
 	dataPool sync.Pool // *[]byte of cap params.Max+decodeSlack (or more): chunk data
-	compPool sync.Pool // *[]byte: compressed chunk objects
+	compPool sync.Pool // *[]byte: compressed chunk records
 	cutPool  sync.Pool // *[]byte of 2 × params.Max: chunker buffers
 	packPool sync.Pool // *[]byte: packs being filled (see getPackBuf)
 	runPool  sync.Pool // *[]byte of maxRunBytes (or one larger record): runs being read
@@ -385,7 +385,7 @@ func (c *Cache) getData(n int) *[]byte {
 // with the bounds-exact copies, a third of pull's decoding time.
 const decodeSlack = 16
 
-// getComp returns a buffer for a chunk object of n uncompressed bytes.
+// getComp returns a buffer for a chunk record of n uncompressed bytes.
 func (c *Cache) getComp(n int) *[]byte {
 	return getBuf(&c.compPool, chunkHeaderSize+c.enc.MaxEncodedSize(n), chunkHeaderSize+c.enc.MaxEncodedSize(c.params.Max))
 }

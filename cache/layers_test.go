@@ -427,7 +427,7 @@ func flip(b []byte, i int) []byte {
 	return b
 }
 
-// otherChunk is a well-formed chunk object of size bytes of other content.
+// otherChunk is a well-formed chunk record of size bytes of other content.
 func otherChunk(c *Cache, size int64) []byte {
 	data := genData(99, int(size))
 	obj := make([]byte, chunkHeaderSize)
