@@ -143,9 +143,10 @@ func (c *Cache) List(ctx context.Context, pageToken string, pageSize int) ([]Lay
 }
 
 // Delete removes layer d from the index and drops its chunk references;
-// its manifest leaves the backend after that. Chunk records (in their packs) stay for the
-// garbage collector, which trusts the reference counts. Steps that produced
-// d become misses. A missing layer is ErrNotFound.
+// its manifest leaves the backend after that. Chunk records (in their
+// packs) stay for the garbage collector, which trusts the reference
+// counts. Steps that produced d become misses. A missing layer is
+// ErrNotFound.
 func (c *Cache) Delete(ctx context.Context, d digest.Digest) error {
 	if err := c.begin(ctx); err != nil {
 		return fmt.Errorf("cache: delete %s: %w", d, err)
