@@ -176,8 +176,10 @@ func TestPullReadsRuns(t *testing.T) {
 	}
 	n := opens.Load()
 	t.Logf("%d chunks read with %d ranged reads", info.Chunks, n)
-	if min := (info.Chunks + maxRunChunks - 1) / maxRunChunks; n < int64(min) || n > int64(info.Chunks)/2 {
-		t.Errorf("%d ranged reads for %d chunks: want %d to %d", n, info.Chunks, min, info.Chunks/2)
+	// 6-8 reads are usual; how shuffled records are in their packs depends
+	// on the scheduler, so the bound only says that runs happen.
+	if min, most := (info.Chunks+maxRunChunks-1)/maxRunChunks, 2*info.Chunks/3; n < int64(min) || n > int64(most) {
+		t.Errorf("%d ranged reads for %d chunks: want %d to %d", n, info.Chunks, min, most)
 	}
 	refs, err := c.Chunks(t.Context(), info.Digest)
 	if err != nil {
