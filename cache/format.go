@@ -27,16 +27,8 @@ type chunkID = chunkid.ID
 // records and pack tables record the algorithm.
 func ChunkDigest(data []byte) digest.Digest { return chunkid.Of(data) }
 
-// ParseChunkDigest checks a chunk digest from a caller; a mistake is an
-// ErrInvalidArgument that says which.
-func ParseChunkDigest(s string) (digest.Digest, error) {
-	if _, err := parseChunkID(digest.Digest(s)); err != nil {
-		return "", err
-	}
-	return digest.Digest(s), nil
-}
-
-// parseChunkID validates a chunk digest from a caller.
+// parseChunkID validates a chunk digest from a caller (package chunkid); a
+// mistake is an ErrInvalidArgument that says which.
 func parseChunkID(d digest.Digest) (chunkID, error) {
 	id, err := chunkid.Parse(string(d))
 	if err != nil {

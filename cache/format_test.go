@@ -226,14 +226,14 @@ func FuzzPackTable(f *testing.F) {
 
 // Chunk digests follow package chunkid (tested there); the cache reports
 // a bad one as ErrInvalidArgument.
-func TestParseChunkDigest(t *testing.T) {
+func TestParseChunkID(t *testing.T) {
 	good := ChunkDigest([]byte("chunk"))
-	if d, err := ParseChunkDigest(string(good)); err != nil || d != good {
-		t.Errorf("ParseChunkDigest(%s) = %s, %v", good, d, err)
+	if id, err := parseChunkID(good); err != nil || id.Digest() != good {
+		t.Errorf("parseChunkID(%s) = %s, %v", good, id, err)
 	}
-	for _, bad := range []string{"", "sha256:" + string(good[7:]), string(good) + "0"} {
-		if _, err := ParseChunkDigest(bad); !errors.Is(err, ErrInvalidArgument) {
-			t.Errorf("ParseChunkDigest(%q) = %v, want ErrInvalidArgument", bad, err)
+	for _, bad := range []digest.Digest{"", "sha256:" + good[7:], good + "0"} {
+		if _, err := parseChunkID(bad); !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("parseChunkID(%q) = %v, want ErrInvalidArgument", bad, err)
 		}
 	}
 }
