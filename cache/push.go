@@ -47,8 +47,8 @@ type PushOptions struct {
 // lacks are compressed, up to Concurrency at a time, and written to the
 // backend in packs (see packTarget), so a slow backend slows the reading of
 // r. The layer becomes visible only after every chunk and its manifest are
-// durable. Pushing a layer that
-// is already committed returns the committed record.
+// durable. Pushing a layer that is already committed returns the committed
+// record.
 func (c *Cache) Push(ctx context.Context, r io.Reader, opts PushOptions) (LayerInfo, error) {
 	if err := c.begin(ctx); err != nil {
 		return LayerInfo{}, fmt.Errorf("cache: push: %w", err)
@@ -63,7 +63,8 @@ func (c *Cache) Push(ctx context.Context, r io.Reader, opts PushOptions) (LayerI
 
 // pushChunk is one chunk on its way through a push: filled by the reader,
 // hashed into the layer digest by the hasher, and hashed, looked up and
-// compressed into a pack by a worker. Its buffer returns to the pool when both are done.
+// compressed into a pack by a worker. Its buffer returns to the pool when
+// both are done.
 type pushChunk struct {
 	buf  *[]byte
 	data []byte
