@@ -151,7 +151,7 @@ func (s *server) serveEnv() []string {
 func (s *server) start() {
 	s.t.Helper()
 	if s.addr == "" {
-		s.addr, s.metrics = freePort(s.t), freePort(s.t)
+		s.addr, s.metrics = freePorts(s.t)
 	}
 	if s.log == nil {
 		s.log = &syncBuffer{}
@@ -175,7 +175,7 @@ func (s *server) start() {
 		if attempt == 3 || !strings.Contains(s.log.String()[logStart:], "address already in use") {
 			s.t.Fatalf("cairn serve exited (%v) before it was healthy:\n%s", s.exitErr, s.log.String())
 		}
-		s.addr, s.metrics = freePort(s.t), freePort(s.t)
+		s.addr, s.metrics = freePorts(s.t)
 	}
 }
 
@@ -289,14 +289,22 @@ func (s *server) dial() *grpc.ClientConn {
 	return conn
 }
 
-func freePort(t *testing.T) string {
+// freePorts returns the gRPC and metrics addresses for a server: two free
+// ports of 127.0.0.1, held open together while they are picked so that
+// they differ (picked one after the other, the kernel once handed out the
+// same port twice and the server refused to start).
+func freePorts(t *testing.T) (addr, metrics string) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	var ls [2]net.Listener
+	for i := range ls {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		ls[i] = l
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return ls[0].Addr().String(), ls[1].Addr().String()
 }
 
 // result is what a CLI run did.

@@ -22,11 +22,18 @@ install_tool() {
 install_minio() { install_tool minio "github.com/minio/minio@$MINIO_VERSION"; }
 install_buf() { install_tool buf "github.com/bufbuild/buf/cmd/buf@$BUF_VERSION"; }
 
-# free_port prints a TCP port on 127.0.0.1 that nothing listens on now.
+# free_port [N] prints N (default 1) distinct TCP ports on 127.0.0.1 that
+# nothing listens on now, one per line. The sockets are held together while
+# the ports are picked: picked one after the other, two can be the same.
 free_port() {
-  python3 - <<'PY' 2>/dev/null || echo $((20000 + RANDOM % 20000))
-import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()
+  python3 - "${1:-1}" <<'PY' 2>/dev/null || for _ in $(seq 1 "${1:-1}"); do echo $((20000 + RANDOM % 20000)); done
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print("\n".join(str(s.getsockname()[1]) for s in socks))
+for s in socks:
+    s.close()
 PY
 }
 
@@ -39,23 +46,33 @@ PY
 start_minio() {
   install_minio
   MINIO_DIR=$(mktemp -d)
-  local port; port=$(free_port)
   export CAIRN_TEST_MINIO_BIN="$CAIRN_TOOLS/minio"
-  export CAIRN_TEST_S3_ENDPOINT="127.0.0.1:$port"
   export CAIRN_TEST_S3_ACCESS_KEY="cairn$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
   export CAIRN_TEST_S3_SECRET_KEY="$(od -An -N18 -tx1 /dev/urandom | tr -d ' \n')"
-  MINIO_ROOT_USER=$CAIRN_TEST_S3_ACCESS_KEY MINIO_ROOT_PASSWORD=$CAIRN_TEST_S3_SECRET_KEY \
-    MINIO_BROWSER=off MINIO_UPDATE=off \
-    "$CAIRN_TEST_MINIO_BIN" server --quiet --address "127.0.0.1:$port" \
-    --console-address "127.0.0.1:$(free_port)" "$MINIO_DIR/data" >"$MINIO_DIR/log" 2>&1 &
-  MINIO_PID=$!
-  for _ in $(seq 1 100); do
-    if curl -fsS "http://127.0.0.1:$port/minio/health/cluster" >/dev/null 2>&1; then
-      echo "minio ready on 127.0.0.1:$port (pid $MINIO_PID)" >&2
-      return 0
+  # Another process may take a port between free_port and MinIO's bind:
+  # then MinIO exits, and it is tried again on new ports.
+  local attempt ports port console
+  for attempt in 1 2 3; do
+    ports=$(free_port 2)
+    port=$(echo "$ports" | sed -n 1p); console=$(echo "$ports" | sed -n 2p)
+    export CAIRN_TEST_S3_ENDPOINT="127.0.0.1:$port"
+    MINIO_ROOT_USER=$CAIRN_TEST_S3_ACCESS_KEY MINIO_ROOT_PASSWORD=$CAIRN_TEST_S3_SECRET_KEY \
+      MINIO_BROWSER=off MINIO_UPDATE=off \
+      "$CAIRN_TEST_MINIO_BIN" server --quiet --address "127.0.0.1:$port" \
+      --console-address "127.0.0.1:$console" "$MINIO_DIR/data" >"$MINIO_DIR/log" 2>&1 &
+    MINIO_PID=$!
+    for _ in $(seq 1 100); do
+      if curl -fsS "http://127.0.0.1:$port/minio/health/cluster" >/dev/null 2>&1; then
+        echo "minio ready on 127.0.0.1:$port (pid $MINIO_PID)" >&2
+        return 0
+      fi
+      kill -0 "$MINIO_PID" 2>/dev/null || break
+      sleep 0.2
+    done
+    if kill -0 "$MINIO_PID" 2>/dev/null; then # running but never ready: no retry
+      break
     fi
-    kill -0 "$MINIO_PID" 2>/dev/null || break
-    sleep 0.2
+    echo "minio exited on ports $port/$console (attempt $attempt):" >&2; cat "$MINIO_DIR/log" >&2
   done
   echo "minio did not start:" >&2; cat "$MINIO_DIR/log" >&2
   return 1
