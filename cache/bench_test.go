@@ -21,7 +21,7 @@ import (
 	"github.com/cairnbuild/cairn/backend"
 	cfs "github.com/cairnbuild/cairn/backend/fs"
 	"github.com/cairnbuild/cairn/backend/mem"
-	"github.com/cairnbuild/cairn/cache/stepkey"
+	"github.com/cairnbuild/cairn/stepkey"
 	"github.com/cairnbuild/cairn/chunker"
 	"github.com/cairnbuild/cairn/chunkid"
 	"github.com/klauspost/compress/zstd"

@@ -15,7 +15,7 @@ import (
 	"github.com/cairnbuild/cairn/backend"
 	"github.com/cairnbuild/cairn/backend/backendtest"
 	"github.com/cairnbuild/cairn/backend/mem"
-	"github.com/cairnbuild/cairn/cache/stepkey"
+	"github.com/cairnbuild/cairn/stepkey"
 	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
 )

@@ -8,7 +8,7 @@ import (
 	"github.com/cairnbuild/cairn/backend"
 	"github.com/cairnbuild/cairn/backend/fs"
 	"github.com/cairnbuild/cairn/backend/mem"
-	"github.com/cairnbuild/cairn/cache/stepkey"
+	"github.com/cairnbuild/cairn/stepkey"
 	"github.com/opencontainers/go-digest"
 )
 

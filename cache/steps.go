@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/cairnbuild/cairn/cache/stepkey"
+	"github.com/cairnbuild/cairn/stepkey"
 	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
 )

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/cairnbuild/cairn/cache/stepkey"
+	"github.com/cairnbuild/cairn/stepkey"
 	"github.com/opencontainers/go-digest"
 )
 

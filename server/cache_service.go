@@ -9,7 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/cairnbuild/cairn/cache"
-	"github.com/cairnbuild/cairn/cache/stepkey"
+	"github.com/cairnbuild/cairn/stepkey"
 	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
 )
 

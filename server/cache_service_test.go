@@ -8,7 +8,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc/codes"
 
-	"github.com/cairnbuild/cairn/cache/stepkey"
+	"github.com/cairnbuild/cairn/stepkey"
 	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
 )
 

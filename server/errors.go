@@ -13,7 +13,7 @@ import (
 
 	"github.com/cairnbuild/cairn/backend"
 	"github.com/cairnbuild/cairn/cache"
-	"github.com/cairnbuild/cairn/cache/stepkey"
+	"github.com/cairnbuild/cairn/stepkey"
 	"github.com/cairnbuild/cairn/chunkid"
 	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
 )

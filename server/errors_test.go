@@ -11,7 +11,7 @@ import (
 
 	"github.com/cairnbuild/cairn/backend"
 	"github.com/cairnbuild/cairn/cache"
-	"github.com/cairnbuild/cairn/cache/stepkey"
+	"github.com/cairnbuild/cairn/stepkey"
 	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
 )
 

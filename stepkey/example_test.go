@@ -3,7 +3,7 @@ package stepkey_test
 import (
 	"fmt"
 
-	"github.com/cairnbuild/cairn/cache/stepkey"
+	"github.com/cairnbuild/cairn/stepkey"
 	"github.com/opencontainers/go-digest"
 )
 
