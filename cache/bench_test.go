@@ -21,9 +21,10 @@ import (
 	"github.com/cairnbuild/cairn/backend"
 	cfs "github.com/cairnbuild/cairn/backend/fs"
 	"github.com/cairnbuild/cairn/backend/mem"
-	"github.com/cairnbuild/cairn/stepkey"
+	"github.com/cairnbuild/cairn/cache/internal/chunks"
 	"github.com/cairnbuild/cairn/chunker"
 	"github.com/cairnbuild/cairn/chunkid"
+	"github.com/cairnbuild/cairn/stepkey"
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	"github.com/zeebo/blake3"
@@ -129,7 +130,7 @@ type pipeline struct {
 }
 
 func newPipeline() *pipeline {
-	enc, _ := newEncoder(runtime.GOMAXPROCS(0))
+	enc, _ := chunks.NewEncoder(runtime.GOMAXPROCS(0))
 	return &pipeline{enc: enc, buf: make([]byte, 2*chunker.V1.Max)}
 }
 
@@ -266,7 +267,7 @@ func BenchmarkPackSize(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) {
 			c := openCache(b, b.TempDir(), fsStore(b))
-			c.packTarget = target
+			c.chunks.SetPackTarget(target)
 			benchPushVsPipeline(b, c)
 		})
 	}

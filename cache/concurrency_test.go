@@ -12,6 +12,7 @@ import (
 
 	"github.com/cairnbuild/cairn/backend/backendtest"
 	"github.com/cairnbuild/cairn/backend/mem"
+	"github.com/cairnbuild/cairn/chunkid"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -52,7 +53,7 @@ func TestConcurrentSamePush(t *testing.T) {
 	written := map[chunkID]int{}
 	for _, entries := range packTables(t, c, inner) {
 		for _, e := range entries {
-			written[e.id]++
+			written[e.ID]++
 		}
 	}
 	for id, n := range written {
@@ -176,7 +177,7 @@ func TestConcurrentFaultyMix(t *testing.T) {
 		return nil
 	}}
 	c := openCache(t, t.TempDir(), f)
-	c.packTarget = 200 << 10
+	c.chunks.SetPackTarget(200 << 10)
 	base := genData(500, scale(6<<20, 4<<20))
 	var wg sync.WaitGroup
 	done := make(chan struct{})
@@ -210,7 +211,7 @@ func TestConcurrentFaultyMix(t *testing.T) {
 			var pg sync.WaitGroup
 			for off := 0; off < len(data); off += 300 << 10 {
 				ch := data[off:min(off+300<<10, len(data))]
-				pg.Go(func() { _ = u.Put(t.Context(), ChunkDigest(ch), ch) })
+				pg.Go(func() { _ = u.Put(t.Context(), chunkid.Sum(ch), ch) })
 			}
 			pg.Wait()
 			t.Logf("upload %d close: %v", i, u.Close())

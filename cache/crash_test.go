@@ -15,8 +15,8 @@ import (
 	"github.com/cairnbuild/cairn/backend"
 	"github.com/cairnbuild/cairn/backend/backendtest"
 	"github.com/cairnbuild/cairn/backend/mem"
+	"github.com/cairnbuild/cairn/cache/internal/index"
 	"github.com/cairnbuild/cairn/stepkey"
-	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -34,24 +34,24 @@ func crashScenario(ctx context.Context, c *Cache, layer, layer2 []byte) error {
 		return err
 	}
 	refs, parts := clientChunksNoT(layer2)
-	ids := make([]digest.Digest, len(refs))
+	ids := make([]chunkID, len(refs))
 	for i, r := range refs {
-		ids[i] = r.Digest
+		ids[i] = r.ID
 	}
 	missing, err := c.MissingChunks(ctx, ids)
 	if err != nil {
 		return err
 	}
-	want := map[digest.Digest]bool{}
+	want := map[chunkID]bool{}
 	for _, m := range missing {
 		want[m] = true
 	}
 	for i, r := range refs {
-		if want[r.Digest] {
-			if err := c.PutChunk(ctx, r.Digest, parts[i]); err != nil {
+		if want[r.ID] {
+			if err := c.PutChunk(ctx, r.ID, parts[i]); err != nil {
 				return err
 			}
-			want[r.Digest] = false
+			want[r.ID] = false
 		}
 	}
 	_, err = c.Commit(ctx, digest.FromBytes(layer2), "", refs)
@@ -88,7 +88,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 					}
 					return nil
 				}}
-				c.store = faulty
+				c.setBackend(faulty)
 				err := crashScenario(t.Context(), c, layer, layer2)
 				if err != nil && !errors.Is(err, errInjected) {
 					t.Fatalf("n=%d: unexpected error %v", n, err)
@@ -124,55 +124,43 @@ func TestCrashAtEveryStep(t *testing.T) {
 func checkIndexBacked(t *testing.T, c *Cache, store backend.Store) {
 	t.Helper()
 	ctx := t.Context()
-	err := c.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: false})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			k := it.Item().KeyCopy(nil)
-			v, err := it.Item().ValueCopy(nil)
-			if err != nil {
-				return err
-			}
-			switch {
-			case bytes.HasPrefix(k, idxChunk):
-				var id chunkID
-				copy(id[:], k[len(idxChunk):])
-				ci, err := decodeChunkInfo(v)
-				if err != nil {
-					return err
-				}
-				// The record must be there and be this chunk.
-				saved := c.store
-				c.store = store
-				bp, _, err := c.readRecord(ctx, id, ci)
-				c.store = saved
-				if err != nil {
-					return fmt.Errorf("index has chunk %s (pack %s at %d, %d bytes stored): %w", id, ci.pack, ci.off, ci.stored, err)
-				}
-				c.dataPool.Put(bp)
-			case bytes.HasPrefix(k, idxLayer):
-				d := digest.Digest(k[len(idxLayer):])
-				lr, err := decodeLayerRecord(d, v)
-				if err != nil {
-					return err
-				}
-				if _, err := store.Stat(ctx, layerKey(d)); err != nil {
-					return fmt.Errorf("index has layer %s, manifest: %v", d, err)
-				}
-				for _, e := range lr.recipe {
-					if _, ok, err := getChunk(txn, e.id); !ok || err != nil {
-						return fmt.Errorf("layer %s names chunk %s, not indexed (%v)", d, e.id, err)
-					}
-				}
-			case bytes.HasPrefix(k, idxStep):
-				d := digest.Digest(k[len(idxStep):])
-				if _, err := store.Stat(ctx, stepObjectKey(d)); err != nil {
-					return fmt.Errorf("index has step %s, backend: %v", d, err)
-				}
-			}
+	saved := c.setBackend(store)
+	defer c.setBackend(saved)
+	err := c.idx.ForEachChunk(func(id chunkID, ci chunkInfo) error {
+		// The record must be there and be this chunk.
+		bp, _, err := c.chunks.ReadRecord(ctx, id, ci)
+		if err != nil {
+			return fmt.Errorf("index has chunk %s (pack %s at %d, %d bytes stored): %w", id, ci.Pack, ci.Off, ci.Stored, err)
 		}
+		c.chunks.PutData(bp)
 		return nil
 	})
+	if err == nil {
+		err = c.idx.ForEachLayer(func(lr *index.LayerRecord) error {
+			if _, err := store.Stat(ctx, layerKey(lr.Digest)); err != nil {
+				return fmt.Errorf("index has layer %s, manifest: %v", lr.Digest, err)
+			}
+			ids := make([]chunkID, len(lr.Recipe))
+			for i, e := range lr.Recipe {
+				ids[i] = e.ID
+			}
+			_, found, err := c.idx.Chunks(ids)
+			for i, ok := range found {
+				if !ok || err != nil {
+					return fmt.Errorf("layer %s names chunk %s, not indexed (%v)", lr.Digest, ids[i], err)
+				}
+			}
+			return nil
+		})
+	}
+	if err == nil {
+		err = c.idx.ForEachStep(func(d digest.Digest) error {
+			if _, err := store.Stat(ctx, stepObjectKey(d)); err != nil {
+				return fmt.Errorf("index has step %s, backend: %v", d, err)
+			}
+			return nil
+		})
+	}
 	if err != nil {
 		t.Fatalf("index not backed by the backend: %v", err)
 	}
@@ -209,7 +197,7 @@ func TestCrashIndexSnapshot(t *testing.T) {
 		}
 	})
 	snap := t.TempDir()
-	if err := copyDir(c.db.Opts().Dir, snap); err != nil {
+	if err := copyDir(c.idx.Dir(), snap); err != nil {
 		t.Fatal(err)
 	}
 	close(stop)

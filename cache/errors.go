@@ -1,105 +1,39 @@
 package cache
 
-import (
-	"errors"
-	"fmt"
-
-	"github.com/cairnbuild/cairn/backend"
-	"github.com/dgraph-io/badger/v4"
-)
+import "github.com/cairnbuild/cairn/cache/internal/cerr"
 
 // The sentinels below are what callers branch on with errors.Is. Every error
 // the Cache returns wraps one of them (or a context error) together with the
-// operation that failed; the server maps each to one gRPC code.
+// operation that failed; the server maps each to one gRPC code. They are the
+// core's own (package cerr), so errors from every part of it match.
 var (
 	// ErrNotFound reports a layer, chunk or step the cache does not hold.
-	ErrNotFound = errors.New("cache: not found")
+	ErrNotFound = cerr.ErrNotFound
 	// ErrInvalidArgument reports bad input: a malformed or unsupported
 	// digest, a truncated stream, a malformed chunk list, an oversized value.
 	// Nothing was changed.
-	ErrInvalidArgument = errors.New("cache: invalid argument")
+	ErrInvalidArgument = cerr.ErrInvalidArgument
 	// ErrDigestMismatch reports data that does not hash to the digest it was
 	// declared with. Nothing was committed. It is also an ErrInvalidArgument.
-	ErrDigestMismatch error = digestMismatch{}
+	ErrDigestMismatch = cerr.ErrDigestMismatch
 	// ErrOutOfRange reports a read offset beyond the end of a layer.
-	ErrOutOfRange = errors.New("cache: offset out of range")
+	ErrOutOfRange = cerr.ErrOutOfRange
 	// ErrFailedPrecondition reports a request the cache's state does not
 	// allow yet: a commit that names a chunk not uploaded, a step record for
 	// a layer not committed.
-	ErrFailedPrecondition = errors.New("cache: failed precondition")
-	// ErrDataLoss reports stored data that is missing or fails verification.
+	ErrFailedPrecondition = cerr.ErrFailedPrecondition
+	// ErrDataLoss reports stored data that is missing or fails verification,
+	// or an index value that does not decode: never "unavailable, retry".
 	// The cache never returns wrong bytes in its place.
-	ErrDataLoss = errors.New("cache: data loss")
+	ErrDataLoss = cerr.ErrDataLoss
 	// ErrUnavailable reports a backend or index that cannot serve right now
 	// (backend.ErrUnavailable is translated to it); retrying may help.
-	ErrUnavailable = errors.New("cache: unavailable")
+	ErrUnavailable = cerr.ErrUnavailable
 	// ErrResourceExhausted reports a request larger than the cache accepts
-	// in one piece (for example a layer with more chunks than one index
-	// transaction can hold).
-	ErrResourceExhausted = errors.New("cache: resource exhausted")
+	// in one piece.
+	ErrResourceExhausted = cerr.ErrResourceExhausted
 	// ErrClosed reports a call on a closed Cache. It is also ErrUnavailable.
-	ErrClosed error = closedError{}
+	ErrClosed = cerr.ErrClosed
 )
 
-type digestMismatch struct{}
-
-func (digestMismatch) Error() string { return "cache: digest mismatch" }
-
-// Is makes ErrDigestMismatch match ErrInvalidArgument too.
-func (digestMismatch) Is(target error) bool { return target == ErrInvalidArgument }
-
-type closedError struct{}
-
-func (closedError) Error() string { return "cache: closed" }
-
-// Is makes ErrClosed match ErrUnavailable too.
-func (closedError) Is(target error) bool { return target == ErrUnavailable }
-
-// backendErr translates a backend error into the cache's vocabulary, keeping
-// the original in the chain: a missing object becomes ErrNotFound (callers
-// that expected the object turn it into ErrDataLoss), an unreachable service
-// ErrUnavailable.
-func backendErr(op string, err error) error {
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, backend.ErrNotFound):
-		return fmt.Errorf("%s: %w: %w", op, ErrNotFound, err)
-	case errors.Is(err, backend.ErrUnavailable):
-		return fmt.Errorf("%s: %w: %w", op, ErrUnavailable, err)
-	case errors.Is(err, backend.ErrInvalidKey), errors.Is(err, backend.ErrInvalidRange):
-		return fmt.Errorf("%s: %w: %w", op, ErrInvalidArgument, err)
-	}
-	return fmt.Errorf("%s: %w", op, err)
-}
-
-// indexErr translates a Badger error. Callers handle badger.ErrKeyNotFound
-// and badger.ErrConflict themselves; what reaches here is an index that
-// cannot serve (closed, out of space, corrupt) or a transaction too large.
-func indexErr(op string, err error) error {
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, badger.ErrTxnTooBig):
-		return fmt.Errorf("%s: %w: too many entries for one index transaction: %w", op, ErrResourceExhausted, err)
-	case errors.Is(err, badger.ErrDBClosed):
-		return fmt.Errorf("%s: %w", op, ErrClosed)
-	case errors.Is(err, badger.ErrKeyNotFound):
-		return fmt.Errorf("%s: %w", op, ErrNotFound)
-	case isCairnErr(err):
-		return fmt.Errorf("%s: %w", op, err)
-	}
-	return fmt.Errorf("%s: index: %w: %w", op, ErrUnavailable, err)
-}
-
-// isCairnErr reports whether err already carries one of the sentinels (or a
-// context error), so that indexErr does not relabel it.
-func isCairnErr(err error) bool {
-	for _, s := range []error{ErrNotFound, ErrInvalidArgument, ErrOutOfRange, ErrFailedPrecondition,
-		ErrDataLoss, ErrUnavailable, ErrResourceExhausted} {
-		if errors.Is(err, s) {
-			return true
-		}
-	}
-	return isContextErr(err)
-}
+func backendErr(op string, err error) error { return cerr.Backend(op, err) }

@@ -144,7 +144,7 @@ func packTables(t testing.TB, c *Cache, store backend.Store) map[string][]packEn
 	t.Helper()
 	out := map[string][]packEntry{}
 	err := store.List(context.Background(), packPrefix, func(info backend.Info) error {
-		entries, err := c.readPackTable(context.Background(), info)
+		entries, err := c.readPackTable(context.Background(), info.Key, info.Size)
 		if err != nil {
 			return fmt.Errorf("pack %s: %w", info.Key, err)
 		}
@@ -158,15 +158,11 @@ func packTables(t testing.TB, c *Cache, store backend.Store) map[string][]packEn
 }
 
 // chunkLocation returns where the index says chunk d is.
-func chunkLocation(t testing.TB, c *Cache, d digest.Digest) (chunkID, chunkInfo) {
+func chunkLocation(t testing.TB, c *Cache, id chunkID) (chunkID, chunkInfo) {
 	t.Helper()
-	id, err := parseChunkID(d)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ci, ok, err := c.lookupChunk(id)
 	if err != nil || !ok {
-		t.Fatalf("chunk %s not in the index: %v", d, err)
+		t.Fatalf("chunk %s not in the index: %v", id, err)
 	}
 	return id, ci
 }
@@ -176,7 +172,7 @@ func chunkLocation(t testing.TB, c *Cache, d digest.Digest) (chunkID, chunkInfo)
 func rewritePack(t testing.TB, store backend.Store, ci chunkInfo, edit func(body []byte) []byte) {
 	t.Helper()
 	ctx := context.Background()
-	key := packKey(ci.pack)
+	key := packKey(ci.Pack)
 	rc, err := store.Open(ctx, key, 0, -1)
 	if err != nil {
 		t.Fatal(err)

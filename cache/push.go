@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cairnbuild/cairn/cache/internal/chunks"
+	"github.com/cairnbuild/cairn/cache/internal/index"
 	"github.com/cairnbuild/cairn/chunker"
 	"github.com/cairnbuild/cairn/chunkid"
 	"github.com/opencontainers/go-digest"
@@ -74,13 +76,13 @@ type pushChunk struct {
 
 func (c *Cache) releaseChunk(pc *pushChunk) {
 	if pc.refs.Add(-1) == 0 {
-		c.dataPool.Put(pc.buf)
+		c.chunks.PutData(pc.buf)
 	}
 }
 
 func (c *Cache) push(ctx context.Context, r io.Reader, opts PushOptions) (LayerInfo, error) {
 	if opts.Expected != "" {
-		if err := parseLayerDigest(opts.Expected); err != nil {
+		if err := ParseLayerDigest(opts.Expected); err != nil {
 			return LayerInfo{}, err
 		}
 	}
@@ -104,13 +106,13 @@ func (c *Cache) push(ctx context.Context, r io.Reader, opts PushOptions) (LayerI
 	defer cancel()
 
 	var (
-		recipe   []recipeEntry
+		recipe   []index.RecipeEntry
 		recipeMu sync.Mutex // workers fill recipe[idx]; the reader appends
 	)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(c.conc)
-	sess := c.newSession(ctx, false) // not gctx: Wait cancels that, and flush comes after
-	defer sess.close()
+	sess := c.chunks.NewSession(ctx, false) // not gctx: Wait cancels that, and flush comes after
+	defer sess.Close()
 
 	// The layer hasher: SHA-256 over the chunks in stream order, on its own
 	// goroutine so that the reader only cuts and copies.
@@ -125,7 +127,7 @@ func (c *Cache) push(ctx context.Context, r io.Reader, opts PushOptions) (LayerI
 		hashDone <- h.Sum(nil)
 	}()
 
-	bufp := getBuf(&c.cutPool, 2*c.params.Max, 2*c.params.Max)
+	bufp := getBuf(&c.cutPool, 2*c.params.Max)
 	ch, err := chunker.New(r, c.params, (*bufp)[:2*c.params.Max])
 	if err != nil {
 		close(toHash)
@@ -156,11 +158,11 @@ func (c *Cache) push(ctx context.Context, r io.Reader, opts PushOptions) (LayerI
 		if gctx.Err() != nil {
 			break
 		}
-		pc := &pushChunk{buf: c.getData(c.params.Max), idx: idx}
+		pc := &pushChunk{buf: c.chunks.GetData(c.params.Max), idx: idx}
 		pc.data = append((*pc.buf)[:0], chunk.Data...)
 		pc.refs.Store(2)
 		recipeMu.Lock()
-		recipe = append(recipe, recipeEntry{size: int64(len(pc.data))})
+		recipe = append(recipe, index.RecipeEntry{Size: int64(len(pc.data))})
 		recipeMu.Unlock()
 		select {
 		case toHash <- pc:
@@ -175,9 +177,9 @@ func (c *Cache) push(ctx context.Context, r io.Reader, opts PushOptions) (LayerI
 			defer c.releaseChunk(pc)
 			id := chunkid.Sum(pc.data)
 			recipeMu.Lock()
-			recipe[pc.idx].id = id
+			recipe[pc.idx].ID = id
 			recipeMu.Unlock()
-			return sess.ensure(gctx, id, pc.data)
+			return sess.Ensure(gctx, id, pc.data)
 		})
 	}
 	close(toHash)
@@ -201,7 +203,7 @@ func (c *Cache) push(ctx context.Context, r io.Reader, opts PushOptions) (LayerI
 	if opts.Expected != "" && got != opts.Expected {
 		return LayerInfo{}, fmt.Errorf("%w: stream hashes to %s, expected %s", ErrDigestMismatch, got, opts.Expected)
 	}
-	lr := &layerRecord{digest: got, size: total, mediaType: opts.MediaType, created: time.Now().UTC(), recipe: recipe}
+	lr := &index.LayerRecord{Digest: got, Size: total, MediaType: opts.MediaType, Created: time.Now().UTC(), Recipe: recipe}
 	return c.commit(ctx, lr, sess)
 }
 
@@ -210,8 +212,8 @@ func (c *Cache) push(ctx context.Context, r io.Reader, opts PushOptions) (LayerI
 // storing.
 func (c *Cache) verifyStored(ctx context.Context, r io.Reader, opts PushOptions, info LayerInfo) (LayerInfo, error) {
 	h := sha256.New()
-	bp := c.getData(c.params.Max)
-	defer c.dataPool.Put(bp)
+	bp := c.chunks.GetData(c.params.Max)
+	defer c.chunks.PutData(bp)
 	buf := (*bp)[:cap(*bp)]
 	var n int64
 	for {
@@ -246,22 +248,22 @@ func (c *Cache) verifyStored(ctx context.Context, r io.Reader, opts PushOptions,
 // chunks never landed is harmless: nothing indexes it, and Reindex restores
 // a layer only if every chunk it names is there), and the commit uses the
 // chunks it wrote. A layer that is already committed is returned as it is.
-func (c *Cache) commit(ctx context.Context, lr *layerRecord, sess *chunkSession) (LayerInfo, error) {
-	if old, err := c.stat(lr.digest); err == nil {
+func (c *Cache) commit(ctx context.Context, lr *index.LayerRecord, sess *chunks.Session) (LayerInfo, error) {
+	if old, err := c.stat(lr.Digest); err == nil {
 		return old, nil
 	} else if !errors.Is(err, ErrNotFound) {
 		return LayerInfo{}, err
 	}
-	m, err := lr.manifest()
+	m, err := marshalManifest(lr)
 	if err != nil {
 		return LayerInfo{}, err
 	}
 	var flushErr error
 	var wg sync.WaitGroup
 	if sess != nil {
-		wg.Go(func() { flushErr = sess.flush() })
+		wg.Go(func() { flushErr = sess.Flush() })
 	}
-	err = c.store.Put(ctx, layerKey(lr.digest), bytes.NewReader(m), int64(len(m)))
+	err = c.store.Put(ctx, layerKey(lr.Digest), bytes.NewReader(m), int64(len(m)))
 	wg.Wait()
 	if flushErr != nil {
 		return LayerInfo{}, flushErr
@@ -269,19 +271,13 @@ func (c *Cache) commit(ctx context.Context, lr *layerRecord, sess *chunkSession)
 	if err != nil {
 		return LayerInfo{}, backendErr("write manifest", err)
 	}
-	var known map[chunkID]chunkInfo
+	var known map[chunkid.ID]index.ChunkInfo
 	if sess != nil {
-		known = sess.knownChunks()
+		known = sess.Known()
 	}
-	res, err := c.commitLayer(lr, known)
+	res, err := c.idx.CommitLayer(lr, known)
 	if err != nil {
 		return LayerInfo{}, err
 	}
-	acc := res.created
-	return res.info(acc), nil
-}
-
-func (lr *layerRecord) info(accessed time.Time) LayerInfo {
-	return LayerInfo{Digest: lr.digest, Size: lr.size, StoredSize: lr.stored, MediaType: lr.mediaType,
-		Chunks: len(lr.recipe), Created: lr.created, Accessed: accessed}
+	return layerInfo(res, res.Created), nil
 }

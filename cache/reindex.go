@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"sort"
-	"time"
 
 	"github.com/cairnbuild/cairn/backend"
+	"github.com/cairnbuild/cairn/cache/internal/index"
+	"github.com/cairnbuild/cairn/cache/internal/pack"
+	"github.com/cairnbuild/cairn/chunkid"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
 )
@@ -51,7 +53,7 @@ func (c *Cache) reindex(ctx context.Context) error {
 
 	// 2. Layer manifests: the recipes, which give the references and the
 	// uncompressed sizes.
-	var layers []*layerRecord
+	var layers []*index.LayerRecord
 	err = c.store.List(ctx, layerPrefix, func(info backend.Info) error {
 		b, err := c.readMeta(ctx, info)
 		if err != nil {
@@ -62,8 +64,8 @@ func (c *Cache) reindex(ctx context.Context) error {
 			c.log.Warn("cache: reindex: skipping bad manifest", "key", info.Key, "err", err)
 			return nil
 		}
-		if layerKey(lr.digest) != info.Key {
-			c.log.Warn("cache: reindex: manifest under the wrong key", "key", info.Key, "digest", lr.digest)
+		if layerKey(lr.Digest) != info.Key {
+			c.log.Warn("cache: reindex: manifest under the wrong key", "key", info.Key, "digest", lr.Digest)
 			return nil
 		}
 		layers = append(layers, lr)
@@ -75,30 +77,30 @@ func (c *Cache) reindex(ctx context.Context) error {
 	restored := make(map[digest.Digest]bool, len(layers))
 	kept := layers[:0]
 	for _, lr := range layers {
-		lr.stored = 0
+		lr.Stored = 0
 		complete := true
-		for _, e := range lr.recipe {
-			ci, ok := chunks[e.id]
-			if !ok || ci.size != e.size {
-				c.log.Warn("cache: reindex: layer names a missing chunk; not restored", "layer", lr.digest, "chunk", e.id.String())
+		for _, e := range lr.Recipe {
+			ci, ok := chunks[e.ID]
+			if !ok || ci.Size != e.Size {
+				c.log.Warn("cache: reindex: layer names a missing chunk; not restored", "layer", lr.Digest, "chunk", e.ID.String())
 				complete = false
 				break
 			}
-			lr.stored += ci.stored
+			lr.Stored += ci.Stored
 		}
 		if !complete {
 			continue
 		}
-		for _, e := range lr.recipe {
-			chunks[e.id].refs++
+		for _, e := range lr.Recipe {
+			chunks[e.ID].Refs++
 		}
-		restored[lr.digest] = true
+		restored[lr.Digest] = true
 		kept = append(kept, lr)
 	}
 	layers = kept
 
 	// 3. Step records.
-	var steps []stepObject
+	var steps []index.StepEntry
 	err = c.store.List(ctx, stepPrefix, func(info backend.Info) error {
 		b, err := c.readMeta(ctx, info)
 		if err != nil {
@@ -112,7 +114,7 @@ func (c *Cache) reindex(ctx context.Context) error {
 		if rec.Layer != nil && !restored[rec.Layer.Digest] {
 			return nil
 		}
-		steps = append(steps, stepObject{rec.Key, b})
+		steps = append(steps, index.StepEntry{Key: rec.Key, Body: b})
 		return nil
 	})
 	if err != nil {
@@ -120,51 +122,14 @@ func (c *Cache) reindex(ctx context.Context) error {
 	}
 
 	// 4. Write the new index.
-	c.pendMu.Lock()
-	c.pendHits, c.pendAccess = make(map[digest.Digest]hitDelta), make(map[digest.Digest]time.Time)
-	c.pendMu.Unlock()
-	if err := c.db.DropAll(); err != nil {
-		return indexErr("drop index", err)
-	}
-	wb := c.db.NewWriteBatch()
-	defer wb.Cancel()
-	if err := wb.Set(idxFormat, []byte(indexFormat)); err != nil {
-		return indexErr("write index", err)
-	}
-	now := time.Now().Unix() // the objects' ages are unknown: a full grace period
-	for id, ci := range chunks {
-		ci.added = now
-		if err := wb.Set(chunkIdxKey(id), ci.encode()); err != nil {
-			return indexErr("write index", err)
-		}
-	}
-	for _, lr := range layers {
-		if err := wb.Set(layerIdxKey(lr.digest), lr.encode()); err != nil {
-			return indexErr("write index", err)
-		}
-		if err := wb.Set(accessIdxKey(lr.digest), encodeTime(lr.created)); err != nil {
-			return indexErr("write index", err)
-		}
-	}
-	for _, s := range steps {
-		if err := wb.Set(stepIdxKey(s.key), s.body); err != nil {
-			return indexErr("write index", err)
-		}
-	}
-	if err := wb.Flush(); err != nil {
-		return indexErr("write index", err)
-	}
-	if err := c.db.Sync(); err != nil {
-		return indexErr("sync index", err)
+	c.steps.clear()
+	if err := c.idx.Rebuild(chunks, layers, steps); err != nil {
+		return err
 	}
 	c.log.Info("cache: reindexed", "layers", len(layers), "chunks", len(chunks), "steps", len(steps))
 	return nil
 }
 
-type stepObject struct {
-	key  digest.Digest
-	body []byte
-}
 
 // readMeta reads a small metadata object whole.
 func (c *Cache) readMeta(ctx context.Context, info backend.Info) ([]byte, error) {
@@ -186,9 +151,9 @@ func (c *Cache) readMeta(ctx context.Context, info backend.Info) ([]byte, error)
 // readPackTables lists packs/ and reads every pack's table, up to
 // Concurrency packs at a time. A pack whose table is unreadable or
 // inconsistent is skipped with a warning: its chunks are as good as lost.
-func (c *Cache) readPackTables(ctx context.Context) (map[chunkID]*chunkInfo, error) {
+func (c *Cache) readPackTables(ctx context.Context) (map[chunkid.ID]*index.ChunkInfo, error) {
 	var packs []backend.Info
-	err := c.store.List(ctx, packPrefix, func(info backend.Info) error {
+	err := c.store.List(ctx, pack.Prefix, func(info backend.Info) error {
 		packs = append(packs, info)
 		return nil
 	})
@@ -196,16 +161,16 @@ func (c *Cache) readPackTables(ctx context.Context) (map[chunkID]*chunkInfo, err
 		return nil, backendErr("list packs", err)
 	}
 	sort.Slice(packs, func(i, j int) bool { return packs[i].Key < packs[j].Key })
-	tables := make([][]packEntry, len(packs))
+	tables := make([][]pack.Entry, len(packs))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(c.conc)
 	for i, info := range packs {
-		if _, ok := packIDFromKey(info.Key); !ok {
+		if _, ok := pack.IDFromKey(info.Key); !ok {
 			c.log.Warn("cache: reindex: skipping stray object", "key", info.Key)
 			continue
 		}
 		g.Go(func() error {
-			entries, err := c.readPackTable(gctx, info)
+			entries, err := pack.ReadTable(gctx, c.store, info.Key, info.Size)
 			if errors.Is(err, ErrDataLoss) {
 				c.log.Warn("cache: reindex: skipping bad pack", "key", info.Key, "err", err)
 				return nil
@@ -217,57 +182,14 @@ func (c *Cache) readPackTables(ctx context.Context) (map[chunkID]*chunkInfo, err
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	chunks := make(map[chunkID]*chunkInfo)
+	chunks := make(map[chunkid.ID]*index.ChunkInfo)
 	for i, entries := range tables {
-		id, _ := packIDFromKey(packs[i].Key)
+		id, _ := pack.IDFromKey(packs[i].Key)
 		for _, e := range entries {
-			if _, ok := chunks[e.id]; !ok {
-				chunks[e.id] = &chunkInfo{size: e.size, stored: e.stored, pack: id, off: e.off}
+			if _, ok := chunks[e.ID]; !ok {
+				chunks[e.ID] = &index.ChunkInfo{Size: e.Size, Stored: e.Stored, Pack: id, Off: e.Off}
 			}
 		}
 	}
 	return chunks, nil
-}
-
-// readPackTable reads the footer, then the table, of one pack.
-func (c *Cache) readPackTable(ctx context.Context, info backend.Info) ([]packEntry, error) {
-	read := func(off, n int64) ([]byte, error) {
-		rc, err := c.store.Open(ctx, info.Key, off, n)
-		if err != nil {
-			if errors.Is(err, backend.ErrNotFound) || errors.Is(err, backend.ErrInvalidRange) {
-				return nil, fmt.Errorf("%w: %w", ErrDataLoss, err)
-			}
-			return nil, backendErr("read pack "+info.Key, err)
-		}
-		defer rc.Close()
-		b := make([]byte, n)
-		if _, err := io.ReadFull(rc, b); err != nil {
-			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-				return nil, fmt.Errorf("%w: short read", ErrDataLoss)
-			}
-			return nil, backendErr("read pack "+info.Key, err)
-		}
-		return b, nil
-	}
-	if info.Size < packFooterSize {
-		return nil, fmt.Errorf("%w: %d bytes, too short for a pack", ErrDataLoss, info.Size)
-	}
-	footer, err := read(info.Size-packFooterSize, packFooterSize)
-	if err != nil {
-		return nil, err
-	}
-	n, err := parsePackFooter(footer, info.Size)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrDataLoss, err)
-	}
-	tableLen := int64(n * packEntrySize)
-	table, err := read(info.Size-packFooterSize-tableLen, tableLen)
-	if err != nil {
-		return nil, err
-	}
-	entries, err := parsePackTable(table, footer, info.Size)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrDataLoss, err)
-	}
-	return entries, nil
 }

@@ -8,6 +8,8 @@ import (
 	"github.com/cairnbuild/cairn/backend"
 	"github.com/cairnbuild/cairn/backend/fs"
 	"github.com/cairnbuild/cairn/backend/mem"
+	"github.com/cairnbuild/cairn/cache/internal/pack"
+	"github.com/cairnbuild/cairn/chunkid"
 	"github.com/cairnbuild/cairn/stepkey"
 	"github.com/opencontainers/go-digest"
 )
@@ -56,7 +58,7 @@ func testReindex(t *testing.T, store backend.Store) {
 		t.Fatal(err)
 	}
 	orphan := genData(120, 70<<10)
-	if err := c.PutChunk(ctx, ChunkDigest(orphan), orphan); err != nil {
+	if err := c.PutChunk(ctx, chunkid.Sum(orphan), orphan); err != nil {
 		t.Fatal(err)
 	}
 	before, err := c.Stats(ctx)
@@ -101,7 +103,7 @@ func testReindex(t *testing.T, store backend.Store) {
 	if chain[2].Key != steps[2].Key || string(chain[2].Config) != "cfg" || chain[2].Next != steps[2].Next {
 		t.Errorf("step record changed: %+v, want %+v", chain[2], steps[2])
 	}
-	if m, err := c.MissingChunks(ctx, []digest.Digest{ChunkDigest(orphan)}); err != nil || len(m) != 0 {
+	if m, err := c.MissingChunks(ctx, []chunkID{chunkid.Sum(orphan)}); err != nil || len(m) != 0 {
 		t.Errorf("orphan chunk not restored: %v %v", m, err)
 	}
 	checkRefcounts(t, c)
@@ -110,7 +112,7 @@ func testReindex(t *testing.T, store backend.Store) {
 	// Reindex over a live index gives the same result, and a layer whose
 	// chunk is gone from the backend is not restored.
 	refs, _ := c.Chunks(ctx, layers[2].Digest)
-	_, ci := chunkLocation(t, c, refs[len(refs)-1].Digest)
+	_, ci := chunkLocation(t, c, refs[len(refs)-1].ID)
 	rewritePack(t, store, ci, func(b []byte) []byte { return dropRecord(t, c, b, ci) })
 	if err := c.Reindex(ctx); err != nil {
 		t.Fatal(err)
@@ -129,23 +131,23 @@ func testReindex(t *testing.T, store backend.Store) {
 // rewritten to match.
 func dropRecord(t *testing.T, c *Cache, body []byte, ci chunkInfo) []byte {
 	t.Helper()
-	entries, err := c.readPackTable(t.Context(), backend.Info{Key: packKey(ci.pack), Size: int64(len(body))})
+	entries, err := c.readPackTable(t.Context(), packKey(ci.Pack), int64(len(body)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out []byte
 	var kept []packEntry
 	for _, e := range entries {
-		if e.off == ci.off {
+		if e.Off == ci.Off {
 			continue
 		}
-		rec := body[e.off : e.off+e.stored]
-		e.off = int64(len(out))
+		rec := body[e.Off : e.Off+e.Stored]
+		e.Off = int64(len(out))
 		out = append(out, rec...)
 		kept = append(kept, e)
 	}
 	if len(kept) != len(entries)-1 {
-		t.Fatalf("no record at %d in pack %s", ci.off, ci.pack)
+		t.Fatalf("no record at %d in pack %s", ci.Off, ci.Pack)
 	}
-	return appendPackTable(out, kept)
+	return pack.AppendTable(out, kept)
 }

@@ -178,7 +178,7 @@ func TestPullReadsRuns(t *testing.T) {
 	t.Logf("%d chunks read with %d ranged reads", info.Chunks, n)
 	// 6-8 reads are usual; how shuffled records are in their packs depends
 	// on the scheduler, so the bound only says that runs happen.
-	if min, most := (info.Chunks+maxRunChunks-1)/maxRunChunks, 2*info.Chunks/3; n < int64(min) || n > int64(most) {
+	if min, most := (info.Chunks+7)/8, 2*info.Chunks/3; n < int64(min) || n > int64(most) {
 		t.Errorf("%d ranged reads for %d chunks: want %d to %d", n, info.Chunks, min, most)
 	}
 	refs, err := c.Chunks(t.Context(), info.Digest)

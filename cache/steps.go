@@ -5,11 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"sync"
 	"fmt"
 	"time"
 
 	"github.com/cairnbuild/cairn/stepkey"
-	"github.com/dgraph-io/badger/v4"
+	"github.com/cairnbuild/cairn/cache/internal/index"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -110,10 +111,9 @@ func stepKey(parent digest.Digest, s stepkey.Step) (digest.Digest, stepkey.Step,
 }
 
 // RecordStep records that step s on top of parent produced layer (nil: no
-// layer) and config. The layer must be committed (else
-// ErrFailedPrecondition); its DiffID defaults to its digest, and its size
-// and media type, if given, must match the committed layer. Recording a
-// step again replaces its result and keeps its hit count.
+// layer) with the given config fragment. The layer must be committed (else
+// ErrFailedPrecondition). The record is written to the backend, then the
+// index; recording a step again replaces the record and keeps its hits.
 func (c *Cache) RecordStep(ctx context.Context, parent digest.Digest, s stepkey.Step, layer *LayerRef, config []byte) (StepRecord, error) {
 	if err := c.begin(ctx); err != nil {
 		return StepRecord{}, fmt.Errorf("cache: record step: %w", err)
@@ -138,15 +138,15 @@ func (c *Cache) recordStep(ctx context.Context, parent digest.Digest, s stepkey.
 	if len(config) > 0 {
 		rec.Config = bytes.Clone(config)
 	}
-	var diffID digest.Digest
+	var diffID, layerDigest digest.Digest
 	if layer != nil {
 		l := *layer
-		if err := parseLayerDigest(l.Digest); err != nil {
+		if err := ParseLayerDigest(l.Digest); err != nil {
 			return StepRecord{}, err
 		}
 		if l.DiffID == "" {
 			l.DiffID = l.Digest
-		} else if err := parseLayerDigest(l.DiffID); err != nil {
+		} else if err := ParseLayerDigest(l.DiffID); err != nil {
 			return StepRecord{}, fmt.Errorf("diffID: %w", err)
 		}
 		info, err := c.stat(l.Digest)
@@ -164,41 +164,29 @@ func (c *Cache) recordStep(ctx context.Context, parent digest.Digest, s stepkey.
 			l.MediaType = info.MediaType
 		}
 		rec.Layer = &l
-		diffID = l.DiffID
+		diffID, layerDigest = l.DiffID, l.Digest
 	}
 	rec.Next = stepkey.Next(parent, key, diffID)
 	b, err := rec.marshal()
 	if err != nil {
 		return StepRecord{}, err
 	}
-	// Backend first: Reindex finds the record there.
 	if err := c.store.Put(ctx, stepObjectKey(key), bytes.NewReader(b), int64(len(b))); err != nil {
 		return StepRecord{}, backendErr("write step record", err)
 	}
-	err = c.update("index step "+string(key), func(txn *badger.Txn) error {
-		if rec.Layer != nil {
-			if _, err := txn.Get(layerIdxKey(rec.Layer.Digest)); errors.Is(err, badger.ErrKeyNotFound) {
-				return fmt.Errorf("%w: layer %s was deleted meanwhile", ErrFailedPrecondition, rec.Layer.Digest)
-			} else if err != nil {
-				return err
-			}
-		}
-		h, err := getHits(txn, key)
-		if err != nil {
-			return err
-		}
-		rec.Hits, rec.LastHit = h.n, h.last
-		return txn.Set(stepIdxKey(key), b)
-	})
+	h, err := c.idx.PutStep(key, b, layerDigest)
+	c.steps.forget(key) // after the write: see stepMemo
 	if err != nil {
 		return StepRecord{}, err
 	}
+	rec.Hits, rec.LastHit = h.N, h.Last
 	return rec, nil
 }
 
-// LookupStep returns the record of step s on top of parent and counts the
-// hit. A step never recorded, or whose layer has since been deleted, is
-// ErrNotFound.
+// LookupStep returns the record of step s on top of parent. A miss is
+// ErrNotFound, with the step's key in the record returned (so that a
+// caller can show or reuse it without deriving it again); so is a record
+// whose layer has been deleted.
 func (c *Cache) LookupStep(ctx context.Context, parent digest.Digest, s stepkey.Step) (StepRecord, error) {
 	if err := c.begin(ctx); err != nil {
 		return StepRecord{}, fmt.Errorf("cache: lookup step: %w", err)
@@ -209,22 +197,21 @@ func (c *Cache) LookupStep(ctx context.Context, parent digest.Digest, s stepkey.
 		return StepRecord{}, fmt.Errorf("cache: lookup step: %w", err)
 	}
 	var rec StepRecord
-	err = c.db.View(func(txn *badger.Txn) (err error) {
-		rec, err = getStep(txn, key)
+	err = c.idx.View("lookup step", func(tx *index.Tx) (err error) {
+		rec, err = c.getStep(tx, key)
 		return err
 	})
 	if err != nil {
-		return StepRecord{}, indexErr("cache: lookup step", err)
+		return StepRecord{Key: key}, fmt.Errorf("cache: lookup step: %w", err)
 	}
 	c.hit(&rec)
 	return rec, nil
 }
 
-// LookupChain walks steps from base, each on top of the previous hit's
-// Next, and returns the records of the longest prefix that is cached: one
-// record per hit, so len(result) is the number of steps a builder can skip.
-// Each hit is counted. A malformed step fails the call only if the walk
-// reaches it.
+// LookupChain walks steps from base: each step's parent is the Next of the
+// record before it. It returns the records of the longest prefix that is
+// cached (none: an empty slice), in one index transaction. Every step is
+// normalized and keyed before the transaction starts.
 func (c *Cache) LookupChain(ctx context.Context, base digest.Digest, steps []stepkey.Step) ([]StepRecord, error) {
 	if err := c.begin(ctx); err != nil {
 		return nil, fmt.Errorf("cache: lookup chain: %w", err)
@@ -233,15 +220,24 @@ func (c *Cache) LookupChain(ctx context.Context, base digest.Digest, steps []ste
 	if len(steps) > MaxChainSteps {
 		return nil, fmt.Errorf("cache: lookup chain: %w: %d steps, at most %d", ErrInvalidArgument, len(steps), MaxChainSteps)
 	}
+	normal := make([]stepkey.Step, len(steps))
+	for i, s := range steps {
+		n, err := s.Normalized()
+		if err != nil {
+			return nil, fmt.Errorf("cache: lookup chain: step %d: %w: %w", i, ErrInvalidArgument, err)
+		}
+		normal[i] = n
+	}
 	var out []StepRecord
-	err := c.db.View(func(txn *badger.Txn) error {
+	err := c.idx.View("lookup chain", func(tx *index.Tx) error {
+		out = out[:0]
 		parent := base
-		for i, s := range steps {
-			key, _, err := stepKey(parent, s)
+		for i, n := range normal {
+			key, err := stepkey.Key(parent, n)
 			if err != nil {
-				return fmt.Errorf("step %d: %w", i, err)
+				return fmt.Errorf("step %d: %w: %w", i, ErrInvalidArgument, err)
 			}
-			rec, err := getStep(txn, key)
+			rec, err := c.getStep(tx, key)
 			if errors.Is(err, ErrNotFound) {
 				return nil
 			} else if err != nil {
@@ -253,7 +249,7 @@ func (c *Cache) LookupChain(ctx context.Context, base digest.Digest, steps []ste
 		return nil
 	})
 	if err != nil {
-		return nil, indexErr("cache: lookup chain", err)
+		return nil, fmt.Errorf("cache: lookup chain: %w", err)
 	}
 	for i := range out {
 		c.hit(&out[i])
@@ -261,47 +257,108 @@ func (c *Cache) LookupChain(ctx context.Context, base digest.Digest, steps []ste
 	return out, nil
 }
 
-// getStep reads k/<key> with its hit count. A step whose layer is gone is
-// ErrNotFound: a hit never names a layer that cannot be served.
-func getStep(txn *badger.Txn, key digest.Digest) (StepRecord, error) {
-	item, err := txn.Get(stepIdxKey(key))
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return StepRecord{}, fmt.Errorf("step %s: %w", key, ErrNotFound)
-	}
-	if err != nil {
-		return StepRecord{}, err
-	}
-	var rec StepRecord
-	if err := item.Value(func(v []byte) (err error) {
-		rec, err = unmarshalStep(v)
-		return err
-	}); err != nil {
-		return StepRecord{}, fmt.Errorf("%w: step %s: %w", ErrDataLoss, key, err)
-	}
-	if rec.Layer != nil {
-		if _, err := txn.Get(layerIdxKey(rec.Layer.Digest)); errors.Is(err, badger.ErrKeyNotFound) {
-			return StepRecord{}, fmt.Errorf("step %s: layer %s is gone: %w", key, rec.Layer.Digest, ErrNotFound)
-		} else if err != nil {
-			return StepRecord{}, err
+// getStep reads step key's record, decoded (from the memo when it has been
+// decoded before: records never change in place), with its stored hits. A
+// record whose layer is gone is ErrNotFound.
+func (c *Cache) getStep(tx *index.Tx, key digest.Digest) (StepRecord, error) {
+	rec, gen, ok := c.steps.get(key)
+	var found bool
+	var err error
+	if ok {
+		found, err = tx.StepValue(key, func([]byte) error { return nil })
+	} else {
+		found, err = tx.StepValue(key, func(v []byte) (err error) {
+			rec, err = unmarshalStep(v)
+			return err
+		})
+		if err != nil {
+			return StepRecord{}, fmt.Errorf("%w: step %s: %w", ErrDataLoss, key, err)
+		}
+		if found {
+			c.steps.put(key, rec, gen)
 		}
 	}
-	h, err := getHits(txn, key)
 	if err != nil {
 		return StepRecord{}, err
 	}
-	rec.Hits, rec.LastHit = h.n, h.last
+	if !found {
+		return StepRecord{}, fmt.Errorf("step %s: %w", key, ErrNotFound)
+	}
+	if rec.Layer != nil {
+		if ok, err := tx.HasLayer(rec.Layer.Digest); err != nil {
+			return StepRecord{}, err
+		} else if !ok {
+			return StepRecord{}, fmt.Errorf("step %s: layer %s is gone: %w", key, rec.Layer.Digest, ErrNotFound)
+		}
+	}
+	h, err := tx.Hits(key)
+	if err != nil {
+		return StepRecord{}, err
+	}
+	rec.Hits, rec.LastHit = h.N, h.Last
 	return rec, nil
 }
 
-// hit counts a lookup that returned rec; the flusher persists the count.
+// hit counts a hit on rec, lazily persisted, and adds the pending hits to
+// what rec says.
 func (c *Cache) hit(rec *StepRecord) {
 	now := time.Now().UTC()
-	c.pendMu.Lock()
-	p := c.pendHits[rec.Key]
-	p.n++
-	p.last = now
-	c.pendHits[rec.Key] = p
-	c.pendMu.Unlock()
-	rec.Hits += p.n
+	p := c.idx.Hit(rec.Key, now)
+	rec.Hits += p.N
 	rec.LastHit = now
+}
+
+// stepMemo keeps decoded step records: decoding the stored JSON was a
+// quarter of a lookup's CPU, and a record never changes once written
+// (RecordStep of the same key forgets it after writing; Reindex forgets
+// all). A lookup puts what it decoded only if nothing was forgotten since
+// it started (gen), so a record read just before a RecordStep replaced it
+// is never kept. It holds at most stepMemoSize records and drops an
+// arbitrary one when full.
+// Records are shared: callers get copies of the struct, and its slices
+// (Config, BuildArgs) are never written.
+type stepMemo struct {
+	mu sync.RWMutex
+	m   map[digest.Digest]StepRecord
+	gen uint64 // counts forgets
+}
+
+const stepMemoSize = 1 << 16
+
+func newStepMemo() stepMemo { return stepMemo{m: make(map[digest.Digest]StepRecord)} }
+
+func (m *stepMemo) get(key digest.Digest) (StepRecord, uint64, bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	r, ok := m.m[key]
+	return r, m.gen, ok
+}
+
+func (m *stepMemo) put(key digest.Digest, r StepRecord, gen uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if gen != m.gen {
+		return
+	}
+	if len(m.m) >= stepMemoSize {
+		for k := range m.m {
+			delete(m.m, k)
+			break
+		}
+	}
+	m.m[key] = r
+}
+
+func (m *stepMemo) forget(key digest.Digest) {
+	m.mu.Lock()
+	delete(m.m, key)
+	m.gen++
+	m.mu.Unlock()
+}
+
+func (m *stepMemo) clear() {
+	m.mu.Lock()
+	clear(m.m)
+	m.gen++
+	m.mu.Unlock()
 }

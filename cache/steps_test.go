@@ -75,7 +75,7 @@ func TestSteps(t *testing.T) {
 		t.Errorf("LookupChain from another base: %d hits, %v", len(chain), err)
 	}
 	// Hits survive a reopen (flushed on Close).
-	dir, store := c.db.Opts().Dir, c.store
+	dir, store := c.idx.Dir(), c.store
 	c.Close()
 	c = openCache(t, dir, store)
 	got, err = c.LookupStep(ctx, parent, steps[0])

@@ -1,0 +1,267 @@
+// Package chunks stores and reads chunks: chunk sessions that gather new
+// chunks into packs (package pack) and index them (package index), flights
+// that store a chunk once across concurrent sessions, leases that fence
+// chunks in use from the garbage collector, and the recipe reader that
+// streams a layer back, verified, with neighbouring chunks read together.
+package chunks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sync"
+
+	"github.com/cairnbuild/cairn/backend"
+	"github.com/cairnbuild/cairn/cache/internal/cerr"
+	"github.com/cairnbuild/cairn/cache/internal/index"
+	"github.com/cairnbuild/cairn/cache/internal/pack"
+	"github.com/cairnbuild/cairn/chunkid"
+	"github.com/klauspost/compress/zstd"
+)
+
+// Options configure a Store.
+type Options struct {
+	Index   *index.DB
+	Backend backend.Store
+	// MaxChunk is the largest chunk the store's pushes cut (the chunker's
+	// Max); pooled buffers are sized by it. Larger chunks (up to
+	// pack.MaxChunkSize) still work, with buffers of their own.
+	MaxChunk int
+	// Concurrency bounds the chunks one reader fetches ahead.
+	Concurrency int
+	Logger      *slog.Logger
+}
+
+// zstdLevel is the compression level of new chunks. SpeedFastest: on a
+// tar of Go sources in 256 KiB chunks (BenchmarkZstdLevel) it stores 6 %
+// more bytes than SpeedDefault (ratio 5.93 against 6.28) and compresses
+// 16–18 % faster (MEASUREMENTS.md: 23 %), and zstd is most of the CPU of a
+// push. The level is not part of the stored format.
+const zstdLevel = zstd.SpeedFastest
+
+// PackTarget is the size at which a pack is written; it ends up at most one
+// chunk record larger. 4 MiB: see BenchmarkPackSize for the fs backend; on
+// S3 a 4 MiB PUT already runs at the backend's streaming rate
+// (backend/s3 BenchmarkMinIO), and fewer requests cost less.
+const PackTarget = 4 << 20
+
+// Store is the chunk store. It is safe for concurrent use.
+type Store struct {
+	idx   *index.DB
+	store backend.Store
+	max   int
+	conc  int
+	log   *slog.Logger
+
+	enc *zstd.Encoder
+	dec *zstd.Decoder
+
+	dataPool sync.Pool // *[]byte of cap max+decodeSlack (or more): chunk data
+	compPool sync.Pool // *[]byte: compressed chunk records
+	packPool sync.Pool // *[]byte: packs being filled (see getPackBuf)
+	runPool  sync.Pool // *[]byte of maxRunBytes (or one larger record): runs being read
+
+	packTarget int
+
+	flights flights
+	leases  leases
+
+	// readers counts the goroutines of open recipe readers; Close cancels
+	// them.
+	readers     sync.WaitGroup
+	readersCtx  context.Context
+	stopReaders context.CancelFunc
+}
+
+// New returns a Store over opts.Index and opts.Backend.
+func New(opts Options) (*Store, error) {
+	procs := runtime.GOMAXPROCS(0)
+	enc, err := NewEncoder(procs)
+	if err != nil {
+		return nil, fmt.Errorf("zstd: %w", err)
+	}
+	// Frames carry no checksum (see NewEncoder); IgnoreChecksum also skips
+	// it in frames that have one. Every chunk is verified by its hash.
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(procs), zstd.WithDecodeAllCapLimit(true),
+		zstd.WithDecoderMaxMemory(pack.MaxChunkSize), zstd.IgnoreChecksum(true))
+	if err != nil {
+		enc.Close()
+		return nil, fmt.Errorf("zstd: %w", err)
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Store{idx: opts.Index, store: opts.Backend, max: opts.MaxChunk, conc: max(opts.Concurrency, 1), log: log,
+		enc: enc, dec: dec, packTarget: PackTarget,
+		flights: flights{m: make(map[chunkid.ID]*flight)},
+		leases:  leases{n: make(map[chunkid.ID]int32)},
+	}
+	s.readersCtx, s.stopReaders = context.WithCancel(context.Background())
+	return s, nil
+}
+
+// SetPackTarget changes the size at which packs are written; benchmarks
+// and tests vary it. Call it before any session starts.
+func (s *Store) SetPackTarget(n int) { s.packTarget = n }
+
+// Close stops the open readers' read-ahead (their reads fail with
+// ErrClosed) and waits for it, then releases the codecs.
+func (s *Store) Close() {
+	s.stopReaders()
+	s.readers.Wait()
+	s.enc.Close()
+	s.dec.Close()
+}
+
+// NewEncoder returns the chunk encoder, for n concurrent EncodeAll calls.
+// No window beyond the largest chunk: each chunk is its own frame, and a
+// larger window only costs history buffers. No frame checksum: every chunk
+// is verified against its hash when read, and zstd's xxhash over the same
+// bytes cost 4 % of a pull.
+func NewEncoder(n int) (*zstd.Encoder, error) {
+	return zstd.NewWriter(nil, zstd.WithEncoderLevel(zstdLevel), zstd.WithEncoderConcurrency(n),
+		zstd.WithWindowSize(pack.MaxChunkSize), zstd.WithLowerEncoderMem(true), zstd.WithEncoderCRC(false))
+}
+
+// getBuf returns a pooled buffer, empty, of at least n bytes' capacity;
+// class is the capacity new buffers get (at least n), so that one pool
+// holds buffers of one size and none is dropped for being too small.
+// Empty matters: a pack buffer goes back to its pool still holding the
+// records of a write that failed, and a pack filled after them would
+// start with them (pack.Seal caught that).
+func getBuf(p *sync.Pool, n, class int) *[]byte {
+	if b, ok := p.Get().(*[]byte); ok {
+		if cap(*b) >= n {
+			*b = (*b)[:0]
+			return b
+		}
+		p.Put(b)
+	}
+	b := make([]byte, 0, max(n, class))
+	return &b
+}
+
+// GetData returns a pooled buffer for n bytes of chunk data (and
+// decodeSlack more); give it back with PutData.
+func (s *Store) GetData(n int) *[]byte {
+	return getBuf(&s.dataPool, n+decodeSlack, s.max+decodeSlack)
+}
+
+// PutData returns a buffer from GetData (or from a reader's chunk).
+func (s *Store) PutData(b *[]byte) { s.dataPool.Put(b) }
+
+// decodeSlack is the room zstd's decoder wants past the end of its output
+// to use its fast copies (16 bytes; compressedBlockOverAlloc in
+// klauspost/compress): without it, the last blocks of every chunk decoded
+// with the bounds-exact copies, a third of pull's decoding time.
+const decodeSlack = 16
+
+// getComp returns a buffer for a chunk record of n uncompressed bytes.
+func (s *Store) getComp(n int) *[]byte {
+	return getBuf(&s.compPool, pack.HeaderSize+s.enc.MaxEncodedSize(n), pack.HeaderSize+s.enc.MaxEncodedSize(s.max))
+}
+
+// getPackBuf returns a buffer for a pack whose first record has n bytes:
+// room for the pack target, one more record of the largest chunk, and the
+// largest table.
+func (s *Store) getPackBuf(n int) *[]byte {
+	tail := pack.HeaderSize + s.enc.MaxEncodedSize(s.max) + pack.MaxChunks*pack.EntrySize + pack.FooterSize
+	return getBuf(&s.packPool, max(s.packTarget, n)+tail, s.packTarget+tail)
+}
+
+// Missing returns those of ids the index does not hold, in the order given,
+// each once, looked up in one index transaction.
+func (s *Store) Missing(ids []chunkid.ID) ([]chunkid.ID, error) {
+	_, found, err := s.idx.Chunks(ids)
+	if err != nil {
+		return nil, err
+	}
+	var missing []chunkid.ID
+	seen := make(map[chunkid.ID]bool, len(ids))
+	for i, id := range ids {
+		if !found[i] && !seen[id] {
+			missing = append(missing, id)
+		}
+		seen[id] = true
+	}
+	return missing, nil
+}
+
+// ReadChunk returns chunk id's bytes, verified and decompressed.
+func (s *Store) ReadChunk(ctx context.Context, id chunkid.ID) ([]byte, error) {
+	ci, ok, err := s.idx.Chunk(id)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("chunk %s: %w", id, cerr.ErrNotFound)
+	}
+	bp, data, err := s.ReadRecord(ctx, id, ci)
+	if err != nil {
+		return nil, err
+	}
+	out := append([]byte(nil), data...)
+	s.dataPool.Put(bp)
+	return out, nil
+}
+
+// ReadRecord reads chunk id's record from where ci says and decodes it:
+// the data, verified, in a pooled buffer the caller gives back with
+// PutData.
+func (s *Store) ReadRecord(ctx context.Context, id chunkid.ID, ci index.ChunkInfo) (*[]byte, []byte, error) {
+	// DecodeChunkInfo bounds Stored more loosely; the buffer below is
+	// sized by what the encoder can produce.
+	if ci.Stored > pack.HeaderSize+int64(s.enc.MaxEncodedSize(int(ci.Size))) {
+		return nil, nil, fmt.Errorf("%w: chunk %s: index entry claims %d bytes stored for %d", cerr.ErrDataLoss, id, ci.Stored, ci.Size)
+	}
+	cp := s.getComp(int(ci.Size))
+	defer s.compPool.Put(cp)
+	n, err := pack.ReadRange(ctx, s.store, ci.Pack, ci.Off, (*cp)[:ci.Stored])
+	if errors.Is(err, pack.ErrShort) {
+		return nil, nil, fmt.Errorf("%w: chunk %s: pack %s ends %d bytes into the record of %d", cerr.ErrDataLoss, id, ci.Pack, n, ci.Stored)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("chunk %s: %w", id, err)
+	}
+	return s.decodeRecord(id, ci, (*cp)[:ci.Stored])
+}
+
+// decodeRecord checks a chunk record's header, decompresses it into a
+// pooled buffer and verifies its hash. Anything wrong is ErrDataLoss.
+func (s *Store) decodeRecord(id chunkid.ID, ci index.ChunkInfo, rec []byte) (*[]byte, []byte, error) {
+	hdrSize, payload, err := pack.ParseHeader(rec)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: chunk %s: %w", cerr.ErrDataLoss, id, err)
+	}
+	if hdrSize != ci.Size {
+		return nil, nil, fmt.Errorf("%w: chunk %s: header says %d bytes, index %d", cerr.ErrDataLoss, id, hdrSize, ci.Size)
+	}
+	bp := s.GetData(int(hdrSize))
+	// The capacity bounds what DecodeAll may write (WithDecodeAllCapLimit):
+	// a frame that decodes to more than the header says fails below.
+	data, err := s.dec.DecodeAll(payload, (*bp)[:0:hdrSize+decodeSlack])
+	if errors.Is(err, zstd.ErrDecoderClosed) {
+		s.dataPool.Put(bp)
+		return nil, nil, cerr.ErrClosed
+	}
+	if err != nil || int64(len(data)) != hdrSize {
+		s.dataPool.Put(bp)
+		return nil, nil, fmt.Errorf("%w: chunk %s: decompress: got %d bytes of %d: %v", cerr.ErrDataLoss, id, len(data), hdrSize, err)
+	}
+	if chunkid.Sum(data) != id {
+		s.dataPool.Put(bp)
+		return nil, nil, fmt.Errorf("%w: chunk %s fails verification", cerr.ErrDataLoss, id)
+	}
+	return bp, data, nil
+}
+
+// SetBackend replaces the backend the store reads and writes, and returns
+// the old one. It is for tests that inject faults into a running cache.
+func (s *Store) SetBackend(b backend.Store) backend.Store {
+	old := s.store
+	s.store = b
+	return old
+}

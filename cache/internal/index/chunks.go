@@ -1,0 +1,136 @@
+package index
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/cairnbuild/cairn/cache/internal/cerr"
+	"github.com/cairnbuild/cairn/cache/internal/pack"
+	"github.com/cairnbuild/cairn/chunkid"
+	"github.com/dgraph-io/badger/v4"
+)
+
+// Chunk reads c/<id>; found is false if the index has no such chunk.
+func (tx *Tx) Chunk(id chunkid.ID) (ci ChunkInfo, found bool, err error) {
+	return getChunk(tx.txn, id)
+}
+
+func getChunk(txn *badger.Txn, id chunkid.ID) (ci ChunkInfo, found bool, err error) {
+	found, err = get(txn, chunkKey(id), func(v []byte) (err error) {
+		ci, err = DecodeChunkInfo(v)
+		return err
+	})
+	if err != nil {
+		return ChunkInfo{}, false, fmt.Errorf("chunk %s: %w", id, err)
+	}
+	return ci, found, nil
+}
+
+// Chunk reports whether the index knows chunk id (and so the backend holds
+// it), and where.
+func (x *DB) Chunk(id chunkid.ID) (ci ChunkInfo, found bool, err error) {
+	err = x.View("look up chunk", func(tx *Tx) (err error) {
+		ci, found, err = tx.Chunk(id)
+		return err
+	})
+	return ci, found, err
+}
+
+// Chunks looks up every id in one transaction: infos[i] and found[i]
+// answer ids[i].
+func (x *DB) Chunks(ids []chunkid.ID) (infos []ChunkInfo, found []bool, err error) {
+	infos, found = make([]ChunkInfo, len(ids)), make([]bool, len(ids))
+	err = x.View("look up chunks", func(tx *Tx) error {
+		for i, id := range ids {
+			var err error
+			if infos[i], found[i], err = tx.Chunk(id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return infos, found, err
+}
+
+// AddChunks adds entries, with no references, for the chunks of pack p
+// just written, unless the index has them (from another pack).
+func (x *DB) AddChunks(p pack.ID, entries []pack.Entry) error {
+	now := time.Now().Unix()
+	return x.update("index chunks", func(txn *badger.Txn) error {
+		for _, e := range entries {
+			if _, ok, err := getChunk(txn, e.ID); err != nil || ok {
+				if err != nil {
+					return err
+				}
+				continue
+			}
+			ci := ChunkInfo{Size: e.Size, Stored: e.Stored, Added: now, Pack: p, Off: e.Off}
+			if err := txn.Set(chunkKey(e.ID), ci.Encode()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// ForEachChunk calls fn for every chunk entry, in key order, in one
+// read-only transaction. It is for checks over the whole index (tests,
+// the collector); fn must not call back into the index.
+func (x *DB) ForEachChunk(fn func(id chunkid.ID, ci ChunkInfo) error) error {
+	return x.View("walk chunks", func(tx *Tx) error {
+		it := tx.txn.NewIterator(badger.IteratorOptions{Prefix: idxChunk})
+		defer it.Close()
+		for it.Rewind(); it.ValidForPrefix(idxChunk); it.Next() {
+			var id chunkid.ID
+			k := it.Item().Key()
+			if len(k) != len(idxChunk)+len(id) {
+				return fmt.Errorf("%w: bad chunk key %x", cerr.ErrDataLoss, k)
+			}
+			copy(id[:], k[len(idxChunk):])
+			var ci ChunkInfo
+			if err := it.Item().Value(func(v []byte) (err error) {
+				ci, err = DecodeChunkInfo(v)
+				return err
+			}); err != nil {
+				return fmt.Errorf("chunk %s: %w", id, err)
+			}
+			if err := fn(id, ci); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// SetChunkValue writes value under c/<id> as it is. It exists for tests
+// that plant corrupt or misleading entries; nothing else calls it.
+func (x *DB) SetChunkValue(id chunkid.ID, value []byte) error {
+	return x.update("set chunk", func(txn *badger.Txn) error { return txn.Set(chunkKey(id), value) })
+}
+
+// DeleteChunks removes the entries of ids whose reference count is zero
+// and for which keep returns false, in one transaction, and returns the
+// ids removed. keep is asked inside the transaction, after the entry was
+// read, so a caller can fence it against concurrent users of the chunks
+// (the GC fence: see package chunks).
+func (x *DB) DeleteChunks(ids []chunkid.ID, keep func(id chunkid.ID, ci ChunkInfo) bool) ([]chunkid.ID, error) {
+	var gone []chunkid.ID
+	err := x.update("delete chunks", func(txn *badger.Txn) error {
+		gone = gone[:0]
+		for _, id := range ids {
+			ci, ok, err := getChunk(txn, id)
+			if err != nil {
+				return err
+			}
+			if !ok || ci.Refs != 0 || keep(id, ci) {
+				continue
+			}
+			if err := txn.Delete(chunkKey(id)); err != nil {
+				return err
+			}
+			gone = append(gone, id)
+		}
+		return nil
+	})
+	return gone, err
+}

@@ -1,0 +1,421 @@
+package index
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cairnbuild/cairn/cache/internal/cerr"
+	"github.com/cairnbuild/cairn/chunkid"
+	"github.com/dgraph-io/badger/v4"
+	"github.com/opencontainers/go-digest"
+)
+
+// Layer reads l/<d>; a missing layer is ErrNotFound.
+func (tx *Tx) Layer(d digest.Digest) (*LayerRecord, error) { return getLayer(tx.txn, d) }
+
+// HasLayer reports whether l/<d> exists.
+func (tx *Tx) HasLayer(d digest.Digest) (bool, error) { return has(tx.txn, layerKey(d)) }
+
+func getLayer(txn *badger.Txn, d digest.Digest) (*LayerRecord, error) {
+	var lr *LayerRecord
+	found, err := get(txn, layerKey(d), func(v []byte) (err error) {
+		lr, err = DecodeLayerRecord(d, v)
+		return err
+	})
+	if err == nil && !found {
+		err = fmt.Errorf("layer %s: %w", d, cerr.ErrNotFound)
+	}
+	return lr, err
+}
+
+// access reads a/<d>, zero if never recorded.
+func (tx *Tx) access(d digest.Digest) (time.Time, error) {
+	var t time.Time
+	_, err := get(tx.txn, accessKey(d), func(v []byte) (err error) {
+		t, err = decodeTime(v)
+		return err
+	})
+	return t, err
+}
+
+// Layer returns layer d's record and when it was last read (including
+// reads not yet flushed).
+func (x *DB) Layer(d digest.Digest) (*LayerRecord, time.Time, error) {
+	var (
+		lr       *LayerRecord
+		accessed time.Time
+	)
+	err := x.View("layer "+string(d), func(tx *Tx) (err error) {
+		if lr, err = tx.Layer(d); err != nil {
+			return err
+		}
+		accessed, err = tx.access(d)
+		return err
+	})
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	x.pendMu.Lock()
+	if t, ok := x.pendAccess[d]; ok && t.After(accessed) {
+		accessed = t
+	}
+	x.pendMu.Unlock()
+	return lr, accessed, nil
+}
+
+// MaxTxnChunks is the most distinct chunks whose references one index
+// transaction updates along with a layer record. 16 MiB memtables allow
+// transactions of 2.4 MiB, about 24 000 such updates; 16 000 leaves room.
+// 16 000 chunks of 256 KiB is a 4 GiB layer: larger ones commit in steps.
+const MaxTxnChunks = 16000
+
+// CommitLayer makes lr visible and adds its chunk references, in one
+// transaction, and returns the committed record with lr.Stored set. known
+// gives the entry of every chunk of the recipe that the index may not hold
+// yet (written by the committing session); chunks already indexed keep
+// their location. Every chunk's entry is touched (Added = now). If the
+// layer is already committed (a concurrent push of the same bytes won),
+// nothing changes and the committed record is returned.
+func (x *DB) CommitLayer(lr *LayerRecord, known map[chunkid.ID]ChunkInfo) (*LayerRecord, error) {
+	counts := make(map[chunkid.ID]int64, len(lr.Recipe))
+	for _, e := range lr.Recipe {
+		counts[e.ID]++
+	}
+	if len(counts) > MaxTxnChunks {
+		return x.commitLayerBig(lr, known, counts)
+	}
+	var result *LayerRecord
+	err := x.update("commit layer "+string(lr.Digest), func(txn *badger.Txn) error {
+		result = nil
+		if old, err := getLayer(txn, lr.Digest); err == nil {
+			result = old
+			return nil
+		} else if !errors.Is(err, cerr.ErrNotFound) {
+			return err
+		}
+		stored, err := addRefs(txn, counts, known, nil)
+		if err != nil {
+			return err
+		}
+		lr.Stored = stored
+		result = lr
+		return putLayer(txn, lr)
+	})
+	return result, err
+}
+
+// addRefs adds counts[id] references to each chunk of ids (all of counts if
+// ids is nil) and returns their stored bytes, each counted per reference.
+func addRefs(txn *badger.Txn, counts map[chunkid.ID]int64, known map[chunkid.ID]ChunkInfo, ids []chunkid.ID) (int64, error) {
+	var total int64
+	now := time.Now().Unix()
+	add := func(id chunkid.ID, n int64) error {
+		ci, ok, err := getChunk(txn, id)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			if ci, ok = known[id]; !ok {
+				// Only a bug (or a collector that ignored the fence)
+				// gets here: every chunk was either found in the index
+				// or written by the committing session.
+				return fmt.Errorf("%w: chunk %s is neither indexed nor uploaded", cerr.ErrFailedPrecondition, id)
+			}
+			ci.Refs = 0
+		}
+		ci.Refs += n
+		ci.Added = now
+		total += ci.Stored * n
+		return txn.Set(chunkKey(id), ci.Encode())
+	}
+	if ids == nil {
+		for id, n := range counts {
+			if err := add(id, n); err != nil {
+				return 0, err
+			}
+		}
+		return total, nil
+	}
+	for _, id := range ids {
+		if err := add(id, counts[id]); err != nil {
+			return 0, err
+		}
+	}
+	return total, nil
+}
+
+func putLayer(txn *badger.Txn, lr *LayerRecord) error {
+	if err := txn.Set(layerKey(lr.Digest), lr.Encode()); err != nil {
+		return err
+	}
+	return txn.Set(accessKey(lr.Digest), encodeTime(lr.Created))
+}
+
+// commitLayerBig commits a layer with more distinct chunks than one
+// transaction holds: the references first, MaxTxnChunks per transaction,
+// then the layer record. A crash in between leaves reference counts too
+// high, never too low: chunks are kept longer, none is lost, and a rebuild
+// makes the counts exact again. Big commits run one at a time.
+func (x *DB) commitLayerBig(lr *LayerRecord, known map[chunkid.ID]ChunkInfo, counts map[chunkid.ID]int64) (*LayerRecord, error) {
+	x.bigCommit.Lock()
+	defer x.bigCommit.Unlock()
+	op := "commit layer " + string(lr.Digest)
+	var old *LayerRecord
+	err := x.View(op, func(tx *Tx) (err error) {
+		old, err = tx.Layer(lr.Digest)
+		return err
+	})
+	if err == nil {
+		return old, nil
+	} else if !errors.Is(err, cerr.ErrNotFound) {
+		return nil, err
+	}
+	ids := make([]chunkid.ID, 0, len(counts))
+	for id := range counts {
+		ids = append(ids, id)
+	}
+	var stored int64
+	for start := 0; start < len(ids); start += MaxTxnChunks {
+		batch := ids[start:min(start+MaxTxnChunks, len(ids))]
+		var n int64
+		err := x.update(op, func(txn *badger.Txn) (err error) {
+			n, err = addRefs(txn, counts, known, batch)
+			return err
+		})
+		if err != nil {
+			x.undoRefs(ids[:start], counts)
+			return nil, err
+		}
+		stored += n
+	}
+	lr.Stored = stored
+	var result *LayerRecord
+	err = x.update(op, func(txn *badger.Txn) error {
+		if old, err := getLayer(txn, lr.Digest); err == nil {
+			result = old // committed meanwhile, from another recipe
+			return nil
+		} else if !errors.Is(err, cerr.ErrNotFound) {
+			return err
+		}
+		result = lr
+		return putLayer(txn, lr)
+	})
+	if err != nil || result != lr {
+		x.undoRefs(ids, counts)
+	}
+	return result, err
+}
+
+// undoRefs takes back references that a failed big commit added. If it
+// fails too, the counts stay too high, which is safe.
+func (x *DB) undoRefs(ids []chunkid.ID, counts map[chunkid.ID]int64) {
+	if err := x.dropRefs(ids, counts); err != nil {
+		x.log.Warn("cache: reference counts too high until the next reindex", "err", err)
+	}
+}
+
+// dropRefs removes counts[id] references from each chunk of ids,
+// MaxTxnChunks per transaction.
+func (x *DB) dropRefs(ids []chunkid.ID, counts map[chunkid.ID]int64) error {
+	for start := 0; start < len(ids); start += MaxTxnChunks {
+		batch := ids[start:min(start+MaxTxnChunks, len(ids))]
+		err := x.update("drop references", func(txn *badger.Txn) error {
+			for _, id := range batch {
+				if err := dropRef(txn, id, counts[id]); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func dropRef(txn *badger.Txn, id chunkid.ID, n int64) error {
+	ci, ok, err := getChunk(txn, id)
+	if err != nil {
+		return err
+	}
+	if !ok || ci.Refs < n {
+		return fmt.Errorf("%w: chunk %s has %d references, want to drop %d", cerr.ErrDataLoss, id, ci.Refs, n)
+	}
+	ci.Refs -= n
+	return txn.Set(chunkKey(id), ci.Encode())
+}
+
+// DeleteLayer removes layer d's record and its chunk references: in one
+// transaction, or for a layer of more than MaxTxnChunks distinct chunks,
+// the record first and the references after it, so that a crash in between
+// leaves counts too high (chunks kept longer), never too low.
+func (x *DB) DeleteLayer(d digest.Digest) error {
+	op := "delete " + string(d)
+	var big map[chunkid.ID]int64
+	err := x.update(op, func(txn *badger.Txn) error {
+		big = nil
+		lr, err := getLayer(txn, d)
+		if err != nil {
+			return err
+		}
+		counts := make(map[chunkid.ID]int64, len(lr.Recipe))
+		for _, e := range lr.Recipe {
+			counts[e.ID]++
+		}
+		if len(counts) > MaxTxnChunks {
+			big = counts
+		} else {
+			for id, n := range counts {
+				if err := dropRef(txn, id, n); err != nil {
+					return fmt.Errorf("layer %s: %w", d, err)
+				}
+			}
+		}
+		if err := txn.Delete(accessKey(d)); err != nil {
+			return err
+		}
+		return txn.Delete(layerKey(d))
+	})
+	if err != nil {
+		return err
+	}
+	x.pendMu.Lock()
+	delete(x.pendAccess, d)
+	x.pendMu.Unlock()
+	if big != nil {
+		x.bigCommit.Lock()
+		defer x.bigCommit.Unlock()
+		ids := make([]chunkid.ID, 0, len(big))
+		for id := range big {
+			ids = append(ids, id)
+		}
+		if err := x.dropRefs(ids, big); err != nil {
+			return fmt.Errorf("%s: drop references: %w", op, err)
+		}
+	}
+	return nil
+}
+
+// LayerEntry is one layer of a listing: its record and last access.
+type LayerEntry struct {
+	Record   *LayerRecord
+	Accessed time.Time
+}
+
+// ListLayers returns up to n layers in digest order, starting after
+// digest after ("" for the first page), and whether more follow.
+func (x *DB) ListLayers(after digest.Digest, n int) ([]LayerEntry, bool, error) {
+	start := idxLayer
+	if after != "" {
+		start = append(layerKey(after), 0) // just after it
+	}
+	var (
+		out  []LayerEntry
+		more bool
+	)
+	err := x.View("list layers", func(tx *Tx) error {
+		it := tx.txn.NewIterator(badger.IteratorOptions{Prefix: idxLayer})
+		defer it.Close()
+		for it.Seek(start); it.ValidForPrefix(idxLayer); it.Next() {
+			if len(out) == n {
+				more = true
+				return nil
+			}
+			d := digest.Digest(bytes.TrimPrefix(it.Item().Key(), idxLayer))
+			var lr *LayerRecord
+			if err := it.Item().Value(func(v []byte) (err error) {
+				lr, err = DecodeLayerRecord(d, v)
+				return err
+			}); err != nil {
+				return err
+			}
+			acc, err := tx.access(d)
+			if err != nil {
+				return err
+			}
+			out = append(out, LayerEntry{lr, acc})
+		}
+		return nil
+	})
+	return out, more, err
+}
+
+// Stats counts what the index holds.
+type Stats struct {
+	Layers, Chunks, Steps int64
+	LogicalBytes          int64 // sum of the sizes of all layers
+	StoredBytes           int64 // bytes of all chunk records the index knows
+	ReferencedBytes       int64 // stored bytes of chunks that a layer references
+}
+
+// Stats walks the whole index: call it every so often, not per request.
+func (x *DB) Stats(ctx context.Context) (Stats, error) {
+	var s Stats
+	err := x.View("stats", func(tx *Tx) error {
+		it := tx.txn.NewIterator(badger.IteratorOptions{})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			k := it.Item().Key()
+			switch {
+			case bytes.HasPrefix(k, idxChunk):
+				s.Chunks++
+				if err := it.Item().Value(func(v []byte) error {
+					ci, err := DecodeChunkInfo(v)
+					s.StoredBytes += ci.Stored
+					if ci.Refs > 0 {
+						s.ReferencedBytes += ci.Stored
+					}
+					return err
+				}); err != nil {
+					return err
+				}
+			case bytes.HasPrefix(k, idxLayer):
+				s.Layers++
+				d := digest.Digest(bytes.TrimPrefix(k, idxLayer))
+				if err := it.Item().Value(func(v []byte) error {
+					lr, err := DecodeLayerRecord(d, v)
+					if err == nil {
+						s.LogicalBytes += lr.Size
+					}
+					return err
+				}); err != nil {
+					return err
+				}
+			case bytes.HasPrefix(k, idxStep):
+				s.Steps++
+			}
+		}
+		return nil
+	})
+	return s, err
+}
+
+// ForEachLayer calls fn for every layer record, in digest order, in one
+// read-only transaction; fn must not call back into the index.
+func (x *DB) ForEachLayer(fn func(lr *LayerRecord) error) error {
+	return x.View("walk layers", func(tx *Tx) error {
+		it := tx.txn.NewIterator(badger.IteratorOptions{Prefix: idxLayer})
+		defer it.Close()
+		for it.Rewind(); it.ValidForPrefix(idxLayer); it.Next() {
+			d := digest.Digest(bytes.TrimPrefix(it.Item().Key(), idxLayer))
+			var lr *LayerRecord
+			if err := it.Item().Value(func(v []byte) (err error) {
+				lr, err = DecodeLayerRecord(d, v)
+				return err
+			}); err != nil {
+				return err
+			}
+			if err := fn(lr); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}

@@ -1,0 +1,235 @@
+// Package index is cairn's Badger schema: the keys and value encodings of
+// the index, reference-count transactions (including commits too big for
+// one transaction), and the batching of hit counts and access times. It is
+// the only package that imports Badger.
+//
+// Keys:
+//
+//	v/format                            Format: Open refuses others
+//	c/<32 raw bytes of the chunk hash>  ChunkInfo
+//	l/<layer digest string>             LayerRecord
+//	a/<layer digest string>             last access, varint Unix nanoseconds
+//	k/<step key digest string>          step record (opaque to this package)
+//	h/<step key digest string>          Hits
+//
+// Changing an encoding in this file is a format change: the golden vectors
+// in testdata must change with it.
+package index
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/cairnbuild/cairn/cache/internal/cerr"
+	"github.com/cairnbuild/cairn/cache/internal/pack"
+	"github.com/cairnbuild/cairn/chunkid"
+	"github.com/opencontainers/go-digest"
+)
+
+// Index keys.
+var (
+	idxChunk  = []byte("c/")
+	idxLayer  = []byte("l/")
+	idxStep   = []byte("k/")
+	idxHits   = []byte("h/")
+	idxAccess = []byte("a/")
+	// idxFormat holds Format: an index written by another version of the
+	// formats is refused with a clear error, not misread.
+	idxFormat = []byte("v/format")
+)
+
+// Format names the index and backend formats of this version: chunks named
+// by BLAKE3, in packs (2); 1 was one backend object per chunk, named by
+// SHA-256.
+const Format = "cairn-index-2"
+
+func chunkKey(id chunkid.ID) []byte {
+	return append(append(make([]byte, 0, 2+len(id)), idxChunk...), id[:]...)
+}
+func layerKey(d digest.Digest) []byte {
+	return append(append(make([]byte, 0, 2+len(d)), idxLayer...), d...)
+}
+func accessKey(d digest.Digest) []byte {
+	return append(append(make([]byte, 0, 2+len(d)), idxAccess...), d...)
+}
+func stepKey(key digest.Digest) []byte { return append(append([]byte(nil), idxStep...), key...) }
+func hitsKey(key digest.Digest) []byte { return append(append([]byte(nil), idxHits...), key...) }
+
+// ChunkInfo is the value under c/<id>: where the chunk's record is (pack,
+// offset, length), its uncompressed size, the reference count and when the
+// entry was last touched. Refs counts recipe entries of committed layers
+// naming the chunk: a chunk that appears three times in one layer holds
+// three references. An entry with refs 0 is a chunk that is durable in the
+// backend but that no committed layer uses (uploaded ahead of a commit, or
+// left by a delete). Added is when the index learnt of the chunk or a
+// commit last referenced it: the garbage collector spares entries touched
+// within its grace period.
+type ChunkInfo struct {
+	Size   int64 // uncompressed bytes
+	Stored int64 // bytes of the chunk record (header and compressed payload)
+	Refs   int64
+	Added  int64 // Unix seconds
+	Pack   pack.ID
+	Off    int64 // of the record in the pack
+}
+
+// Encode returns the stored form: uvarints size, stored, refs, added,
+// offset, then the 16 bytes of the pack name.
+func (ci ChunkInfo) Encode() []byte {
+	b := make([]byte, 0, 5*binary.MaxVarintLen64+len(ci.Pack))
+	b = binary.AppendUvarint(b, uint64(ci.Size))
+	b = binary.AppendUvarint(b, uint64(ci.Stored))
+	b = binary.AppendUvarint(b, uint64(ci.Refs))
+	b = binary.AppendUvarint(b, uint64(ci.Added))
+	b = binary.AppendUvarint(b, uint64(ci.Off))
+	return append(b, ci.Pack[:]...)
+}
+
+// DecodeChunkInfo parses Encode's output. Anything malformed is
+// ErrDataLoss: readers size buffers and slice packs by these fields.
+func DecodeChunkInfo(b []byte) (ChunkInfo, error) {
+	var v [5]uint64
+	for i := range v {
+		x, n := binary.Uvarint(b)
+		if n <= 0 {
+			return ChunkInfo{}, fmt.Errorf("%w: corrupt chunk index entry", cerr.ErrDataLoss)
+		}
+		v[i], b = x, b[n:]
+	}
+	if v[0] < 1 || v[0] > pack.MaxChunkSize || v[1] < pack.HeaderSize || v[1] > pack.MaxRecordSize(v[0]) ||
+		v[2] > math.MaxInt64 || v[3] > math.MaxInt64 || v[4] > math.MaxInt64-v[1] || len(b) != pack.IDSize {
+		return ChunkInfo{}, fmt.Errorf("%w: corrupt chunk index entry", cerr.ErrDataLoss)
+	}
+	ci := ChunkInfo{Size: int64(v[0]), Stored: int64(v[1]), Refs: int64(v[2]), Added: int64(v[3]), Off: int64(v[4])}
+	copy(ci.Pack[:], b)
+	return ci, nil
+}
+
+// RecipeEntry is one chunk of a layer, in order.
+type RecipeEntry struct {
+	ID   chunkid.ID
+	Size int64
+}
+
+// LayerRecord is the value under l/<digest>.
+type LayerRecord struct {
+	Digest    digest.Digest
+	Size      int64
+	Stored    int64
+	MediaType string
+	Created   time.Time
+	Recipe    []RecipeEntry
+}
+
+const layerRecordVersion = 1
+
+// Encode returns the stored form: version 1, uvarints size, stored, media
+// type length, the media type, varint created (Unix ns), uvarint count,
+// then per chunk its 32 hash bytes and uvarint size.
+func (lr *LayerRecord) Encode() []byte {
+	b := make([]byte, 0, 64+len(lr.MediaType)+len(lr.Recipe)*(len(chunkid.ID{})+3))
+	b = append(b, layerRecordVersion)
+	b = binary.AppendUvarint(b, uint64(lr.Size))
+	b = binary.AppendUvarint(b, uint64(lr.Stored))
+	b = binary.AppendUvarint(b, uint64(len(lr.MediaType)))
+	b = append(b, lr.MediaType...)
+	b = binary.AppendVarint(b, lr.Created.UnixNano())
+	b = binary.AppendUvarint(b, uint64(len(lr.Recipe)))
+	for _, e := range lr.Recipe {
+		b = append(b, e.ID[:]...)
+		b = binary.AppendUvarint(b, uint64(e.Size))
+	}
+	return b
+}
+
+// DecodeLayerRecord parses Encode's output for layer d; anything malformed
+// is ErrDataLoss.
+func DecodeLayerRecord(d digest.Digest, b []byte) (*LayerRecord, error) {
+	bad := fmt.Errorf("%w: corrupt index record for layer %s", cerr.ErrDataLoss, d)
+	if len(b) == 0 || b[0] != layerRecordVersion {
+		return nil, bad
+	}
+	b = b[1:]
+	uv := func() uint64 {
+		x, n := binary.Uvarint(b)
+		if n <= 0 {
+			b = nil
+			return 0
+		}
+		b = b[n:]
+		return x
+	}
+	lr := &LayerRecord{Digest: d}
+	lr.Size = int64(uv())
+	lr.Stored = int64(uv())
+	mtLen := uv()
+	if b == nil || uint64(len(b)) < mtLen {
+		return nil, bad
+	}
+	lr.MediaType, b = string(b[:mtLen]), b[mtLen:]
+	created, n := binary.Varint(b)
+	if n <= 0 {
+		return nil, bad
+	}
+	b = b[n:]
+	lr.Created = time.Unix(0, created).UTC()
+	count := uv()
+	if b == nil || count > uint64(len(b))/uint64(len(chunkid.ID{})+1) {
+		return nil, bad
+	}
+	lr.Recipe = make([]RecipeEntry, count)
+	var total int64
+	for i := range lr.Recipe {
+		if len(b) < len(chunkid.ID{}) {
+			return nil, bad
+		}
+		copy(lr.Recipe[i].ID[:], b)
+		b = b[len(chunkid.ID{}):]
+		lr.Recipe[i].Size = int64(uv())
+		if b == nil || lr.Recipe[i].Size < 1 || lr.Recipe[i].Size > pack.MaxChunkSize {
+			return nil, bad
+		}
+		total += lr.Recipe[i].Size
+	}
+	if len(b) != 0 || total != lr.Size || lr.Size < 0 || lr.Stored < 0 {
+		return nil, bad
+	}
+	return lr, nil
+}
+
+// Hits is the value under h/<key>: how often a step record was returned,
+// and when last.
+type Hits struct {
+	N    uint64
+	Last time.Time
+}
+
+// Encode returns uvarint count, varint last (Unix ns).
+func (h Hits) Encode() []byte {
+	return binary.AppendVarint(binary.AppendUvarint(nil, h.N), h.Last.UnixNano())
+}
+
+// DecodeHits parses Encode's output.
+func DecodeHits(v []byte) (Hits, error) {
+	n, k := binary.Uvarint(v)
+	if k <= 0 {
+		return Hits{}, fmt.Errorf("%w: corrupt hit count", cerr.ErrDataLoss)
+	}
+	last, k2 := binary.Varint(v[k:])
+	if k2 <= 0 || k+k2 != len(v) {
+		return Hits{}, fmt.Errorf("%w: corrupt hit count", cerr.ErrDataLoss)
+	}
+	return Hits{N: n, Last: time.Unix(0, last).UTC()}, nil
+}
+
+func encodeTime(t time.Time) []byte { return binary.AppendVarint(nil, t.UnixNano()) }
+
+func decodeTime(v []byte) (time.Time, error) {
+	ns, n := binary.Varint(v)
+	if n <= 0 || n != len(v) {
+		return time.Time{}, fmt.Errorf("%w: corrupt access time", cerr.ErrDataLoss)
+	}
+	return time.Unix(0, ns).UTC(), nil
+}

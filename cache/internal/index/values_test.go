@@ -1,0 +1,155 @@
+package index
+
+import (
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cairnbuild/cairn/cache/internal/cerr"
+	"github.com/cairnbuild/cairn/cache/internal/pack"
+	"github.com/cairnbuild/cairn/chunkid"
+	"github.com/opencontainers/go-digest"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
+
+// golden compares got with testdata/name (hex, 32 bytes a line) and
+// returns the stored bytes, so that a test also decodes what was stored
+// before: an encoder and decoder changed together still fail here.
+func golden(t *testing.T, name string, got []byte) []byte {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		var b strings.Builder
+		for rest := got; len(rest) > 0; rest = rest[min(32, len(rest)):] {
+			b.WriteString(hex.EncodeToString(rest[:min(32, len(rest))]) + "\n")
+		}
+		if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	text, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create it)", err)
+	}
+	want, err := hex.DecodeString(strings.ReplaceAll(string(text), "\n", ""))
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s: encoding changed (a format change):\n got %x\nwant %x", name, got, want)
+	}
+	return want
+}
+
+var (
+	goldenChunk = ChunkInfo{Size: 262144, Stored: 70001, Refs: 3, Added: 1700000000, Pack: pack.ID{0xab, 0xcd, 15: 0xef}, Off: 4190000}
+	goldenLayer = &LayerRecord{Digest: digest.FromString("layer"), Size: 300, Stored: 120,
+		MediaType: "application/vnd.oci.image.layer.v1.tar", Created: time.Unix(1700000000, 5).UTC(),
+		Recipe: []RecipeEntry{{ID: chunkid.Sum([]byte("a")), Size: 100}, {ID: chunkid.Sum([]byte("b")), Size: 200}}}
+	goldenHits = Hits{N: 42, Last: time.Unix(1700000001, 7).UTC()}
+)
+
+// Every index value is pinned by a golden vector: the encoding of a fixed
+// value must not change, and the stored bytes must decode to that value.
+func TestGolden(t *testing.T) {
+	stored := golden(t, "chunk-info.hex", goldenChunk.Encode())
+	if ci, err := DecodeChunkInfo(stored); err != nil || ci != goldenChunk {
+		t.Errorf("stored chunk info decodes as %+v, %v", ci, err)
+	}
+	stored = golden(t, "layer-record.hex", goldenLayer.Encode())
+	lr, err := DecodeLayerRecord(goldenLayer.Digest, stored)
+	if err != nil || lr.Size != goldenLayer.Size || lr.Stored != goldenLayer.Stored || lr.MediaType != goldenLayer.MediaType ||
+		!lr.Created.Equal(goldenLayer.Created) || len(lr.Recipe) != 2 || lr.Recipe[0] != goldenLayer.Recipe[0] || lr.Recipe[1] != goldenLayer.Recipe[1] {
+		t.Errorf("stored layer record decodes as %+v, %v", lr, err)
+	}
+	stored = golden(t, "hits.hex", goldenHits.Encode())
+	if h, err := DecodeHits(stored); err != nil || h != goldenHits {
+		t.Errorf("stored hits decode as %+v, %v", h, err)
+	}
+	stored = golden(t, "access-time.hex", encodeTime(goldenHits.Last))
+	if tm, err := decodeTime(stored); err != nil || !tm.Equal(goldenHits.Last) {
+		t.Errorf("stored access time decodes as %v, %v", tm, err)
+	}
+	if string(chunkKey(chunkid.ID{1})[:2]) != "c/" || string(layerKey("sha256:x")) != "l/sha256:x" || string(accessKey("d")) != "a/d" ||
+		string(stepKey("k")) != "k/k" || string(hitsKey("k")) != "h/k" || Format != "cairn-index-2" {
+		t.Errorf("index keys changed: a format change")
+	}
+}
+
+// A corrupt value is ErrDataLoss, never anything a caller would retry.
+func TestCorruptValues(t *testing.T) {
+	for name, decode := range map[string]func([]byte) error{
+		"chunk": func(b []byte) error { _, err := DecodeChunkInfo(b); return err },
+		"layer": func(b []byte) error { _, err := DecodeLayerRecord(goldenLayer.Digest, b); return err },
+		"hits":  func(b []byte) error { _, err := DecodeHits(b); return err },
+		"time":  func(b []byte) error { _, err := decodeTime(b); return err },
+	} {
+		for _, b := range [][]byte{nil, {0x80}, {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}} {
+			if err := decode(b); !errors.Is(err, cerr.ErrDataLoss) {
+				t.Errorf("%s %x: %v, want ErrDataLoss", name, b, err)
+			}
+		}
+	}
+	full := goldenLayer.Encode()
+	for _, b := range [][]byte{full[:len(full)-1], append(bytes.Clone(full), 0)} {
+		if _, err := DecodeLayerRecord(goldenLayer.Digest, b); !errors.Is(err, cerr.ErrDataLoss) {
+			t.Errorf("layer record of %d bytes (of %d): %v, want ErrDataLoss", len(b), len(full), err)
+		}
+	}
+}
+
+func FuzzLayerRecord(f *testing.F) {
+	f.Add(goldenLayer.Encode())
+	f.Add([]byte{layerRecordVersion})
+	f.Add([]byte{layerRecordVersion, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, err := DecodeLayerRecord(goldenLayer.Digest, b)
+		if err != nil {
+			if !errors.Is(err, cerr.ErrDataLoss) {
+				t.Fatalf("error %v is not ErrDataLoss", err)
+			}
+			return
+		}
+		var sum int64
+		for _, e := range got.Recipe {
+			sum += e.Size
+		}
+		if sum != got.Size {
+			t.Fatalf("accepted chunks of %d bytes for a layer of %d", sum, got.Size)
+		}
+		if again, err := DecodeLayerRecord(goldenLayer.Digest, got.Encode()); err != nil || len(again.Recipe) != len(got.Recipe) {
+			t.Fatalf("re-encoding does not decode: %v", err)
+		}
+	})
+}
+
+// Readers size buffers and slice packs by chunk index entries: whatever
+// decodes must be within bounds.
+func FuzzChunkInfo(f *testing.F) {
+	f.Add(goldenChunk.Encode())
+	f.Add([]byte{0x80})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ci, err := DecodeChunkInfo(b)
+		if err != nil {
+			if !errors.Is(err, cerr.ErrDataLoss) {
+				t.Fatalf("error %v is not ErrDataLoss", err)
+			}
+			return
+		}
+		if ci.Size < 1 || ci.Size > pack.MaxChunkSize || ci.Stored < pack.HeaderSize || uint64(ci.Stored) > pack.MaxRecordSize(uint64(ci.Size)) ||
+			ci.Refs < 0 || ci.Added < 0 || ci.Off < 0 || ci.Off+ci.Stored < 0 {
+			t.Fatalf("accepted %+v", ci)
+		}
+		if again, err := DecodeChunkInfo(ci.Encode()); err != nil || again != ci {
+			t.Fatalf("round trip of %+v: %+v, %v", ci, again, err)
+		}
+	})
+}
