@@ -130,7 +130,6 @@ func (c *Cache) reindex(ctx context.Context) error {
 	return nil
 }
 
-
 // readMeta reads a small metadata object whole.
 func (c *Cache) readMeta(ctx context.Context, info backend.Info) ([]byte, error) {
 	if info.Size > maxMetaObject {

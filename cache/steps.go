@@ -5,12 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"sync"
 	"fmt"
+	"sync"
 	"time"
 
-	"github.com/cairnbuild/cairn/stepkey"
 	"github.com/cairnbuild/cairn/cache/internal/index"
+	"github.com/cairnbuild/cairn/stepkey"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -318,7 +318,7 @@ func (c *Cache) hit(rec *StepRecord) {
 // Records are shared: callers get copies of the struct, and its slices
 // (Config, BuildArgs) are never written.
 type stepMemo struct {
-	mu sync.RWMutex
+	mu  sync.RWMutex
 	m   map[digest.Digest]StepRecord
 	gen uint64 // counts forgets
 }
