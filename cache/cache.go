@@ -62,6 +62,10 @@ type Cache struct {
 	cutPool sync.Pool // *[]byte of 2 × params.Max: chunker buffers
 	steps   stepMemo
 
+	// beforeCommit, if set, runs just before a layer's index commit, when
+	// every chunk is stored or found: tests run a collector there.
+	beforeCommit func()
+
 	// mu is held shared by every operation and exclusively by Reindex.
 	mu     sync.RWMutex
 	closed bool

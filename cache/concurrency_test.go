@@ -172,7 +172,7 @@ func TestConcurrentFaultyMix(t *testing.T) {
 		mu.Unlock()
 		time.Sleep(d)
 		if r == 0 {
-			return errors.New("injected")
+			return errInjected
 		}
 		return nil
 	}}
@@ -201,9 +201,15 @@ func TestConcurrentFaultyMix(t *testing.T) {
 				defer cancel()
 			}
 			info, err := c.Push(ctx, bytes.NewReader(data), PushOptions{Size: -1})
-			t.Logf("push %d: %v", i, err)
-			if err == nil {
+			switch {
+			case err == nil:
 				committed.Store(info.Digest, digest.FromBytes(data))
+			case errors.Is(err, errInjected):
+				t.Logf("push %d met an injected fault: %v", i, err)
+			case i%2 == 1 && errors.Is(err, context.DeadlineExceeded):
+				t.Logf("push %d hit its deadline: %v", i, err)
+			default:
+				t.Errorf("push %d met no injected fault and no deadline, but failed: %v", i, err)
 			}
 		})
 		wg.Go(func() {
@@ -211,10 +217,16 @@ func TestConcurrentFaultyMix(t *testing.T) {
 			var pg sync.WaitGroup
 			for off := 0; off < len(data); off += 300 << 10 {
 				ch := data[off:min(off+300<<10, len(data))]
-				pg.Go(func() { _ = u.Put(t.Context(), chunkid.Sum(ch), ch) })
+				pg.Go(func() {
+					if err := u.Put(t.Context(), chunkid.Sum(ch), ch); err != nil && !errors.Is(err, errInjected) {
+						t.Errorf("upload %d: put met no injected fault, but failed: %v", i, err)
+					}
+				})
 			}
 			pg.Wait()
-			t.Logf("upload %d close: %v", i, u.Close())
+			if err := u.Close(); err != nil && !errors.Is(err, errInjected) {
+				t.Errorf("upload %d: close met no injected fault, but failed: %v", i, err)
+			}
 		})
 	}
 	wg.Wait()

@@ -275,6 +275,9 @@ func (c *Cache) commit(ctx context.Context, lr *index.LayerRecord, sess *chunks.
 	if sess != nil {
 		known = sess.Known()
 	}
+	if c.beforeCommit != nil {
+		c.beforeCommit()
+	}
 	res, err := c.idx.CommitLayer(lr, known)
 	if err != nil {
 		return LayerInfo{}, err

@@ -154,10 +154,17 @@ func (ss *Session) write(ctx context.Context, id chunkid.ID, data []byte, f *fli
 	if p == nil {
 		select {
 		case ss.tokens <- struct{}{}:
-		case <-ctx.Done():
-			ss.packMu.Unlock()
-			ss.leaderFailed(id, f, index.ChunkInfo{}, ctx.Err())
-			return ctx.Err()
+		default:
+			if h := st.hooks.WaitSlot; h != nil {
+				h(id)
+			}
+			select {
+			case ss.tokens <- struct{}{}:
+			case <-ctx.Done():
+				ss.packMu.Unlock()
+				ss.leaderFailed(id, f, index.ChunkInfo{}, ctx.Err())
+				return ctx.Err()
+			}
 		}
 		p = &openPack{id: pack.NewID(), buf: st.getPackBuf(len(rec))}
 		ss.cur = p

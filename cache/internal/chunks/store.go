@@ -67,6 +67,7 @@ type Store struct {
 
 	flights flights
 	leases  leases
+	hooks   Hooks
 
 	// readers counts the goroutines of open recipe readers; Close cancels
 	// them.
@@ -102,6 +103,17 @@ func New(opts Options) (*Store, error) {
 	s.readersCtx, s.stopReaders = context.WithCancel(context.Background())
 	return s, nil
 }
+
+// Hooks let tests order events without sleeping. Each is called, if set,
+// at the point its name says; it must not block for long.
+type Hooks struct {
+	// WaitSlot: a session is about to wait for a pack slot (every one of
+	// its packsInFlight packs is being written) to store chunk id.
+	WaitSlot func(id chunkid.ID)
+}
+
+// SetHooks installs h. Call it before any session starts.
+func (s *Store) SetHooks(h Hooks) { s.hooks = h }
 
 // SetPackTarget changes the size at which packs are written; benchmarks
 // and tests vary it. Call it before any session starts.
