@@ -113,8 +113,18 @@ func Open(ctx context.Context, opts Options) (*Cache, error) {
 		idx.Close()
 		return nil, fmt.Errorf("cache: open: %w", err)
 	}
-	return &Cache{idx: idx, chunks: cs, store: opts.Backend, params: opts.Chunking, conc: opts.Concurrency,
-		log: log, steps: newStepMemo()}, nil
+	c := &Cache{idx: idx, chunks: cs, store: opts.Backend, params: opts.Chunking, conc: opts.Concurrency,
+		log: log, steps: newStepMemo()}
+	if idx.Interrupted() {
+		// A Reindex stopped after it dropped the index: finish it before
+		// serving anything from a partial index.
+		log.Warn("cache: an interrupted reindex left the index partial; reindexing now", "dir", opts.Dir)
+		if err := c.reindex(ctx); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("cache: open: finish an interrupted reindex: %w", err)
+		}
+	}
+	return c, nil
 }
 
 // Close flushes pending hit counts and access times and closes the index.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/cairnbuild/cairn/backend"
 	"github.com/cairnbuild/cairn/backend/mem"
+	"github.com/cairnbuild/cairn/chunker"
 	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
 )
@@ -22,7 +23,13 @@ import (
 // when the test ends (closing twice is harmless).
 func openCache(t testing.TB, dir string, store backend.Store) *Cache {
 	t.Helper()
-	c, err := Open(context.Background(), Options{Dir: dir, Backend: store})
+	return openCacheWith(t, dir, store, chunker.Params{})
+}
+
+// openCacheWith is openCache with other chunking parameters.
+func openCacheWith(t testing.TB, dir string, store backend.Store, params chunker.Params) *Cache {
+	t.Helper()
+	c, err := Open(context.Background(), Options{Dir: dir, Backend: store, Chunking: params})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}

@@ -29,6 +29,7 @@ type DB struct {
 	// counts down one per write transaction, and the transaction that
 	// takes it to zero and every one after it fail without committing.
 	faultAfter atomic.Int64
+	txnChunks  atomic.Int64 // see SetMaxTxnChunks
 
 	stop    chan struct{}
 	flushed chan struct{}

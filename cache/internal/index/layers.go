@@ -72,6 +72,20 @@ func (x *DB) Layer(d digest.Digest) (*LayerRecord, time.Time, error) {
 // 16 000 chunks of 256 KiB is a 4 GiB layer: larger ones commit in steps.
 const MaxTxnChunks = 16000
 
+// maxTxnChunks is MaxTxnChunks, or the smaller batch a test set.
+func (x *DB) maxTxnChunks() int {
+	if n := x.txnChunks.Load(); n > 0 {
+		return int(n)
+	}
+	return MaxTxnChunks
+}
+
+// SetMaxTxnChunks makes layers of more than n distinct chunks commit and
+// delete in batches of n, as layers of more than MaxTxnChunks do: crash
+// tests reach the points between batches without tens of thousands of
+// chunks. 0 restores MaxTxnChunks.
+func (x *DB) SetMaxTxnChunks(n int) { x.txnChunks.Store(int64(n)) }
+
 // CommitLayer makes lr visible and adds its chunk references, in one
 // transaction, and returns the committed record with lr.Stored set. known
 // gives the entry of every chunk of the recipe that the index may not hold
@@ -84,7 +98,7 @@ func (x *DB) CommitLayer(lr *LayerRecord, known map[chunkid.ID]ChunkInfo) (*Laye
 	for _, e := range lr.Recipe {
 		counts[e.ID]++
 	}
-	if len(counts) > MaxTxnChunks {
+	if len(counts) > x.maxTxnChunks() {
 		return x.commitLayerBig(lr, known, counts)
 	}
 	var result *LayerRecord
@@ -178,8 +192,8 @@ func (x *DB) commitLayerBig(lr *LayerRecord, known map[chunkid.ID]ChunkInfo, cou
 		ids = append(ids, id)
 	}
 	var stored int64
-	for start := 0; start < len(ids); start += MaxTxnChunks {
-		batch := ids[start:min(start+MaxTxnChunks, len(ids))]
+	for start := 0; start < len(ids); start += x.maxTxnChunks() {
+		batch := ids[start:min(start+x.maxTxnChunks(), len(ids))]
 		var n int64
 		err := x.update(op, func(txn *badger.Txn) (err error) {
 			n, err = addRefs(txn, counts, known, batch)
@@ -220,8 +234,8 @@ func (x *DB) undoRefs(ids []chunkid.ID, counts map[chunkid.ID]int64) {
 // dropRefs removes counts[id] references from each chunk of ids,
 // MaxTxnChunks per transaction.
 func (x *DB) dropRefs(ids []chunkid.ID, counts map[chunkid.ID]int64) error {
-	for start := 0; start < len(ids); start += MaxTxnChunks {
-		batch := ids[start:min(start+MaxTxnChunks, len(ids))]
+	for start := 0; start < len(ids); start += x.maxTxnChunks() {
+		batch := ids[start:min(start+x.maxTxnChunks(), len(ids))]
 		err := x.update("drop references", func(txn *badger.Txn) error {
 			for _, id := range batch {
 				if err := dropRef(txn, id, counts[id]); err != nil {
@@ -266,7 +280,7 @@ func (x *DB) DeleteLayer(d digest.Digest) error {
 		for _, e := range lr.Recipe {
 			counts[e.ID]++
 		}
-		if len(counts) > MaxTxnChunks {
+		if len(counts) > x.maxTxnChunks() {
 			big = counts
 		} else {
 			for id, n := range counts {

@@ -1,8 +1,13 @@
 package index
 
 import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
+	"github.com/cairnbuild/cairn/cache/internal/cerr"
 	"github.com/cairnbuild/cairn/chunkid"
 	"github.com/opencontainers/go-digest"
 )
@@ -14,7 +19,10 @@ import (
 //
 // It is not atomic: a crash between the drop and the end of the batch
 // leaves an index that is empty or partly written, never one that names
-// missing data, and running Rebuild again restores it.
+// missing data. A marker file in the index directory, written before the
+// drop and removed once the rebuild is synced, tells the next Open
+// (Interrupted), so that the rebuild is run again before anything is
+// served from a partial index.
 func (x *DB) Rebuild(chunks map[chunkid.ID]*ChunkInfo, layers []*LayerRecord, steps []StepEntry) error {
 	x.lock.Lock()
 	defer x.lock.Unlock()
@@ -22,6 +30,9 @@ func (x *DB) Rebuild(chunks map[chunkid.ID]*ChunkInfo, layers []*LayerRecord, st
 	x.pendHits, x.pendAccess = make(map[digest.Digest]Hits), make(map[digest.Digest]time.Time)
 	x.pendMu.Unlock()
 	if err := x.fault(); err != nil {
+		return err
+	}
+	if err := writeMarker(x.dir); err != nil {
 		return err
 	}
 	if err := x.db.DropAll(); err != nil {
@@ -59,5 +70,37 @@ func (x *DB) Rebuild(chunks map[chunkid.ID]*ChunkInfo, layers []*LayerRecord, st
 	if err := translate("write index", wb.Flush()); err != nil {
 		return err
 	}
-	return translate("sync index", x.db.Sync())
+	if err := translate("sync index", x.db.Sync()); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(x.dir, rebuildMarker)); err != nil {
+		return fmt.Errorf("index: %w: %w", cerr.ErrUnavailable, err)
+	}
+	return nil
+}
+
+// rebuildMarker is the file that says a Rebuild has dropped the index and
+// not finished writing it again.
+const rebuildMarker = "REBUILDING"
+
+func writeMarker(dir string) error {
+	f, err := os.Create(filepath.Join(dir, rebuildMarker))
+	if err == nil {
+		err = f.Sync()
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("index: mark rebuild: %w: %w", cerr.ErrUnavailable, err)
+	}
+	return nil
+}
+
+// Interrupted reports whether a Rebuild of this index was interrupted (by
+// a crash or a failure) after it dropped the index: the index may be empty
+// or partial until a Rebuild completes.
+func (x *DB) Interrupted() bool {
+	_, err := os.Stat(filepath.Join(x.dir, rebuildMarker))
+	return !errors.Is(err, os.ErrNotExist)
 }
