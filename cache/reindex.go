@@ -6,10 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
 
 	"github.com/cairnbuild/cairn/backend"
-	"github.com/cairnbuild/cairn/cache/internal/index"
 	"github.com/cairnbuild/cairn/cache/internal/pack"
 	"github.com/cairnbuild/cairn/chunkid"
 	"github.com/opencontainers/go-digest"
@@ -21,15 +19,19 @@ import (
 const maxMetaObject = 16 << 20
 
 // Reindex rebuilds the index from the backend alone: it drops every index
-// entry, lists packs/, layers/ and steps/, and writes the entries back,
-// with reference counts recomputed from the layer manifests. A layer whose
-// manifest names a chunk the backend lacks is not restored (it could not be
-// served), and neither are steps that name a layer not restored. Hit counts
-// and access times are not in the backend and restart from zero.
+// entry, then streams packs/, layers/ and steps/ back into it: chunk
+// entries from the pack tables, then each layer whose manifest names only
+// chunks that are there (with its references), then each step record
+// whose layer was restored. A layer whose manifest names a chunk the
+// backend lacks is not restored (it could not be served), and neither are
+// steps that name a layer not restored. Hit counts and access times are
+// not in the backend and restart from zero.
 //
+// It streams: what it holds at once is a window of pack tables and one
+// manifest, whatever the size of the store (the index holds the rest).
 // Reindex holds the cache exclusively: other calls wait until it is done.
-// If it fails part way, the index is incomplete but never names missing
-// data; run it again.
+// If it fails or crashes part way, the index is incomplete but never names
+// missing data, and the next Open (or Reindex) finishes the job.
 func (c *Cache) Reindex(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -42,18 +44,44 @@ func (c *Cache) Reindex(ctx context.Context) error {
 	return nil
 }
 
+// packWindow is how many pack tables Reindex reads at once.
+const packWindow = 64
+
 func (c *Cache) reindex(ctx context.Context) error {
-	// 1. Packs: their tables say which chunks each holds, where, and how
-	// large. A chunk in several packs (concurrent pushes, a push that
-	// failed after writing some) is taken from the first pack by key.
-	chunks, err := c.readPackTables(ctx)
-	if err != nil {
+	c.steps.clear()
+	if err := c.idx.BeginRebuild(); err != nil {
 		return err
 	}
+	// 1. Packs: their tables say which chunks each holds, where, and how
+	// large. A chunk in several packs (concurrent pushes, a push that
+	// failed after writing some) is taken from the first pack listed.
+	var window []backend.Info
+	var nChunks int
+	flush := func() error {
+		n, err := c.indexPacks(ctx, window)
+		nChunks += n
+		window = window[:0]
+		return err
+	}
+	err := c.store.List(ctx, pack.Prefix, func(info backend.Info) error {
+		if _, ok := pack.IDFromKey(info.Key); !ok {
+			c.log.Warn("cache: reindex: skipping stray object", "key", info.Key)
+			return nil
+		}
+		if window = append(window, info); len(window) == packWindow {
+			return flush()
+		}
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	if err != nil {
+		return backendErr("index packs", err)
+	}
 
-	// 2. Layer manifests: the recipes, which give the references and the
-	// uncompressed sizes.
-	var layers []*index.LayerRecord
+	// 2. Layer manifests, one at a time: the recipe gives the references.
+	var nLayers int
 	err = c.store.List(ctx, layerPrefix, func(info backend.Info) error {
 		b, err := c.readMeta(ctx, info)
 		if err != nil {
@@ -68,39 +96,32 @@ func (c *Cache) reindex(ctx context.Context) error {
 			c.log.Warn("cache: reindex: manifest under the wrong key", "key", info.Key, "digest", lr.Digest)
 			return nil
 		}
-		layers = append(layers, lr)
+		ids := make([]chunkid.ID, len(lr.Recipe))
+		for i, e := range lr.Recipe {
+			ids[i] = e.ID
+		}
+		infos, found, err := c.idx.Chunks(ids)
+		if err != nil {
+			return err
+		}
+		for i, e := range lr.Recipe {
+			if !found[i] || infos[i].Size != e.Size {
+				c.log.Warn("cache: reindex: layer names a missing chunk; not restored", "layer", lr.Digest, "chunk", e.ID.String())
+				return nil
+			}
+		}
+		if _, err := c.idx.CommitLayer(lr, nil); err != nil {
+			return err
+		}
+		nLayers++
 		return nil
 	})
 	if err != nil {
-		return backendErr("list layers", err)
+		return backendErr("index layers", err)
 	}
-	restored := make(map[digest.Digest]bool, len(layers))
-	kept := layers[:0]
-	for _, lr := range layers {
-		lr.Stored = 0
-		complete := true
-		for _, e := range lr.Recipe {
-			ci, ok := chunks[e.ID]
-			if !ok || ci.Size != e.Size {
-				c.log.Warn("cache: reindex: layer names a missing chunk; not restored", "layer", lr.Digest, "chunk", e.ID.String())
-				complete = false
-				break
-			}
-			lr.Stored += ci.Stored
-		}
-		if !complete {
-			continue
-		}
-		for _, e := range lr.Recipe {
-			chunks[e.ID].Refs++
-		}
-		restored[lr.Digest] = true
-		kept = append(kept, lr)
-	}
-	layers = kept
 
-	// 3. Step records.
-	var steps []index.StepEntry
+	// 3. Step records whose layer was restored.
+	var nSteps int
 	err = c.store.List(ctx, stepPrefix, func(info backend.Info) error {
 		b, err := c.readMeta(ctx, info)
 		if err != nil {
@@ -111,23 +132,62 @@ func (c *Cache) reindex(ctx context.Context) error {
 			c.log.Warn("cache: reindex: skipping bad step record", "key", info.Key, "err", err)
 			return nil
 		}
-		if rec.Layer != nil && !restored[rec.Layer.Digest] {
-			return nil
+		var layer digest.Digest
+		if rec.Layer != nil {
+			layer = rec.Layer.Digest
 		}
-		steps = append(steps, index.StepEntry{Key: rec.Key, Body: b})
+		if _, err := c.idx.PutStep(rec.Key, b, layer); errors.Is(err, ErrFailedPrecondition) {
+			return nil // its layer was not restored
+		} else if err != nil {
+			return err
+		}
+		nSteps++
 		return nil
 	})
 	if err != nil {
-		return backendErr("list steps", err)
+		return backendErr("index steps", err)
 	}
-
-	// 4. Write the new index.
-	c.steps.clear()
-	if err := c.idx.Rebuild(chunks, layers, steps); err != nil {
+	if err := c.idx.EndRebuild(); err != nil {
 		return err
 	}
-	c.log.Info("cache: reindexed", "layers", len(layers), "chunks", len(chunks), "steps", len(steps))
+	c.log.Info("cache: reindexed", "layers", nLayers, "chunks", nChunks, "steps", nSteps)
 	return nil
+}
+
+// indexPacks reads the tables of packs, in parallel, and adds their chunks
+// to the index (in the order of packs) with no references. A pack whose
+// table is damaged is skipped with a warning: its chunks are lost, and the
+// layers that need them are not restored.
+func (c *Cache) indexPacks(ctx context.Context, packs []backend.Info) (int, error) {
+	tables := make([][]pack.Entry, len(packs))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(c.conc)
+	for i, info := range packs {
+		g.Go(func() error {
+			entries, err := pack.ReadTable(gctx, c.store, info.Key, info.Size)
+			if errors.Is(err, ErrDataLoss) {
+				c.log.Warn("cache: reindex: skipping bad pack", "key", info.Key, "err", err)
+				return nil
+			}
+			tables[i] = entries
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return 0, err
+	}
+	var n int
+	for i, entries := range tables {
+		if len(entries) == 0 {
+			continue
+		}
+		id, _ := pack.IDFromKey(packs[i].Key)
+		if err := c.idx.AddChunks(id, entries); err != nil {
+			return n, err
+		}
+		n += len(entries)
+	}
+	return n, nil
 }
 
 // readMeta reads a small metadata object whole.
@@ -150,45 +210,3 @@ func (c *Cache) readMeta(ctx context.Context, info backend.Info) ([]byte, error)
 // readPackTables lists packs/ and reads every pack's table, up to
 // Concurrency packs at a time. A pack whose table is unreadable or
 // inconsistent is skipped with a warning: its chunks are as good as lost.
-func (c *Cache) readPackTables(ctx context.Context) (map[chunkid.ID]*index.ChunkInfo, error) {
-	var packs []backend.Info
-	err := c.store.List(ctx, pack.Prefix, func(info backend.Info) error {
-		packs = append(packs, info)
-		return nil
-	})
-	if err != nil {
-		return nil, backendErr("list packs", err)
-	}
-	sort.Slice(packs, func(i, j int) bool { return packs[i].Key < packs[j].Key })
-	tables := make([][]pack.Entry, len(packs))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(c.conc)
-	for i, info := range packs {
-		if _, ok := pack.IDFromKey(info.Key); !ok {
-			c.log.Warn("cache: reindex: skipping stray object", "key", info.Key)
-			continue
-		}
-		g.Go(func() error {
-			entries, err := pack.ReadTable(gctx, c.store, info.Key, info.Size)
-			if errors.Is(err, ErrDataLoss) {
-				c.log.Warn("cache: reindex: skipping bad pack", "key", info.Key, "err", err)
-				return nil
-			}
-			tables[i] = entries
-			return err
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return nil, err
-	}
-	chunks := make(map[chunkid.ID]*index.ChunkInfo)
-	for i, entries := range tables {
-		id, _ := pack.IDFromKey(packs[i].Key)
-		for _, e := range entries {
-			if _, ok := chunks[e.ID]; !ok {
-				chunks[e.ID] = &index.ChunkInfo{Size: e.Size, Stored: e.Stored, Pack: id, Off: e.Off}
-			}
-		}
-	}
-	return chunks, nil
-}

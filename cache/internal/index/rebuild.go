@@ -8,24 +8,21 @@ import (
 	"time"
 
 	"github.com/cairnbuild/cairn/cache/internal/cerr"
-	"github.com/cairnbuild/cairn/chunkid"
+	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
 )
 
-// Rebuild replaces the whole index with the given contents: every chunk
-// (with its reference count), every layer and every step record, written
-// with one batch. Pending hits and access times are dropped. The caller
-// keeps other users of the index away meanwhile.
+// BeginRebuild starts a rebuild of the index from the backend: it marks
+// the rebuild (see Interrupted), drops every entry and pending hit, and
+// leaves an empty index of this format, which the caller fills with the
+// ordinary writes (AddChunks, CommitLayer, PutStep) and ends with
+// EndRebuild. The caller keeps other users of the index away meanwhile.
 //
-// It is not atomic: a crash between the drop and the end of the batch
-// leaves an index that is empty or partly written, never one that names
-// missing data. A marker file in the index directory, written before the
-// drop and removed once the rebuild is synced, tells the next Open
-// (Interrupted), so that the rebuild is run again before anything is
-// served from a partial index.
-func (x *DB) Rebuild(chunks map[chunkid.ID]*ChunkInfo, layers []*LayerRecord, steps []StepEntry) error {
-	x.lock.Lock()
-	defer x.lock.Unlock()
+// A crash or failure between the two leaves an index that is empty or
+// partly written, never one that names missing data; the marker tells the
+// next Open, so that the rebuild is run again before anything is served
+// from a partial index.
+func (x *DB) BeginRebuild() error {
 	x.pendMu.Lock()
 	x.pendHits, x.pendAccess = make(map[digest.Digest]Hits), make(map[digest.Digest]time.Time)
 	x.pendMu.Unlock()
@@ -38,38 +35,13 @@ func (x *DB) Rebuild(chunks map[chunkid.ID]*ChunkInfo, layers []*LayerRecord, st
 	if err := x.db.DropAll(); err != nil {
 		return translate("drop index", err)
 	}
-	if err := x.fault(); err != nil {
-		return err
-	}
-	wb := x.db.NewWriteBatch()
-	defer wb.Cancel()
-	set := func(k, v []byte) error { return translate("write index", wb.Set(k, v)) }
-	if err := set(idxFormat, []byte(Format)); err != nil {
-		return err
-	}
-	now := time.Now().Unix() // the objects' ages are unknown: a full grace period
-	for id, ci := range chunks {
-		ci.Added = now
-		if err := set(chunkKey(id), ci.Encode()); err != nil {
-			return err
-		}
-	}
-	for _, lr := range layers {
-		if err := set(layerKey(lr.Digest), lr.Encode()); err != nil {
-			return err
-		}
-		if err := set(accessKey(lr.Digest), encodeTime(lr.Created)); err != nil {
-			return err
-		}
-	}
-	for _, s := range steps {
-		if err := set(stepKey(s.Key), s.Body); err != nil {
-			return err
-		}
-	}
-	if err := translate("write index", wb.Flush()); err != nil {
-		return err
-	}
+	return x.update("write format", func(txn *badger.Txn) error {
+		return txn.Set(idxFormat, []byte(Format))
+	})
+}
+
+// EndRebuild makes the rebuild durable and removes its marker.
+func (x *DB) EndRebuild() error {
 	if err := translate("sync index", x.db.Sync()); err != nil {
 		return err
 	}

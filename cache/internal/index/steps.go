@@ -127,12 +127,6 @@ func (x *DB) Flush() error {
 	})
 }
 
-// StepEntry is one step record for Rebuild: its key and stored bytes.
-type StepEntry struct {
-	Key  digest.Digest
-	Body []byte
-}
-
 // ForEachStep calls fn with the key of every step record, in key order, in
 // one read-only transaction; fn must not call back into the index.
 func (x *DB) ForEachStep(fn func(key digest.Digest) error) error {
