@@ -308,8 +308,25 @@ func TestBadInput(t *testing.T) {
 		}
 	}
 	st, err := c.Stats(ctx)
-	if err != nil || st.Layers != 0 {
-		t.Errorf("after bad input: %+v, %v; want no layer", st, err)
+	if err != nil || st.Layers != 0 || st.ReferencedBytes != 0 || st.Steps != 0 {
+		t.Errorf("after bad input: %+v, %v; want no layer, step or reference", st, err)
+	}
+	// No pack was left behind: every pack holds chunks the commit cases
+	// uploaded (indexed, with no references). A push refused before its
+	// first pack filled writes none.
+	named := map[string]bool{}
+	if err := c.idx.ForEachChunk(func(_ chunkID, ci chunkInfo) error { named[packKey(ci.Pack)] = true; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	orphans := 0
+	store.List(ctx, packPrefix, func(bi backendInfo) error {
+		if !named[bi.Key] {
+			orphans++
+		}
+		return nil
+	})
+	if orphans != 0 {
+		t.Errorf("bad input left %d packs that no index entry names", orphans)
 	}
 	n := 0
 	store.List(ctx, layerPrefix, func(bi backendInfo) error { n++; return nil })
