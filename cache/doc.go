@@ -4,33 +4,57 @@
 //
 // # Pieces
 //
+// The facade (this package) wires three internal packages and owns the
+// layer and step operations; each internal package has one job, and
+// dependencies go one way: chunks → index → pack → cerr.
+//
+//   - internal/pack: the stored format of chunks (records, pack table and
+//     footer). pack.Seal re-reads what it wrote before a pack is uploaded;
+//     pack.ReadTable learns a pack's contents from one read of its tail.
+//   - internal/index: the Badger schema and the only importer of Badger:
+//     keys and values, reference-count transactions (commits and deletes
+//     too big for one transaction go in batches), hit and access batching,
+//     the rebuild that Reindex drives, and FailAfter, the crash tests'
+//     seam.
+//   - internal/chunks: chunk sessions that gather new chunks into packs of
+//     about 4 MiB (at most 3 in memory per session); flights, so that
+//     concurrent sessions store a new chunk once (a waiter has the pack
+//     holding it written at once); leases, the garbage collector's fence;
+//     and the recipe reader, which looks chunks up a window at a time,
+//     reads neighbours in one pack with one ranged read (runs), and
+//     decompresses and verifies each chunk (a mismatch is ErrDataLoss,
+//     never wrong bytes).
 //   - push.go: Push reads a layer stream once. The caller's goroutine cuts
 //     chunks (chunker, content-defined) and copies each into a pooled
 //     buffer; a hasher goroutine computes the layer's SHA-256 over the
-//     chunks in order; up to Options.Concurrency workers hash each chunk,
-//     look it up in the index and, if it is new, compress it (zstd) into
-//     the push's current pack. Workers that are all busy stop the reading,
-//     so backpressure reaches the client. When every pack is durable, the
-//     layer manifest is written to the backend and then the layer record
-//     and all its chunk references are committed in one index transaction.
-//   - packs.go: chunk sessions. A push or a chunk upload stream gathers its
-//     new chunks into packs of about packTarget bytes, each written as one
-//     backend object, at most packsInFlight in memory at once. Concurrent
-//     sessions that need the same new chunk store it once (flights): the
-//     others wait for it, and have the pack holding it written at once
-//     rather than when it fills.
+//     chunks in order; up to Options.Concurrency workers hash each chunk
+//     (BLAKE3) and hand it to the push's chunk session. Workers that are
+//     all busy stop the reading, so backpressure reaches the client. When
+//     every pack is durable, the layer manifest is written to the backend
+//     and then the layer record and all its chunk references are committed
+//     in one index transaction.
 //   - chunks.go: the client-side chunking path: MissingChunks, PutChunk and
-//     ChunkUpload (each chunk verified against its hash), Commit (the layer digest is verified by
-//     reading the chunks back before the layer becomes visible).
-//   - pull.go: Open streams a byte range of a layer, fetching chunks ahead
-//     and verifying each (a mismatch is ErrDataLoss, never wrong bytes).
-//     Neighbouring chunks in one pack are fetched with one ranged read
-//     (runs) and decompressed in parallel. ReadChunk serves one chunk.
+//     ChunkUpload (each chunk verified against its hash), Commit (the
+//     layer digest is verified by reading the chunks back before the layer
+//     becomes visible).
+//   - pull.go: Open streams a byte range of a layer; ReadChunk one chunk.
 //   - layers.go: Stat, List (paged), Delete, Chunks (the recipe), Stats.
 //   - steps.go: RecordStep, LookupStep and LookupChain over keys derived by
-//     package stepkey.
-//   - reindex.go: Reindex rebuilds the index from the backend alone.
-//   - format.go: every stored format, backend and index.
+//     package stepkey; decoded records are memoized.
+//   - reindex.go: Reindex rebuilds the index from the backend alone,
+//     streaming.
+//   - format.go: the facade's stored formats (layer manifests; step
+//     records are in steps.go) and where objects live in the backend.
+//
+// # The GC fence
+//
+// A chunk no committed layer references is garbage once its grace period
+// is over, unless a push or upload is about to commit a reference to it.
+// Such a session holds a lease on the chunk from before it looks the chunk
+// up until it ends; Commit leases its recipe before checking it. The
+// collector deletes index entries only inside chunks.Store.Fence, which
+// sees every lease and lets none be taken meanwhile. Every commit also
+// touches the entries it references (Added = now), for the grace period.
 //
 // # Rules
 //
@@ -45,7 +69,7 @@
 // entries, over all committed layers, that name c (a chunk that occurs
 // three times in one layer holds three references). A layer commit adds
 // them and Delete removes them in the same transaction as the layer record,
-// except for layers of more than maxTxnChunks (16 000) distinct chunks,
+// except for layers of more than index.MaxTxnChunks (16 000) distinct chunks,
 // which do not fit in one transaction: their references are added before
 // the record is written and removed after it is deleted, so that a crash in
 // between leaves counts too high (chunks kept longer), never too low;
@@ -73,7 +97,7 @@
 //	                               uncompressed size; then one zstd frame),
 //	                               then a table of (chunk hash, offset,
 //	                               length, size) and a 16-byte footer
-//	                               (magic "CRNP"); see format.go
+//	                               (magic "CRNP"); see package pack
 //	layers/sha256/<64 hex>         layer manifest, JSON: digest, size, media
 //	                               type, created, recipe (chunk hashes, sizes)
 //	steps/<64 hex of the key>      step record, JSON (see stepJSON)
@@ -98,7 +122,7 @@
 // # Formats chosen by measurement
 //
 // Chunks are named by BLAKE3 (package chunkid says why), stored in packs of
-// about 4 MiB (see packTarget) and compressed with zstd at SpeedFastest
-// (see zstdLevel), without zstd's frame checksum; bench/RESULTS.md has the
+// about 4 MiB (see chunks.PackTarget) and compressed with zstd at SpeedFastest
+// (see the chunks package), without zstd's frame checksum; bench/RESULTS.md has the
 // figures.
 package cache
