@@ -124,8 +124,6 @@ var errorsIs = errors.Is
 
 type backendInfo = backend.Info
 
-func badgerIterOpts(prefix []byte) badger.IteratorOptions {
-	return badger.IteratorOptions{Prefix: prefix, PrefetchValues: false}
 }
 
 // randomData returns n incompressible bytes from seed.
