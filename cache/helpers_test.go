@@ -15,7 +15,6 @@ import (
 	"github.com/cairnbuild/cairn/backend"
 	"github.com/cairnbuild/cairn/backend/mem"
 	"github.com/cairnbuild/cairn/chunker"
-	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -123,8 +122,6 @@ func isErr(err, target error) bool { return err != nil && errorsIs(err, target) 
 var errorsIs = errors.Is
 
 type backendInfo = backend.Info
-
-}
 
 // randomData returns n incompressible bytes from seed.
 func randomData(seed uint64, n int) []byte {
