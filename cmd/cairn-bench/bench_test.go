@@ -121,17 +121,16 @@ func TestBenchParseSize(t *testing.T) {
 }
 
 // TestBenchLoadCLI runs `cairn-bench load` against a real server over TCP:
-// every kind of operation runs, none fails, and the run stops by itself.
+// every kind of operation runs, none fails, and the run stops by itself
+// after exactly --max-ops operations. --duration is only the backstop, long
+// enough for a loaded machine (-race under a parallel test run): which
+// limit stopped the run is in the result, not in a wall-clock bound.
 func TestBenchLoadCLI(t *testing.T) {
 	addr := startTestServer(t)
-	start := time.Now()
 	code, out, errOut := runBenchCLI(t, "load", "--server", addr, "--clients", "3",
-		"--duration", "20s", "--max-ops", "120", "--layer-size", "256K", "--seed", "3", "--json")
+		"--duration", "2m", "--max-ops", "120", "--layer-size", "256K", "--seed", "3", "--json")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
-	}
-	if d := time.Since(start); d > 20*time.Second {
-		t.Errorf("took %s: --max-ops 120 did not stop it", d)
 	}
 	var r load.Result
 	if err := json.Unmarshal([]byte(out), &r); err != nil {
