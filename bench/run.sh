@@ -55,9 +55,10 @@ mbps() { awk -v b="$1" -v s="$2" 'BEGIN { if (s == 0) print "-"; else printf "%.
 command -v jq >/dev/null || { [ "$(id -u)" = 0 ] && apt-get install -y -qq jq >/dev/null 2>&1; } || { log "needs jq"; exit 1; }
 
 T0=$(now)
-log "building cairn"
-CAIRN=$WORK/cairn
+log "building cairn and cairn-bench"
+CAIRN=$WORK/cairn BENCH=$WORK/cairn-bench
 go build -o "$CAIRN" ./cmd/cairn
+go build -o "$BENCH" ./cmd/cairn-bench
 
 # --- corpus
 if [ "$SMOKE" = 1 ]; then
@@ -77,7 +78,7 @@ t=$(now)
 PLOT=${BENCH_PLOT:-$([ "$SMOKE" = 1 ] && echo "${OUT%.md}.svg" || echo bench/reuse-plot.svg)}
 case $PLOT in /*) ;; *) PLOT=$ROOT/$PLOT ;; esac
 # From the corpus directory, so that the report names the layers by file name.
-(cd "$(dirname "${LAYERS[0]}")" && "$CAIRN" bench reuse --json-out "$WORK/reuse.json" --plot "$PLOT" "${LAYERS[@]##*/}") >"$WORK/reuse.txt" 2>/dev/null
+(cd "$(dirname "${LAYERS[0]}")" && "$BENCH" reuse --json-out "$WORK/reuse.json" --plot "$PLOT" "${LAYERS[@]##*/}") >"$WORK/reuse.txt" 2>/dev/null
 REUSE_S=$(elapsed "$t")
 REG=$(jq '.total.registry_bytes' "$WORK/reuse.json")
 RAW=$(jq '.total.raw_bytes' "$WORK/reuse.json")
@@ -147,8 +148,8 @@ log "fs: stored $(mib "$FS_STORED") (index $(mib "$FS_INDEX")), push ${FS_PUSH_S
 
 # --- load, on the same server
 log "load: 4 clients for $LOAD_DURATION"
-"$CAIRN" bench load --server "$SRV_ADDR" --clients 4 --duration "$LOAD_DURATION" --layer-size 1M --seed 1 >"$WORK/load.txt"
-"$CAIRN" bench load --server "$SRV_ADDR" --clients 4 --duration "$LOAD_DURATION" --mix 1,0,0 --chain 20 --seed 2 >"$WORK/load-chain.txt"
+"$BENCH" load --server "$SRV_ADDR" --clients 4 --duration "$LOAD_DURATION" --layer-size 1M --seed 1 >"$WORK/load.txt"
+"$BENCH" load --server "$SRV_ADDR" --clients 4 --duration "$LOAD_DURATION" --mix 1,0,0 --chain 20 --seed 2 >"$WORK/load-chain.txt"
 stop_server
 
 # --- MinIO: raw PUT/GET, then cairn on the s3 backend
@@ -167,7 +168,7 @@ if [ "$MINIO" = 1 ]; then
   for round in $(seq 1 "$REPS"); do
     BUCKET=bench-$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')
     log "MinIO round $round/$REPS: raw PUT and GET, then cairn push and pull"
-    "$CAIRN" bench s3 --json --s3-insecure --s3-endpoint "$CAIRN_TEST_S3_ENDPOINT" --s3-bucket "$BUCKET-raw" "${LAYERS[@]}" >"$WORK/s3raw.json"
+    "$BENCH" s3 --json --s3-insecure --s3-endpoint "$CAIRN_TEST_S3_ENDPOINT" --s3-bucket "$BUCKET-raw" "${LAYERS[@]}" >"$WORK/s3raw.json"
     RAW_PUTS+=("$(jq '.put_seconds * 100 | round / 100' "$WORK/s3raw.json")")
     RAW_GETS+=("$(jq '.get_seconds * 100 | round / 100' "$WORK/s3raw.json")")
     rm -rf "$WORK/s3"
@@ -175,7 +176,7 @@ if [ "$MINIO" = 1 ]; then
     push_all s3
     S3_PUSHES+=("$PUSH_S") S3_PULLS+=("$PULL_S")
     S3_RSS=$(peak_rss_kib)
-    "$CAIRN" bench s3 --json --du --prefix "" --s3-insecure --s3-endpoint "$CAIRN_TEST_S3_ENDPOINT" --s3-bucket "$BUCKET" >"$WORK/s3du.json"
+    "$BENCH" s3 --json --du --s3-insecure --s3-endpoint "$CAIRN_TEST_S3_ENDPOINT" --s3-bucket "$BUCKET" >"$WORK/s3du.json"
     S3_STORED=$(jq '.bytes' "$WORK/s3du.json")
     S3_OBJECTS=$(jq '.objects' "$WORK/s3du.json")
     stop_server
@@ -192,7 +193,7 @@ log "big layer: $BIG through a fresh fs server"
 start_server big "$WORK/big"
 BASE_RSS=$(peak_rss_kib)
 t=$(now)
-BIG_DIGEST=$("$CAIRN" bench gen "$BIG" --seed 4 | "$CAIRN" push --server "$SRV_ADDR" --no-progress --json - | jq -r '.digest')
+BIG_DIGEST=$("$BENCH" gen "$BIG" --seed 4 | "$CAIRN" push --server "$SRV_ADDR" --no-progress --json - | jq -r '.digest')
 BIG_PUSH_S=$(elapsed "$t")
 t=$(now)
 "$CAIRN" pull --server "$SRV_ADDR" --no-progress "$BIG_DIGEST" -o - >/dev/null
@@ -227,15 +228,15 @@ TOTAL_S=$(elapsed "$T0")
   echo
   echo '```sh'
   echo "$CORPUS_CMD"
-  echo "cairn bench reuse --json-out reuse.json --plot $(basename "$PLOT") LAYERS...   # the layers in the order below"
+  echo "cairn-bench reuse --json-out reuse.json --plot $(basename "$PLOT") LAYERS...   # the layers in the order below"
   echo "cairn serve --listen ADDR --data DIR [--s3-endpoint E --s3-bucket B]"
   echo "for f in LAYERS; do cairn push --server ADDR --json \$f; done; cairn stat --json; find DIR/blobs -type f   # sizes added up"
   echo "for d in DIGESTS; do cairn pull --server ADDR \$d -o - >/dev/null; done"
-  echo "cairn bench s3 --s3-endpoint E --s3-insecure --s3-bucket B LAYERS...   # raw MinIO PUT, then GET"
-  echo "cairn bench s3 --s3-endpoint E --s3-insecure --s3-bucket B --du --prefix ''   # what cairn stored in its bucket"
-  echo "cairn bench gen $BIG | cairn push -; cairn pull DIGEST -o - >/dev/null   # VmHWM of the server"
-  echo "cairn bench load --server ADDR --clients 4 --duration $LOAD_DURATION --layer-size 1M"
-  echo "cairn bench load --server ADDR --clients 4 --duration $LOAD_DURATION --mix 1,0,0 --chain 20   # 20-step LookupChain calls"
+  echo "cairn-bench s3 --s3-endpoint E --s3-insecure --s3-bucket B LAYERS...   # raw MinIO PUT, then GET"
+  echo "cairn-bench s3 --s3-endpoint E --s3-insecure --s3-bucket B --du   # what cairn stored in its bucket"
+  echo "cairn-bench gen $BIG | cairn push -; cairn pull DIGEST -o - >/dev/null   # VmHWM of the server"
+  echo "cairn-bench load --server ADDR --clients 4 --duration $LOAD_DURATION --layer-size 1M"
+  echo "cairn-bench load --server ADDR --clients 4 --duration $LOAD_DURATION --mix 1,0,0 --chain 20   # 20-step LookupChain calls"
   echo '```'
   echo
   echo "## Corpus (ingest order)"
@@ -254,7 +255,7 @@ TOTAL_S=$(elapsed "$T0")
   echo "| --- | ---: | ---: |"
   echo "| raw (uncompressed layers) | $(mib "$RAW") | $(div "$RAW" "$REG") |"
   echo "| registry (each distinct blob once, plain layers as their gzip) | $(mib "$REG") | 1.00 |"
-  echo "| cairn, predicted by \`bench reuse\` (256 KiB chunks, zstd) | $(mib "$PRED") | $(div "$PRED" "$REG") |"
+  echo "| cairn, predicted by \`cairn-bench reuse\` (256 KiB chunks, zstd) | $(mib "$PRED") | $(div "$PRED" "$REG") |"
   echo "| cairn serve, distinct chunks uncompressed (\`cairn stat\` unique bytes) | $(mib "$FS_UNIQUE") | $(div "$FS_UNIQUE" "$REG") |"
   echo "| **cairn serve, fs backend** (bytes of the blob objects) | **$(mib "$FS_STORED")** | **$(div "$FS_STORED" "$REG")** |"
   if [ "$MINIO_DONE" = 1 ]; then
@@ -267,7 +268,7 @@ TOTAL_S=$(elapsed "$T0")
   echo
   echo "Plot: [$(basename "$PLOT")]($(basename "$PLOT")) (cumulative stored bytes, registry versus cairn)."
   echo
-  echo "### Reuse analysis (\`cairn bench reuse\`, ${REUSE_S} s)"
+  echo "### Reuse analysis (\`cairn-bench reuse\`, ${REUSE_S} s)"
   echo
   echo '```'
   cat "$WORK/reuse.txt"
@@ -292,7 +293,7 @@ TOTAL_S=$(elapsed "$T0")
     echo "MinIO skipped (BENCH_MINIO=0)."
   fi
   echo
-  echo "## One big layer: $BIG of pseudo-random bytes (\`cairn bench gen\`)"
+  echo "## One big layer: $BIG of pseudo-random bytes (\`cairn-bench gen\`)"
   echo
   echo "| push s | push MB/s | pull s | pull MB/s | server peak RSS (VmHWM) | at start |"
   echo "| ---: | ---: | ---: | ---: | ---: | ---: |"
@@ -300,7 +301,7 @@ TOTAL_S=$(elapsed "$T0")
   echo
   echo "Goal: under 256 MiB: $([ "$BIG_RSS" -lt $((256 * 1024)) ] && echo met || echo '**missed**')."
   echo
-  echo "## Load (\`cairn bench load\`, fs backend, after the corpus)"
+  echo "## Load (\`cairn-bench load\`, fs backend, after the corpus)"
   echo
   echo '```'
   cat "$WORK/load.txt"

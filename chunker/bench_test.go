@@ -3,11 +3,14 @@ package chunker
 import (
 	"archive/tar"
 	"bytes"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,13 +20,18 @@ import (
 	restic "github.com/restic/chunker"
 )
 
-// goSrcTar is a tar of $GOROOT/src, built in memory once: real files with
-// tar headers and zero padding, the kind of input cairn ingests.
+// goSrcTar is a tar of the Go tree's sources (`go env GOROOT`/src), built in
+// memory once: real files with tar headers and zero padding, the kind of
+// input cairn ingests.
 var goSrcTar = sync.OnceValues(func() ([]byte, error) {
+	out, err := exec.Command("go", "env", "GOROOT").Output()
+	if err != nil {
+		return nil, fmt.Errorf("go env GOROOT: %w", err)
+	}
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	root := filepath.Join(runtime.GOROOT(), "src")
-	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+	root := filepath.Join(strings.TrimSpace(string(out)), "src")
+	err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}

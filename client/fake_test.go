@@ -41,6 +41,10 @@ type fakeServer struct {
 	getChunks  int   // chunks sent by GetChunks
 	findCalls  int
 	maxFindReq int // most digests in one FindMissingChunks
+	statsCalls int
+	statsErr   error // GetStats fails with it if set
+	// listCalls and recipeCalls count ListLayers and GetLayerChunks.
+	listCalls, recipeCalls int
 }
 
 func newFakeServer() *fakeServer {
@@ -167,6 +171,7 @@ func (f *fakeServer) StatLayer(_ context.Context, req *cairnv1.StatLayerRequest)
 func (f *fakeServer) ListLayers(_ context.Context, req *cairnv1.ListLayersRequest) (*cairnv1.ListLayersResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.listCalls++
 	resp := &cairnv1.ListLayersResponse{}
 	for d := range f.layers {
 		l, _ := f.layer(d)
@@ -216,11 +221,35 @@ func (f *fakeServer) PullLayer(req *cairnv1.PullLayerRequest, s cairnv1.LayerSer
 func (f *fakeServer) GetLayerChunks(_ context.Context, req *cairnv1.GetLayerChunksRequest) (*cairnv1.GetLayerChunksResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.recipeCalls++
 	l, err := f.layer(req.GetDigest())
 	if err != nil {
 		return nil, err
 	}
 	return &cairnv1.GetLayerChunksResponse{Layer: l, Chunks: f.layers[req.GetDigest()]}, nil
+}
+
+// GetStats adds up the fake's contents; a chunk's stored size is half its
+// size, as if it compressed 2:1.
+func (f *fakeServer) GetStats(context.Context, *cairnv1.GetStatsRequest) (*cairnv1.GetStatsResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.statsCalls++
+	if f.statsErr != nil {
+		return nil, f.statsErr
+	}
+	resp := &cairnv1.GetStatsResponse{
+		LayerCount: int64(len(f.layers)),
+		ChunkCount: int64(len(f.chunks)),
+		StepCount:  int64(len(f.steps)),
+	}
+	for d := range f.layers {
+		resp.LogicalSizeBytes += f.sizes[d]
+	}
+	for _, data := range f.chunks {
+		resp.StoredSizeBytes += int64(len(data)) / 2
+	}
+	return resp, nil
 }
 
 func (f *fakeServer) GetChunks(req *cairnv1.GetChunksRequest, s cairnv1.LayerService_GetChunksServer) error {

@@ -2,81 +2,44 @@ package client
 
 import (
 	"context"
-	"errors"
-	"sync"
-
-	"golang.org/x/sync/errgroup"
 
 	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
 )
 
-// Stats summarizes the layers on a server.
+// Stats are a server's totals at one moment.
 type Stats struct {
-	Layers       int64 `json:"layers"`
-	LogicalBytes int64 `json:"logical_bytes"` // sum of the layers' sizes
-	Chunks       int64 `json:"chunks"`        // distinct chunks the layers use
-	UniqueBytes  int64 `json:"unique_bytes"`  // uncompressed bytes of those chunks
-	// DedupRatio is LogicalBytes / UniqueBytes: what chunk-level
-	// deduplication saves before compression (0 with no data).
+	Layers int64 `json:"layers"`
+	// Chunks counts the distinct chunks stored, including uploaded chunks
+	// no committed layer names (yet).
+	Chunks int64 `json:"chunks"`
+	Steps  int64 `json:"steps"` // step records in the build cache
+	// LogicalBytes is the sum of the layers' sizes, as pushed.
+	LogicalBytes int64 `json:"logical_bytes"`
+	// StoredBytes is what the chunks take in the server's blob store:
+	// compressed, each distinct chunk once.
+	StoredBytes int64 `json:"stored_bytes"`
+	// DedupRatio is LogicalBytes / StoredBytes: what deduplication and
+	// compression save together (0 with nothing stored).
 	DedupRatio float64 `json:"dedup_ratio"`
 }
 
-// statsConcurrency bounds the recipe requests Stats has in flight.
-const statsConcurrency = 8
-
-// Stats walks the server's layers and their recipes and adds them up. The
-// API has no single call for this, so it costs one ListLayers call per 1000
-// layers and one GetLayerChunks call per layer: meant for people, not for
-// a hot path. Layers deleted during the walk are skipped.
+// Stats returns the server's totals, in one call. The server walks its
+// index to count them, so the call takes a while on a large server: meant
+// for people and for a check now and then, not for a hot path.
 func (c *Client) Stats(ctx context.Context) (Stats, error) {
-	var (
-		st     Stats
-		mu     sync.Mutex
-		chunks = make(map[string]struct{})
-	)
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(statsConcurrency)
-	token := ""
-	for {
-		page, next, err := c.List(gctx, token, 1000)
-		if err != nil {
-			_ = g.Wait()
-			return Stats{}, err
-		}
-		for _, l := range page {
-			g.Go(func() error {
-				resp, err := c.layers.GetLayerChunks(gctx, &cairnv1.GetLayerChunksRequest{Digest: l.Digest.String()})
-				if err != nil {
-					err = wrapErr("stats: "+l.Digest.String(), err)
-					if errors.Is(err, ErrNotFound) {
-						return nil // deleted meanwhile
-					}
-					return err
-				}
-				mu.Lock()
-				defer mu.Unlock()
-				st.Layers++
-				st.LogicalBytes += resp.GetLayer().GetSizeBytes()
-				for _, ch := range resp.GetChunks() {
-					if _, ok := chunks[ch.GetDigest()]; !ok {
-						chunks[ch.GetDigest()] = struct{}{}
-						st.Chunks++
-						st.UniqueBytes += ch.GetSizeBytes()
-					}
-				}
-				return nil
-			})
-		}
-		if next == "" {
-			break
-		}
-		token = next
+	resp, err := c.layers.GetStats(ctx, &cairnv1.GetStatsRequest{})
+	if err != nil {
+		return Stats{}, wrapErr("stats", err)
 	}
-	if err := g.Wait(); err != nil {
-		return Stats{}, err
+	st := Stats{
+		Layers:       resp.GetLayerCount(),
+		Chunks:       resp.GetChunkCount(),
+		Steps:        resp.GetStepCount(),
+		LogicalBytes: resp.GetLogicalSizeBytes(),
+		StoredBytes:  resp.GetStoredSizeBytes(),
 	}
-	if st.UniqueBytes > 0 {
-		st.DedupRatio = float64(st.LogicalBytes) / float64(st.UniqueBytes)
+	if st.StoredBytes > 0 {
+		st.DedupRatio = float64(st.LogicalBytes) / float64(st.StoredBytes)
 	}
 	return st, nil
 }

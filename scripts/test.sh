@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs cairn's whole test suite: formatting, vet, buf lint, the race detector
+# Runs cairn's whole test suite: formatting, vet, staticcheck, buf lint (the
+# dependency rules are a test: internal/layering), the race detector
 # over the quick tests, then every Go test at full size (S3 tests against a
 # real MinIO this script starts and stops). Extra arguments go to both
 # `go test` runs (for example -run).
@@ -8,11 +9,14 @@ cd "$(dirname "$0")/.."
 . scripts/tools.sh
 
 install_buf
+install_staticcheck
 echo "== gofmt"
 bad=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$bad" ]; then echo "gofmt wants to change: $bad"; exit 1; fi
 echo "== go vet"
 go vet ./...
+echo "== staticcheck"
+staticcheck ./...
 echo "== buf lint"
 buf lint
 

@@ -3,6 +3,8 @@
 # Pinned because the module proxy's @latest may be old or refused here.
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 BUF_VERSION=v1.75.0
+# staticcheck 2026.2.2: the v0.8 line is the one made for go1.26 (v0.7: go1.25).
+STATICCHECK_VERSION=v0.8.2
 
 CAIRN_TOOLS=${CAIRN_TOOLS:-$(go env GOPATH)/bin}
 export PATH="$CAIRN_TOOLS:$PATH"
@@ -21,6 +23,7 @@ install_tool() {
 
 install_minio() { install_tool minio "github.com/minio/minio@$MINIO_VERSION"; }
 install_buf() { install_tool buf "github.com/bufbuild/buf/cmd/buf@$BUF_VERSION"; }
+install_staticcheck() { install_tool staticcheck "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"; }
 
 # free_port [N] prints N (default 1) distinct TCP ports on 127.0.0.1 that
 # nothing listens on now, one per line. The sockets are held together while

@@ -9,15 +9,16 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/cairnbuild/cairn/cache"
-	"github.com/cairnbuild/cairn/stepkey"
 	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
+	"github.com/cairnbuild/cairn/stepkey"
 )
 
-// cacheService implements cairnv1.CacheService over a cache.Cache.
+// cacheService implements cairnv1.CacheService over a StepCache. It counts
+// nothing itself: New decorates the StepCache with the hit and miss
+// counters (metrics.Steps).
 type cacheService struct {
 	cairnv1.UnimplementedCacheServiceServer
-	cache *cache.Cache
-	m     *rpcMetrics
+	steps StepCache
 }
 
 // LookupStep implements cairnv1.CacheServiceServer.
@@ -30,19 +31,17 @@ func (s *cacheService) LookupStep(ctx context.Context, req *cairnv1.LookupStepRe
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	rec, err := s.cache.LookupStep(ctx, parent, step)
+	rec, err := s.steps.LookupStep(ctx, parent, step)
 	if errors.Is(err, cache.ErrNotFound) {
 		key, kerr := stepkey.Key(parent, step)
 		if kerr != nil {
 			return nil, toStatus(kerr)
 		}
-		s.m.lookups(0, 1)
 		return &cairnv1.LookupStepResponse{Hit: false, Key: key.String()}, nil
 	}
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	s.m.lookups(1, 0)
 	return &cairnv1.LookupStepResponse{Hit: true, Record: recordToProto(rec), Key: rec.Key.String()}, nil
 }
 
@@ -65,15 +64,10 @@ func (s *cacheService) LookupChain(ctx context.Context, req *cairnv1.LookupChain
 	if len(steps) == 0 {
 		return resp, nil
 	}
-	recs, err := s.cache.LookupChain(ctx, base, steps)
+	recs, err := s.steps.LookupChain(ctx, base, steps)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	misses := 0
-	if len(recs) < len(steps) {
-		misses = 1 // the walk stops at the first miss
-	}
-	s.m.lookups(len(recs), misses)
 	resp.Hits = make([]*cairnv1.StepRecord, len(recs))
 	for i, r := range recs {
 		resp.Hits[i] = recordToProto(r)
@@ -103,7 +97,7 @@ func (s *cacheService) RecordStep(ctx context.Context, req *cairnv1.RecordStepRe
 	if n := len(req.GetConfig()); n > cache.MaxConfigSize {
 		return nil, toStatus(fieldErr("config", fmt.Errorf("%w: %d bytes, at most %d", errInvalidArgument, n, cache.MaxConfigSize)))
 	}
-	rec, err := s.cache.RecordStep(ctx, parent, step, layer, req.GetConfig())
+	rec, err := s.steps.RecordStep(ctx, parent, step, layer, req.GetConfig())
 	if err != nil {
 		return nil, toStatus(err)
 	}

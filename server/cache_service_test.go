@@ -8,8 +8,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc/codes"
 
-	"github.com/cairnbuild/cairn/stepkey"
 	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
+	"github.com/cairnbuild/cairn/stepkey"
 )
 
 func TestSteps(t *testing.T) {

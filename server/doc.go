@@ -1,13 +1,20 @@
-// Package server is cairn's gRPC adapter: it serves the cache.Cache through
-// the cairn.v1 API (proto/cairn/v1), together with grpc.health.v1 and server
+// Package server is cairn's gRPC adapter: it serves a store through the
+// cairn.v1 API (proto/cairn/v1), together with grpc.health.v1 and server
 // reflection. It only translates: requests are validated at the edge
-// (digests, sizes, list lengths), handed to the cache, and the cache's
+// (digests, sizes, list lengths), handed to the store, and the store's
 // errors leave through one mapping to gRPC codes (toStatus in errors.go).
 //
+// The server declares what it needs of the store in store.go, one small
+// interface per part (LayerStore, ChunkStore, StepCache, StatsSource; Store
+// is all four), and takes no *cache.Cache: the cache implements them, and
+// tests can put fakes or decorators in front of any one part. Step hits and
+// misses are counted by a decorator around the StepCache (metrics.Steps),
+// not by the handlers.
+//
 // One file per service: cache_service.go (step lookups and records) and
-// layer_service.go (layers and chunks). server.go builds the grpc.Server
-// with its limits, keepalive policy and interceptors; metrics.go holds the
-// RPC metrics.
+// layer_service.go (layers, chunks and stats). server.go builds the
+// grpc.Server with its limits, keepalive policy and interceptors;
+// metrics.go holds the RPC metrics.
 //
 // Data travels in bounded messages: pushes are piped from Recv into
 // cache.Push as they arrive (never buffered whole), pulls are cut into

@@ -13,9 +13,9 @@ import (
 
 	"github.com/cairnbuild/cairn/backend"
 	"github.com/cairnbuild/cairn/cache"
-	"github.com/cairnbuild/cairn/stepkey"
 	"github.com/cairnbuild/cairn/chunkid"
 	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
+	"github.com/cairnbuild/cairn/stepkey"
 )
 
 // Errors the server itself raises at the edge, before the cache sees a

@@ -11,8 +11,8 @@ import (
 
 	"github.com/cairnbuild/cairn/backend"
 	"github.com/cairnbuild/cairn/cache"
-	"github.com/cairnbuild/cairn/stepkey"
 	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
+	"github.com/cairnbuild/cairn/stepkey"
 )
 
 func TestToStatus(t *testing.T) {
@@ -32,6 +32,15 @@ func TestToStatus(t *testing.T) {
 		{"out of range", wrap(cache.ErrOutOfRange), codes.OutOfRange, cairnv1.ReasonOutOfRange, ""},
 		{"failed precondition", wrap(cache.ErrFailedPrecondition), codes.FailedPrecondition, cairnv1.ReasonFailedPrecondition, ""},
 		{"data loss", wrap(cache.ErrDataLoss), codes.DataLoss, cairnv1.ReasonDataLoss, ""},
+		// A corrupt index value, as the cache reports one: the decode
+		// error in ErrDataLoss, under the operation.
+		{"corrupt index value", fmt.Errorf("cache: lookup step: %w", fmt.Errorf("%w: step x: %w", cache.ErrDataLoss, errors.New("unexpected end of JSON input"))),
+			codes.DataLoss, cairnv1.ReasonDataLoss, ""},
+		// Data loss is never "retry later", even in an error that also
+		// says unavailable (a layer found corrupt while the index was
+		// failing).
+		{"data loss wins over unavailable", fmt.Errorf("%w: %w", cache.ErrUnavailable, wrap(cache.ErrDataLoss)), codes.DataLoss, cairnv1.ReasonDataLoss, ""},
+		{"data loss wins over a backend unavailable", fmt.Errorf("%w: %w", wrap(cache.ErrDataLoss), backend.ErrUnavailable), codes.DataLoss, cairnv1.ReasonDataLoss, ""},
 		{"cache unavailable", wrap(cache.ErrUnavailable), codes.Unavailable, cairnv1.ReasonUnavailable, ""},
 		{"closed cache is unavailable", wrap(cache.ErrClosed), codes.Unavailable, cairnv1.ReasonUnavailable, ""},
 		{"backend unavailable unwrapped by the cache", wrap(backend.ErrUnavailable), codes.Unavailable, cairnv1.ReasonUnavailable, ""},

@@ -38,6 +38,13 @@ type env struct {
 
 func newEnv(t *testing.T, opts Options) *env {
 	t.Helper()
+	return newEnvWith(t, opts, nil)
+}
+
+// newEnvWith is newEnv with the server's Store made by wrap from the cache
+// (nil: the cache itself), to put a fake or a decorator in front of it.
+func newEnvWith(t *testing.T, opts Options, wrap func(*cache.Cache) Store) *env {
+	t.Helper()
 	ctx := context.Background()
 	c, err := cache.Open(ctx, cache.Options{Dir: t.TempDir(), Backend: mem.New()})
 	if err != nil {
@@ -47,7 +54,11 @@ func newEnv(t *testing.T, opts Options) *env {
 	if opts.Registerer == nil {
 		opts.Registerer = reg
 	}
-	srv, err := New(c, opts)
+	var st Store = c
+	if wrap != nil {
+		st = wrap(c)
+	}
+	srv, err := New(st, opts)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

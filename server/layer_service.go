@@ -32,16 +32,22 @@ var pullBufs = sync.Pool{New: func() any {
 	return &b
 }}
 
-// layerService implements cairnv1.LayerService over a cache.Cache.
+// layerService implements cairnv1.LayerService over a LayerStore, a
+// ChunkStore and a StatsSource.
 type layerService struct {
 	cairnv1.UnimplementedLayerServiceServer
-	cache *cache.Cache
-	m     *rpcMetrics
-	idle  time.Duration // Options.StreamIdleTimeout
+	layers LayerStore
+	chunks ChunkStore
+	stats  StatsSource
+	m      *rpcMetrics
+	idle   time.Duration // Options.StreamIdleTimeout
 
 	// transfers holds a token per data-carrying call in progress
 	// (Options.MaxTransfers).
 	transfers chan struct{}
+	// walks holds a token per GetStats walking the index: one at a time,
+	// so that a burst of stats calls cannot fill the server with walks.
+	walks chan struct{}
 }
 
 // acquire waits for a transfer slot; the caller calls release when done.
@@ -131,7 +137,7 @@ func (s *layerService) PushLayer(stream cairnv1.LayerService_PushLayerServer) er
 		defer close(pumped)
 		pw.CloseWithError(s.pump(ctx, cancel, stream, pw))
 	}()
-	info, err := s.cache.Push(ctx, pr, cache.PushOptions{Expected: expected, Size: size, MediaType: h.GetMediaType()})
+	info, err := s.layers.Push(ctx, pr, cache.PushOptions{Expected: expected, Size: size, MediaType: h.GetMediaType()})
 	// Unblock a pump stuck in Write if Push stopped reading early.
 	pr.CloseWithError(errors.New("push ended"))
 	if err != nil {
@@ -189,7 +195,7 @@ func (s *layerService) PullLayer(req *cairnv1.PullLayerRequest, stream cairnv1.L
 		return toStatus(err)
 	}
 	defer s.release()
-	rc, info, err := s.cache.Open(ctx, d, req.GetOffset(), length)
+	rc, info, err := s.layers.Open(ctx, d, req.GetOffset(), length)
 	if err != nil {
 		return toStatus(err)
 	}
@@ -227,7 +233,7 @@ func (s *layerService) StatLayer(ctx context.Context, req *cairnv1.StatLayerRequ
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	info, err := s.cache.Stat(ctx, d)
+	info, err := s.layers.Stat(ctx, d)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -239,7 +245,7 @@ func (s *layerService) ListLayers(ctx context.Context, req *cairnv1.ListLayersRe
 	if req.GetPageSize() < 0 {
 		return nil, toStatus(fieldErr("page_size", fmt.Errorf("%w: negative page size %d", errInvalidArgument, req.GetPageSize())))
 	}
-	infos, next, err := s.cache.List(ctx, req.GetPageToken(), int(req.GetPageSize()))
+	infos, next, err := s.layers.List(ctx, req.GetPageToken(), int(req.GetPageSize()))
 	if err != nil {
 		var fe *fieldError
 		if errors.Is(err, cache.ErrInvalidArgument) && !errors.As(err, &fe) {
@@ -260,7 +266,7 @@ func (s *layerService) DeleteLayer(ctx context.Context, req *cairnv1.DeleteLayer
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	if err := s.cache.Delete(ctx, d); err != nil {
+	if err := s.layers.Delete(ctx, d); err != nil {
 		return nil, toStatus(err)
 	}
 	return &cairnv1.DeleteLayerResponse{}, nil
@@ -272,7 +278,7 @@ func (s *layerService) FindMissingChunks(ctx context.Context, req *cairnv1.FindM
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	missing, err := s.cache.MissingChunks(ctx, ids)
+	missing, err := s.chunks.MissingChunks(ctx, ids)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -298,7 +304,7 @@ func (s *layerService) PutChunks(stream cairnv1.LayerService_PutChunksServer) er
 	g.SetLimit(putChunksParallel)
 	// The stream's chunks go to packs together; not under ctx, which fail
 	// cancels, so that the chunks accepted before a failure are stored.
-	up := s.cache.NewChunkUpload(stream.Context())
+	up := s.chunks.NewChunkUpload(stream.Context())
 	var count, received int64
 	fail := func(err error) error {
 		cancel(nil)
@@ -370,7 +376,7 @@ func (s *layerService) CommitLayer(ctx context.Context, req *cairnv1.CommitLayer
 		return nil, toStatus(err)
 	}
 	defer s.release()
-	info, err := s.cache.Commit(ctx, d, req.GetMediaType(), refs)
+	info, err := s.chunks.Commit(ctx, d, req.GetMediaType(), refs)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -383,11 +389,11 @@ func (s *layerService) GetLayerChunks(ctx context.Context, req *cairnv1.GetLayer
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	info, err := s.cache.Stat(ctx, d)
+	info, err := s.layers.Stat(ctx, d)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	refs, err := s.cache.Chunks(ctx, d)
+	refs, err := s.chunks.Chunks(ctx, d)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -422,7 +428,7 @@ func (s *layerService) GetChunks(req *cairnv1.GetChunksRequest, stream cairnv1.L
 		ch := make(chan result, 1) // buffered: a read never waits for a sender that gave up
 		results[i] = ch
 		go func(id digest.Digest) {
-			data, err := s.cache.ReadChunk(ctx, id)
+			data, err := s.chunks.ReadChunk(ctx, id)
 			ch <- result{data, err}
 		}(ids[i])
 	}
@@ -446,6 +452,30 @@ func (s *layerService) GetChunks(req *cairnv1.GetChunksRequest, stream cairnv1.L
 		s.m.addSent(len(r.data))
 	}
 	return nil
+}
+
+// GetStats implements cairnv1.LayerServiceServer. The walks run one at a
+// time; a call waits for the one in progress (within its deadline) and
+// then walks itself, so that its answer includes every change made before
+// it was asked.
+func (s *layerService) GetStats(ctx context.Context, _ *cairnv1.GetStatsRequest) (*cairnv1.GetStatsResponse, error) {
+	select {
+	case s.walks <- struct{}{}:
+	case <-ctx.Done():
+		return nil, toStatus(ctx.Err())
+	}
+	defer func() { <-s.walks }()
+	st, err := s.stats.Stats(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &cairnv1.GetStatsResponse{
+		LayerCount:       st.Layers,
+		ChunkCount:       st.Chunks,
+		StepCount:        st.Steps,
+		LogicalSizeBytes: st.LogicalBytes,
+		StoredSizeBytes:  st.StoredBytes,
+	}, nil
 }
 
 // layerToProto converts a cache.LayerInfo.

@@ -12,12 +12,11 @@ import (
 // rpcMetrics are the server's Prometheus metrics. A nil *rpcMetrics records
 // nothing, so the handlers need no checks.
 type rpcMetrics struct {
-	requests    *prometheus.CounterVec
-	duration    *prometheus.HistogramVec
-	stepLookups *prometheus.CounterVec
-	received    prometheus.Counter
-	sent        prometheus.Counter
-	transfers   prometheus.Gauge
+	requests  *prometheus.CounterVec
+	duration  *prometheus.HistogramVec
+	received  prometheus.Counter
+	sent      prometheus.Counter
+	transfers prometheus.Gauge
 }
 
 // newRPCMetrics registers the server's metrics with reg:
@@ -26,12 +25,14 @@ type rpcMetrics struct {
 //     name and gRPC code.
 //   - cairn_rpc_duration_seconds{method}: RPC latency (streams: the whole
 //     stream).
-//   - cairn_step_lookups_total{result}: steps looked up, result "hit" or
-//     "miss" (LookupChain counts each hit and the miss that ends the walk).
 //   - cairn_bytes_received_total, cairn_bytes_sent_total: layer and chunk
 //     data bytes received and sent (payload, not protobuf framing).
 //   - cairn_transfers_in_flight: data-carrying calls holding a transfer
 //     slot (Options.MaxTransfers); at the limit, more calls wait.
+//
+// Step hits and misses are not counted here but by the metrics.Steps
+// decorator around the StepCache (cairn_step_lookups_total), so that every
+// front counts them alike.
 func newRPCMetrics(reg prometheus.Registerer) (*rpcMetrics, error) {
 	if reg == nil {
 		return nil, nil
@@ -47,10 +48,6 @@ func newRPCMetrics(reg prometheus.Registerer) (*rpcMetrics, error) {
 			// 0.25 ms (a lookup) to ~17 min (a large push over a slow link).
 			Buckets: prometheus.ExponentialBuckets(0.00025, 4, 12),
 		}, []string{"method"}),
-		stepLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "cairn_step_lookups_total",
-			Help: "Steps looked up, by result (hit or miss).",
-		}, []string{"result"}),
 		received: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "cairn_bytes_received_total",
 			Help: "Layer and chunk data bytes received from clients.",
@@ -64,14 +61,11 @@ func newRPCMetrics(reg prometheus.Registerer) (*rpcMetrics, error) {
 			Help: "Data-carrying calls (push, pull, chunk upload and download, commit) in progress.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.stepLookups, m.received, m.sent, m.transfers} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.received, m.sent, m.transfers} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
-	// Both results exist from the start, so that rate() sees a zero.
-	m.stepLookups.WithLabelValues("hit")
-	m.stepLookups.WithLabelValues("miss")
 	return m, nil
 }
 
@@ -81,18 +75,6 @@ func (m *rpcMetrics) observe(method string, start time.Time, err error) {
 	}
 	m.requests.WithLabelValues(method, status.Code(err).String()).Inc()
 	m.duration.WithLabelValues(method).Observe(time.Since(start).Seconds())
-}
-
-func (m *rpcMetrics) lookups(hits, misses int) {
-	if m == nil {
-		return
-	}
-	if hits > 0 {
-		m.stepLookups.WithLabelValues("hit").Add(float64(hits))
-	}
-	if misses > 0 {
-		m.stepLookups.WithLabelValues("miss").Add(float64(misses))
-	}
 }
 
 func (m *rpcMetrics) addReceived(n int) {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/cairnbuild/cairn/cache"
+	"github.com/cairnbuild/cairn/metrics"
 	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
 )
 
@@ -74,29 +76,32 @@ type Options struct {
 	// MaxRecvMsgSize and the cache's Concurrency it bounds the server's
 	// memory.
 	MaxTransfers int
-	// Registerer receives the RPC metrics (see metrics.go); nil disables
-	// them.
+	// Registerer receives the RPC metrics (see metrics.go) and the step
+	// hit and miss counts (New decorates the Store's StepCache with
+	// metrics.Steps); nil disables them.
 	Registerer prometheus.Registerer
 	// Logger receives failed calls that point at the server (Internal,
-	// DataLoss, Unavailable) and recovered panics; nil discards.
+	// DataLoss, Unavailable: Error and Warn), calls the client cancelled
+	// (Info, "client cancelled") and recovered panics; nil discards.
 	Logger *slog.Logger
 }
 
-// Server serves one cache.Cache over gRPC. Make it with New, run it with
-// Serve and end it with Shutdown. It does not own the cache: close the cache
-// after Shutdown returns.
+// Server serves one Store (a *cache.Cache) over gRPC. Make it with New, run
+// it with Serve and end it with Shutdown. It does not own the store: close
+// it after Shutdown returns.
 type Server struct {
 	grpc   *grpc.Server
 	health *health.Server
 	log    *slog.Logger
+	calls  *callLogger
 }
 
-// New returns a Server for c: the cairn.v1 CacheService and LayerService,
+// New returns a Server for st: the cairn.v1 CacheService and LayerService,
 // grpc.health.v1 (serving until Shutdown) and server reflection, with the
 // limits and interceptors opts ask for.
-func New(c *cache.Cache, opts Options) (*Server, error) {
-	if c == nil {
-		return nil, errors.New("server: no cache")
+func New(st Store, opts Options) (*Server, error) {
+	if st == nil {
+		return nil, errors.New("server: no store")
 	}
 	if opts.MaxRecvMsgSize == 0 {
 		opts.MaxRecvMsgSize = DefaultMaxRecvMsgSize
@@ -125,6 +130,14 @@ func New(c *cache.Cache, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: metrics: %w", err)
 	}
+	var steps StepCache = st
+	if opts.Registerer != nil {
+		sm, err := metrics.NewSteps(opts.Registerer)
+		if err != nil {
+			return nil, fmt.Errorf("server: metrics: %w", err)
+		}
+		steps = sm.Wrap(st)
+	}
 
 	unary := []grpc.UnaryServerInterceptor{}
 	stream := []grpc.StreamServerInterceptor{}
@@ -150,16 +163,16 @@ func New(c *cache.Cache, opts Options) (*Server, error) {
 		// return, so the cache is not closed under a push cleaning up.
 		grpc.WaitForHandlers(true),
 	)
-	cairnv1.RegisterCacheServiceServer(gs, &cacheService{cache: c, m: m})
-	cairnv1.RegisterLayerServiceServer(gs, &layerService{cache: c, m: m, idle: opts.StreamIdleTimeout,
-		transfers: make(chan struct{}, opts.MaxTransfers)})
+	cairnv1.RegisterCacheServiceServer(gs, &cacheService{steps: steps})
+	cairnv1.RegisterLayerServiceServer(gs, &layerService{layers: st, chunks: st, stats: st, m: m,
+		idle: opts.StreamIdleTimeout, transfers: make(chan struct{}, opts.MaxTransfers), walks: make(chan struct{}, 1)})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	for _, name := range []string{"", cairnv1.CacheService_ServiceDesc.ServiceName, cairnv1.LayerService_ServiceDesc.ServiceName} {
 		hs.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
 	}
 	reflection.Register(gs)
-	return &Server{grpc: gs, health: hs, log: log}, nil
+	return &Server{grpc: gs, health: hs, log: log, calls: l}, nil
 }
 
 // Serve accepts connections on lis until Shutdown; it returns nil after a
@@ -188,6 +201,7 @@ func (s *Server) Shutdown(ctx context.Context) {
 	case <-done:
 	case <-ctx.Done():
 		s.log.Warn("grace period over, cancelling the calls still in flight")
+		s.calls.stopping.Store(true)
 		s.grpc.Stop()
 		<-done
 	}
@@ -207,15 +221,21 @@ func timeoutInterceptor(d time.Duration) grpc.UnaryServerInterceptor {
 }
 
 // callLogger turns a handler's panic into an Internal error and logs the
-// calls that failed with a code pointing at the server.
-type callLogger struct{ log *slog.Logger }
+// calls that failed with a code pointing at the server, and those the
+// client cancelled.
+type callLogger struct {
+	log *slog.Logger
+	// stopping is set when Shutdown cancels the calls still in flight:
+	// they are cancelled by the server, not by their clients.
+	stopping atomic.Bool
+}
 
 func (l *callLogger) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = l.panicked(info.FullMethod, p)
 		}
-		l.done(info.FullMethod, err)
+		l.done(ctx, info.FullMethod, err)
 	}()
 	return handler(ctx, req)
 }
@@ -225,7 +245,7 @@ func (l *callLogger) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 		if p := recover(); p != nil {
 			err = l.panicked(info.FullMethod, p)
 		}
-		l.done(info.FullMethod, err)
+		l.done(ss.Context(), info.FullMethod, err)
 	}()
 	return handler(srv, ss)
 }
@@ -235,8 +255,25 @@ func (l *callLogger) panicked(method string, p any) error {
 	return status.Error(codes.Internal, "internal error")
 }
 
-func (l *callLogger) done(method string, err error) {
-	switch code := status.Code(err); code {
+// done logs a finished call. ctx is the call's own context: gRPC cancels it
+// when the client cancels the call or goes away, or when Shutdown's grace
+// period ends. A call that failed then is logged as cancelled, at Info,
+// whatever its error says: a push cut off mid-stream fails in the store
+// with whatever broke first (a pipe, a truncated stream), a pull's next
+// Send with a closing transport (Unavailable), and neither is a server
+// failure. Only DataLoss is still an error then: stored data that failed
+// verification is worth a look whoever left.
+func (l *callLogger) done(ctx context.Context, method string, err error) {
+	code := status.Code(err)
+	if err != nil && code != codes.DataLoss && errors.Is(ctx.Err(), context.Canceled) {
+		msg := "client cancelled"
+		if l.stopping.Load() {
+			msg = "cancelled by shutdown"
+		}
+		l.log.Info(msg, "method", method, "code", code.String(), "err", err)
+		return
+	}
+	switch code {
 	case codes.Internal, codes.DataLoss, codes.Unknown:
 		l.log.Error("call failed", "method", method, "code", code.String(), "err", err)
 	case codes.Unavailable:

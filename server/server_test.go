@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -101,7 +102,8 @@ func TestUnaryTimeoutInterceptor(t *testing.T) {
 // TestShutdown checks SIGTERM's path: a push that finishes within the grace
 // period commits; one still open when it ends fails and commits nothing.
 func TestShutdown(t *testing.T) {
-	e := newEnv(t, Options{})
+	logs := newLogRecorder()
+	e := newEnv(t, Options{Logger: slog.New(logs)})
 	ctx := context.Background()
 	done := randomData(1, 2<<20)
 	stalled := randomData(2, 2<<20)
@@ -163,6 +165,11 @@ func TestShutdown(t *testing.T) {
 	if _, err := e.cache.Stat(ctx, digest.FromBytes(done)); err != nil {
 		t.Fatalf("stat of the finished push: %v", err)
 	}
+	// The cut-off push is logged as the server's doing, and as no failure.
+	if rec := logs.wait(t, "/cairn.v1.LayerService/PushLayer"); rec.level != slog.LevelInfo || rec.msg != "cancelled by shutdown" {
+		t.Errorf("the cut-off push was logged %v %q (code %s), want Info \"cancelled by shutdown\"", rec.level, rec.msg, rec.code)
+	}
+	logs.noneAbove(t, slog.LevelError)
 }
 
 func TestMetrics(t *testing.T) {

@@ -173,6 +173,8 @@ func TestClientCommandErrors(t *testing.T) {
 		{"lookup without a step", env, []string{"lookup"}, "--instruction"},
 		{"chain and instruction", env, []string{"lookup", "--chain", "-", "--instruction", "RUN x"}, "drop --instruction"},
 		{"bad timeout twin", map[string]string{"CAIRN_SERVER": addr, "CAIRN_TIMEOUT": "soon"}, []string{"ls"}, "CAIRN_TIMEOUT"},
+		{"timeout twin applies", map[string]string{"CAIRN_SERVER": addr, "CAIRN_TIMEOUT": "1ns"}, []string{"ls"}, "deadline exceeded"},
+		{"bad no-progress twin", map[string]string{"CAIRN_SERVER": addr, "CAIRN_NO_PROGRESS": "maybe"}, []string{"push", "-"}, `CAIRN_NO_PROGRESS="maybe"`},
 		{"server down", map[string]string{"CAIRN_SERVER": "127.0.0.1:1"}, []string{"ls"}, "is `cairn serve` running at 127.0.0.1:1"},
 		{"flag beats twin", env, []string{"ls", "--server", "127.0.0.1:1"}, "127.0.0.1:1"},
 		{"wrong expected digest", env, []string{"push", "-", "--expect", d}, "digest mismatch"},

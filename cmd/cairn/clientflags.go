@@ -7,9 +7,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/opencontainers/go-digest"
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
@@ -19,45 +19,29 @@ import (
 )
 
 // defaultServer is where the client commands look for `cairn serve` when
-// neither --server nor CAIRN_SERVER says otherwise; it is serve's default
-// listen address.
+// neither --server nor its twin CAIRN_SERVER says otherwise; it is serve's
+// default listen address.
 const defaultServer = "127.0.0.1:7070"
 
-// clientFlags are the flags every client subcommand takes. Each has an
-// environment twin that sets its default; the flag wins over the variable.
+// clientFlags are the flags every client subcommand takes.
 type clientFlags struct {
 	a          *app
-	cmd        *cobra.Command
 	server     string
 	timeout    time.Duration
 	json       bool
 	noProgress bool
-	envErr     error // a twin that did not parse, reported when the command runs
 }
 
 // addClientFlags registers --server, --timeout, --json and (when progress
 // is true) --no-progress on cmd.
 func addClientFlags(a *app, cmd *cobra.Command, progress bool) *clientFlags {
-	f := &clientFlags{a: a, cmd: cmd}
+	f := &clientFlags{a: a}
 	fs := cmd.Flags()
-	server := a.getenv("CAIRN_SERVER")
-	if server == "" {
-		server = defaultServer
-	}
-	fs.StringVar(&f.server, "server", server, "address (host:port) of the cairn server [$CAIRN_SERVER]")
-	var timeout time.Duration
-	if v := a.getenv("CAIRN_TIMEOUT"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			f.envErr = fmt.Errorf("CAIRN_TIMEOUT=%q: want a duration like 30s or 5m", v)
-		}
-		timeout = d
-	}
-	fs.DurationVar(&f.timeout, "timeout", timeout, "give up after this long, e.g. 30s (0: no limit) [$CAIRN_TIMEOUT]")
+	fs.StringVar(&f.server, "server", defaultServer, "address (host:port) of the cairn server")
+	fs.DurationVar(&f.timeout, "timeout", 0, "give up after this long, e.g. 30s (0: no limit)")
 	fs.BoolVar(&f.json, "json", false, "print the result as JSON on stdout, for scripts")
 	if progress {
-		noProgress, _ := strconv.ParseBool(a.getenv("CAIRN_NO_PROGRESS"))
-		fs.BoolVar(&f.noProgress, "no-progress", noProgress, "no progress bar, even on a terminal [$CAIRN_NO_PROGRESS]")
+		fs.BoolVar(&f.noProgress, "no-progress", false, "no progress bar, even on a terminal")
 	}
 	return f
 }
@@ -65,9 +49,6 @@ func addClientFlags(a *app, cmd *cobra.Command, progress bool) *clientFlags {
 // connect applies --timeout to ctx and dials --server. The caller calls
 // the returned cleanup when done.
 func (f *clientFlags) connect(ctx context.Context) (context.Context, *client.Client, func(), error) {
-	if f.envErr != nil && !f.cmd.Flags().Changed("timeout") {
-		return nil, nil, nil, f.envErr
-	}
 	cancel := func() {}
 	if f.timeout > 0 {
 		ctx, cancel = context.WithTimeout(ctx, f.timeout)
@@ -169,18 +150,10 @@ func parseOptionalDigest(what, s string) (digest.Digest, error) {
 	return parseDigest(what, s)
 }
 
-// humanBytes formats n in IEC units for people.
+// humanBytes formats a byte count in IEC units for people ("4.0 MiB",
+// "494 KiB"); the counts the client reports are int64.
 func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+	return humanize.IBytes(uint64(max(n, 0)))
 }
 
 // closeQuietly closes c, for readers whose close error cannot matter.

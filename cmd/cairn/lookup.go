@@ -52,7 +52,7 @@ every step hit, 2 otherwise; "next" is the --parent for the first miss.`,
 		Args: cobra.NoArgs,
 	}
 	cf := addClientFlags(a, cmd, false)
-	sf := addStepFlags(a, cmd)
+	sf := addStepFlags(cmd)
 	cmd.Flags().StringVar(&chain, "chain", "", `file with one step per line ("-": stdin)`)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		parent, err := sf.parentDigest()

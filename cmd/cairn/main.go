@@ -1,6 +1,8 @@
 // Command cairn is the build cache: `cairn serve` runs the server and the
 // other subcommands talk to one. Each subcommand lives in a file of its own;
-// this file only wires them and maps errors to exit codes.
+// this file only wires them, gives every flag its environment twin
+// (package envtwin) and maps errors to exit codes. The benchmarks are a
+// command of their own, cairn-bench.
 package main
 
 import (
@@ -13,6 +15,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/cairnbuild/cairn/cmd/internal/envtwin"
 )
 
 // Exit codes that scripts can branch on.
@@ -41,7 +45,7 @@ type app struct {
 }
 
 // newRootCmd builds the command tree. Subcommands are added here, one
-// constructor per file.
+// constructor per file; then every flag gets its environment twin.
 func newRootCmd(a *app) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "cairn",
@@ -63,8 +67,8 @@ func newRootCmd(a *app) *cobra.Command {
 		newStatCmd(a),
 		newLsCmd(a),
 		newRmCmd(a),
-		newBenchCmd(a),
 	)
+	envtwin.Install(root, a.getenv)
 	return root
 }
 

@@ -36,7 +36,7 @@ in DIR are not downloaded again and the ones fetched are kept there.`,
 	fs.StringVarP(&out, "output", "o", "", `where to write the layer: a file, or "-" for stdout (required)`)
 	fs.Int64Var(&offset, "offset", 0, "first byte to read")
 	fs.Int64Var(&limit, "length", 0, "bytes to read (0: to the end)")
-	fs.StringVar(&chunkCache, "chunk-cache", a.getenv("CAIRN_CHUNK_CACHE"), "local directory of chunks to reuse and fill [$CAIRN_CHUNK_CACHE]")
+	fs.StringVar(&chunkCache, "chunk-cache", "", "local directory of chunks to reuse and fill")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		d, err := parseDigest("layer", args[0])
 		if err != nil {

@@ -34,7 +34,7 @@ sent. With --instruction the push also records the step that made the layer
 		Args: cobra.ExactArgs(1),
 	}
 	cf := addClientFlags(a, cmd, true)
-	sf := addStepFlags(a, cmd)
+	sf := addStepFlags(cmd)
 	fs := cmd.Flags()
 	fs.StringVar(&expect, "expect", "", "fail unless the layer has this digest (nothing is committed then)")
 	fs.StringVar(&mediaType, "media-type", "", "media type to store (default: application/vnd.oci.image.layer.v1.tar)")

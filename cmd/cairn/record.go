@@ -28,7 +28,7 @@ step. "cairn push --instruction ..." pushes and records in one go.`,
 		Args: cobra.NoArgs,
 	}
 	cf := addClientFlags(a, cmd, false)
-	sf := addStepFlags(a, cmd)
+	sf := addStepFlags(cmd)
 	fs := cmd.Flags()
 	fs.StringVar(&layer, "layer", "", "digest of the layer the step made (pushed already); empty: no layer")
 	fs.StringVar(&diffID, "diff-id", "", "the layer's uncompressed digest, if the layer is compressed")

@@ -2,19 +2,26 @@ package main
 
 import (
 	"fmt"
-	"log/slog"
 	"time"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
+
+	"github.com/cairnbuild/cairn/cmd/internal/storage"
 )
+
+// reindexConfig is what `cairn reindex` is told: the server's storage
+// flags and --log-level.
+type reindexConfig struct {
+	storage storage.Config
+	log     logFlags
+}
 
 // newReindexCmd is `cairn reindex`: rebuild the index under --data from the
 // blob store alone. The blob store is the source of truth; this is how a
 // server whose disk was lost, or a new server on an existing bucket, gets
 // its layers and steps back.
 func newReindexCmd(a *app) *cobra.Command {
-	var cfg storageConfig
+	var cfg reindexConfig
 	cmd := &cobra.Command{
 		Use:   "reindex",
 		Short: "Rebuild the index from the blob store",
@@ -28,34 +35,41 @@ blob store lacks is not restored, nor are the steps that point at it; hit
 counts and access times are not in the blob store and start from zero.`,
 		Example: `  cairn reindex --data /var/lib/cairn --s3-endpoint s3.example.com --s3-bucket ci-cache`,
 		Args:    cobra.NoArgs,
-		RunE:    withTwins(a, cfg.check, func(cmd *cobra.Command) error { return runReindex(cmd, a, &cfg) }),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := cfg.storage.Check(); err != nil {
+				return err
+			}
+			if err := cfg.log.check(); err != nil {
+				return err
+			}
+			return runReindex(cmd, a, &cfg)
+		},
 	}
-	cfg.addFlags(cmd.Flags())
-	cmd.Flags().VisitAll(func(fl *pflag.Flag) { fl.Usage += " [$" + envTwin(fl.Name) + "]" })
+	cfg.storage.AddFlags(cmd.Flags())
+	cfg.log.addFlags(cmd.Flags())
 	return cmd
 }
 
-func runReindex(cmd *cobra.Command, a *app, cfg *storageConfig) (err error) {
+func runReindex(cmd *cobra.Command, a *app, cfg *reindexConfig) (err error) {
 	ctx := cmd.Context()
-	log := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: cfg.level}))
-	st, err := cfg.open(ctx, log, nil)
+	st, err := cfg.storage.Open(ctx, cfg.log.logger(a.stderr), nil)
 	if err != nil {
 		return fmt.Errorf("%w (is a server using this --data?)", err)
 	}
 	defer func() {
-		if cerr := st.close(); cerr != nil && err == nil {
+		if cerr := st.Close(); cerr != nil && err == nil {
 			err = cerr
 		}
 	}()
 	start := time.Now()
-	if err := st.cache.Reindex(ctx); err != nil {
+	if err := st.Cache.Reindex(ctx); err != nil {
 		return err
 	}
-	stats, err := st.cache.Stats(ctx)
+	stats, err := st.Cache.Stats(ctx)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(a.stdout, "reindexed %s from %s in %v: %d layers, %d chunks, %d steps\n",
-		st.indexDir, st.blobsDesc, time.Since(start).Round(time.Millisecond), stats.Layers, stats.Chunks, stats.Steps)
+		st.IndexDir, st.Blobs, time.Since(start).Round(time.Millisecond), stats.Layers, stats.Chunks, stats.Steps)
 	return nil
 }

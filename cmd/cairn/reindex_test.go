@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/cairnbuild/cairn/cmd/internal/storage"
 )
 
 // reindexRoundTrip pushes a layer with a step through a real `cairn serve`
@@ -48,7 +50,7 @@ func reindexRoundTrip(t *testing.T, env map[string]string, first, second string)
 	}
 
 	if first == second { // the index is lost; the blobs are not
-		if err := os.RemoveAll(filepath.Join(first, indexSubdir)); err != nil {
+		if err := os.RemoveAll(filepath.Join(first, storage.IndexSubdir)); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -13,9 +13,10 @@ func newStatCmd(a *app) *cobra.Command {
 		Use:   "stat [DIGEST]",
 		Short: "Show a layer, or the server's totals",
 		Long: `Stat with a layer digest shows the layer: size, stored size, media type,
-chunks. Without one it adds up all layers: their logical bytes, the
-distinct chunks they use and the dedup ratio (it reads every layer's chunk
-list, so it takes a while on a large server).`,
+chunks. Without one it shows the server's totals, in one call: layers,
+distinct chunks, step records, the layers' logical bytes, the bytes the
+chunks take stored (compressed, each chunk once) and the ratio of the two
+(the server counts them in one walk of its index).`,
 		Example: `  cairn stat
   cairn stat sha256:... --json`,
 		Args: cobra.MaximumNArgs(1),
@@ -68,11 +69,12 @@ list, so it takes a while on a large server).`,
 		tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintf(tw, "server\t%s\n", cf.server)
 		fmt.Fprintf(tw, "layers\t%d\n", st.Layers)
-		fmt.Fprintf(tw, "logical\t%d (%s)\n", st.LogicalBytes, humanBytes(st.LogicalBytes))
 		fmt.Fprintf(tw, "chunks\t%d distinct\n", st.Chunks)
-		fmt.Fprintf(tw, "unique\t%d (%s)\n", st.UniqueBytes, humanBytes(st.UniqueBytes))
+		fmt.Fprintf(tw, "steps\t%d\n", st.Steps)
+		fmt.Fprintf(tw, "logical\t%d (%s)\n", st.LogicalBytes, humanBytes(st.LogicalBytes))
+		fmt.Fprintf(tw, "stored\t%d (%s)\n", st.StoredBytes, humanBytes(st.StoredBytes))
 		if st.DedupRatio > 0 {
-			fmt.Fprintf(tw, "dedup\t%.2fx (logical / unique, before compression)\n", st.DedupRatio)
+			fmt.Fprintf(tw, "dedup\t%.2fx (logical / stored: deduplication and compression)\n", st.DedupRatio)
 		}
 		return tw.Flush()
 	}

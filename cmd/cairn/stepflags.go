@@ -17,15 +17,15 @@ type stepFlags struct {
 	buildArgs   []string
 }
 
-// addStepFlags registers the step flags on cmd. --platform defaults to
-// $CAIRN_PLATFORM, so a builder can set it once.
-func addStepFlags(a *app, cmd *cobra.Command) *stepFlags {
+// addStepFlags registers the step flags on cmd. A builder can set
+// --platform once, with its twin CAIRN_PLATFORM.
+func addStepFlags(cmd *cobra.Command) *stepFlags {
 	f := &stepFlags{}
 	fs := cmd.Flags()
 	fs.StringVar(&f.parent, "parent", "", "chain ID the step runs on (the previous step's \"next\"; empty: scratch)")
 	fs.StringVar(&f.instruction, "instruction", "", "the Dockerfile instruction, e.g. 'RUN apt-get update'")
 	fs.StringVar(&f.inputs, "inputs", "", "for COPY/ADD: digest of the copied files' content and metadata")
-	fs.StringVar(&f.platform, "platform", a.getenv("CAIRN_PLATFORM"), "platform the step runs for, e.g. linux/amd64 [$CAIRN_PLATFORM]")
+	fs.StringVar(&f.platform, "platform", "", "platform the step runs for, e.g. linux/amd64")
 	fs.StringArrayVar(&f.buildArgs, "build-arg", nil, "a KEY=VALUE build arg the step sees (repeatable)")
 	return f
 }

@@ -1301,6 +1301,130 @@ func (x *GetChunksResponse) GetData() []byte {
 	return nil
 }
 
+// GetStatsRequest is the request of LayerService.GetStats.
+type GetStatsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetStatsRequest) Reset() {
+	*x = GetStatsRequest{}
+	mi := &file_cairn_v1_layer_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetStatsRequest) ProtoMessage() {}
+
+func (x *GetStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cairn_v1_layer_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetStatsRequest.ProtoReflect.Descriptor instead.
+func (*GetStatsRequest) Descriptor() ([]byte, []int) {
+	return file_cairn_v1_layer_proto_rawDescGZIP(), []int{23}
+}
+
+// GetStatsResponse is the response of LayerService.GetStats: the server's
+// totals at one moment.
+type GetStatsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many layers are committed.
+	LayerCount int64 `protobuf:"varint,1,opt,name=layer_count,json=layerCount,proto3" json:"layer_count,omitempty"`
+	// How many distinct chunks are stored, including chunks uploaded with
+	// PutChunks that no committed layer names (yet).
+	ChunkCount int64 `protobuf:"varint,2,opt,name=chunk_count,json=chunkCount,proto3" json:"chunk_count,omitempty"`
+	// How many step records the build cache holds.
+	StepCount int64 `protobuf:"varint,3,opt,name=step_count,json=stepCount,proto3" json:"step_count,omitempty"`
+	// The sum of the sizes of all layers, as pushed: what they would take
+	// stored whole, without deduplication or compression.
+	LogicalSizeBytes int64 `protobuf:"varint,4,opt,name=logical_size_bytes,json=logicalSizeBytes,proto3" json:"logical_size_bytes,omitempty"`
+	// The bytes all stored chunks take in the blob store: compressed, each
+	// distinct chunk once, record headers included. logical_size_bytes over
+	// stored_size_bytes is what deduplication and compression save together.
+	StoredSizeBytes int64 `protobuf:"varint,5,opt,name=stored_size_bytes,json=storedSizeBytes,proto3" json:"stored_size_bytes,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *GetStatsResponse) Reset() {
+	*x = GetStatsResponse{}
+	mi := &file_cairn_v1_layer_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetStatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetStatsResponse) ProtoMessage() {}
+
+func (x *GetStatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cairn_v1_layer_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetStatsResponse.ProtoReflect.Descriptor instead.
+func (*GetStatsResponse) Descriptor() ([]byte, []int) {
+	return file_cairn_v1_layer_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *GetStatsResponse) GetLayerCount() int64 {
+	if x != nil {
+		return x.LayerCount
+	}
+	return 0
+}
+
+func (x *GetStatsResponse) GetChunkCount() int64 {
+	if x != nil {
+		return x.ChunkCount
+	}
+	return 0
+}
+
+func (x *GetStatsResponse) GetStepCount() int64 {
+	if x != nil {
+		return x.StepCount
+	}
+	return 0
+}
+
+func (x *GetStatsResponse) GetLogicalSizeBytes() int64 {
+	if x != nil {
+		return x.LogicalSizeBytes
+	}
+	return 0
+}
+
+func (x *GetStatsResponse) GetStoredSizeBytes() int64 {
+	if x != nil {
+		return x.StoredSizeBytes
+	}
+	return 0
+}
+
 var File_cairn_v1_layer_proto protoreflect.FileDescriptor
 
 const file_cairn_v1_layer_proto_rawDesc = "" +
@@ -1384,7 +1508,17 @@ const file_cairn_v1_layer_proto_rawDesc = "" +
 	"\adigests\x18\x01 \x03(\tR\adigests\"?\n" +
 	"\x11GetChunksResponse\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data2\x88\x06\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\x11\n" +
+	"\x0fGetStatsRequest\"\xcd\x01\n" +
+	"\x10GetStatsResponse\x12\x1f\n" +
+	"\vlayer_count\x18\x01 \x01(\x03R\n" +
+	"layerCount\x12\x1f\n" +
+	"\vchunk_count\x18\x02 \x01(\x03R\n" +
+	"chunkCount\x12\x1d\n" +
+	"\n" +
+	"step_count\x18\x03 \x01(\x03R\tstepCount\x12,\n" +
+	"\x12logical_size_bytes\x18\x04 \x01(\x03R\x10logicalSizeBytes\x12*\n" +
+	"\x11stored_size_bytes\x18\x05 \x01(\x03R\x0fstoredSizeBytes2\xcb\x06\n" +
 	"\fLayerService\x12F\n" +
 	"\tPushLayer\x12\x1a.cairn.v1.PushLayerRequest\x1a\x1b.cairn.v1.PushLayerResponse(\x01\x12F\n" +
 	"\tPullLayer\x12\x1a.cairn.v1.PullLayerRequest\x1a\x1b.cairn.v1.PullLayerResponse0\x01\x12D\n" +
@@ -1396,7 +1530,8 @@ const file_cairn_v1_layer_proto_rawDesc = "" +
 	"\tPutChunks\x12\x1a.cairn.v1.PutChunksRequest\x1a\x1b.cairn.v1.PutChunksResponse(\x01\x12J\n" +
 	"\vCommitLayer\x12\x1c.cairn.v1.CommitLayerRequest\x1a\x1d.cairn.v1.CommitLayerResponse\x12S\n" +
 	"\x0eGetLayerChunks\x12\x1f.cairn.v1.GetLayerChunksRequest\x1a .cairn.v1.GetLayerChunksResponse\x12F\n" +
-	"\tGetChunks\x12\x1a.cairn.v1.GetChunksRequest\x1a\x1b.cairn.v1.GetChunksResponse0\x01B4Z2github.com/cairnbuild/cairn/proto/cairn/v1;cairnv1b\x06proto3"
+	"\tGetChunks\x12\x1a.cairn.v1.GetChunksRequest\x1a\x1b.cairn.v1.GetChunksResponse0\x01\x12A\n" +
+	"\bGetStats\x12\x19.cairn.v1.GetStatsRequest\x1a\x1a.cairn.v1.GetStatsResponseB4Z2github.com/cairnbuild/cairn/proto/cairn/v1;cairnv1b\x06proto3"
 
 var (
 	file_cairn_v1_layer_proto_rawDescOnce sync.Once
@@ -1410,7 +1545,7 @@ func file_cairn_v1_layer_proto_rawDescGZIP() []byte {
 	return file_cairn_v1_layer_proto_rawDescData
 }
 
-var file_cairn_v1_layer_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_cairn_v1_layer_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_cairn_v1_layer_proto_goTypes = []any{
 	(*Layer)(nil),                     // 0: cairn.v1.Layer
 	(*ChunkRef)(nil),                  // 1: cairn.v1.ChunkRef
@@ -1435,11 +1570,13 @@ var file_cairn_v1_layer_proto_goTypes = []any{
 	(*GetLayerChunksResponse)(nil),    // 20: cairn.v1.GetLayerChunksResponse
 	(*GetChunksRequest)(nil),          // 21: cairn.v1.GetChunksRequest
 	(*GetChunksResponse)(nil),         // 22: cairn.v1.GetChunksResponse
-	(*timestamppb.Timestamp)(nil),     // 23: google.protobuf.Timestamp
+	(*GetStatsRequest)(nil),           // 23: cairn.v1.GetStatsRequest
+	(*GetStatsResponse)(nil),          // 24: cairn.v1.GetStatsResponse
+	(*timestamppb.Timestamp)(nil),     // 25: google.protobuf.Timestamp
 }
 var file_cairn_v1_layer_proto_depIdxs = []int32{
-	23, // 0: cairn.v1.Layer.create_time:type_name -> google.protobuf.Timestamp
-	23, // 1: cairn.v1.Layer.access_time:type_name -> google.protobuf.Timestamp
+	25, // 0: cairn.v1.Layer.create_time:type_name -> google.protobuf.Timestamp
+	25, // 1: cairn.v1.Layer.access_time:type_name -> google.protobuf.Timestamp
 	2,  // 2: cairn.v1.PushLayerRequest.header:type_name -> cairn.v1.PushLayerHeader
 	0,  // 3: cairn.v1.PushLayerResponse.layer:type_name -> cairn.v1.Layer
 	0,  // 4: cairn.v1.PullLayerResponse.layer:type_name -> cairn.v1.Layer
@@ -1459,18 +1596,20 @@ var file_cairn_v1_layer_proto_depIdxs = []int32{
 	17, // 18: cairn.v1.LayerService.CommitLayer:input_type -> cairn.v1.CommitLayerRequest
 	19, // 19: cairn.v1.LayerService.GetLayerChunks:input_type -> cairn.v1.GetLayerChunksRequest
 	21, // 20: cairn.v1.LayerService.GetChunks:input_type -> cairn.v1.GetChunksRequest
-	4,  // 21: cairn.v1.LayerService.PushLayer:output_type -> cairn.v1.PushLayerResponse
-	6,  // 22: cairn.v1.LayerService.PullLayer:output_type -> cairn.v1.PullLayerResponse
-	8,  // 23: cairn.v1.LayerService.StatLayer:output_type -> cairn.v1.StatLayerResponse
-	10, // 24: cairn.v1.LayerService.ListLayers:output_type -> cairn.v1.ListLayersResponse
-	12, // 25: cairn.v1.LayerService.DeleteLayer:output_type -> cairn.v1.DeleteLayerResponse
-	14, // 26: cairn.v1.LayerService.FindMissingChunks:output_type -> cairn.v1.FindMissingChunksResponse
-	16, // 27: cairn.v1.LayerService.PutChunks:output_type -> cairn.v1.PutChunksResponse
-	18, // 28: cairn.v1.LayerService.CommitLayer:output_type -> cairn.v1.CommitLayerResponse
-	20, // 29: cairn.v1.LayerService.GetLayerChunks:output_type -> cairn.v1.GetLayerChunksResponse
-	22, // 30: cairn.v1.LayerService.GetChunks:output_type -> cairn.v1.GetChunksResponse
-	21, // [21:31] is the sub-list for method output_type
-	11, // [11:21] is the sub-list for method input_type
+	23, // 21: cairn.v1.LayerService.GetStats:input_type -> cairn.v1.GetStatsRequest
+	4,  // 22: cairn.v1.LayerService.PushLayer:output_type -> cairn.v1.PushLayerResponse
+	6,  // 23: cairn.v1.LayerService.PullLayer:output_type -> cairn.v1.PullLayerResponse
+	8,  // 24: cairn.v1.LayerService.StatLayer:output_type -> cairn.v1.StatLayerResponse
+	10, // 25: cairn.v1.LayerService.ListLayers:output_type -> cairn.v1.ListLayersResponse
+	12, // 26: cairn.v1.LayerService.DeleteLayer:output_type -> cairn.v1.DeleteLayerResponse
+	14, // 27: cairn.v1.LayerService.FindMissingChunks:output_type -> cairn.v1.FindMissingChunksResponse
+	16, // 28: cairn.v1.LayerService.PutChunks:output_type -> cairn.v1.PutChunksResponse
+	18, // 29: cairn.v1.LayerService.CommitLayer:output_type -> cairn.v1.CommitLayerResponse
+	20, // 30: cairn.v1.LayerService.GetLayerChunks:output_type -> cairn.v1.GetLayerChunksResponse
+	22, // 31: cairn.v1.LayerService.GetChunks:output_type -> cairn.v1.GetChunksResponse
+	24, // 32: cairn.v1.LayerService.GetStats:output_type -> cairn.v1.GetStatsResponse
+	22, // [22:33] is the sub-list for method output_type
+	11, // [11:22] is the sub-list for method input_type
 	11, // [11:11] is the sub-list for extension type_name
 	11, // [11:11] is the sub-list for extension extendee
 	0,  // [0:11] is the sub-list for field type_name
@@ -1492,7 +1631,7 @@ func file_cairn_v1_layer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cairn_v1_layer_proto_rawDesc), len(file_cairn_v1_layer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

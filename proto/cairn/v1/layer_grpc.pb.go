@@ -29,6 +29,7 @@ const (
 	LayerService_CommitLayer_FullMethodName       = "/cairn.v1.LayerService/CommitLayer"
 	LayerService_GetLayerChunks_FullMethodName    = "/cairn.v1.LayerService/GetLayerChunks"
 	LayerService_GetChunks_FullMethodName         = "/cairn.v1.LayerService/GetChunks"
+	LayerService_GetStats_FullMethodName          = "/cairn.v1.LayerService/GetStats"
 )
 
 // LayerServiceClient is the client API for LayerService service.
@@ -120,6 +121,13 @@ type LayerServiceClient interface {
 	// GetChunks downloads chunks, one verified, uncompressed chunk per message,
 	// in the order requested.
 	GetChunks(ctx context.Context, in *GetChunksRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetChunksResponse], error)
+	// GetStats returns what the server stores, in one call: layers, chunks
+	// and step records, and the bytes the layers hold (logical) versus the
+	// bytes their chunks take (stored, compressed). The server counts them in
+	// one walk of its index, so the answer costs time on a large server: it
+	// is meant for people and for a check now and then, not for a hot path
+	// (Prometheus has the same figures at cairn serve's metrics port).
+	GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*GetStatsResponse, error)
 }
 
 type layerServiceClient struct {
@@ -254,6 +262,16 @@ func (c *layerServiceClient) GetChunks(ctx context.Context, in *GetChunksRequest
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type LayerService_GetChunksClient = grpc.ServerStreamingClient[GetChunksResponse]
 
+func (c *layerServiceClient) GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*GetStatsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetStatsResponse)
+	err := c.cc.Invoke(ctx, LayerService_GetStats_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // LayerServiceServer is the server API for LayerService service.
 // All implementations must embed UnimplementedLayerServiceServer
 // for forward compatibility.
@@ -343,6 +361,13 @@ type LayerServiceServer interface {
 	// GetChunks downloads chunks, one verified, uncompressed chunk per message,
 	// in the order requested.
 	GetChunks(*GetChunksRequest, grpc.ServerStreamingServer[GetChunksResponse]) error
+	// GetStats returns what the server stores, in one call: layers, chunks
+	// and step records, and the bytes the layers hold (logical) versus the
+	// bytes their chunks take (stored, compressed). The server counts them in
+	// one walk of its index, so the answer costs time on a large server: it
+	// is meant for people and for a check now and then, not for a hot path
+	// (Prometheus has the same figures at cairn serve's metrics port).
+	GetStats(context.Context, *GetStatsRequest) (*GetStatsResponse, error)
 	mustEmbedUnimplementedLayerServiceServer()
 }
 
@@ -382,6 +407,9 @@ func (UnimplementedLayerServiceServer) GetLayerChunks(context.Context, *GetLayer
 }
 func (UnimplementedLayerServiceServer) GetChunks(*GetChunksRequest, grpc.ServerStreamingServer[GetChunksResponse]) error {
 	return status.Errorf(codes.Unimplemented, "method GetChunks not implemented")
+}
+func (UnimplementedLayerServiceServer) GetStats(context.Context, *GetStatsRequest) (*GetStatsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetStats not implemented")
 }
 func (UnimplementedLayerServiceServer) mustEmbedUnimplementedLayerServiceServer() {}
 func (UnimplementedLayerServiceServer) testEmbeddedByValue()                      {}
@@ -548,6 +576,24 @@ func _LayerService_GetChunks_Handler(srv interface{}, stream grpc.ServerStream) 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type LayerService_GetChunksServer = grpc.ServerStreamingServer[GetChunksResponse]
 
+func _LayerService_GetStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LayerServiceServer).GetStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LayerService_GetStats_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LayerServiceServer).GetStats(ctx, req.(*GetStatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // LayerService_ServiceDesc is the grpc.ServiceDesc for LayerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -578,6 +624,10 @@ var LayerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetLayerChunks",
 			Handler:    _LayerService_GetLayerChunks_Handler,
+		},
+		{
+			MethodName: "GetStats",
+			Handler:    _LayerService_GetStats_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

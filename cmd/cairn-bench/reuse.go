@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -14,19 +13,9 @@ import (
 	"github.com/cairnbuild/cairn/bench/reuse"
 )
 
-// newBenchCmd groups the measurement subcommands: reuse analysis of layers
-// and images (here), load against a running server (bench_load.go), and the
-// raw-S3 baseline and big-layer generator of the corpus run (bench_s3.go).
-func newBenchCmd(a *app) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "bench",
-		Short: "Measure layer reuse and server load",
-	}
-	cmd.AddCommand(newBenchReuseCmd(a), newBenchLoadCmd(a), newBenchS3Cmd(a), newBenchGenCmd(a))
-	return cmd
-}
-
-func newBenchReuseCmd(a *app) *cobra.Command {
+// newReuseCmd is `cairn-bench reuse`: how much a set of layers shares, and
+// what cairn would store for it.
+func newReuseCmd(a *app) *cobra.Command {
 	var (
 		asJSON   bool
 		plot     string
@@ -46,9 +35,9 @@ contents; and, for several average chunk sizes, the distinct chunks and
 their zstd-compressed size, which is what cairn stores.
 
 Nothing is sent anywhere: this runs locally, reading each layer once.`,
-		Example: `  cairn bench reuse app-v1.tar app-v2.tar
-  cairn bench reuse ./oci-layout --json > reuse.json
-  cairn bench reuse layers/*.tar.gz --out report.txt   # and report.svg next to it`,
+		Example: `  cairn-bench reuse app-v1.tar app-v2.tar
+  cairn-bench reuse ./oci-layout --json > reuse.json
+  cairn-bench reuse layers/*.tar.gz --out report.txt   # and report.svg next to it`,
 		Args: cobra.MinimumNArgs(1),
 	}
 	fs := cmd.Flags()
@@ -59,7 +48,7 @@ Nothing is sent anywhere: this runs locally, reading each layer once.`,
 	fs.StringVar(&avgs, "avg", "16K,64K,256K,1M", "average chunk sizes of the what-if table, powers of two")
 	fs.BoolVar(&progress, "progress", false, "print a line per layer on stderr as it is analysed")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		averages, err := benchParseSizes(avgs)
+		averages, err := parseSizes(avgs)
 		if err != nil {
 			return fmt.Errorf("--avg: %w", err)
 		}
@@ -82,19 +71,19 @@ Nothing is sent anywhere: this runs locally, reading each layer once.`,
 			plot = strings.TrimSuffix(out, filepath.Ext(out)) + ".svg"
 		}
 		if out != "" {
-			if err := benchWriteFile(out, func(w io.Writer) error { return writeReuseReport(w, r, asJSON) }); err != nil {
+			if err := writeFile(out, func(w io.Writer) error { return writeReuseReport(w, r, asJSON) }); err != nil {
 				return fmt.Errorf("--out: %w", err)
 			}
 		} else if err := writeReuseReport(a.stdout, r, asJSON); err != nil {
 			return err
 		}
 		if jsonOut != "" {
-			if err := benchWriteFile(jsonOut, func(w io.Writer) error { return writeReuseReport(w, r, true) }); err != nil {
+			if err := writeFile(jsonOut, func(w io.Writer) error { return writeReuseReport(w, r, true) }); err != nil {
 				return fmt.Errorf("--json-out: %w", err)
 			}
 		}
 		if plot != "" {
-			if err := benchWriteFile(plot, func(w io.Writer) error { return reuse.WriteSVG(w, r) }); err != nil {
+			if err := writeFile(plot, func(w io.Writer) error { return reuse.WriteSVG(w, r) }); err != nil {
 				return fmt.Errorf("plot: %w", err)
 			}
 			if !asJSON || out != "" {
@@ -115,9 +104,9 @@ func writeReuseReport(w io.Writer, r *reuse.Report, asJSON bool) error {
 	return r.WriteText(w)
 }
 
-// benchWriteFile writes a file through a temporary one in the same
+// writeFile writes a file through a temporary one in the same
 // directory, so that a failed write leaves no half file behind.
-func benchWriteFile(path string, write func(io.Writer) error) error {
+func writeFile(path string, write func(io.Writer) error) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return err
@@ -135,51 +124,4 @@ func benchWriteFile(path string, write func(io.Writer) error) error {
 		return err
 	}
 	return os.Rename(f.Name(), path)
-}
-
-// benchParseSizes reads a comma-separated list of sizes with optional binary
-// suffixes: "16K,64K,1M" or "65536".
-func benchParseSizes(s string) ([]int, error) {
-	var out []int
-	for _, f := range strings.Split(s, ",") {
-		f = strings.TrimSpace(f)
-		if f == "" {
-			continue
-		}
-		n, err := benchParseSize(f)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, int(n))
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("no sizes in %q", s)
-	}
-	return out, nil
-}
-
-// benchParseSize reads a size like 4096, 64K, 256KiB, 1M, 4G (binary units).
-func benchParseSize(s string) (int64, error) {
-	t := strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(strings.TrimSpace(s)), "B"), "I")
-	mult := int64(1)
-	if t != "" {
-		switch t[len(t)-1] {
-		case 'K':
-			mult = 1 << 10
-		case 'M':
-			mult = 1 << 20
-		case 'G':
-			mult = 1 << 30
-		case 'T':
-			mult = 1 << 40
-		}
-		if mult != 1 {
-			t = t[:len(t)-1]
-		}
-	}
-	n, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("%q is not a size (want e.g. 4096, 64K, 1M, 4G)", s)
-	}
-	return n * mult, nil
 }

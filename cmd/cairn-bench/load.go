@@ -1,17 +1,29 @@
 package main
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/cairnbuild/cairn/bench/load"
+	"github.com/cairnbuild/cairn/client"
 )
 
-func newBenchLoadCmd(a *app) *cobra.Command {
-	var opt load.Options
-	var layer, mix string
+// defaultServer is `cairn serve`'s default listen address.
+const defaultServer = "127.0.0.1:7070"
+
+// newLoadCmd is `cairn-bench load`: concurrent clients against a running
+// server.
+func newLoadCmd(a *app) *cobra.Command {
+	var (
+		opt        load.Options
+		server     string
+		layer, mix string
+		asJSON     bool
+	)
 	cmd := &cobra.Command{
 		Use:   "load",
 		Short: "Drive a running server with concurrent lookups, pushes and pulls; report ops/s, MB/s, latency",
@@ -22,14 +34,14 @@ errors, operations per second, MB/s and the p50, p99, p99.9 and max latency.
 
 It stops by itself: no operation starts after --duration, and at most
 --max-ops run. The seeded layers and steps stay on the server.`,
-		Example: `  cairn bench load --server 127.0.0.1:7070 --clients 8 --duration 30s
-  cairn bench load --mix 0,1,0 --layer-size 16M --json   # pushes only
-  cairn bench load --mix 1,0,0 --chain 20                 # 20-step LookupChain calls only`,
+		Example: `  cairn-bench load --server 127.0.0.1:7070 --clients 8 --duration 30s
+  cairn-bench load --mix 0,1,0 --layer-size 16M --json   # pushes only
+  cairn-bench load --mix 1,0,0 --chain 20                 # 20-step LookupChain calls only`,
 		Args: cobra.NoArgs,
 	}
-	// --timeout and --no-progress do not apply; --server and --json do.
-	cf := addClientFlags(a, cmd, false)
 	fs := cmd.Flags()
+	fs.StringVar(&server, "server", defaultServer, "address (host:port) of the cairn server")
+	fs.BoolVar(&asJSON, "json", false, "print the result as JSON on stdout, for scripts")
 	fs.IntVar(&opt.Clients, "clients", 4, "concurrent clients")
 	fs.DurationVar(&opt.Duration, "duration", 10*time.Second, "start no operation after this long")
 	fs.Int64Var(&opt.MaxOps, "max-ops", 100_000, "stop after this many operations")
@@ -38,7 +50,7 @@ It stops by itself: no operation starts after --duration, and at most
 	fs.IntVar(&opt.ChainSteps, "chain", 1, "steps per lookup: 1 asks with LookupStep, more with one LookupChain (a Dockerfile's length)")
 	fs.Uint64Var(&opt.Seed, "seed", uint64(time.Now().UnixNano()), "seed of the operation sequence and data")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		n, err := benchParseSize(layer)
+		n, err := parseSize(layer)
 		if err != nil || n <= 0 || n > 1<<30 {
 			return fmt.Errorf("--layer-size %q: want a size from 1 byte to 1G", layer)
 		}
@@ -55,17 +67,23 @@ It stops by itself: no operation starts after --duration, and at most
 		if opt.Clients <= 0 || opt.Clients > 1024 {
 			return fmt.Errorf("--clients %d: want 1 to 1024", opt.Clients)
 		}
-		ctx, c, done, err := cf.connect(cmd.Context())
+		ctx := cmd.Context()
+		c, err := client.Dial(ctx, server)
+		if err != nil {
+			return fmt.Errorf("connect to %s: %w", server, err)
+		}
+		defer c.Close()
+		res, err := load.Run(ctx, load.ClientTarget(c), opt)
+		if errors.Is(err, client.ErrUnavailable) {
+			return fmt.Errorf("%w\n(is `cairn serve` running at %s? point --server or CAIRN_SERVER at it)", err, server)
+		}
 		if err != nil {
 			return err
 		}
-		defer done()
-		res, err := load.Run(ctx, load.ClientTarget(c), opt)
-		if err != nil {
-			return cf.fail(err)
-		}
-		if cf.json {
-			return cf.printJSON(res)
+		if asJSON {
+			enc := json.NewEncoder(a.stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(res)
 		}
 		return res.WriteText(a.stdout)
 	}

@@ -1,0 +1,192 @@
+// Package storage is the storage flags of the cairn commands, defined once:
+// where a store's index and blobs are (--data, the --s3-* flags) and how
+// hard it works (--concurrency). `cairn serve` and `cairn reindex` take all
+// of them (Config) and open the store they describe (Config.Open);
+// `cairn-bench s3`, which talks to the bucket without cairn, takes the S3
+// ones (S3). Their environment twins come from package envtwin, like every
+// other flag's.
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	"github.com/cairnbuild/cairn/backend"
+	"github.com/cairnbuild/cairn/backend/fs"
+	"github.com/cairnbuild/cairn/backend/retry"
+	"github.com/cairnbuild/cairn/backend/s3"
+	"github.com/cairnbuild/cairn/cache"
+	"github.com/cairnbuild/cairn/metrics"
+)
+
+// Where a store keeps its state under --data.
+const (
+	IndexSubdir = "index" // the Badger index
+	BlobsSubdir = "blobs" // the fs backend's objects, unless S3 holds them
+)
+
+// S3 is the S3 flags: the bucket that holds the blobs instead of the local
+// disk when Endpoint is set.
+type S3 struct {
+	Endpoint, Bucket, Region, Prefix   string
+	AccessKey, SecretKey, SessionToken string
+	Insecure                           bool
+}
+
+// AddFlags registers the --s3-* flags.
+func (s *S3) AddFlags(f *pflag.FlagSet) {
+	f.StringVar(&s.Endpoint, "s3-endpoint", "", "S3 endpoint host[:port] (or http(s)://host[:port]); set to keep blobs in S3")
+	f.StringVar(&s.Bucket, "s3-bucket", "", "S3 bucket, created if missing (required with --s3-endpoint)")
+	f.StringVar(&s.Region, "s3-region", "", "S3 region (default: $AWS_REGION, else looked up)")
+	f.StringVar(&s.Prefix, "s3-prefix", "", "prefix for every object key, to share a bucket")
+	f.StringVar(&s.AccessKey, "s3-access-key", "", "S3 access key (default: the AWS credential chain)")
+	f.StringVar(&s.SecretKey, "s3-secret-key", "", "S3 secret key (prefer the environment twin: flags show in ps)")
+	f.StringVar(&s.SessionToken, "s3-session-token", "", "S3 session token, for temporary credentials")
+	f.BoolVar(&s.Insecure, "s3-insecure", false, "talk plain HTTP to the S3 endpoint instead of HTTPS")
+}
+
+// Check validates the S3 flags. Without --s3-endpoint none of the others
+// may be set (the blobs are on local disk then).
+func (s *S3) Check() error {
+	if s.Endpoint == "" {
+		for _, fl := range []struct{ name, v string }{
+			{"--s3-bucket", s.Bucket}, {"--s3-prefix", s.Prefix}, {"--s3-region", s.Region},
+			{"--s3-access-key", s.AccessKey}, {"--s3-secret-key", s.SecretKey}, {"--s3-session-token", s.SessionToken},
+		} {
+			if fl.v != "" {
+				return fmt.Errorf("%s needs --s3-endpoint (the blobs are on local disk without it)", fl.name)
+			}
+		}
+		return nil
+	}
+	if s.Bucket == "" {
+		return errors.New("--s3-endpoint needs --s3-bucket")
+	}
+	if s.Insecure && strings.HasPrefix(s.Endpoint, "https://") {
+		return fmt.Errorf("--s3-insecure with an https:// endpoint %q", s.Endpoint)
+	}
+	if (s.AccessKey == "") != (s.SecretKey == "") {
+		return errors.New("--s3-access-key and --s3-secret-key go together")
+	}
+	return nil
+}
+
+// Secure reports whether the endpoint is spoken to over HTTPS.
+func (s *S3) Secure() bool {
+	return !s.Insecure && !strings.HasPrefix(s.Endpoint, "http://")
+}
+
+// Options is the S3 backend's configuration from the flags.
+func (s *S3) Options() s3.Options {
+	return s3.Options{
+		Endpoint: s.Endpoint, Bucket: s.Bucket, Region: s.Region, Prefix: s.Prefix,
+		AccessKey: s.AccessKey, SecretKey: s.SecretKey, SessionToken: s.SessionToken,
+		Secure: s.Secure(),
+	}
+}
+
+// String describes the bucket for logs: s3://bucket/prefix at endpoint.
+// It never shows the credentials.
+func (s *S3) String() string {
+	return "s3://" + s.Bucket + "/" + strings.TrimSuffix(s.Prefix, "/") + " at " + s.Endpoint
+}
+
+// Config is every storage flag: what the commands that open a store take.
+type Config struct {
+	Data        string // the index's directory, and the blobs' without S3
+	S3          S3
+	Concurrency int // chunks one push or pull stores or reads at once
+}
+
+// AddFlags registers the storage flags.
+func (c *Config) AddFlags(f *pflag.FlagSet) {
+	f.StringVar(&c.Data, "data", "./cairn-data", "directory for the index (and the blobs, without S3)")
+	c.S3.AddFlags(f)
+	f.IntVar(&c.Concurrency, "concurrency", cache.DefaultConcurrency, "chunks one push or pull stores or reads at the same time")
+}
+
+// Check validates the storage flags.
+func (c *Config) Check() error {
+	if c.Data == "" {
+		return errors.New("--data: empty; name the directory for the index")
+	}
+	if err := c.S3.Check(); err != nil {
+		return err
+	}
+	if c.Concurrency < 1 {
+		return fmt.Errorf("--concurrency %d: want at least 1", c.Concurrency)
+	}
+	return nil
+}
+
+// Store is an open cache over its blob store. Close it when done.
+type Store struct {
+	Cache    *cache.Cache
+	Kind     string // the blob store's kind: "fs" or "s3"
+	Blobs    string // where the blobs are, for logs
+	IndexDir string
+
+	closeBlobs func() error
+}
+
+// Open creates --data if needed, opens the blob store (S3 with
+// --s3-endpoint, else a directory under --data) and the index over it. bm,
+// if not nil, counts the blob store's requests; retries wrap that, and log
+// gets a debug line per retry.
+func (c *Config) Open(ctx context.Context, log *slog.Logger, bm *metrics.Backend) (*Store, error) {
+	if err := os.MkdirAll(c.Data, 0o700); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	st := &Store{IndexDir: filepath.Join(c.Data, IndexSubdir), closeBlobs: func() error { return nil }}
+	var blobs backend.Store
+	if c.S3.Endpoint != "" {
+		b, err := s3.New(ctx, c.S3.Options())
+		if err != nil {
+			return nil, fmt.Errorf("blob store: %w", err)
+		}
+		blobs, st.Kind, st.Blobs = b, "s3", c.S3.String()
+	} else {
+		dir := filepath.Join(c.Data, BlobsSubdir)
+		b, err := fs.New(dir)
+		if err != nil {
+			return nil, fmt.Errorf("blob store: %w", err)
+		}
+		blobs, st.Kind, st.Blobs, st.closeBlobs = b, "fs", dir, b.Close
+	}
+	var onRetry func(string)
+	if bm != nil {
+		blobs, onRetry = bm.Wrap(blobs), bm.OnRetry
+	}
+	blobs = retry.New(blobs, retry.Options{OnRetry: func(e retry.Event) {
+		if onRetry != nil {
+			onRetry(e.Op)
+		}
+		log.Debug("retrying blob store request", "op", e.Op, "key", e.Key, "attempt", e.Attempt, "err", e.Err)
+	}})
+	cc, err := cache.Open(ctx, cache.Options{Dir: st.IndexDir, Backend: blobs, Concurrency: c.Concurrency, Logger: log})
+	if err != nil {
+		_ = st.closeBlobs()
+		return nil, err
+	}
+	st.Cache = cc
+	return st, nil
+}
+
+// Close closes the index, then the blob store.
+func (s *Store) Close() error {
+	err := s.Cache.Close()
+	if err != nil {
+		err = fmt.Errorf("close cache: %w", err)
+	}
+	if cerr := s.closeBlobs(); cerr != nil && err == nil {
+		err = fmt.Errorf("close blob store: %w", cerr)
+	}
+	return err
+}
