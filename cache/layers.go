@@ -123,6 +123,7 @@ type Stats struct {
 	Layers, Chunks, Steps int64
 	LogicalBytes          int64 // sum of the sizes of all layers
 	StoredBytes           int64 // bytes of all chunk records the index knows (compressed)
+	UniqueBytes           int64 // bytes of all chunks the index knows, uncompressed
 	ReferencedBytes       int64 // of StoredBytes, those of chunks a layer references
 }
 

@@ -18,6 +18,9 @@ type Stats struct {
 	// StoredBytes is what the chunks take in the server's blob store:
 	// compressed, each distinct chunk once.
 	StoredBytes int64 `json:"stored_bytes"`
+	// UniqueBytes is the distinct chunks' bytes, uncompressed:
+	// LogicalBytes / UniqueBytes is what deduplication alone saves.
+	UniqueBytes int64 `json:"unique_bytes"`
 	// DedupRatio is LogicalBytes / StoredBytes: what deduplication and
 	// compression save together (0 with nothing stored).
 	DedupRatio float64 `json:"dedup_ratio"`
@@ -37,6 +40,7 @@ func (c *Client) Stats(ctx context.Context) (Stats, error) {
 		Steps:        resp.GetStepCount(),
 		LogicalBytes: resp.GetLogicalSizeBytes(),
 		StoredBytes:  resp.GetStoredSizeBytes(),
+		UniqueBytes:  resp.GetUniqueSizeBytes(),
 	}
 	if st.StoredBytes > 0 {
 		st.DedupRatio = float64(st.LogicalBytes) / float64(st.StoredBytes)

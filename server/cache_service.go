@@ -33,9 +33,12 @@ func (s *cacheService) LookupStep(ctx context.Context, req *cairnv1.LookupStepRe
 	}
 	rec, err := s.steps.LookupStep(ctx, parent, step)
 	if errors.Is(err, cache.ErrNotFound) {
-		key, kerr := stepkey.Key(parent, step)
-		if kerr != nil {
-			return nil, toStatus(kerr)
+		// A miss carries the step's key, derived once by the store.
+		key := rec.Key
+		if key == "" { // a store that does not say it
+			if key, err = stepkey.Key(parent, step); err != nil {
+				return nil, toStatus(err)
+			}
 		}
 		return &cairnv1.LookupStepResponse{Hit: false, Key: key.String()}, nil
 	}

@@ -141,25 +141,26 @@ func parseDigest(field, s string, optional bool) (digest.Digest, error) {
 
 // parseChunkDigest validates a chunk digest (blake3:<hex>, which
 // digest.Parse does not know; see cache.ChunkDigest).
-func parseChunkDigest(field, s string) (digest.Digest, error) {
+func parseChunkDigest(field, s string) (chunkid.ID, error) {
 	if s == "" {
-		return "", fieldErr(field, fmt.Errorf("%w: empty", errInvalidDigest))
+		return chunkid.ID{}, fieldErr(field, fmt.Errorf("%w: empty", errInvalidDigest))
 	}
-	if _, err := chunkid.Parse(s); err != nil {
+	id, err := chunkid.Parse(s)
+	if err != nil {
 		// "invalid digest" and what chunkid says after its own "invalid
 		// chunk digest".
-		return "", fieldErr(field, fmt.Errorf("%w%s", errInvalidDigest, strings.TrimPrefix(err.Error(), chunkid.ErrInvalid.Error())))
+		return chunkid.ID{}, fieldErr(field, fmt.Errorf("%w%s", errInvalidDigest, strings.TrimPrefix(err.Error(), chunkid.ErrInvalid.Error())))
 	}
-	return digest.Digest(s), nil
+	return id, nil
 }
 
 // parseChunkDigests validates a list of chunk digests, at most limit of
 // them.
-func parseChunkDigests(field string, ss []string, limit int) ([]digest.Digest, error) {
+func parseChunkDigests(field string, ss []string, limit int) ([]chunkid.ID, error) {
 	if len(ss) > limit {
 		return nil, fieldErr(field, fmt.Errorf("%w: %d digests, at most %d per request", errTooMany, len(ss), limit))
 	}
-	ds := make([]digest.Digest, len(ss))
+	ds := make([]chunkid.ID, len(ss))
 	for i, s := range ss {
 		d, err := parseChunkDigest(fmt.Sprintf("%s[%d]", field, i), s)
 		if err != nil {

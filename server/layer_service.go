@@ -8,10 +8,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/cairnbuild/cairn/cache"
+	"github.com/cairnbuild/cairn/chunkid"
 	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
 )
 
@@ -370,7 +370,7 @@ func (s *layerService) CommitLayer(ctx context.Context, req *cairnv1.CommitLayer
 			return nil, toStatus(fieldErr(fmt.Sprintf("chunks[%d].size_bytes", i),
 				fmt.Errorf("%w: chunk size %d, want 1 to %d", errInvalidArgument, c.GetSizeBytes(), cache.MaxChunkSize)))
 		}
-		refs[i] = cache.ChunkRef{Digest: id, Size: c.GetSizeBytes()}
+		refs[i] = cache.ChunkRef{ID: id, Size: c.GetSizeBytes()}
 	}
 	if err := s.acquire(ctx); err != nil {
 		return nil, toStatus(err)
@@ -399,7 +399,7 @@ func (s *layerService) GetLayerChunks(ctx context.Context, req *cairnv1.GetLayer
 	}
 	resp := &cairnv1.GetLayerChunksResponse{Layer: layerToProto(info), Chunks: make([]*cairnv1.ChunkRef, len(refs))}
 	for i, r := range refs {
-		resp.Chunks[i] = &cairnv1.ChunkRef{Digest: r.Digest.String(), SizeBytes: r.Size}
+		resp.Chunks[i] = &cairnv1.ChunkRef{Digest: r.ID.String(), SizeBytes: r.Size}
 	}
 	return resp, nil
 }
@@ -427,7 +427,7 @@ func (s *layerService) GetChunks(req *cairnv1.GetChunksRequest, stream cairnv1.L
 	start := func(i int) {
 		ch := make(chan result, 1) // buffered: a read never waits for a sender that gave up
 		results[i] = ch
-		go func(id digest.Digest) {
+		go func(id chunkid.ID) {
 			data, err := s.chunks.ReadChunk(ctx, id)
 			ch <- result{data, err}
 		}(ids[i])
@@ -475,6 +475,7 @@ func (s *layerService) GetStats(ctx context.Context, _ *cairnv1.GetStatsRequest)
 		StepCount:        st.Steps,
 		LogicalSizeBytes: st.LogicalBytes,
 		StoredSizeBytes:  st.StoredBytes,
+		UniqueSizeBytes:  st.UniqueBytes,
 	}, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/cairnbuild/cairn/cache"
+	"github.com/cairnbuild/cairn/chunkid"
 	"github.com/cairnbuild/cairn/stepkey"
 )
 
@@ -49,7 +50,7 @@ type LayerStore interface {
 type ChunkStore interface {
 	// MissingChunks returns those of ids the store lacks, in the order
 	// given, each once.
-	MissingChunks(ctx context.Context, ids []digest.Digest) ([]digest.Digest, error)
+	MissingChunks(ctx context.Context, ids []chunkid.ID) ([]chunkid.ID, error)
 	// NewChunkUpload starts an upload that stores the chunks of one
 	// PutChunks stream together; its packs are written under ctx. (A
 	// concrete type: cache's API has no interface for it, so a fake
@@ -58,7 +59,7 @@ type ChunkStore interface {
 	NewChunkUpload(ctx context.Context) *cache.ChunkUpload
 	// ReadChunk returns chunk id's bytes, verified; a missing chunk is
 	// cache.ErrNotFound, one that fails verification cache.ErrDataLoss.
-	ReadChunk(ctx context.Context, id digest.Digest) ([]byte, error)
+	ReadChunk(ctx context.Context, id chunkid.ID) ([]byte, error)
 	// Commit makes layer d from chunks, in order. A chunk not stored is
 	// cache.ErrFailedPrecondition, chunks that do not hash to d
 	// cache.ErrDigestMismatch. Committing a layer that exists returns its

@@ -72,6 +72,7 @@ chunks take stored (compressed, each chunk once) and the ratio of the two
 		fmt.Fprintf(tw, "chunks\t%d distinct\n", st.Chunks)
 		fmt.Fprintf(tw, "steps\t%d\n", st.Steps)
 		fmt.Fprintf(tw, "logical\t%d (%s)\n", st.LogicalBytes, humanBytes(st.LogicalBytes))
+		fmt.Fprintf(tw, "unique\t%d (%s, distinct chunks uncompressed)\n", st.UniqueBytes, humanBytes(st.UniqueBytes))
 		fmt.Fprintf(tw, "stored\t%d (%s)\n", st.StoredBytes, humanBytes(st.StoredBytes))
 		if st.DedupRatio > 0 {
 			fmt.Fprintf(tw, "dedup\t%.2fx (logical / stored: deduplication and compression)\n", st.DedupRatio)

@@ -363,6 +363,7 @@ type Stats struct {
 	Layers, Chunks, Steps int64
 	LogicalBytes          int64 // sum of the sizes of all layers
 	StoredBytes           int64 // bytes of all chunk records the index knows
+	UniqueBytes           int64 // uncompressed bytes of all chunks the index knows
 	ReferencedBytes       int64 // stored bytes of chunks that a layer references
 }
 
@@ -383,6 +384,7 @@ func (x *DB) Stats(ctx context.Context) (Stats, error) {
 				if err := it.Item().Value(func(v []byte) error {
 					ci, err := DecodeChunkInfo(v)
 					s.StoredBytes += ci.Stored
+					s.UniqueBytes += ci.Size
 					if ci.Refs > 0 {
 						s.ReferencedBytes += ci.Stored
 					}

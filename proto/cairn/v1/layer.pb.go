@@ -1356,6 +1356,9 @@ type GetStatsResponse struct {
 	// distinct chunk once, record headers included. logical_size_bytes over
 	// stored_size_bytes is what deduplication and compression save together.
 	StoredSizeBytes int64 `protobuf:"varint,5,opt,name=stored_size_bytes,json=storedSizeBytes,proto3" json:"stored_size_bytes,omitempty"`
+	// The bytes of all distinct chunks, uncompressed: logical_size_bytes over
+	// unique_size_bytes is what deduplication alone saves.
+	UniqueSizeBytes int64 `protobuf:"varint,6,opt,name=unique_size_bytes,json=uniqueSizeBytes,proto3" json:"unique_size_bytes,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -1421,6 +1424,13 @@ func (x *GetStatsResponse) GetLogicalSizeBytes() int64 {
 func (x *GetStatsResponse) GetStoredSizeBytes() int64 {
 	if x != nil {
 		return x.StoredSizeBytes
+	}
+	return 0
+}
+
+func (x *GetStatsResponse) GetUniqueSizeBytes() int64 {
+	if x != nil {
+		return x.UniqueSizeBytes
 	}
 	return 0
 }
@@ -1509,7 +1519,7 @@ const file_cairn_v1_layer_proto_rawDesc = "" +
 	"\x11GetChunksResponse\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\"\x11\n" +
-	"\x0fGetStatsRequest\"\xcd\x01\n" +
+	"\x0fGetStatsRequest\"\xf9\x01\n" +
 	"\x10GetStatsResponse\x12\x1f\n" +
 	"\vlayer_count\x18\x01 \x01(\x03R\n" +
 	"layerCount\x12\x1f\n" +
@@ -1518,7 +1528,8 @@ const file_cairn_v1_layer_proto_rawDesc = "" +
 	"\n" +
 	"step_count\x18\x03 \x01(\x03R\tstepCount\x12,\n" +
 	"\x12logical_size_bytes\x18\x04 \x01(\x03R\x10logicalSizeBytes\x12*\n" +
-	"\x11stored_size_bytes\x18\x05 \x01(\x03R\x0fstoredSizeBytes2\xcb\x06\n" +
+	"\x11stored_size_bytes\x18\x05 \x01(\x03R\x0fstoredSizeBytes\x12*\n" +
+	"\x11unique_size_bytes\x18\x06 \x01(\x03R\x0funiqueSizeBytes2\xcb\x06\n" +
 	"\fLayerService\x12F\n" +
 	"\tPushLayer\x12\x1a.cairn.v1.PushLayerRequest\x1a\x1b.cairn.v1.PushLayerResponse(\x01\x12F\n" +
 	"\tPullLayer\x12\x1a.cairn.v1.PullLayerRequest\x1a\x1b.cairn.v1.PullLayerResponse0\x01\x12D\n" +
