@@ -40,6 +40,7 @@ type fakeServer struct {
 	putBytes   int64 // chunk bytes received by PutChunks
 	getChunks  int   // chunks sent by GetChunks
 	findCalls  int
+	commits    int // CommitLayer calls
 	maxFindReq int // most digests in one FindMissingChunks
 	statsCalls int
 	statsErr   error // GetStats fails with it if set
@@ -139,6 +140,7 @@ func (f *fakeServer) PutChunks(s cairnv1.LayerService_PutChunksServer) error {
 func (f *fakeServer) CommitLayer(_ context.Context, req *cairnv1.CommitLayerRequest) (*cairnv1.CommitLayerResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.commits++
 	h := sha256.New()
 	var size int64
 	for _, r := range req.GetChunks() {

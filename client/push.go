@@ -62,7 +62,9 @@ func (b *batch) data(r chunkRef) []byte { return b.buf[r.offset : r.offset+r.siz
 // Push uploads the layer read from r and commits it. It chunks r here with
 // chunker.V1, asks the server which chunks it lacks, uploads only those and
 // then commits the ordered chunk list; the server verifies the layer digest
-// before the layer becomes visible. Reading, asking and uploading overlap,
+// before the layer becomes visible. If r can seek (a file) and the server
+// has the whole layer already, Push finds out with one SHA-256 pass and
+// sends nothing (see pushStored). Reading, asking and uploading overlap,
 // and at most opts.WindowBytes of chunk data are held at a time.
 //
 // If the push fails, no layer is committed (chunks already uploaded stay on
@@ -73,6 +75,11 @@ func (c *Client) Push(ctx context.Context, r io.Reader, opts PushOptions) (PushR
 	if opts.ExpectedDigest != "" {
 		if err := opts.ExpectedDigest.Validate(); err != nil {
 			return PushResult{}, fmt.Errorf("push: expected digest %q: %w: %v", opts.ExpectedDigest, ErrInvalidArgument, err)
+		}
+	}
+	if rs, ok := r.(io.ReadSeeker); ok {
+		if res, stored, err := c.pushStored(ctx, rs, opts); err != nil || stored {
+			return res, err
 		}
 	}
 	window := opts.WindowBytes
