@@ -8,7 +8,6 @@ import (
 	"github.com/cairnbuild/cairn/cache/internal/index"
 	"github.com/cairnbuild/cairn/cache/internal/pack"
 	"github.com/cairnbuild/cairn/chunkid"
-	"github.com/opencontainers/go-digest"
 )
 
 // Short names for the internal packages' types, for the tests.
@@ -29,9 +28,6 @@ var packKey = pack.Key
 
 // lookupChunk reads chunk id's index entry.
 func (c *Cache) lookupChunk(id chunkID) (chunkInfo, bool, error) { return c.idx.Chunk(id) }
-
-// parseChunkID parses a chunk digest, as the server does at its edge.
-func parseChunkID(d digest.Digest) (chunkID, error) { return chunkid.Parse(string(d)) }
 
 // readPackTable reads a pack's table as Reindex does.
 func (c *Cache) readPackTable(ctx context.Context, key string, size int64) ([]packEntry, error) {
