@@ -110,7 +110,7 @@ func (o *Options) defaults() error {
 }
 
 // Result is what a run measured. Its JSON form is what
-// `cairn bench load --json` prints.
+// `cairn-bench load --json` prints.
 type Result struct {
 	Clients         int       `json:"clients"`
 	ElapsedSeconds  float64   `json:"elapsed_seconds"`

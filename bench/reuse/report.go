@@ -8,7 +8,7 @@ import (
 )
 
 // Report is the result of an analysis. Its JSON form is what
-// `cairn bench reuse --json` prints; field names carry their units.
+// `cairn-bench reuse --json` prints; field names carry their units.
 type Report struct {
 	// Averages are the average chunk sizes analysed, in the order of every
 	// Chunks slice below.
