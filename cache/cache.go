@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cairnbuild/cairn/backend"
 	"github.com/cairnbuild/cairn/cache/internal/chunks"
@@ -61,6 +62,12 @@ type Cache struct {
 
 	cutPool sync.Pool // *[]byte of 2 × params.Max: chunker buffers
 	steps   stepMemo
+	// layerSeq counts the starts and ends of layer deletes, and deleting
+	// the deletes under way: the step memo trusts a record's layer only
+	// while no delete runs and layerSeq is what it was when the layer was
+	// last seen in the index.
+	layerSeq atomic.Uint64
+	deleting atomic.Int64
 
 	// beforeCommit, if set, runs just before a layer's index commit, when
 	// every chunk is stored or found: tests run a collector there.

@@ -109,7 +109,12 @@ func (c *Cache) Delete(ctx context.Context, d digest.Digest) error {
 	if err := ParseLayerDigest(d); err != nil {
 		return fmt.Errorf("cache: delete: %w", err)
 	}
-	if err := c.idx.DeleteLayer(d); err != nil {
+	c.deleting.Add(1) // the step memo checks layers in the index meanwhile
+	c.layerSeq.Add(1)
+	err := c.idx.DeleteLayer(d)
+	c.layerSeq.Add(1)
+	c.deleting.Add(-1)
+	if err != nil {
 		return fmt.Errorf("cache: %w", err)
 	}
 	if err := c.store.Delete(ctx, layerKey(d)); err != nil {

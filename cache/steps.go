@@ -186,7 +186,8 @@ func (c *Cache) recordStep(ctx context.Context, parent digest.Digest, s stepkey.
 // LookupStep returns the record of step s on top of parent. A miss is
 // ErrNotFound, with the step's key in the record returned (so that a
 // caller can show or reuse it without deriving it again); so is a record
-// whose layer has been deleted.
+// whose layer has been deleted. A record looked up before, whose layer no
+// delete can have touched since, is answered from memory (see stepMemo).
 func (c *Cache) LookupStep(ctx context.Context, parent digest.Digest, s stepkey.Step) (StepRecord, error) {
 	if err := c.begin(ctx); err != nil {
 		return StepRecord{}, fmt.Errorf("cache: lookup step: %w", err)
@@ -196,6 +197,10 @@ func (c *Cache) LookupStep(ctx context.Context, parent digest.Digest, s stepkey.
 	if err != nil {
 		return StepRecord{}, fmt.Errorf("cache: lookup step: %w", err)
 	}
+	if rec, ok := c.memoHit(key); ok {
+		return rec, nil
+	}
+	seq, gen, keep := c.memoStart()
 	var rec StepRecord
 	err = c.idx.View("lookup step", func(tx *index.Tx) (err error) {
 		rec, err = c.getStep(tx, key)
@@ -205,13 +210,17 @@ func (c *Cache) LookupStep(ctx context.Context, parent digest.Digest, s stepkey.
 		return StepRecord{Key: key}, fmt.Errorf("cache: lookup step: %w", err)
 	}
 	c.hit(&rec)
+	if keep {
+		c.steps.put(key, rec, seq, gen)
+	}
 	return rec, nil
 }
 
 // LookupChain walks steps from base: each step's parent is the Next of the
 // record before it. It returns the records of the longest prefix that is
-// cached (none: an empty slice), in one index transaction. Every step is
-// normalized and keyed before the transaction starts.
+// cached (none: an empty slice). Every step is normalized before any index
+// read; steps answered from memory need none, the rest are read in one
+// index transaction.
 func (c *Cache) LookupChain(ctx context.Context, base digest.Digest, steps []stepkey.Step) ([]StepRecord, error) {
 	if err := c.begin(ctx); err != nil {
 		return nil, fmt.Errorf("cache: lookup chain: %w", err)
@@ -229,11 +238,29 @@ func (c *Cache) LookupChain(ctx context.Context, base digest.Digest, steps []ste
 		normal[i] = n
 	}
 	var out []StepRecord
+	parent := base
+	for len(out) < len(normal) {
+		key, err := stepkey.Key(parent, normal[len(out)])
+		if err != nil {
+			return nil, fmt.Errorf("cache: lookup chain: step %d: %w: %w", len(out), ErrInvalidArgument, err)
+		}
+		rec, ok := c.memoHit(key)
+		if !ok {
+			break
+		}
+		out = append(out, rec)
+		parent = rec.Next
+	}
+	if len(out) == len(normal) {
+		return out, nil
+	}
+	seq, gen, keep := c.memoStart()
+	var read []StepRecord
 	err := c.idx.View("lookup chain", func(tx *index.Tx) error {
-		out = out[:0]
-		parent := base
-		for i, n := range normal {
-			key, err := stepkey.Key(parent, n)
+		read = read[:0]
+		parent := parent
+		for i := len(out); i < len(normal); i++ {
+			key, err := stepkey.Key(parent, normal[i])
 			if err != nil {
 				return fmt.Errorf("step %d: %w: %w", i, ErrInvalidArgument, err)
 			}
@@ -243,7 +270,7 @@ func (c *Cache) LookupChain(ctx context.Context, base digest.Digest, steps []ste
 			} else if err != nil {
 				return err
 			}
-			out = append(out, rec)
+			read = append(read, rec)
 			parent = rec.Next
 		}
 		return nil
@@ -251,17 +278,20 @@ func (c *Cache) LookupChain(ctx context.Context, base digest.Digest, steps []ste
 	if err != nil {
 		return nil, fmt.Errorf("cache: lookup chain: %w", err)
 	}
-	for i := range out {
-		c.hit(&out[i])
+	for i := range read {
+		c.hit(&read[i])
+		if keep {
+			c.steps.put(read[i].Key, read[i], seq, gen)
+		}
 	}
-	return out, nil
+	return append(out, read...), nil
 }
 
 // getStep reads step key's record, decoded (from the memo when it has been
 // decoded before: records never change in place), with its stored hits. A
 // record whose layer is gone is ErrNotFound.
 func (c *Cache) getStep(tx *index.Tx, key digest.Digest) (StepRecord, error) {
-	rec, gen, ok := c.steps.get(key)
+	rec, ok := c.steps.decoded(key)
 	var found bool
 	var err error
 	if ok {
@@ -273,9 +303,6 @@ func (c *Cache) getStep(tx *index.Tx, key digest.Digest) (StepRecord, error) {
 		})
 		if err != nil {
 			return StepRecord{}, fmt.Errorf("%w: step %s: %w", ErrDataLoss, key, err)
-		}
-		if found {
-			c.steps.put(key, rec, gen)
 		}
 	}
 	if err != nil {
@@ -308,50 +335,127 @@ func (c *Cache) hit(rec *StepRecord) {
 	rec.LastHit = now
 }
 
-// stepMemo keeps decoded step records: decoding the stored JSON was a
-// quarter of a lookup's CPU, and a record never changes once written
+// memoStart is taken before a lookup reads the index: what the memo needs
+// to keep what the lookup reads. keep is false while a delete is under way.
+func (c *Cache) memoStart() (seq, gen uint64, keep bool) {
+	keep = c.deleting.Load() == 0
+	return c.layerSeq.Load(), c.steps.generation(), keep
+}
+
+// memoHit answers a lookup of key from memory, counting the hit, if the
+// memo holds its record and no layer delete has begun since the record's
+// layer was last seen in the index.
+func (c *Cache) memoHit(key digest.Digest) (StepRecord, bool) {
+	if c.deleting.Load() > 0 {
+		return StepRecord{}, false
+	}
+	seq := c.layerSeq.Load()
+	now := time.Now().UTC()
+	rec, ok := c.steps.hit(key, seq, now)
+	if ok {
+		c.idx.Hit(key, now) // for the index; the memo counted it already
+	}
+	return rec, ok
+}
+
+// stepMemo keeps decoded step records, so that a repeated lookup reads
+// nothing from the index: decoding the stored JSON was a quarter of a
+// lookup's CPU, and each Badger read transaction takes a lock that 64
+// concurrent lookups queue on. A record never changes once written
 // (RecordStep of the same key forgets it after writing; Reindex forgets
-// all). A lookup puts what it decoded only if nothing was forgotten since
-// it started (gen), so a record read just before a RecordStep replaced it
-// is never kept. It holds at most stepMemoSize records and drops an
-// arbitrary one when full.
-// Records are shared: callers get copies of the struct, and its slices
-// (Config, BuildArgs) are never written.
+// all), but its layer can be deleted: an entry remembers the value of
+// Cache.layerSeq when its layer was last seen in the index, and answers
+// alone only while no delete runs and layerSeq still has that value
+// (Delete counts itself in deleting and bumps layerSeq before its index
+// commit and after it, and lookups keep nothing they read during a
+// delete). An entry's Hits is the total
+// (stored and pending) as of its last hit. A lookup puts what it read only
+// if nothing was forgotten since it started (gen), so a record read just
+// before a RecordStep replaced it is never kept. The memo holds at most
+// stepMemoBytes of records and drops arbitrary ones when full. Records are
+// shared: callers get copies of the struct, and its slices (Config,
+// BuildArgs) are never written.
 type stepMemo struct {
-	mu  sync.RWMutex
-	m   map[digest.Digest]StepRecord
-	gen uint64 // counts forgets
+	mu    sync.Mutex
+	m     map[digest.Digest]*memoEntry
+	bytes int
+	gen   uint64 // counts forgets
 }
 
-const stepMemoSize = 1 << 16
-
-func newStepMemo() stepMemo { return stepMemo{m: make(map[digest.Digest]StepRecord)} }
-
-func (m *stepMemo) get(key digest.Digest) (StepRecord, uint64, bool) {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	r, ok := m.m[key]
-	return r, m.gen, ok
+type memoEntry struct {
+	rec      StepRecord
+	verified uint64 // Cache.layerSeq when the layer was last seen
+	size     int
 }
 
-func (m *stepMemo) put(key digest.Digest, r StepRecord, gen uint64) {
+// stepMemoBytes bounds the memo: 32 MiB is about 50 000 records of
+// ordinary size, and 500 of the largest (64 KiB configs).
+const stepMemoBytes = 32 << 20
+
+func newStepMemo() stepMemo { return stepMemo{m: make(map[digest.Digest]*memoEntry)} }
+
+func (m *stepMemo) generation() uint64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if gen != m.gen {
+	return m.gen
+}
+
+// decoded returns key's record, however old its verification.
+func (m *stepMemo) decoded(key digest.Digest) (StepRecord, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if e, ok := m.m[key]; ok {
+		return e.rec, true
+	}
+	return StepRecord{}, false
+}
+
+// hit returns key's record with one more hit at now, if its layer was seen
+// at layerSeq seq.
+func (m *stepMemo) hit(key digest.Digest, seq uint64, now time.Time) (StepRecord, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.m[key]
+	if !ok || e.verified != seq {
+		return StepRecord{}, false
+	}
+	e.rec.Hits++
+	e.rec.LastHit = now
+	return e.rec, true
+}
+
+// put keeps r, read from the index at layerSeq seq and memo generation
+// gen (both taken before the read, see memoStart).
+func (m *stepMemo) put(key digest.Digest, r StepRecord, seq, gen uint64) {
+	size := 512 + len(r.Config) + len(r.Step.Instruction) + len(r.Step.Platform)
+	for _, a := range r.Step.BuildArgs {
+		size += 16 + len(a)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if gen != m.gen || size > stepMemoBytes/16 {
 		return
 	}
-	if len(m.m) >= stepMemoSize {
-		for k := range m.m {
-			delete(m.m, k)
+	if old, ok := m.m[key]; ok {
+		m.bytes -= old.size
+	}
+	for k, e := range m.m {
+		if m.bytes+size <= stepMemoBytes {
 			break
 		}
+		delete(m.m, k)
+		m.bytes -= e.size
 	}
-	m.m[key] = r
+	m.m[key] = &memoEntry{rec: r, verified: seq, size: size}
+	m.bytes += size
 }
 
 func (m *stepMemo) forget(key digest.Digest) {
 	m.mu.Lock()
-	delete(m.m, key)
+	if e, ok := m.m[key]; ok {
+		delete(m.m, key)
+		m.bytes -= e.size
+	}
 	m.gen++
 	m.mu.Unlock()
 }
@@ -359,6 +463,7 @@ func (m *stepMemo) forget(key digest.Digest) {
 func (m *stepMemo) clear() {
 	m.mu.Lock()
 	clear(m.m)
+	m.bytes = 0
 	m.gen++
 	m.mu.Unlock()
 }

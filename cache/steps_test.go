@@ -118,3 +118,54 @@ func TestSteps(t *testing.T) {
 		t.Errorf("Stats: %+v, %v; want 3 steps", st, err)
 	}
 }
+
+// Lookups answered from the step memo never outlive the layer or the
+// record they answer with: after a Delete returns, the step misses; after
+// a RecordStep returns, lookups see the new record; and the hits the memo
+// counts add up with those the index holds.
+func TestStepMemoFollowsDeletesAndRecords(t *testing.T) {
+	c, _ := newCache(t)
+	ctx := t.Context()
+	step := stepkey.Step{Instruction: "RUN make"}
+	for round := range 3 {
+		l1 := push(t, c, genData(uint64(700+2*round), 100<<10))
+		l2 := push(t, c, genData(uint64(701+2*round), 100<<10))
+		if _, err := c.RecordStep(ctx, "", step, &LayerRef{Digest: l1.Digest}, nil); err != nil {
+			t.Fatal(err)
+		}
+		var hits uint64
+		for range 3 { // the second and third come from the memo
+			rec, err := c.LookupStep(ctx, "", step)
+			if err != nil || rec.Layer.Digest != l1.Digest {
+				t.Fatalf("round %d: lookup: %+v, %v", round, rec.Layer, err)
+			}
+			if rec.Hits <= hits {
+				t.Errorf("round %d: hits %d after %d", round, rec.Hits, hits)
+			}
+			hits = rec.Hits
+		}
+		if chain, err := c.LookupChain(ctx, "", []stepkey.Step{step}); err != nil || len(chain) != 1 || chain[0].Hits != hits+1 {
+			t.Fatalf("round %d: chain: %d records, %v (hits %d, want %d)", round, len(chain), err, chain[0].Hits, hits+1)
+		}
+		// A new record for the key: seen at once.
+		if _, err := c.RecordStep(ctx, "", step, &LayerRef{Digest: l2.Digest}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if rec, err := c.LookupStep(ctx, "", step); err != nil || rec.Layer.Digest != l2.Digest {
+			t.Fatalf("round %d: after RecordStep: %+v, %v; want layer %s", round, rec.Layer, err, l2.Digest)
+		}
+		if _, err := c.LookupStep(ctx, "", step); err != nil { // from the memo again
+			t.Fatal(err)
+		}
+		// Its layer deleted: a miss at once, alone and in a chain.
+		if err := c.Delete(ctx, l2.Digest); err != nil {
+			t.Fatal(err)
+		}
+		if rec, err := c.LookupStep(ctx, "", step); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("round %d: step of a deleted layer: %+v, %v; want ErrNotFound", round, rec.Layer, err)
+		}
+		if chain, err := c.LookupChain(ctx, "", []stepkey.Step{step}); err != nil || len(chain) != 0 {
+			t.Fatalf("round %d: chain of a deleted layer: %d records, %v", round, len(chain), err)
+		}
+	}
+}
