@@ -74,8 +74,9 @@ type Cache struct {
 	beforeCommit func()
 
 	// mu is held shared by every operation and exclusively by Reindex.
-	mu     sync.RWMutex
-	closed bool
+	mu      sync.RWMutex
+	closed  bool
+	partial bool // a Reindex failed after it dropped the index
 
 	closeErr error
 	once     sync.Once
@@ -156,6 +157,10 @@ func (c *Cache) begin(ctx context.Context) error {
 	if c.closed {
 		c.mu.RUnlock()
 		return ErrClosed
+	}
+	if c.partial {
+		c.mu.RUnlock()
+		return errPartialIndex
 	}
 	if err := ctx.Err(); err != nil {
 		c.mu.RUnlock()

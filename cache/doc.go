@@ -80,13 +80,15 @@
 // have no references can be deleted; a pack with some can be rewritten
 // with the live ones, their index entries moved to the new pack before the
 // old one goes. It must also spare chunks a running push or upload may
-// still reference: a chunk uploaded ahead of its commit (each entry records
-// when it was added, for a grace period), and a chunk with no references
-// that a push found in the index and will commit a reference to (nothing
-// fences that yet: the collector will need a lock that pushes hold from
-// lookup to commit). A copy of a chunk in a pack the index does not name
-// (two sessions racing past the flights, a push that failed after writing
-// a pack) is garbage from the start.
+// still reference: those a session leases (see The GC fence), and those
+// used within a grace period (an entry's Added is when the chunk was
+// added, last referenced by a commit, or found by MissingChunks or a
+// session). A pack the index does not name is not garbage at once: a
+// push's packs are named by no entry until its commit (and other sessions
+// may commit references into them through flights). It is garbage once it
+// is older than the longest push plus a grace period and no chunk in its
+// table is leased (checked inside the fence); a failed push or two
+// sessions racing past the flights leave such packs.
 //
 // # Backend layout
 //

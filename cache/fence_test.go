@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cairnbuild/cairn/cache/internal/index"
 	"github.com/opencontainers/go-digest"
@@ -202,5 +203,73 @@ func TestLeasesFenceCollector(t *testing.T) {
 	checkRefcounts(t, c)
 	if n := c.chunks.Leased(); n != 0 {
 		t.Errorf("%d chunks still leased after every session ended", n)
+	}
+}
+
+// An existence answer is a use: chunks that FindMissingChunks (here
+// MissingChunks) or a session finds in the index have their entry
+// touched, so that the collector's grace period runs from then.
+func TestFoundChunksAreTouched(t *testing.T) {
+	c, _ := newCache(t)
+	ctx := t.Context()
+	data := genData(960, 1<<20)
+	info := push(t, c, data)
+	refs, err := c.Chunks(ctx, info.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Delete(ctx, info.Digest); err != nil {
+		t.Fatal(err)
+	}
+	age := func(id chunkID) {
+		_, ci := chunkLocation(t, c, id)
+		ci.Added = 1000 // long ago
+		if err := c.idx.SetChunkValue(id, ci.Encode()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	touched := func(id chunkID) bool {
+		_, ci := chunkLocation(t, c, id)
+		return time.Now().Unix()-ci.Added < 60
+	}
+	age(refs[0].ID)
+	if missing, err := c.MissingChunks(ctx, []chunkID{refs[0].ID}); err != nil || len(missing) != 0 {
+		t.Fatalf("MissingChunks: %v, %v", missing, err)
+	}
+	if !touched(refs[0].ID) {
+		t.Errorf("a chunk MissingChunks found was not touched")
+	}
+	// A chunk upload that finds a chunk stored leases it, and touches it
+	// when it ends.
+	age(refs[1].ID)
+	_, parts := clientChunks(t, data)
+	if err := c.PutChunk(ctx, refs[1].ID, parts[1]); err != nil {
+		t.Fatal(err)
+	}
+	if !touched(refs[1].ID) {
+		t.Errorf("a chunk an upload found was not touched")
+	}
+}
+
+// A Reindex that fails after dropping the index leaves the cache refusing
+// calls (ErrUnavailable) rather than answering from a partial index, until
+// a Reindex succeeds.
+func TestFailedReindexRefusesCalls(t *testing.T) {
+	c, _ := newCache(t)
+	ctx := t.Context()
+	info := push(t, c, genData(970, 1<<20))
+	c.idx.FailAfter(3) // the drop goes through, a write after it fails
+	if err := c.Reindex(ctx); err == nil {
+		t.Fatal("Reindex with a failing index succeeded")
+	}
+	if _, err := c.Stat(ctx, info.Digest); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Stat after a failed reindex: %v, want ErrUnavailable", err)
+	}
+	c.idx.FailAfter(0)
+	if err := c.Reindex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := pullDigest(t, c, info.Digest); got != info.Digest {
+		t.Fatalf("after a good reindex: pulled %s", got)
 	}
 }

@@ -282,5 +282,8 @@ func (c *Cache) commit(ctx context.Context, lr *index.LayerRecord, sess *chunks.
 	if err != nil {
 		return LayerInfo{}, err
 	}
+	if sess != nil {
+		sess.Committed()
+	}
 	return layerInfo(res, res.Created), nil
 }

@@ -44,10 +44,15 @@ func (c *Cache) Reindex(ctx context.Context) error {
 	return nil
 }
 
+// errPartialIndex is what every call gets after a Reindex failed part way,
+// until one succeeds: the index may lack what the backend holds.
+var errPartialIndex = fmt.Errorf("%w: the index is incomplete after a failed reindex: reindex again", ErrUnavailable)
+
 // packWindow is how many pack tables Reindex reads at once.
 const packWindow = 64
 
-func (c *Cache) reindex(ctx context.Context) error {
+func (c *Cache) reindex(ctx context.Context) (err error) {
+	defer func() { c.partial = err != nil && c.idx.Interrupted() }()
 	c.steps.clear()
 	if err := c.idx.BeginRebuild(); err != nil {
 		return err
@@ -63,7 +68,7 @@ func (c *Cache) reindex(ctx context.Context) error {
 		window = window[:0]
 		return err
 	}
-	err := c.store.List(ctx, pack.Prefix, func(info backend.Info) error {
+	err = c.store.List(ctx, pack.Prefix, func(info backend.Info) error {
 		if _, ok := pack.IDFromKey(info.Key); !ok {
 			c.log.Warn("cache: reindex: skipping stray object", "key", info.Key)
 			return nil

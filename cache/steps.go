@@ -297,12 +297,13 @@ func (c *Cache) getStep(tx *index.Tx, key digest.Digest) (StepRecord, error) {
 	if ok {
 		found, err = tx.StepValue(key, func([]byte) error { return nil })
 	} else {
-		found, err = tx.StepValue(key, func(v []byte) (err error) {
-			rec, err = unmarshalStep(v)
-			return err
+		var decodeErr error
+		found, err = tx.StepValue(key, func(v []byte) error {
+			rec, decodeErr = unmarshalStep(v)
+			return decodeErr
 		})
-		if err != nil {
-			return StepRecord{}, fmt.Errorf("%w: step %s: %w", ErrDataLoss, key, err)
+		if decodeErr != nil {
+			return StepRecord{}, fmt.Errorf("%w: step %s: %w", ErrDataLoss, key, decodeErr)
 		}
 	}
 	if err != nil {

@@ -45,6 +45,9 @@ type Session struct {
 	held   map[chunkid.ID]*flight
 	known  map[chunkid.ID]index.ChunkInfo // chunks the session's commit may need that the index may lack
 	leased map[chunkid.ID]struct{}
+	// committed: a commit referenced the leased chunks (and touched
+	// them); Close need not touch them again.
+	committed bool
 
 	packMu sync.Mutex
 	cur    *openPack     // the pack being filled, if any
@@ -264,10 +267,20 @@ func (ss *Session) Flush() error {
 	return ss.failed()
 }
 
+// Committed tells the session that a commit referenced its chunks.
+func (ss *Session) Committed() {
+	ss.heldMu.Lock()
+	ss.committed = true
+	ss.heldMu.Unlock()
+}
+
 // Close ends the session: a pack still being filled is dropped (its
 // flights fail, so waiting sessions write those chunks themselves), the
-// session leaves its flights and releases its leases. Call it once no
-// Ensure is running, after Flush (and the commit) or instead of them.
+// session leaves its flights and releases its leases. Unless a commit
+// referenced them, the leased chunks are touched first, so that their
+// entries say when they were last leased (a client may commit them soon).
+// Call it once no Ensure is running, after Flush (and the commit) or
+// instead of them.
 func (ss *Session) Close() {
 	ss.setErr(errSessionClosed)
 	ss.Flush()
@@ -278,7 +291,13 @@ func (ss *Session) Close() {
 		ids = append(ids, id)
 	}
 	ss.leased = nil
+	committed := ss.committed
 	ss.heldMu.Unlock()
+	if !committed && len(ids) > 0 {
+		if _, err := ss.s.idx.Touch(ids); err != nil {
+			ss.s.log.Warn("cache: touch leased chunks", "chunks", len(ids), "err", err)
+		}
+	}
 	ss.s.leases.release(ids)
 }
 

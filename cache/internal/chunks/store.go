@@ -185,9 +185,11 @@ func (s *Store) getPackBuf(n int) *[]byte {
 }
 
 // Missing returns those of ids the index does not hold, in the order given,
-// each once, looked up in one index transaction.
+// each once. The ones it holds are touched (index.DB.Touch): the client
+// will commit a layer naming them, and until then only the grace period
+// keeps the collector from them.
 func (s *Store) Missing(ids []chunkid.ID) ([]chunkid.ID, error) {
-	_, found, err := s.idx.Chunks(ids)
+	found, err := s.idx.Touch(ids)
 	if err != nil {
 		return nil, err
 	}

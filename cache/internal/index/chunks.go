@@ -134,3 +134,42 @@ func (x *DB) DeleteChunks(ids []chunkid.ID, keep func(id chunkid.ID, ci ChunkInf
 	})
 	return gone, err
 }
+
+// touchAge is how old an entry's Added must be for Touch to rewrite it:
+// the grace periods it serves are minutes long, and chunks in use are
+// found again and again (a base layer's, by every push on top of it).
+const touchAge = 60 // seconds
+
+// Touch looks ids up, in one transaction per MaxTxnChunks, and sets
+// Added = now on those that are indexed and were last touched over a
+// minute ago: an existence answer (a chunk a push or FindMissingChunks
+// found, a chunk a session leased) counts as a use, and the collector
+// spares what was used within its grace period. found[i] answers ids[i].
+func (x *DB) Touch(ids []chunkid.ID) (found []bool, err error) {
+	found = make([]bool, len(ids))
+	now := time.Now().Unix()
+	for start := 0; start < len(ids); start += x.maxTxnChunks() {
+		batch := ids[start:min(start+x.maxTxnChunks(), len(ids))]
+		err := x.update("touch chunks", func(txn *badger.Txn) error {
+			for i, id := range batch {
+				ci, ok, err := getChunk(txn, id)
+				if err != nil {
+					return err
+				}
+				found[start+i] = ok
+				if !ok || now-ci.Added < touchAge {
+					continue
+				}
+				ci.Added = now
+				if err := txn.Set(chunkKey(id), ci.Encode()); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return found, nil
+}

@@ -32,7 +32,12 @@ func (x *DB) BeginRebuild() error {
 	if err := writeMarker(x.dir); err != nil {
 		return err
 	}
-	if err := x.db.DropAll(); err != nil {
+	// No flush or value-log GC may run during the drop (Badger: DropAll
+	// is not safe against concurrent reads and writes).
+	x.lock.Lock()
+	err := x.db.DropAll()
+	x.lock.Unlock()
+	if err != nil {
 		return translate("drop index", err)
 	}
 	return x.update("write format", func(txn *badger.Txn) error {
@@ -47,6 +52,21 @@ func (x *DB) EndRebuild() error {
 	}
 	if err := os.Remove(filepath.Join(x.dir, rebuildMarker)); err != nil {
 		return fmt.Errorf("index: %w: %w", cerr.ErrUnavailable, err)
+	}
+	return syncDir(x.dir)
+}
+
+// syncDir makes the creation or removal of a file in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err == nil {
+		err = d.Sync()
+		if cerr := d.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("index: sync %s: %w: %w", dir, cerr.ErrUnavailable, err)
 	}
 	return nil
 }
@@ -66,7 +86,7 @@ func writeMarker(dir string) error {
 	if err != nil {
 		return fmt.Errorf("index: mark rebuild: %w: %w", cerr.ErrUnavailable, err)
 	}
-	return nil
+	return syncDir(dir) // the marker must be durable before the drop is
 }
 
 // Interrupted reports whether a Rebuild of this index was interrupted (by

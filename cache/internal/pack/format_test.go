@@ -27,10 +27,8 @@ func golden(t *testing.T, name string, got []byte) []byte {
 	path := filepath.Join("testdata", name)
 	if *update {
 		var b strings.Builder
-		for len(got) > 0 {
-			n := min(32, len(got))
-			b.WriteString(hex.EncodeToString(got[:n]) + "\n")
-			got = got[n:]
+		for rest := got; len(rest) > 0; rest = rest[min(32, len(rest)):] {
+			b.WriteString(hex.EncodeToString(rest[:min(32, len(rest))]) + "\n")
 		}
 		if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 			t.Fatal(err)
