@@ -103,7 +103,7 @@ func stepKey(parent digest.Digest, s stepkey.Step) (digest.Digest, stepkey.Step,
 	if err != nil {
 		return "", stepkey.Step{}, fmt.Errorf("%w: %w", ErrInvalidArgument, err)
 	}
-	key, err := stepkey.Key(parent, n)
+	key, err := stepkey.NormalizedKey(parent, n)
 	if err != nil {
 		return "", stepkey.Step{}, fmt.Errorf("%w: %w", ErrInvalidArgument, err)
 	}
@@ -240,7 +240,7 @@ func (c *Cache) LookupChain(ctx context.Context, base digest.Digest, steps []ste
 	var out []StepRecord
 	parent := base
 	for len(out) < len(normal) {
-		key, err := stepkey.Key(parent, normal[len(out)])
+		key, err := stepkey.NormalizedKey(parent, normal[len(out)])
 		if err != nil {
 			return nil, fmt.Errorf("cache: lookup chain: step %d: %w: %w", len(out), ErrInvalidArgument, err)
 		}
@@ -260,7 +260,7 @@ func (c *Cache) LookupChain(ctx context.Context, base digest.Digest, steps []ste
 		read = read[:0]
 		parent := parent
 		for i := len(out); i < len(normal); i++ {
-			key, err := stepkey.Key(parent, normal[i])
+			key, err := stepkey.NormalizedKey(parent, normal[i])
 			if err != nil {
 				return fmt.Errorf("step %d: %w: %w", i, ErrInvalidArgument, err)
 			}

@@ -115,3 +115,33 @@ func FuzzStep(f *testing.F) {
 		}
 	})
 }
+
+// The hand check of digests accepts exactly what go-digest's Validate
+// accepts, and NormalizedKey of a normalized step is Key of the step.
+func FuzzDigestCheck(f *testing.F) {
+	f.Add("sha256:" + strings.Repeat("ab", 32))
+	f.Add("sha512:" + strings.Repeat("0", 128))
+	f.Add("sha384:" + strings.Repeat("f", 95) + "G")
+	f.Add("sha256:" + strings.Repeat("A", 64))
+	f.Add("md5:d41d8cd98f00b204e9800998ecf8427e")
+	f.Fuzz(func(t *testing.T, s string) {
+		got := validDigest("parent", digest.Digest(s)) == nil
+		want := s == "" || digest.Digest(s).Validate() == nil
+		if got != want {
+			t.Fatalf("validDigest(%q) accepts: %v; go-digest: %v", s, got, want)
+		}
+		if isHexDigest(s) && digest.Digest(s).Validate() != nil {
+			t.Fatalf("isHexDigest(%q) but go-digest refuses it", s)
+		}
+		step := Step{Instruction: "run  echo   " + s, BuildArgs: []string{"B=2", "A=1"}}
+		n, err := step.Normalized()
+		if err != nil {
+			return
+		}
+		k1, err1 := Key(digest.Digest(s), step)
+		k2, err2 := NormalizedKey(digest.Digest(s), n)
+		if k1 != k2 || (err1 == nil) != (err2 == nil) {
+			t.Fatalf("Key %s, %v; NormalizedKey %s, %v", k1, err1, k2, err2)
+		}
+	})
+}
