@@ -414,3 +414,78 @@ func BenchmarkZstdLevel(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkFile pushes the file named by CAIRN_BENCH_FILE to a cache on
+// the fs backend and pulls it back to a file, in process: the figure
+// bench/cli.sh sets the CLI's over loopback gRPC against, on the same
+// file in the same run. Skipped without the variable.
+func BenchmarkFile(b *testing.B) {
+	path := os.Getenv("CAIRN_BENCH_FILE")
+	if path == "" {
+		b.Skip("CAIRN_BENCH_FILE not set")
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("push", func(b *testing.B) {
+		b.SetBytes(st.Size())
+		for b.Loop() {
+			b.StopTimer()
+			store, err := cfs.New(b.TempDir())
+			if err != nil {
+				b.Fatal(err)
+			}
+			c := openCache(b, b.TempDir(), store)
+			f, err := os.Open(path)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+			_, err = c.Push(context.Background(), f, PushOptions{Size: st.Size()})
+			b.StopTimer()
+			f.Close()
+			c.Close()
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+		}
+	})
+	b.Run("pull", func(b *testing.B) {
+		store, err := cfs.New(b.TempDir())
+		if err != nil {
+			b.Fatal(err)
+		}
+		c := openCache(b, b.TempDir(), store)
+		f, err := os.Open(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		info, err := c.Push(context.Background(), f, PushOptions{Size: st.Size()})
+		f.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+		out := filepath.Join(b.TempDir(), "out")
+		b.SetBytes(st.Size())
+		for b.Loop() {
+			rc, _, err := c.Open(context.Background(), info.Digest, 0, -1)
+			if err != nil {
+				b.Fatal(err)
+			}
+			w, err := os.Create(out)
+			if err != nil {
+				b.Fatal(err)
+			}
+			_, err = io.Copy(w, rc)
+			rc.Close()
+			if cerr := w.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

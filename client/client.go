@@ -34,6 +34,10 @@ func Dial(ctx context.Context, addr string, opts ...grpc.DialOption) (*Client, e
 	all := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgBytes)),
+		grpc.WithInitialWindowSize(16 << 20),
+		grpc.WithInitialConnWindowSize(32 << 20),
+		grpc.WithReadBufferSize(1 << 20),
+		grpc.WithWriteBufferSize(1 << 20),
 	}, opts...)
 	conn, err := grpc.NewClient(addr, all...)
 	if err != nil {
