@@ -3,11 +3,10 @@ package cache
 import (
 	"bytes"
 	"errors"
-	"flag"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/cairnbuild/cairn/internal/golden"
 
 	"github.com/cairnbuild/cairn/cache/internal/index"
 	"github.com/cairnbuild/cairn/chunkid"
@@ -19,29 +18,6 @@ import (
 // round-trip, stay as pinned in testdata, and their parsers must reject
 // (never panic on, never over-allocate for) anything else. Pack and index
 // formats are pinned in their own packages.
-
-var update = flag.Bool("update", false, "rewrite the golden files in testdata")
-
-// golden compares got with testdata/name and returns the stored bytes, so
-// that a test also parses what was stored before.
-func golden(t *testing.T, name string, got []byte) []byte {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return got
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create it)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("%s: encoding changed (a format change):\n got %s\nwant %s", name, got, want)
-	}
-	return want
-}
 
 func goldenLayer() *index.LayerRecord {
 	return &index.LayerRecord{Digest: digest.FromString("x"), Size: 300, Stored: 120, MediaType: "m",
@@ -63,7 +39,7 @@ func TestGoldenManifest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	back, err := parseManifest(golden(t, "layer-manifest.json", m))
+	back, err := parseManifest(golden.Bytes(t, "layer-manifest.json", m))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +60,7 @@ func TestGoldenStep(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	back, err := unmarshalStep(golden(t, "step-record.json", b))
+	back, err := unmarshalStep(golden.Bytes(t, "step-record.json", b))
 	if err != nil {
 		t.Fatal(err)
 	}

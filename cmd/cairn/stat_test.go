@@ -4,15 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"net"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/cairnbuild/cairn/cmd/internal/testserver"
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/cairnbuild/cairn/backend/mem"
-	"github.com/cairnbuild/cairn/cache"
 	"github.com/cairnbuild/cairn/client"
 	"github.com/cairnbuild/cairn/server"
 )
@@ -21,29 +19,8 @@ import (
 // so that a test can count the calls a command makes.
 func statServer(t *testing.T) (string, *prometheus.Registry) {
 	t.Helper()
-	c, err := cache.Open(context.Background(), cache.Options{Dir: t.TempDir(), Backend: mem.New()})
-	if err != nil {
-		t.Fatal(err)
-	}
 	reg := prometheus.NewRegistry()
-	srv, err := server.New(c, server.Options{Registerer: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(lis) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-served
-		c.Close()
-	})
-	return lis.Addr().String(), reg
+	return testserver.Start(t, server.Options{Registerer: reg}), reg
 }
 
 // rpcCount returns how many calls of method (e.g. "LayerService/GetStats")

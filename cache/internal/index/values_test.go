@@ -2,52 +2,17 @@ package index
 
 import (
 	"bytes"
-	"encoding/hex"
 	"errors"
-	"flag"
-	"os"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
+
+	"github.com/cairnbuild/cairn/internal/golden"
 
 	"github.com/cairnbuild/cairn/cache/internal/cerr"
 	"github.com/cairnbuild/cairn/cache/internal/pack"
 	"github.com/cairnbuild/cairn/chunkid"
 	"github.com/opencontainers/go-digest"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files in testdata")
-
-// golden compares got with testdata/name (hex, 32 bytes a line) and
-// returns the stored bytes, so that a test also decodes what was stored
-// before: an encoder and decoder changed together still fail here.
-func golden(t *testing.T, name string, got []byte) []byte {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		var b strings.Builder
-		for rest := got; len(rest) > 0; rest = rest[min(32, len(rest)):] {
-			b.WriteString(hex.EncodeToString(rest[:min(32, len(rest))]) + "\n")
-		}
-		if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return got
-	}
-	text, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create it)", err)
-	}
-	want, err := hex.DecodeString(strings.ReplaceAll(string(text), "\n", ""))
-	if err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("%s: encoding changed (a format change):\n got %x\nwant %x", name, got, want)
-	}
-	return want
-}
 
 var (
 	goldenChunk = ChunkInfo{Size: 262144, Stored: 70001, Refs: 3, Added: 1700000000, Pack: pack.ID{0xab, 0xcd, 15: 0xef}, Off: 4190000}
@@ -60,21 +25,21 @@ var (
 // Every index value is pinned by a golden vector: the encoding of a fixed
 // value must not change, and the stored bytes must decode to that value.
 func TestGolden(t *testing.T) {
-	stored := golden(t, "chunk-info.hex", goldenChunk.Encode())
+	stored := golden.Hex(t, "chunk-info.hex", goldenChunk.Encode())
 	if ci, err := DecodeChunkInfo(stored); err != nil || ci != goldenChunk {
 		t.Errorf("stored chunk info decodes as %+v, %v", ci, err)
 	}
-	stored = golden(t, "layer-record.hex", goldenLayer.Encode())
+	stored = golden.Hex(t, "layer-record.hex", goldenLayer.Encode())
 	lr, err := DecodeLayerRecord(goldenLayer.Digest, stored)
 	if err != nil || lr.Size != goldenLayer.Size || lr.Stored != goldenLayer.Stored || lr.MediaType != goldenLayer.MediaType ||
 		!lr.Created.Equal(goldenLayer.Created) || len(lr.Recipe) != 2 || lr.Recipe[0] != goldenLayer.Recipe[0] || lr.Recipe[1] != goldenLayer.Recipe[1] {
 		t.Errorf("stored layer record decodes as %+v, %v", lr, err)
 	}
-	stored = golden(t, "hits.hex", goldenHits.Encode())
+	stored = golden.Hex(t, "hits.hex", goldenHits.Encode())
 	if h, err := DecodeHits(stored); err != nil || h != goldenHits {
 		t.Errorf("stored hits decode as %+v, %v", h, err)
 	}
-	stored = golden(t, "access-time.hex", encodeTime(goldenHits.Last))
+	stored = golden.Hex(t, "access-time.hex", encodeTime(goldenHits.Last))
 	if tm, err := decodeTime(stored); err != nil || !tm.Equal(goldenHits.Last) {
 		t.Errorf("stored access time decodes as %v, %v", tm, err)
 	}

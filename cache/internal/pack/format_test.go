@@ -3,51 +3,16 @@ package pack
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"errors"
-	"flag"
 	"io"
-	"os"
-	"path/filepath"
-	"strings"
 	"testing"
+
+	"github.com/cairnbuild/cairn/internal/golden"
 
 	"github.com/cairnbuild/cairn/backend/mem"
 	"github.com/cairnbuild/cairn/cache/internal/cerr"
 	"github.com/cairnbuild/cairn/chunkid"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files in testdata")
-
-// golden compares got with testdata/name (hex, 32 bytes a line) and
-// returns the stored bytes, so that a test also decodes what was stored
-// before: an encoder and decoder changed together still fail here.
-func golden(t *testing.T, name string, got []byte) []byte {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		var b strings.Builder
-		for rest := got; len(rest) > 0; rest = rest[min(32, len(rest)):] {
-			b.WriteString(hex.EncodeToString(rest[:min(32, len(rest))]) + "\n")
-		}
-		if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return got
-	}
-	text, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create it)", err)
-	}
-	want, err := hex.DecodeString(strings.ReplaceAll(string(text), "\n", ""))
-	if err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("%s: encoding changed (a format change):\n got %x\nwant %x", name, got, want)
-	}
-	return want
-}
 
 var goldenEntries = []Entry{
 	{ID: chunkid.Sum([]byte("one")), Off: 0, Stored: 100, Size: 300},
@@ -59,13 +24,13 @@ var goldenEntries = []Entry{
 func TestGolden(t *testing.T) {
 	hdr := make([]byte, HeaderSize)
 	PutHeader(hdr, 1234)
-	stored := golden(t, "chunk-header.hex", hdr)
+	stored := golden.Hex(t, "chunk-header.hex", hdr)
 	if size, payload, err := ParseHeader(stored); err != nil || size != 1234 || len(payload) != 0 {
 		t.Errorf("stored header parses as %d, %d payload bytes, %v", size, len(payload), err)
 	}
 
 	tail := AppendTable(nil, goldenEntries)
-	stored = golden(t, "pack-table.hex", tail)
+	stored = golden.Hex(t, "pack-table.hex", tail)
 	packSize := int64(120 + len(stored))
 	footer := stored[len(stored)-FooterSize:]
 	n, err := ParseFooter(footer, packSize)
