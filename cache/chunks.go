@@ -26,7 +26,8 @@ type ChunkRef struct {
 const MaxChunkList = 64 << 10
 
 // MissingChunks returns those of ids the cache does not hold, in the order
-// given, each once, looked up in one index transaction.
+// given, each once. It looks them up in one index transaction per 16 000
+// ids, touching the entries it finds (see index.DB.Touch).
 func (c *Cache) MissingChunks(ctx context.Context, ids []chunkid.ID) ([]chunkid.ID, error) {
 	if err := c.begin(ctx); err != nil {
 		return nil, fmt.Errorf("cache: missing chunks: %w", err)

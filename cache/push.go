@@ -250,6 +250,9 @@ func (c *Cache) verifyStored(ctx context.Context, r io.Reader, opts PushOptions,
 // chunks it wrote. A layer that is already committed is returned as it is.
 func (c *Cache) commit(ctx context.Context, lr *index.LayerRecord, sess *chunks.Session) (LayerInfo, error) {
 	if old, err := c.stat(lr.Digest); err == nil {
+		if sess != nil {
+			sess.Committed() // the layer references its chunks: no touch needed
+		}
 		return old, nil
 	} else if !errors.Is(err, ErrNotFound) {
 		return LayerInfo{}, err

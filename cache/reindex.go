@@ -46,7 +46,7 @@ func (c *Cache) Reindex(ctx context.Context) error {
 
 // errPartialIndex is what every call gets after a Reindex failed part way,
 // until one succeeds: the index may lack what the backend holds.
-var errPartialIndex = fmt.Errorf("%w: the index is incomplete after a failed reindex: reindex again", ErrUnavailable)
+var errPartialIndex = fmt.Errorf("%w: the index is incomplete after a failed reindex: reindex again, or restart (opening the index finishes the reindex)", ErrUnavailable)
 
 // packWindow is how many pack tables Reindex reads at once.
 const packWindow = 64

@@ -438,6 +438,10 @@ func (m *stepMemo) put(key digest.Digest, r StepRecord, seq, gen uint64) {
 		return
 	}
 	if old, ok := m.m[key]; ok {
+		// Two lookups that read the index at once put in either order:
+		// keep the higher hit count, which counts the hits in between.
+		r.Hits = max(r.Hits, old.rec.Hits)
+		delete(m.m, key)
 		m.bytes -= old.size
 	}
 	for k, e := range m.m {

@@ -38,7 +38,9 @@ type PushOptions struct {
 	// "application/vnd.oci.image.layer.v1.tar".
 	MediaType string
 	// Progress, if set, is called with the number of bytes read from r so
-	// far, from one goroutine at a time (not the caller's).
+	// far, from one goroutine at a time. A push from a seekable r that
+	// probes for a stored layer (see Push) and finds none reports the
+	// probe's reading first, then starts again from 0.
 	Progress func(done int64)
 	// WindowBytes bounds the memory for chunk data in flight; 0 means
 	// DefaultWindowBytes. It is raised to at least two batches.

@@ -137,7 +137,8 @@ func (x *DB) DeleteChunks(ids []chunkid.ID, keep func(id chunkid.ID, ci ChunkInf
 
 // touchAge is how old an entry's Added must be for Touch to rewrite it:
 // the grace periods it serves are minutes long, and chunks in use are
-// found again and again (a base layer's, by every push on top of it).
+// found again and again (a base layer's, by every push on top of it). A
+// collector's grace period must be well above it.
 const touchAge = 60 // seconds
 
 // Touch looks ids up, in one transaction per MaxTxnChunks, and sets
@@ -146,6 +147,11 @@ const touchAge = 60 // seconds
 // found, a chunk a session leased) counts as a use, and the collector
 // spares what was used within its grace period. found[i] answers ids[i].
 func (x *DB) Touch(ids []chunkid.ID) (found []bool, err error) {
+	x.lock.RLock() // not during Close or a rebuild's drop
+	defer x.lock.RUnlock()
+	if x.closed.Load() {
+		return nil, cerr.ErrClosed
+	}
 	found = make([]bool, len(ids))
 	now := time.Now().Unix()
 	for start := 0; start < len(ids); start += x.maxTxnChunks() {
