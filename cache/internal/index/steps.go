@@ -9,16 +9,6 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
-// Step returns the stored step record under key (the caller decodes it);
-// found is false if there is none. The bytes are the caller's.
-func (tx *Tx) Step(key digest.Digest) (body []byte, found bool, err error) {
-	found, err = get(tx.txn, stepKey(key), func(v []byte) error {
-		body = append([]byte(nil), v...)
-		return nil
-	})
-	return body, found, err
-}
-
 // StepValue calls fn with the stored step record under key, valid only
 // during the call; found is false if there is none.
 func (tx *Tx) StepValue(key digest.Digest, fn func(v []byte) error) (found bool, err error) {
