@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cairnbuild/cairn/backend"
 	"github.com/cairnbuild/cairn/cache/internal/chunks"
@@ -36,6 +37,15 @@ type Options struct {
 	Concurrency int
 	// Logger receives the index's warnings and errors; nil discards them.
 	Logger *slog.Logger
+
+	// MaxUploads bounds the upload sessions open at once (zero:
+	// DefaultMaxUploads); MaxActiveUploads those pushing at once, each
+	// holding one push's buffers (zero: DefaultMaxActiveUploads); a session
+	// idle for UploadIdleTimeout is aborted (zero:
+	// DefaultUploadIdleTimeout). See StartUpload.
+	MaxUploads        int
+	MaxActiveUploads  int
+	UploadIdleTimeout time.Duration
 }
 
 // DefaultConcurrency is the default Options.Concurrency: enough requests in
@@ -62,6 +72,8 @@ type Cache struct {
 
 	cutPool sync.Pool // *[]byte of 2 × params.Max: chunker buffers
 	steps   stepMemo
+	uploads uploads
+	stopJan chan struct{} // stops the upload janitor
 	// layerSeq counts the starts and ends of layer deletes, and deleting
 	// the deletes under way: the step memo trusts a record's layer only
 	// while no delete runs and layerSeq is what it was when the layer was
@@ -122,7 +134,8 @@ func Open(ctx context.Context, opts Options) (*Cache, error) {
 		return nil, fmt.Errorf("cache: open: %w", err)
 	}
 	c := &Cache{idx: idx, chunks: cs, store: opts.Backend, params: opts.Chunking, conc: opts.Concurrency,
-		log: log, steps: newStepMemo()}
+		log: log, steps: newStepMemo(), stopJan: make(chan struct{})}
+	c.uploads.init(opts.MaxUploads, opts.MaxActiveUploads, opts.UploadIdleTimeout)
 	if idx.Interrupted() {
 		// A Reindex stopped after it dropped the index: finish it before
 		// serving anything from a partial index.
@@ -132,6 +145,7 @@ func Open(ctx context.Context, opts Options) (*Cache, error) {
 			return nil, fmt.Errorf("cache: open: finish an interrupted reindex: %w", err)
 		}
 	}
+	go c.janitor(c.stopJan)
 	return c, nil
 }
 
@@ -140,6 +154,8 @@ func Open(ctx context.Context, opts Options) (*Cache, error) {
 // ErrClosed. The backend is not closed.
 func (c *Cache) Close() error {
 	c.once.Do(func() {
+		c.abortUploads(true)
+		close(c.stopJan)
 		c.mu.Lock()
 		c.closed = true
 		c.mu.Unlock()

@@ -2,7 +2,7 @@ package cache
 
 import (
 	"context"
-	"crypto/sha256"
+	_ "crypto/sha512" // sha512 layer digests
 	"fmt"
 	"io"
 	"sync"
@@ -172,14 +172,14 @@ func (c *Cache) commitRecipe(ctx context.Context, d digest.Digest, mediaType str
 		}
 	}
 	// Verify the layer digest over the stored chunks.
-	h := sha256.New()
+	h := d.Algorithm().Hash()
 	rr := c.chunks.NewReader(ctx, lr.Recipe, 0, lr.Size)
 	_, err = io.Copy(h, rr)
 	rr.Close()
 	if err != nil {
 		return LayerInfo{}, fmt.Errorf("verify: %w", err)
 	}
-	if got := digest.NewDigestFromBytes(digest.SHA256, h.Sum(nil)); got != d {
+	if got := digest.NewDigestFromBytes(d.Algorithm(), h.Sum(nil)); got != d {
 		return LayerInfo{}, fmt.Errorf("%w: chunks hash to %s", ErrDigestMismatch, got)
 	}
 	lr.Created = time.Now().UTC()

@@ -16,6 +16,9 @@ var (
 	// ErrDigestMismatch reports data that does not hash to the digest it was
 	// declared with. Nothing was committed. It is also an ErrInvalidArgument.
 	ErrDigestMismatch = cerr.ErrDigestMismatch
+	// ErrSizeMismatch reports a stream shorter or longer than its declared
+	// size. Nothing was committed. It is also an ErrInvalidArgument.
+	ErrSizeMismatch = cerr.ErrSizeMismatch
 	// ErrOutOfRange reports a read offset beyond the end of a layer.
 	ErrOutOfRange = cerr.ErrOutOfRange
 	// ErrFailedPrecondition reports a request the cache's state does not

@@ -24,9 +24,9 @@ import (
 func ChunkDigest(data []byte) digest.Digest { return chunkid.Of(data) }
 
 // ParseLayerDigest validates a layer digest from a caller: well formed,
-// and sha256 (the cache computes layer digests while streaming and stores
-// them under layers/<alg>/, so sha512 could be added without a format
-// change). A mistake is an ErrInvalidArgument that says which. It checks
+// and sha256 or sha512 (the registry front accepts both; the cache hashes a
+// push with the algorithm of its expected digest and stores manifests under
+// layers/<alg>/). A mistake is an ErrInvalidArgument that says which. It checks
 // the hex by hand: go-digest's Validate runs a regular expression, which
 // cost a tenth of a step lookup's CPU.
 func ParseLayerDigest(d digest.Digest) error {
@@ -35,12 +35,12 @@ func ParseLayerDigest(d digest.Digest) error {
 	switch {
 	case !ok:
 		return fmt.Errorf("%w: layer digest %q: %w", ErrInvalidArgument, clip(s), digest.ErrDigestInvalidFormat)
-	case alg != string(digest.SHA256):
+	case alg != string(digest.SHA256) && alg != string(digest.SHA512):
 		if digest.Algorithm(alg).Available() {
-			return fmt.Errorf("%w: layer digest %q: algorithm %q not supported (sha256 only)", ErrInvalidArgument, clip(s), alg)
+			return fmt.Errorf("%w: layer digest %q: algorithm %q not supported (sha256 and sha512 only)", ErrInvalidArgument, clip(s), alg)
 		}
 		return fmt.Errorf("%w: layer digest %q: %w", ErrInvalidArgument, clip(s), digest.ErrDigestUnsupported)
-	case len(hexPart) != 64 || !isLowerHex(hexPart):
+	case len(hexPart) != digest.Algorithm(alg).Size()*2 || !isLowerHex(hexPart):
 		return fmt.Errorf("%w: layer digest %q: %w", ErrInvalidArgument, clip(s), digest.ErrDigestInvalidLength)
 	}
 	return nil

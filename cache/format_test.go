@@ -109,14 +109,14 @@ func FuzzStepRecord(f *testing.F) {
 }
 
 // ParseLayerDigest checks by hand what go-digest's Validate checks with a
-// regular expression, and only sha256.
+// regular expression, and only sha256 and sha512.
 func TestParseLayerDigest(t *testing.T) {
 	good := digest.FromString("x")
 	if err := ParseLayerDigest(good); err != nil {
 		t.Errorf("%s: %v", good, err)
 	}
 	for _, bad := range []digest.Digest{"", "sha256", "sha256:", ":" + good[7:], good + "0", good[:70], "SHA256:" + good[7:],
-		"sha256:" + digest.Digest(bytes.ToUpper([]byte(good[7:]))), "sha512:" + good[7:] + good[7:], "md5:" + good[7:], "blake3:" + good[7:],
+		"sha256:" + digest.Digest(bytes.ToUpper([]byte(good[7:]))), "sha512:" + good[7:], "sha384:" + good[7:] + good[7:16], "md5:" + good[7:], "blake3:" + good[7:],
 		"sha256:" + good[7:70] + "g"} {
 		if err := ParseLayerDigest(bad); !errors.Is(err, ErrInvalidArgument) {
 			t.Errorf("ParseLayerDigest(%q) = %v, want ErrInvalidArgument", bad, err)
@@ -129,9 +129,10 @@ func FuzzParseLayerDigest(f *testing.F) {
 	f.Add("sha256:")
 	f.Fuzz(func(t *testing.T, s string) {
 		err := ParseLayerDigest(digest.Digest(s))
-		want := digest.Digest(s).Validate() == nil && digest.Digest(s).Algorithm() == digest.SHA256
+		alg := digest.Digest(s).Algorithm()
+		want := digest.Digest(s).Validate() == nil && (alg == digest.SHA256 || alg == digest.SHA512)
 		if (err == nil) != want {
-			t.Fatalf("ParseLayerDigest(%q) = %v; go-digest says valid sha256: %v", s, err, want)
+			t.Fatalf("ParseLayerDigest(%q) = %v; go-digest says valid sha256/sha512: %v", s, err, want)
 		}
 	})
 }

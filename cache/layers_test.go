@@ -275,7 +275,7 @@ func TestBadInput(t *testing.T) {
 		want   error
 	}{
 		{"commit: unknown algorithm", func() error {
-			_, err := c.Commit(ctx, "sha512:"+digest.Digest(strings.Repeat("a", 128)), "", refs)
+			_, err := c.Commit(ctx, "sha384:"+digest.Digest(strings.Repeat("a", 96)), "", refs)
 			return err
 		}, ErrInvalidArgument},
 		{"commit: chunk size wrong", func() error {

@@ -22,6 +22,11 @@ func (c *Cache) Open(ctx context.Context, d digest.Digest, offset, length int64)
 		return nil, LayerInfo{}, fmt.Errorf("cache: open %s: %w", d, err)
 	}
 	defer c.end()
+	return c.openLocked(ctx, d, offset, length)
+}
+
+// openLocked is Open for callers that hold the shared lock.
+func (c *Cache) openLocked(ctx context.Context, d digest.Digest, offset, length int64) (io.ReadCloser, LayerInfo, error) {
 	if err := ParseLayerDigest(d); err != nil {
 		return nil, LayerInfo{}, fmt.Errorf("cache: open: %w", err)
 	}

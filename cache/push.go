@@ -3,7 +3,6 @@ package cache
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -41,6 +40,12 @@ type PushOptions struct {
 	Size int64
 	// MediaType is recorded with the layer; "" means DefaultMediaType.
 	MediaType string
+
+	// finish, if set, is called with what the stream hashed to and its
+	// length after the whole stream was read, before anything is
+	// committed; an error from it aborts the push. Uploads use it to learn
+	// the digest a client declares only once its last byte was sent.
+	finish func(got digest.Digest, size int64) error
 }
 
 // Push stores the layer read from r, chunked, deduplicated and compressed,
@@ -118,8 +123,12 @@ func (c *Cache) push(ctx context.Context, r io.Reader, opts PushOptions) (LayerI
 	// goroutine so that the reader only cuts and copies.
 	toHash := make(chan *pushChunk, c.conc)
 	hashDone := make(chan []byte, 1)
+	alg := digest.SHA256
+	if opts.Expected != "" {
+		alg = opts.Expected.Algorithm()
+	}
 	go func() {
-		h := sha256.New()
+		h := alg.Hash()
 		for pc := range toHash {
 			h.Write(pc.data)
 			c.releaseChunk(pc)
@@ -146,13 +155,13 @@ func (c *Cache) push(ctx context.Context, r io.Reader, opts PushOptions) (LayerI
 		if err != nil {
 			readErr = fmt.Errorf("read layer: %w", err)
 			if errors.Is(err, io.ErrUnexpectedEOF) {
-				readErr = fmt.Errorf("%w: truncated stream: %w", ErrInvalidArgument, err)
+				readErr = fmt.Errorf("%w: truncated stream: %w", ErrSizeMismatch, err)
 			}
 			break
 		}
 		total += int64(len(chunk.Data))
 		if opts.Size >= 0 && total > opts.Size {
-			readErr = fmt.Errorf("%w: stream longer than its declared size %d", ErrInvalidArgument, opts.Size)
+			readErr = fmt.Errorf("%w: stream longer than its declared size %d", ErrSizeMismatch, opts.Size)
 			break
 		}
 		if gctx.Err() != nil {
@@ -197,11 +206,16 @@ func (c *Cache) push(ctx context.Context, r io.Reader, opts PushOptions) (LayerI
 		return LayerInfo{}, err
 	}
 	if opts.Size >= 0 && total != opts.Size {
-		return LayerInfo{}, fmt.Errorf("%w: truncated stream: got %d bytes, declared %d", ErrInvalidArgument, total, opts.Size)
+		return LayerInfo{}, fmt.Errorf("%w: truncated stream: got %d bytes, declared %d", ErrSizeMismatch, total, opts.Size)
 	}
-	got := digest.NewDigestFromBytes(digest.SHA256, sum)
+	got := digest.NewDigestFromBytes(alg, sum)
 	if opts.Expected != "" && got != opts.Expected {
 		return LayerInfo{}, fmt.Errorf("%w: stream hashes to %s, expected %s", ErrDigestMismatch, got, opts.Expected)
+	}
+	if opts.finish != nil {
+		if err := opts.finish(got, total); err != nil {
+			return LayerInfo{}, err
+		}
 	}
 	lr := &index.LayerRecord{Digest: got, Size: total, MediaType: opts.MediaType, Created: time.Now().UTC(), Recipe: recipe}
 	return c.commit(ctx, lr, sess)
@@ -211,7 +225,7 @@ func (c *Cache) push(ctx context.Context, r io.Reader, opts PushOptions) (LayerI
 // stream must still be the declared one, but nothing needs cutting or
 // storing.
 func (c *Cache) verifyStored(ctx context.Context, r io.Reader, opts PushOptions, info LayerInfo) (LayerInfo, error) {
-	h := sha256.New()
+	h := opts.Expected.Algorithm().Hash()
 	bp := c.chunks.GetData(c.params.Max)
 	defer c.chunks.PutData(bp)
 	buf := (*bp)[:cap(*bp)]
@@ -228,15 +242,15 @@ func (c *Cache) verifyStored(ctx context.Context, r io.Reader, opts PushOptions,
 		}
 		if err != nil {
 			if errors.Is(err, io.ErrUnexpectedEOF) {
-				return LayerInfo{}, fmt.Errorf("%w: truncated stream: %w", ErrInvalidArgument, err)
+				return LayerInfo{}, fmt.Errorf("%w: truncated stream: %w", ErrSizeMismatch, err)
 			}
 			return LayerInfo{}, fmt.Errorf("read layer: %w", err)
 		}
 	}
 	if opts.Size >= 0 && n != opts.Size {
-		return LayerInfo{}, fmt.Errorf("%w: got %d bytes, declared %d", ErrInvalidArgument, n, opts.Size)
+		return LayerInfo{}, fmt.Errorf("%w: got %d bytes, declared %d", ErrSizeMismatch, n, opts.Size)
 	}
-	if got := digest.NewDigestFromBytes(digest.SHA256, h.Sum(nil)); got != opts.Expected {
+	if got := digest.NewDigestFromBytes(opts.Expected.Algorithm(), h.Sum(nil)); got != opts.Expected {
 		return LayerInfo{}, fmt.Errorf("%w: stream hashes to %s, expected %s", ErrDigestMismatch, got, opts.Expected)
 	}
 	return info, nil

@@ -29,10 +29,12 @@ const maxMetaObject = 16 << 20
 //
 // It streams: what it holds at once is a window of pack tables and one
 // manifest, whatever the size of the store (the index holds the rest).
-// Reindex holds the cache exclusively: other calls wait until it is done.
+// Reindex holds the cache exclusively: other calls wait until it is done,
+// and open upload sessions are aborted first.
 // If it fails or crashes part way, the index is incomplete but never names
 // missing data, and the next Open (or Reindex) finishes the job.
 func (c *Cache) Reindex(ctx context.Context) error {
+	c.abortUploads(false) // their pushes hold the lock shared
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
@@ -152,10 +154,16 @@ func (c *Cache) reindex(ctx context.Context) (err error) {
 	if err != nil {
 		return backendErr("index steps", err)
 	}
+	// 4. Repositories: blob links, then manifests (children before the
+	// indexes naming them), then tags.
+	nRepos, err := c.reindexRepos(ctx)
+	if err != nil {
+		return err
+	}
 	if err := c.idx.EndRebuild(); err != nil {
 		return err
 	}
-	c.log.Info("cache: reindexed", "layers", nLayers, "chunks", nChunks, "steps", nSteps)
+	c.log.Info("cache: reindexed", "layers", nLayers, "chunks", nChunks, "steps", nSteps, "repository objects", nRepos)
 	return nil
 }
 

@@ -21,6 +21,9 @@ var (
 	// ErrDigestMismatch reports data that does not hash to the digest it was
 	// declared with. Nothing was committed. It is also an ErrInvalidArgument.
 	ErrDigestMismatch error = digestMismatch{}
+	// ErrSizeMismatch reports a stream shorter or longer than its declared
+	// size. Nothing was committed. It is also an ErrInvalidArgument.
+	ErrSizeMismatch = fmt.Errorf("%w: size mismatch", ErrInvalidArgument)
 	// ErrOutOfRange reports a read offset beyond the end of a layer.
 	ErrOutOfRange = errors.New("cache: offset out of range")
 	// ErrFailedPrecondition reports a request the cache's state does not

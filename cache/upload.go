@@ -1,0 +1,370 @@
+package cache
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Uploads: a blob that arrives in pieces (the registry's PATCH requests)
+// and whose digest is declared only at the end. An Upload streams its bytes
+// straight into a Push running on its own goroutine through a pipe, so it
+// holds no more than one push's buffers whatever the blob's size, and a
+// client that stops sending holds nothing once the session expires.
+//
+// Sessions live in memory: after a restart the client starts over (the
+// registry answers BLOB_UPLOAD_UNKNOWN). They are bounded in number
+// (Options.MaxUploads); at most Options.MaxActiveUploads of them push at
+// the same time (others wait for a slot, so memory stays bounded); and one
+// whose client sent nothing for Options.UploadIdleTimeout is aborted by
+// ExpireUploads, which a janitor goroutine calls.
+
+// Upload defaults.
+const (
+	DefaultMaxUploads        = 4096
+	DefaultMaxActiveUploads  = 64
+	DefaultUploadIdleTimeout = 15 * time.Minute
+	// UploadMediaType is the media type recorded for blobs that arrive
+	// through an Upload: the registry does not learn what a blob is.
+	UploadMediaType = "application/octet-stream"
+)
+
+// errUploadAborted ends the push of an aborted or expired upload.
+var errUploadAborted = fmt.Errorf("%w: upload aborted", ErrNotFound)
+
+// Upload is one blob upload in progress. Its methods are safe for
+// concurrent use; Write calls are serialized (a second concurrent Write
+// fails with ErrFailedPrecondition, since offsets would be ambiguous).
+type Upload struct {
+	c       *Cache
+	id      string
+	owner   string
+	started time.Time
+
+	mu      sync.Mutex // guards the fields below
+	writing bool
+	ending  bool // Commit or Abort began: no more writes
+	pw      *io.PipeWriter
+	cancel  context.CancelFunc
+	done    chan struct{} // closed when the push returned (nil before the first byte)
+	info    LayerInfo
+	err     error
+
+	size     atomic.Int64
+	lastUsed atomic.Int64 // Unix nanoseconds
+	want     chan digest.Digest
+}
+
+type uploads struct {
+	mu     sync.Mutex
+	m      map[string]*Upload
+	max    int
+	idle   time.Duration
+	active chan struct{} // a slot per pushing upload
+	closed bool
+}
+
+func (u *uploads) init(max, active int, idle time.Duration) {
+	if max <= 0 {
+		max = DefaultMaxUploads
+	}
+	if active <= 0 {
+		active = DefaultMaxActiveUploads
+	}
+	if idle <= 0 {
+		idle = DefaultUploadIdleTimeout
+	}
+	u.m = make(map[string]*Upload)
+	u.max, u.idle, u.active = max, idle, make(chan struct{}, active)
+}
+
+// StartUpload opens an upload session for owner (the registry passes the
+// repository: a session is found only by the owner that started it). It
+// fails with ErrResourceExhausted when Options.MaxUploads sessions are open.
+func (c *Cache) StartUpload(ctx context.Context, owner string) (*Upload, error) {
+	if err := c.begin(ctx); err != nil {
+		return nil, fmt.Errorf("cache: start upload: %w", err)
+	}
+	defer c.end()
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, fmt.Errorf("cache: start upload: %w", err)
+	}
+	u := &Upload{c: c, id: hex.EncodeToString(b[:]), owner: owner, started: time.Now(), want: make(chan digest.Digest, 1)}
+	u.lastUsed.Store(time.Now().UnixNano())
+	c.uploads.mu.Lock()
+	defer c.uploads.mu.Unlock()
+	if c.uploads.closed {
+		return nil, fmt.Errorf("cache: start upload: %w", ErrClosed)
+	}
+	if len(c.uploads.m) >= c.uploads.max {
+		return nil, fmt.Errorf("cache: start upload: %w: %d upload sessions open", ErrResourceExhausted, len(c.uploads.m))
+	}
+	c.uploads.m[u.id] = u
+	return u, nil
+}
+
+// GetUpload returns owner's open upload session id, or ErrNotFound.
+func (c *Cache) GetUpload(owner, id string) (*Upload, error) {
+	c.uploads.mu.Lock()
+	u, ok := c.uploads.m[id]
+	c.uploads.mu.Unlock()
+	if !ok || u.owner != owner {
+		return nil, fmt.Errorf("cache: upload %q: %w", clip(id), ErrNotFound)
+	}
+	return u, nil
+}
+
+// OpenUploads reports how many upload sessions are open.
+func (c *Cache) OpenUploads() int {
+	c.uploads.mu.Lock()
+	defer c.uploads.mu.Unlock()
+	return len(c.uploads.m)
+}
+
+// ExpireUploads aborts every session whose client has sent nothing since
+// before now minus Options.UploadIdleTimeout, and returns how many. A
+// session stuck in a Write (its push makes no progress) counts as idle too.
+func (c *Cache) ExpireUploads(now time.Time) int {
+	cut := now.Add(-c.uploads.idle).UnixNano()
+	var old []*Upload
+	c.uploads.mu.Lock()
+	for _, u := range c.uploads.m {
+		if u.lastUsed.Load() < cut {
+			old = append(old, u)
+		}
+	}
+	c.uploads.mu.Unlock()
+	for _, u := range old {
+		u.Abort()
+	}
+	return len(old)
+}
+
+// abortUploads aborts every session and waits for their pushes to end:
+// Close and Reindex call it before they take the exclusive lock, which a
+// push holds shared.
+func (c *Cache) abortUploads(closing bool) {
+	c.uploads.mu.Lock()
+	if closing {
+		c.uploads.closed = true
+	}
+	all := make([]*Upload, 0, len(c.uploads.m))
+	for _, u := range c.uploads.m {
+		all = append(all, u)
+	}
+	c.uploads.mu.Unlock()
+	for _, u := range all {
+		u.Abort()
+		u.wait()
+	}
+}
+
+func (c *Cache) janitor(stop <-chan struct{}) {
+	t := time.NewTicker(c.uploads.idle / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-t.C:
+			if n := c.ExpireUploads(now); n > 0 {
+				c.log.Info("cache: expired idle upload sessions", "count", n)
+			}
+		}
+	}
+}
+
+// ID names the session (32 hex digits, random).
+func (u *Upload) ID() string { return u.id }
+
+// Size is the number of bytes the session has accepted so far: the offset
+// the next Write continues at.
+func (u *Upload) Size() int64 { return u.size.Load() }
+
+// Started is when the session was opened.
+func (u *Upload) Started() time.Time { return u.started }
+
+// Write appends p to the blob. It blocks while the push is behind
+// (backpressure), and fails if the push failed or the session ended.
+func (u *Upload) Write(ctx context.Context, r io.Reader) (int64, error) {
+	u.mu.Lock()
+	if u.ending {
+		u.mu.Unlock()
+		return 0, fmt.Errorf("cache: upload %s: %w: session ended", u.id, ErrNotFound)
+	}
+	if u.writing {
+		u.mu.Unlock()
+		return 0, fmt.Errorf("cache: upload %s: %w: another write is in progress", u.id, ErrFailedPrecondition)
+	}
+	u.writing = true
+	u.mu.Unlock()
+	defer func() {
+		u.mu.Lock()
+		u.writing = false
+		u.mu.Unlock()
+	}()
+	if err := u.start(ctx); err != nil {
+		return 0, err
+	}
+	bp := u.c.chunks.GetData(64 << 10)
+	defer u.c.chunks.PutData(bp)
+	buf := (*bp)[:64<<10]
+	var n int64
+	for {
+		k, rerr := r.Read(buf)
+		if k > 0 {
+			if _, err := u.pw.Write(buf[:k]); err != nil {
+				return n, u.pushErr(err)
+			}
+			n += int64(k)
+			u.size.Add(int64(k))
+			u.lastUsed.Store(time.Now().UnixNano())
+		}
+		if rerr == io.EOF {
+			return n, nil
+		}
+		if rerr != nil {
+			return n, rerr
+		}
+	}
+}
+
+// start begins the push on the first write (or at Commit): a session
+// that never sends a byte costs no buffers. It waits for an active slot.
+func (u *Upload) start(ctx context.Context) error {
+	u.mu.Lock()
+	started := u.done != nil
+	u.mu.Unlock()
+	if started {
+		return nil
+	}
+	select {
+	case u.c.uploads.active <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.ending { // aborted while it waited for a slot
+		<-u.c.uploads.active
+		return fmt.Errorf("cache: upload %s: %w", u.id, errUploadAborted)
+	}
+	pctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	u.pw, u.cancel, u.done = pw, cancel, make(chan struct{})
+	go func() {
+		defer func() { <-u.c.uploads.active }()
+		info, err := u.c.Push(pctx, pr, PushOptions{Size: -1, MediaType: UploadMediaType,
+			finish: func(got digest.Digest, size int64) error {
+				select {
+				case want := <-u.want:
+					if want != got {
+						return fmt.Errorf("%w: upload hashes to %s, declared %s", ErrDigestMismatch, got, want)
+					}
+					return nil
+				case <-pctx.Done():
+					return errUploadAborted
+				}
+			}})
+		if err != nil && pctx.Err() != nil {
+			err = errUploadAborted
+		}
+		pr.CloseWithError(err)
+		u.mu.Lock()
+		u.info, u.err = info, err
+		u.mu.Unlock()
+		cancel()
+		close(u.done)
+	}()
+	return nil
+}
+
+// pushErr is the error a failed pipe write stands for: the push's own.
+func (u *Upload) pushErr(err error) error {
+	if errors.Is(err, io.ErrClosedPipe) {
+		return fmt.Errorf("cache: upload %s: %w: session ended", u.id, ErrNotFound)
+	}
+	return fmt.Errorf("cache: upload %s: %w", u.id, err)
+}
+
+// Commit ends the upload: the blob must hash to d (its algorithm must be
+// the one the push hashes with: sha256) and then becomes a committed
+// layer; on a mismatch nothing is committed (ErrDigestMismatch). The
+// session is closed whatever the outcome.
+func (u *Upload) Commit(ctx context.Context, d digest.Digest) (LayerInfo, error) {
+	if err := ParseLayerDigest(d); err != nil {
+		u.Abort()
+		return LayerInfo{}, fmt.Errorf("cache: upload %s: %w", u.id, err)
+	}
+	if d.Algorithm() != digest.SHA256 {
+		u.Abort()
+		return LayerInfo{}, fmt.Errorf("cache: upload %s: %w: a blob sent in parts must be named by sha256 (%s: send it in one request with its digest)",
+			u.id, ErrInvalidArgument, d.Algorithm())
+	}
+	u.mu.Lock()
+	if u.writing || u.ending {
+		u.mu.Unlock()
+		return LayerInfo{}, fmt.Errorf("cache: upload %s: %w: a write is in progress or the session ended", u.id, ErrFailedPrecondition)
+	}
+	u.writing = true
+	u.mu.Unlock()
+	if err := u.start(ctx); err != nil {
+		u.mu.Lock()
+		u.writing = false
+		u.mu.Unlock()
+		return LayerInfo{}, err
+	}
+	u.mu.Lock()
+	u.ending, u.writing = true, false
+	u.mu.Unlock()
+	u.want <- d
+	u.pw.Close()
+	u.wait()
+	u.c.dropUpload(u)
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.err != nil {
+		return LayerInfo{}, fmt.Errorf("cache: upload %s: %w", u.id, u.err)
+	}
+	return u.info, nil
+}
+
+// Abort ends the session without committing anything. Chunks the push
+// already stored stay, unreferenced, for the garbage collector.
+func (u *Upload) Abort() {
+	u.mu.Lock()
+	u.ending = true
+	pw, cancel := u.pw, u.cancel
+	u.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		pw.CloseWithError(errUploadAborted)
+	}
+	u.c.dropUpload(u)
+}
+
+func (u *Upload) wait() {
+	u.mu.Lock()
+	done := u.done
+	u.mu.Unlock()
+	if done != nil {
+		<-done
+	}
+}
+
+func (c *Cache) dropUpload(u *Upload) {
+	c.uploads.mu.Lock()
+	if c.uploads.m[u.id] == u {
+		delete(c.uploads.m, u.id)
+	}
+	c.uploads.mu.Unlock()
+}

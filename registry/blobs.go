@@ -1,0 +1,347 @@
+package registry
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/cairnbuild/cairn/cache"
+	"github.com/opencontainers/go-digest"
+)
+
+// parseDigest checks a digest from a path or query parameter.
+func parseDigest(s string) (digest.Digest, error) {
+	d := digest.Digest(s)
+	if err := cache.ParseLayerDigest(d); err != nil {
+		return "", newError(http.StatusBadRequest, codeDigestInvalid, err.Error())
+	}
+	return d, nil
+}
+
+// byteRange is a parsed single-range Range header.
+type byteRange struct{ off, n int64 }
+
+// parseRange reads "bytes=a-b", "bytes=a-" or "bytes=-n" against a blob of
+// size bytes. ok is false when the header is absent or not a single byte
+// range (then the whole blob is sent, as RFC 9110 allows); unsatisfiable
+// is true for a range that starts past the end.
+func parseRange(h string, size int64) (br byteRange, ok, unsatisfiable bool) {
+	spec, found := strings.CutPrefix(h, "bytes=")
+	if !found || strings.Contains(spec, ",") {
+		return br, false, false
+	}
+	a, b, found := strings.Cut(strings.TrimSpace(spec), "-")
+	if !found {
+		return br, false, false
+	}
+	if a == "" { // suffix: the last b bytes
+		n, err := strconv.ParseInt(b, 10, 64)
+		if err != nil || n < 0 {
+			return br, false, false
+		}
+		if n == 0 {
+			return br, false, true
+		}
+		n = min(n, size)
+		return byteRange{size - n, n}, true, false
+	}
+	start, err := strconv.ParseInt(a, 10, 64)
+	if err != nil || start < 0 {
+		return br, false, false
+	}
+	if start >= size {
+		return br, false, true
+	}
+	end := size - 1
+	if b != "" {
+		e, err := strconv.ParseInt(b, 10, 64)
+		if err != nil || e < start {
+			return br, false, false
+		}
+		end = min(e, size-1)
+	}
+	return byteRange{start, end - start + 1}, true, false
+}
+
+func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) {
+	d, err := parseDigest(rt.ref)
+	if err != nil {
+		h.writeError(w, r, err, aboutBlob)
+		return
+	}
+	info, err := h.store.StatBlob(r.Context(), rt.name, d)
+	if err != nil {
+		h.writeError(w, r, err, aboutBlob)
+		return
+	}
+	hd := w.Header()
+	hd.Set("Docker-Content-Digest", string(d))
+	hd.Set("Accept-Ranges", "bytes")
+	hd.Set("Content-Type", "application/octet-stream")
+	hd.Set("Etag", `"`+string(d)+`"`)
+	hd.Set("Cache-Control", "max-age=31536000")
+	status := http.StatusOK
+	off, n := int64(0), info.Size
+	if rh := r.Header.Get("Range"); rh != "" {
+		br, ok, unsat := parseRange(rh, info.Size)
+		switch {
+		case unsat:
+			hd.Set("Content-Range", fmt.Sprintf("bytes */%d", info.Size))
+			h.writeError(w, r, newError(http.StatusRequestedRangeNotSatisfiable, codeRangeInvalid,
+				fmt.Sprintf("range %q outside a blob of %d bytes", clip(rh), info.Size)), aboutBlob)
+			return
+		case ok:
+			off, n, status = br.off, br.n, http.StatusPartialContent
+			hd.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", off, off+n-1, info.Size))
+		}
+	}
+	hd.Set("Content-Length", strconv.FormatInt(n, 10))
+	if r.Method == http.MethodHead {
+		w.WriteHeader(status)
+		return
+	}
+	rc, _, err := h.store.OpenBlob(r.Context(), rt.name, d, off, n)
+	if err != nil {
+		hd.Del("Content-Length")
+		h.writeError(w, r, err, aboutBlob)
+		return
+	}
+	defer rc.Close()
+	w.WriteHeader(status)
+	h.metrics.addOut(copyOut(w, rc))
+}
+
+// copyOut streams a blob to the client. Once the status is sent, a failure
+// can only cut the response short: the client sees fewer bytes than
+// Content-Length and retries; it never gets wrong bytes, since the reader
+// verifies every chunk.
+func copyOut(w io.Writer, r io.Reader) int64 {
+	n, _ := io.Copy(w, r)
+	return n
+}
+
+func (h *Handler) deleteBlob(w http.ResponseWriter, r *http.Request, rt route) {
+	d, err := parseDigest(rt.ref)
+	if err != nil {
+		h.writeError(w, r, err, aboutBlob)
+		return
+	}
+	if err := h.store.DeleteBlob(r.Context(), rt.name, d); err != nil {
+		h.writeError(w, r, err, aboutBlob)
+		return
+	}
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusAccepted)
+}
+
+// blobCreated answers a finished upload or mount.
+func blobCreated(w http.ResponseWriter, name string, d digest.Digest) {
+	hd := w.Header()
+	hd.Set("Location", "/v2/"+name+"/blobs/"+string(d))
+	hd.Set("Docker-Content-Digest", string(d))
+	hd.Set("Content-Length", "0")
+	w.WriteHeader(http.StatusCreated)
+}
+
+// uploadAccepted answers a started or continued upload: Location and
+// Range on every response (docker's pusher needs both).
+func uploadAccepted(w http.ResponseWriter, status int, name string, u *cache.Upload) {
+	hd := w.Header()
+	hd.Set("Location", "/v2/"+name+"/blobs/uploads/"+u.ID())
+	hd.Set("Docker-Upload-UUID", u.ID())
+	hd.Set("Range", fmt.Sprintf("0-%d", max(u.Size()-1, 0)))
+	hd.Set("Content-Length", "0")
+	w.WriteHeader(status)
+}
+
+// startUpload is POST /v2/<name>/blobs/uploads/: a mount (?mount=&from=),
+// a monolithic upload (?digest=, the body is the blob), or the start of a
+// session.
+func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, rt route) {
+	q := r.URL.Query()
+	if m := q.Get("mount"); m != "" {
+		d, err := parseDigest(m)
+		if err != nil {
+			h.writeError(w, r, err, aboutBlob)
+			return
+		}
+		if from := q.Get("from"); from != "" {
+			if err := cache.ValidRepoName(from); err != nil {
+				h.writeError(w, r, err, aboutRepo)
+				return
+			}
+			_, err := h.store.MountBlob(r.Context(), rt.name, from, d)
+			if err == nil {
+				blobCreated(w, rt.name, d)
+				return
+			}
+			if !errors.Is(err, cache.ErrNotFound) {
+				h.writeError(w, r, err, aboutBlob)
+				return
+			}
+		}
+		// Not there to mount: a normal upload, as the spec says.
+	} else if ds := q.Get("digest"); ds != "" {
+		d, err := parseDigest(ds)
+		if err != nil {
+			h.writeError(w, r, err, aboutBlob)
+			return
+		}
+		size := r.ContentLength // -1 when chunked
+		n := &countingReader{r: r.Body}
+		if _, err := h.store.PushBlob(r.Context(), rt.name, n, d, size); err != nil {
+			h.metrics.addIn(n.n)
+			h.writeError(w, r, err, aboutBlob)
+			return
+		}
+		h.metrics.addIn(n.n)
+		blobCreated(w, rt.name, d)
+		return
+	}
+	u, err := h.store.StartUpload(r.Context(), rt.name)
+	if err != nil {
+		h.writeError(w, r, err, aboutUpload)
+		return
+	}
+	uploadAccepted(w, http.StatusAccepted, rt.name, u)
+}
+
+func (h *Handler) upload(w http.ResponseWriter, r *http.Request, rt route) (*cache.Upload, bool) {
+	u, err := h.store.GetUpload(rt.name, rt.ref)
+	if err != nil {
+		h.writeError(w, r, err, aboutUpload)
+		return nil, false
+	}
+	return u, true
+}
+
+func (h *Handler) uploadStatus(w http.ResponseWriter, r *http.Request, rt route) {
+	if u, ok := h.upload(w, r, rt); ok {
+		uploadAccepted(w, http.StatusNoContent, rt.name, u)
+	}
+}
+
+// parseContentRange reads a PATCH's Content-Range, "<start>-<end>" (some
+// clients write "bytes <start>-<end>" or append "/<size>").
+func parseContentRange(s string) (start, end int64, err error) {
+	s = strings.TrimPrefix(strings.TrimSpace(s), "bytes ")
+	s = strings.TrimPrefix(s, "bytes=")
+	if i := strings.IndexByte(s, '/'); i >= 0 {
+		s = s[:i]
+	}
+	a, b, ok := strings.Cut(s, "-")
+	if ok {
+		start, err = strconv.ParseInt(a, 10, 64)
+		if err == nil {
+			end, err = strconv.ParseInt(b, 10, 64)
+		}
+	}
+	if !ok || err != nil || start < 0 || end < start {
+		return 0, 0, fmt.Errorf("Content-Range %q: want <start>-<end>", clip(s))
+	}
+	return start, end, nil
+}
+
+// writeBody appends the request's body to u. With a Content-Range, the
+// range must start where the upload stands (else 416) and the body is
+// read up to its length; without one (the streamed PATCH), to its end.
+func (h *Handler) writeBody(w http.ResponseWriter, r *http.Request, u *cache.Upload) bool {
+	body := io.Reader(r.Body)
+	want := int64(-1)
+	if cr := r.Header.Get("Content-Range"); cr != "" {
+		start, end, err := parseContentRange(cr)
+		if err != nil {
+			h.writeError(w, r, newError(http.StatusBadRequest, codeBlobUploadInvalid, err.Error()), aboutUpload)
+			return false
+		}
+		if start != u.Size() {
+			w.Header().Set("Location", "/v2/"+strings.TrimPrefix(r.URL.Path, "/v2/"))
+			w.Header().Set("Range", fmt.Sprintf("0-%d", max(u.Size()-1, 0)))
+			h.writeError(w, r, newError(http.StatusRequestedRangeNotSatisfiable, codeBlobUploadInvalid,
+				fmt.Sprintf("chunk starts at %d, the upload stands at %d", start, u.Size())), aboutUpload)
+			return false
+		}
+		want = end - start + 1
+		if r.ContentLength >= 0 && r.ContentLength != want {
+			h.writeError(w, r, newError(http.StatusBadRequest, codeSizeInvalid,
+				fmt.Sprintf("Content-Length %d but Content-Range spans %d bytes", r.ContentLength, want)), aboutUpload)
+			return false
+		}
+		body = io.LimitReader(body, want)
+	}
+	n, err := u.Write(r.Context(), body)
+	h.metrics.addIn(n)
+	if err != nil {
+		h.writeError(w, r, err, aboutUpload)
+		return false
+	}
+	if want >= 0 && n != want {
+		h.writeError(w, r, newError(http.StatusBadRequest, codeSizeInvalid,
+			fmt.Sprintf("body of %d bytes, Content-Range spans %d (the upload keeps them: ask its status)", n, want)), aboutUpload)
+		return false
+	}
+	if r.ContentLength >= 0 && n != r.ContentLength {
+		h.writeError(w, r, newError(http.StatusBadRequest, codeSizeInvalid,
+			fmt.Sprintf("body of %d bytes, Content-Length %d", n, r.ContentLength)), aboutUpload)
+		return false
+	}
+	return true
+}
+
+func (h *Handler) patchUpload(w http.ResponseWriter, r *http.Request, rt route) {
+	u, ok := h.upload(w, r, rt)
+	if !ok {
+		return
+	}
+	if h.writeBody(w, r, u) {
+		uploadAccepted(w, http.StatusAccepted, rt.name, u)
+	}
+}
+
+// putUpload is the final PUT ?digest=, with the last bytes in its body or
+// none.
+func (h *Handler) putUpload(w http.ResponseWriter, r *http.Request, rt route) {
+	u, ok := h.upload(w, r, rt)
+	if !ok {
+		return
+	}
+	d, err := parseDigest(r.URL.Query().Get("digest"))
+	if err != nil {
+		h.writeError(w, r, err, aboutBlob)
+		return
+	}
+	if r.ContentLength != 0 {
+		if !h.writeBody(w, r, u) {
+			return
+		}
+	}
+	if _, err := h.store.CommitUpload(r.Context(), rt.name, u, d); err != nil {
+		h.writeError(w, r, err, aboutBlob)
+		return
+	}
+	blobCreated(w, rt.name, d)
+}
+
+func (h *Handler) deleteUpload(w http.ResponseWriter, r *http.Request, rt route) {
+	u, ok := h.upload(w, r, rt)
+	if !ok {
+		return
+	}
+	u.Abort()
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusNoContent)
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	k, err := c.r.Read(p)
+	c.n += int64(k)
+	return k, err
+}

@@ -1,0 +1,61 @@
+package registry_test
+
+import (
+	"bytes"
+	"context"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/cairnbuild/cairn/backend/fs"
+	"github.com/cairnbuild/cairn/cache"
+	"github.com/cairnbuild/cairn/registry"
+)
+
+// testRegistry is a real registry over a real cache (Badger on disk, the
+// fs backend), served on a loopback port.
+type testRegistry struct {
+	cache *cache.Cache
+	srv   *httptest.Server
+	host  string // host:port, for go-containerregistry references
+	dir   string
+}
+
+func newTestRegistry(t testing.TB, opts ...func(*cache.Options)) *testRegistry {
+	t.Helper()
+	dir := t.TempDir()
+	return openTestRegistry(t, dir, opts...)
+}
+
+func openTestRegistry(t testing.TB, dir string, opts ...func(*cache.Options)) *testRegistry {
+	t.Helper()
+	store, err := fs.New(dir + "/blobs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := cache.Options{Dir: dir + "/index", Backend: store}
+	for _, f := range opts {
+		f(&o)
+	}
+	c, err := cache.Open(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(registry.New(c, registry.Options{}))
+	tr := &testRegistry{cache: c, srv: srv, host: strings.TrimPrefix(srv.URL, "http://"), dir: dir}
+	t.Cleanup(tr.close)
+	return tr
+}
+
+func (tr *testRegistry) close() {
+	if tr.srv != nil {
+		tr.srv.Close()
+		tr.srv = nil
+	}
+	if tr.cache != nil {
+		tr.cache.Close()
+		tr.cache = nil
+	}
+}
+
+func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }

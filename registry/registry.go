@@ -1,0 +1,345 @@
+// Package registry serves the OCI Distribution API (v1.1) over cairn's
+// store, so that BuildKit, buildx, docker, crane, skopeo and every other
+// registry client can push to and pull from cairn, and use it as their
+// --cache-to/--cache-from target.
+//
+// It is an HTTP adapter only: it parses requests, calls the small
+// interfaces below (which the core, *cache.Cache, implements), and maps
+// the core's errors to the spec's codes in one place (errors.go). Blobs are
+// cairn layers, chunked and deduplicated with everything else.
+//
+// Beyond the spec, it answers what real clients insist on (read from their
+// sources): 201 on a mount POST means "already there" to containerd; a
+// manifest HEAD carries Docker-Content-Digest and Content-Length; docker's
+// pusher needs Range and Location on every PATCH response; the streamed
+// PATCH without Content-Range (docker, go-containerregistry,
+// containers/image) is accepted; a final PUT answers 201.
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/cairnbuild/cairn/cache"
+	"github.com/opencontainers/go-digest"
+)
+
+// Blobs is what the registry needs of blob storage: blobs as repositories
+// see them (a repository sees a blob once it was pushed or mounted there).
+type Blobs interface {
+	StatBlob(ctx context.Context, repo string, d digest.Digest) (cache.BlobInfo, error)
+	OpenBlob(ctx context.Context, repo string, d digest.Digest, offset, length int64) (io.ReadCloser, cache.BlobInfo, error)
+	PushBlob(ctx context.Context, repo string, r io.Reader, d digest.Digest, size int64) (cache.BlobInfo, error)
+	MountBlob(ctx context.Context, repo, from string, d digest.Digest) (cache.BlobInfo, error)
+	DeleteBlob(ctx context.Context, repo string, d digest.Digest) error
+}
+
+// Uploads is what the registry needs of upload sessions.
+type Uploads interface {
+	StartUpload(ctx context.Context, owner string) (*cache.Upload, error)
+	GetUpload(owner, id string) (*cache.Upload, error)
+	CommitUpload(ctx context.Context, repo string, u *cache.Upload, d digest.Digest) (cache.BlobInfo, error)
+}
+
+// Manifests is what the registry needs of manifests, tags and
+// repositories.
+type Manifests interface {
+	PutManifest(ctx context.Context, repo, ref, contentType string, body io.Reader, maxSize int64) (cache.ManifestInfo, error)
+	StatManifest(ctx context.Context, repo, ref string) (cache.ManifestInfo, error)
+	OpenManifest(ctx context.Context, repo, ref string) (io.ReadCloser, cache.ManifestInfo, error)
+	DeleteManifest(ctx context.Context, repo, ref string) error
+	Tags(ctx context.Context, repo, last string, n int) ([]string, bool, error)
+	Repositories(ctx context.Context, last string, n int) ([]string, bool, error)
+	Referrers(ctx context.Context, repo string, d digest.Digest, artifactType string) ([]cache.ManifestInfo, error)
+}
+
+// Store is everything the registry uses; *cache.Cache implements it.
+type Store interface {
+	Blobs
+	Uploads
+	Manifests
+}
+
+// Options configure a Handler.
+type Options struct {
+	// MaxManifestSize bounds a manifest PUT; zero means
+	// cache.DefaultMaxManifestSize (16 MiB).
+	MaxManifestSize int64
+	// Logger receives server-side failures; nil discards them.
+	Logger *slog.Logger
+}
+
+// Handler serves the Distribution API under /v2/.
+type Handler struct {
+	store   Store
+	maxMan  int64
+	log     *slog.Logger
+	metrics *Metrics
+}
+
+// New returns a Handler over store.
+func New(store Store, opts Options) *Handler {
+	if opts.MaxManifestSize <= 0 {
+		opts.MaxManifestSize = cache.DefaultMaxManifestSize
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Handler{store: store, maxMan: opts.MaxManifestSize, log: opts.Logger}
+}
+
+// route is a parsed request path.
+type route struct {
+	kind string // "base", "catalog", "blob", "uploads", "upload", "manifest", "tags", "referrers"
+	name string
+	ref  string // digest, tag or upload id
+}
+
+// parseRoute splits /v2/<name>/<kind>/<ref>. Names contain '/', so the
+// kind is found from the end: the last segments decide.
+func parseRoute(path string) (route, bool) {
+	p, ok := strings.CutPrefix(path, "/v2/")
+	if !ok {
+		if path == "/v2" {
+			return route{kind: "base"}, true
+		}
+		return route{}, false
+	}
+	if p == "" {
+		return route{kind: "base"}, true
+	}
+	if p == "_catalog" {
+		return route{kind: "catalog"}, true
+	}
+	segs := strings.Split(p, "/")
+	n := len(segs)
+	switch {
+	case n >= 3 && segs[n-2] == "tags" && segs[n-1] == "list":
+		return route{kind: "tags", name: strings.Join(segs[:n-2], "/")}, true
+	case n >= 4 && segs[n-3] == "blobs" && segs[n-2] == "uploads":
+		if segs[n-1] == "" {
+			return route{kind: "uploads", name: strings.Join(segs[:n-3], "/")}, true
+		}
+		return route{kind: "upload", name: strings.Join(segs[:n-3], "/"), ref: segs[n-1]}, true
+	case n >= 3 && segs[n-2] == "blobs" && segs[n-1] == "uploads":
+		return route{kind: "uploads", name: strings.Join(segs[:n-2], "/")}, true
+	case n >= 3 && segs[n-2] == "blobs":
+		return route{kind: "blob", name: strings.Join(segs[:n-2], "/"), ref: segs[n-1]}, true
+	case n >= 3 && segs[n-2] == "manifests":
+		return route{kind: "manifest", name: strings.Join(segs[:n-2], "/"), ref: segs[n-1]}, true
+	case n >= 3 && segs[n-2] == "referrers":
+		return route{kind: "referrers", name: strings.Join(segs[:n-2], "/"), ref: segs[n-1]}, true
+	}
+	return route{}, false
+}
+
+// ServeHTTP routes a request.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	rt, ok := parseRoute(r.URL.Path)
+	if !ok {
+		h.writeError(w, r, newError(http.StatusNotFound, codeNameUnknown, "no such endpoint: "+clip(r.URL.Path)), aboutRepo)
+		return
+	}
+	if rt.name != "" {
+		if err := cache.ValidRepoName(rt.name); err != nil {
+			h.writeError(w, r, err, aboutRepo)
+			return
+		}
+	}
+	rw := &statusWriter{ResponseWriter: w}
+	defer func() { h.metrics.observe(rt.kind, r.Method, rw.status) }()
+	w = rw
+	m := r.Method
+	switch rt.kind {
+	case "base":
+		if m != http.MethodGet && m != http.MethodHead {
+			h.methodNotAllowed(w, r, "GET, HEAD")
+			return
+		}
+		writeJSON(w, r, http.StatusOK, "application/json", struct{}{})
+	case "catalog":
+		if m != http.MethodGet {
+			h.methodNotAllowed(w, r, "GET")
+			return
+		}
+		h.catalog(w, r)
+	case "tags":
+		if m != http.MethodGet {
+			h.methodNotAllowed(w, r, "GET")
+			return
+		}
+		h.tags(w, r, rt)
+	case "blob":
+		switch m {
+		case http.MethodGet, http.MethodHead:
+			h.getBlob(w, r, rt)
+		case http.MethodDelete:
+			h.deleteBlob(w, r, rt)
+		default:
+			h.methodNotAllowed(w, r, "GET, HEAD, DELETE")
+		}
+	case "uploads":
+		if m != http.MethodPost {
+			h.methodNotAllowed(w, r, "POST")
+			return
+		}
+		h.startUpload(w, r, rt)
+	case "upload":
+		switch m {
+		case http.MethodGet:
+			h.uploadStatus(w, r, rt)
+		case http.MethodPatch:
+			h.patchUpload(w, r, rt)
+		case http.MethodPut:
+			h.putUpload(w, r, rt)
+		case http.MethodDelete:
+			h.deleteUpload(w, r, rt)
+		default:
+			h.methodNotAllowed(w, r, "GET, PATCH, PUT, DELETE")
+		}
+	case "manifest":
+		switch m {
+		case http.MethodGet, http.MethodHead:
+			h.getManifest(w, r, rt)
+		case http.MethodPut:
+			h.putManifest(w, r, rt)
+		case http.MethodDelete:
+			h.deleteManifest(w, r, rt)
+		default:
+			h.methodNotAllowed(w, r, "GET, HEAD, PUT, DELETE")
+		}
+	case "referrers":
+		if m != http.MethodGet {
+			h.methodNotAllowed(w, r, "GET")
+			return
+		}
+		h.referrers(w, r, rt)
+	}
+}
+
+func (h *Handler) methodNotAllowed(w http.ResponseWriter, r *http.Request, allow string) {
+	w.Header().Set("Allow", allow)
+	h.writeError(w, r, newError(http.StatusMethodNotAllowed, codeUnsupported, r.Method+" is not supported here"), aboutRepo)
+}
+
+// statusWriter remembers the status for metrics.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+func writeJSON(w http.ResponseWriter, r *http.Request, status int, contentType string, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", contentType)
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(status)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(b)
+	}
+}
+
+// clip shortens what an error message quotes of a request.
+func clip(s string) string {
+	if len(s) > 100 {
+		return s[:100] + "…"
+	}
+	return s
+}
+
+// pageParams parses the n and last query parameters of the list
+// endpoints: n absent means every entry (nAll).
+func pageParams(r *http.Request) (n int, last string, err error) {
+	q := r.URL.Query()
+	last = q.Get("last")
+	n = nAll
+	if s := q.Get("n"); s != "" {
+		v, perr := strconv.Atoi(s)
+		if perr != nil || v < 0 {
+			return 0, "", newError(http.StatusBadRequest, codeUnsupported, "n must be a non-negative integer")
+		}
+		n = v
+	}
+	return n, last, nil
+}
+
+const nAll = -1
+
+func (h *Handler) tags(w http.ResponseWriter, r *http.Request, rt route) {
+	n, last, err := pageParams(r)
+	if err != nil {
+		h.writeError(w, r, err, aboutRepo)
+		return
+	}
+	var tags []string
+	more := false
+	if n != 0 {
+		tags, more, err = h.store.Tags(r.Context(), rt.name, last, max(n, 0))
+		if err != nil {
+			h.writeError(w, r, err, aboutRepo)
+			return
+		}
+	}
+	if tags == nil {
+		tags = []string{}
+	}
+	if more && len(tags) > 0 {
+		w.Header().Set("Link", "</v2/"+rt.name+"/tags/list?last="+tags[len(tags)-1]+"&n="+strconv.Itoa(n)+`>; rel="next"`)
+	}
+	writeJSON(w, r, http.StatusOK, "application/json", struct {
+		Name string   `json:"name"`
+		Tags []string `json:"tags"`
+	}{rt.name, tags})
+}
+
+func (h *Handler) catalog(w http.ResponseWriter, r *http.Request) {
+	n, last, err := pageParams(r)
+	if err != nil {
+		h.writeError(w, r, err, aboutRepo)
+		return
+	}
+	var names []string
+	more := false
+	if n != 0 {
+		names, more, err = h.store.Repositories(r.Context(), last, max(n, 0))
+		if err != nil {
+			h.writeError(w, r, err, aboutRepo)
+			return
+		}
+	}
+	if names == nil {
+		names = []string{}
+	}
+	if more && len(names) > 0 {
+		w.Header().Set("Link", "</v2/_catalog?last="+names[len(names)-1]+"&n="+strconv.Itoa(n)+`>; rel="next"`)
+	}
+	writeJSON(w, r, http.StatusOK, "application/json", struct {
+		Repositories []string `json:"repositories"`
+	}{names})
+}
