@@ -107,6 +107,7 @@ type server struct {
 	dataDir string
 	addr    string
 	metrics string // the /metrics listen address
+	reg     string // the registry API's listen address
 	cmd     *exec.Cmd
 	log     *syncBuffer
 	exited  chan struct{}
@@ -131,7 +132,8 @@ func startServer(t *testing.T, b backendConfig) *server {
 // serveArgs are the flags for `cairn serve`.
 func (s *server) serveArgs() []string {
 	// A short grace period: the signal test waits for the exit.
-	args := []string{"serve", "--listen", s.addr, "--data", s.dataDir, "--grace-period", "2s", "--metrics-listen", s.metrics}
+	args := []string{"serve", "--listen", s.addr, "--data", s.dataDir, "--grace-period", "2s", "--metrics-listen", s.metrics,
+		"--registry-listen", s.reg}
 	if c := s.backend.s3; c != nil {
 		args = append(args, "--s3-endpoint", c.endpoint, "--s3-bucket", c.bucket, "--s3-insecure")
 	}
@@ -152,7 +154,7 @@ func (s *server) serveEnv() []string {
 func (s *server) start() {
 	s.t.Helper()
 	if s.addr == "" {
-		s.addr, s.metrics = freePorts(s.t)
+		s.addr, s.metrics, s.reg = freePorts(s.t)
 	}
 	if s.log == nil {
 		s.log = &syncBuffer{}
@@ -176,7 +178,7 @@ func (s *server) start() {
 		if attempt == 3 || !strings.Contains(s.log.String()[logStart:], "address already in use") {
 			s.t.Fatalf("cairn serve exited (%v) before it was healthy:\n%s", s.exitErr, s.log.String())
 		}
-		s.addr, s.metrics = freePorts(s.t)
+		s.addr, s.metrics, s.reg = freePorts(s.t)
 	}
 }
 
@@ -297,13 +299,13 @@ func (s *server) dial() *grpc.ClientConn {
 	return conn
 }
 
-// freePorts returns the gRPC and metrics addresses for a server: two free
+// freePorts returns the gRPC, metrics and registry addresses for a server: three free
 // ports of 127.0.0.1, held open together while they are picked so that
 // they differ (picked one after the other, the kernel once handed out the
 // same port twice and the server refused to start).
-func freePorts(t *testing.T) (addr, metrics string) {
+func freePorts(t *testing.T) (addr, metrics, reg string) {
 	t.Helper()
-	var ls [2]net.Listener
+	var ls [3]net.Listener
 	for i := range ls {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -312,7 +314,7 @@ func freePorts(t *testing.T) (addr, metrics string) {
 		defer l.Close()
 		ls[i] = l
 	}
-	return ls[0].Addr().String(), ls[1].Addr().String()
+	return ls[0].Addr().String(), ls[1].Addr().String(), ls[2].Addr().String()
 }
 
 // result is what a CLI run did.

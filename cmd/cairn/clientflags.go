@@ -23,6 +23,9 @@ import (
 // default listen address.
 const defaultServer = "127.0.0.1:7070"
 
+// defaultRegistry is where `cairn serve` serves the registry API.
+const defaultRegistry = "127.0.0.1:5000"
+
 // clientFlags are the flags every client subcommand takes.
 type clientFlags struct {
 	a          *app

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/dustin/go-humanize"
@@ -18,16 +20,20 @@ import (
 	"github.com/cairnbuild/cairn/cache"
 	"github.com/cairnbuild/cairn/cmd/internal/storage"
 	"github.com/cairnbuild/cairn/metrics"
+	"github.com/cairnbuild/cairn/registry"
 	"github.com/cairnbuild/cairn/server"
 )
 
 // serveConfig is everything `cairn serve` is told, from flags and their
 // environment twins, validated by check.
 type serveConfig struct {
-	storage       storage.Config
-	log           logFlags
-	listen        string
-	metricsListen string
+	storage          storage.Config
+	log              logFlags
+	listen           string
+	metricsListen    string
+	registryListen   string
+	maxManifest      string // parsed into maxManifestBytes by check
+	maxManifestBytes int64
 
 	gracePeriod       time.Duration
 	maxRecvMsgSize    string // parsed into maxRecvBytes by check
@@ -47,7 +53,9 @@ grpc.health.v1 and server reflection.
 
 With no flags it keeps everything under ./cairn-data: the index in
 ./cairn-data/index and the blobs in ./cairn-data/blobs, and listens on
-127.0.0.1:7070. --s3-endpoint and --s3-bucket move the blobs to an
+127.0.0.1:7070. It also serves the OCI Distribution (registry) API on
+--registry-listen, 127.0.0.1:5000 by default, over the same store: point
+BuildKit, buildx, docker, crane or skopeo at it. --s3-endpoint and --s3-bucket move the blobs to an
 S3-compatible store (AWS S3, MinIO, Ceph RGW); the index stays under --data.
 
 Without --s3-access-key the S3 credentials come from
@@ -69,6 +77,10 @@ this way commits nothing.`,
 	cfg.storage.AddFlags(f)
 	cfg.log.addFlags(f)
 	f.StringVar(&cfg.listen, "listen", defaultServer, "gRPC listen address, host:port")
+	f.StringVar(&cfg.registryListen, "registry-listen", defaultRegistry, "OCI Distribution (registry) API listen address, host:port (empty: no registry)")
+	f.StringVar(&cfg.maxManifest, "max-manifest-size", "16MiB", "largest manifest the registry accepts")
+	f.IntVar(&cfg.storage.MaxUploads, "max-uploads", cache.DefaultMaxUploads, "registry upload sessions open at once; more get 429")
+	f.DurationVar(&cfg.storage.UploadIdleTimeout, "upload-idle-timeout", cache.DefaultUploadIdleTimeout, "abort a registry upload session whose client sent nothing for this long")
 	f.StringVar(&cfg.metricsListen, "metrics-listen", "", "Prometheus /metrics listen address, host:port (empty: no metrics endpoint)")
 	f.DurationVar(&cfg.gracePeriod, "grace-period", 30*time.Second, "on shutdown, how long calls in flight may take to finish")
 	f.StringVar(&cfg.maxRecvMsgSize, "max-recv-msg-size", "8MiB", "largest gRPC message accepted; above 4MiB, to fit the largest chunk")
@@ -96,6 +108,24 @@ func (c *serveConfig) check() error {
 		if _, port, _ := net.SplitHostPort(c.listen); c.metricsListen == c.listen && port != "0" {
 			return fmt.Errorf("--metrics-listen and --listen are both %s", c.listen)
 		}
+	}
+	if c.registryListen != "" {
+		if _, _, err := net.SplitHostPort(c.registryListen); err != nil {
+			return fmt.Errorf("--registry-listen %q: want host:port: %v", c.registryListen, err)
+		}
+		for _, o := range []struct{ name, addr string }{{"--listen", c.listen}, {"--metrics-listen", c.metricsListen}} {
+			if _, port, _ := net.SplitHostPort(o.addr); o.addr == c.registryListen && port != "0" {
+				return fmt.Errorf("--registry-listen and %s are both %s", o.name, o.addr)
+			}
+		}
+	}
+	mm, err := humanize.ParseBytes(c.maxManifest)
+	if err != nil || mm < 4<<10 || mm > 1<<30 {
+		return fmt.Errorf("--max-manifest-size %q: want a size from 4KiB to 1GiB", c.maxManifest)
+	}
+	c.maxManifestBytes = int64(mm)
+	if c.storage.MaxUploads < 1 || c.storage.UploadIdleTimeout <= 0 {
+		return errors.New("--max-uploads and --upload-idle-timeout must be positive")
 	}
 	if c.gracePeriod < 0 {
 		return fmt.Errorf("--grace-period %v: negative", c.gracePeriod)
@@ -176,13 +206,40 @@ func runServe(ctx context.Context, a *app, cfg *serveConfig) (err error) {
 			}
 		}()
 	}
+	registryDesc := "off"
+	var regSrv *http.Server
+	if cfg.registryListen != "" {
+		rlis, err := lc.Listen(ctx, "tcp", cfg.registryListen)
+		if err != nil {
+			lis.Close()
+			if httpSrv != nil {
+				httpSrv.Close()
+			}
+			return fmt.Errorf("registry: %w", err)
+		}
+		rm, err := registry.NewMetrics(reg)
+		if err != nil {
+			return err
+		}
+		h := registry.New(c, registry.Options{MaxManifestSize: cfg.maxManifestBytes, Logger: log}).WithMetrics(rm)
+		// No WriteTimeout: a blob download may take long; idle and header
+		// timeouts bound a client that stops talking.
+		regSrv = &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
+			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		registryDesc = "http://" + rlis.Addr().String() + "/v2/"
+		go func() {
+			if err := regSrv.Serve(rlis); !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("registry: %w", err)
+			}
+		}()
+	}
 	go func() {
 		if err := srv.Serve(lis); err != nil {
 			errc <- fmt.Errorf("serve: %w", err)
 		}
 	}()
 	log.Info("cairn serving", "listen", lis.Addr().String(), "backend", st.Kind, "blobs", st.Blobs, "index", st.IndexDir,
-		"metrics", metricsDesc, "max_recv_msg_size", humanize.IBytes(uint64(cfg.maxRecvBytes)),
+		"registry", registryDesc, "metrics", metricsDesc, "max_recv_msg_size", humanize.IBytes(uint64(cfg.maxRecvBytes)),
 		"grace_period", cfg.gracePeriod, "version", serveVersion())
 
 	var serveErr error
@@ -194,7 +251,18 @@ func runServe(ctx context.Context, a *app, cfg *serveConfig) (err error) {
 	}
 	grace, cancel := context.WithTimeout(context.Background(), cfg.gracePeriod)
 	defer cancel()
+	var wg sync.WaitGroup
+	if regSrv != nil {
+		// In-flight registry requests finish within the grace period; the
+		// cache aborts upload sessions when it closes.
+		wg.Go(func() {
+			if err := regSrv.Shutdown(grace); err != nil {
+				regSrv.Close()
+			}
+		})
+	}
 	srv.Shutdown(grace)
+	wg.Wait()
 	if httpSrv != nil {
 		hctx, hcancel := context.WithTimeout(context.Background(), time.Second)
 		_ = httpSrv.Shutdown(hctx)

@@ -49,7 +49,10 @@ func startServe(t *testing.T, env map[string]string, args ...string) (log *serve
 	a := &app{stdin: strings.NewReader(""), stdout: io.Discard, stderr: log, getenv: func(k string) string { return env[k] }}
 	ctx, cancel := context.WithCancel(context.Background())
 	code := make(chan int, 1)
-	go func() { code <- run(ctx, a, append([]string{"serve"}, args...)) }()
+	// The registry on a port of its own unless args set one (the default,
+	// 5000, would collide between tests).
+	args = append([]string{"serve", "--registry-listen", "127.0.0.1:0"}, args...)
+	go func() { code <- run(ctx, a, args) }()
 	var (
 		once     sync.Once
 		exitCode = -1

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -103,6 +104,11 @@ type Config struct {
 	Data        string // the index's directory, and the blobs' without S3
 	S3          S3
 	Concurrency int // chunks one push or pull stores or reads at once
+
+	// Upload sessions of the registry front (zero: the cache's defaults);
+	// serve sets them, the client commands leave them alone.
+	MaxUploads        int
+	UploadIdleTimeout time.Duration
 }
 
 // AddFlags registers the storage flags.
@@ -170,7 +176,8 @@ func (c *Config) Open(ctx context.Context, log *slog.Logger, bm *metrics.Backend
 		}
 		log.Debug("retrying blob store request", "op", e.Op, "key", e.Key, "attempt", e.Attempt, "err", e.Err)
 	}})
-	cc, err := cache.Open(ctx, cache.Options{Dir: st.IndexDir, Backend: blobs, Concurrency: c.Concurrency, Logger: log})
+	cc, err := cache.Open(ctx, cache.Options{Dir: st.IndexDir, Backend: blobs, Concurrency: c.Concurrency, Logger: log,
+		MaxUploads: c.MaxUploads, UploadIdleTimeout: c.UploadIdleTimeout})
 	if err != nil {
 		_ = st.closeBlobs()
 		return nil, err
