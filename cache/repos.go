@@ -346,10 +346,10 @@ func (c *Cache) putManifest(ctx context.Context, repo, ref, contentType string, 
 	}
 	m, err := ocimanifest.Parse(contentType, b)
 	if errors.Is(err, ocimanifest.ErrUnsupported) {
-		return ManifestInfo{}, fmt.Errorf("%w: %w", ErrInvalidArgument, err)
+		return ManifestInfo{}, fmt.Errorf("%w: %v", ErrUnsupported, err)
 	}
 	if err != nil {
-		return ManifestInfo{}, fmt.Errorf("%w: %w", ErrInvalidArgument, err)
+		return ManifestInfo{}, fmt.Errorf("%w: %v", ErrManifestInvalid, err)
 	}
 	mr := index.ManifestRecord{MediaType: m.MediaType, ArtifactType: m.ArtifactType, Size: int64(len(b)),
 		Annotations: m.Annotations}
