@@ -130,6 +130,9 @@ type Stats struct {
 	StoredBytes           int64 // bytes of all chunk records the index knows (compressed)
 	UniqueBytes           int64 // bytes of all chunks the index knows, uncompressed
 	ReferencedBytes       int64 // of StoredBytes, those of chunks a layer references
+	// The registry's: repositories, tags and manifests (a manifest linked
+	// in two repositories counts twice).
+	Repositories, Tags, Manifests int64
 }
 
 // Stats counts what the index holds. It walks the index: call it for

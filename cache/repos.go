@@ -3,6 +3,7 @@ package cache
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -603,7 +604,7 @@ func (c *Cache) reindexRepos(ctx context.Context) (int, error) {
 	var mans []pending
 	var tags []struct {
 		repo, tag string
-		info backend.Info
+		info      backend.Info
 	}
 	n := 0
 	now := time.Now()
@@ -639,7 +640,7 @@ func (c *Cache) reindexRepos(ctx context.Context) (int, error) {
 			}
 			tags = append(tags, struct {
 				repo, tag string
-				info backend.Info
+				info      backend.Info
 			}{repo, rest, info})
 		}
 		return nil
@@ -719,4 +720,113 @@ func (c *Cache) reindexManifest(ctx context.Context, repo string, d digest.Diges
 	}
 	_, err = c.idx.PutManifest(repo, d, mr, "", func(r index.Ref) bool { return checked[r.Digest] }, now)
 	return err
+}
+
+// ImageInfo is one tag of a repository and what its image costs.
+type ImageInfo struct {
+	Repository string
+	Tag        string
+	Digest     digest.Digest
+	MediaType  string
+	// Size is the bytes of the manifest and of everything it references,
+	// child manifests followed, each distinct blob once, as pushed.
+	Size int64
+	// StoredSize is what those blobs take in the store (compressed
+	// chunks; a chunk shared with other images counted in full).
+	StoredSize int64
+	// Missing counts references the store does not hold (blob children of
+	// an index that were never pushed, foreign layers).
+	Missing int
+}
+
+// Images returns the tagged images of up to pageSize repositories' worth
+// (whole repositories: at least one, more while fewer than pageSize images
+// are listed) in name and tag order, from the position pageToken names (""
+// for the first page), and the next page's token ("" after the last).
+func (c *Cache) Images(ctx context.Context, pageToken string, pageSize int) ([]ImageInfo, string, error) {
+	if err := c.begin(ctx); err != nil {
+		return nil, "", fmt.Errorf("cache: images: %w", err)
+	}
+	defer c.end()
+	if pageSize <= 0 {
+		pageSize = DefaultPageSize
+	}
+	pageSize = min(pageSize, MaxPageSize)
+	var last string
+	if pageToken != "" {
+		b, err := base64.RawURLEncoding.DecodeString(pageToken)
+		if err != nil || ValidRepoName(string(b)) != nil {
+			return nil, "", fmt.Errorf("cache: images: %w: bad page token", ErrInvalidArgument)
+		}
+		last = string(b)
+	}
+	var out []ImageInfo
+	for len(out) < pageSize {
+		repos, more, err := c.idx.Repos(last, 1)
+		if err != nil {
+			return nil, "", fmt.Errorf("cache: images: %w", err)
+		}
+		if len(repos) == 0 {
+			return out, "", nil
+		}
+		last = repos[0]
+		tags, _, err := c.idx.Tags(last, "", 0)
+		if err != nil {
+			return nil, "", fmt.Errorf("cache: images: %w", err)
+		}
+		for _, t := range tags {
+			img, err := c.imageCost(ctx, last, t.Digest)
+			if err != nil {
+				return nil, "", fmt.Errorf("cache: images: %s:%s: %w", last, t.Tag, err)
+			}
+			img.Repository, img.Tag = last, t.Tag
+			out = append(out, img)
+		}
+		if !more {
+			return out, "", nil
+		}
+	}
+	return out, base64.RawURLEncoding.EncodeToString([]byte(last)), nil
+}
+
+// imageCost sums what manifest d of repo and everything it references
+// take, each distinct blob once.
+func (c *Cache) imageCost(ctx context.Context, repo string, d digest.Digest) (ImageInfo, error) {
+	img := ImageInfo{Digest: d}
+	seen := map[digest.Digest]bool{}
+	var walk func(d digest.Digest, top bool) error
+	walk = func(d digest.Digest, top bool) error {
+		if seen[d] {
+			return nil
+		}
+		seen[d] = true
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		info, err := c.stat(d)
+		if errors.Is(err, ErrNotFound) {
+			img.Missing++
+			return nil
+		} else if err != nil {
+			return err
+		}
+		img.Size += info.Size
+		img.StoredSize += info.StoredSize
+		mr, err := c.idx.Manifest(repo, d)
+		if errors.Is(err, ErrNotFound) {
+			return nil // a blob
+		} else if err != nil {
+			return err
+		}
+		if top {
+			img.MediaType = mr.MediaType
+		}
+		for _, r := range mr.Refs {
+			if err := walk(r.Digest, false); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return img, walk(d, true)
 }

@@ -650,3 +650,46 @@ func TestReindexRestoresRepositories(t *testing.T) {
 	expect(t, tr2.do(t, "HEAD", "/v2/app/blobs/"+string(cd), nil), 200, "")
 	expect(t, tr2.do(t, "HEAD", "/v2/other/blobs/"+string(cd), nil), 404, "")
 }
+
+// TestImagesCost: what `cairn ls --images` shows: per tag, the bytes of the
+// manifest and everything it references, each blob once.
+func TestImagesCost(t *testing.T) {
+	tr := newTestRegistry(t)
+	cfg := []byte(`{"architecture":"amd64"}`)
+	cd := tr.pushBlob(t, "app", cfg)
+	layer := randBytes(300000)
+	tr.pushBlob(t, "app", layer)
+	m := manifestFor(cd, len(cfg), layer, layer) // the same layer twice counts once
+	expect(t, tr.do(t, "PUT", "/v2/app/manifests/v1", m, "Content-Type: application/vnd.oci.image.manifest.v1+json"), 201, "")
+	md := digest.FromBytes(m)
+	idx := fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"%s","size":%d}]}`, md, len(m))
+	expect(t, tr.do(t, "PUT", "/v2/app/manifests/multi", []byte(idx), "Content-Type: application/vnd.oci.image.index.v1+json"), 201, "")
+	tr.pushBlob(t, "empty", []byte("x"))
+	imgs, next, err := tr.cache.Images(context.Background(), "", 0)
+	if err != nil || next != "" {
+		t.Fatal(err, next)
+	}
+	if len(imgs) != 2 {
+		t.Fatalf("images %+v", imgs)
+	}
+	want := int64(len(cfg) + len(layer) + len(m))
+	if imgs[1].Tag != "v1" || imgs[1].Size != want || imgs[1].StoredSize <= 0 || imgs[1].MediaType != "application/vnd.oci.image.manifest.v1+json" {
+		t.Fatalf("v1: %+v, want size %d", imgs[1], want)
+	}
+	if imgs[0].Tag != "multi" || imgs[0].Size != want+int64(len(idx)) {
+		t.Fatalf("multi: %+v, want size %d", imgs[0], want+int64(len(idx)))
+	}
+	// Paging: one repository per page here.
+	page, next, err := tr.cache.Images(context.Background(), "", 1)
+	if err != nil || len(page) != 2 || next == "" {
+		t.Fatalf("page 1: %v %+v %q", err, page, next)
+	}
+	page, next, err = tr.cache.Images(context.Background(), next, 1)
+	if err != nil || len(page) != 0 || next != "" {
+		t.Fatalf("page 2: %v %+v %q", err, page, next)
+	}
+	st, err := tr.cache.Stats(context.Background())
+	if err != nil || st.Repositories != 2 || st.Tags != 2 || st.Manifests != 2 {
+		t.Fatalf("stats %+v %v", st, err)
+	}
+}

@@ -365,6 +365,9 @@ type Stats struct {
 	StoredBytes           int64 // bytes of all chunk records the index knows
 	UniqueBytes           int64 // uncompressed bytes of all chunks the index knows
 	ReferencedBytes       int64 // stored bytes of chunks that a layer references
+	// The registry's: repositories, tags and manifest links (a manifest
+	// linked in two repositories counts twice).
+	Repositories, Tags, Manifests int64
 }
 
 // Stats walks the whole index: call it every so often, not per request.
@@ -406,6 +409,12 @@ func (x *DB) Stats(ctx context.Context) (Stats, error) {
 				}
 			case bytes.HasPrefix(k, idxStep):
 				s.Steps++
+			case bytes.HasPrefix(k, idxRepo):
+				s.Repositories++
+			case bytes.HasPrefix(k, idxTag):
+				s.Tags++
+			case bytes.HasPrefix(k, idxManLink):
+				s.Manifests++
 			}
 		}
 		return nil
