@@ -17,9 +17,10 @@ const maxRecvMsgBytes = 16 << 20
 
 // Client talks to one cairn server. It is safe for concurrent use.
 type Client struct {
-	conn   *grpc.ClientConn // owned, closed by Close; nil if given to New
-	layers cairnv1.LayerServiceClient
-	cache  cairnv1.CacheServiceClient
+	conn     *grpc.ClientConn // owned, closed by Close; nil if given to New
+	layers   cairnv1.LayerServiceClient
+	cache    cairnv1.CacheServiceClient
+	registry cairnv1.RegistryServiceClient
 }
 
 // Dial returns a Client for the server at addr ("host:port"). Without
@@ -53,8 +54,9 @@ func Dial(ctx context.Context, addr string, opts ...grpc.DialOption) (*Client, e
 // cairnv1.MinClientRecvMsgBytes for Pull with a chunk cache directory.
 func New(conn grpc.ClientConnInterface) *Client {
 	return &Client{
-		layers: cairnv1.NewLayerServiceClient(conn),
-		cache:  cairnv1.NewCacheServiceClient(conn),
+		layers:   cairnv1.NewLayerServiceClient(conn),
+		cache:    cairnv1.NewCacheServiceClient(conn),
+		registry: cairnv1.NewRegistryServiceClient(conn),
 	}
 }
 

@@ -13,7 +13,8 @@
 // while reading. Memory stays bounded by PushOptions.WindowBytes, whatever
 // the layer's size. Pull streams a layer (or a range) back; with a local
 // chunk cache directory it fetches only the chunks the directory lacks.
-// LookupStep, LookupChain and RecordStep are the build cache.
+// LookupStep, LookupChain and RecordStep are the build cache. Images and
+// DeleteImage show and prune what the server's OCI registry front holds.
 //
 // The package depends on the API (proto/cairn/v1) and the chunker only, not
 // on the server's storage, so builders can import it cheaply.

@@ -17,7 +17,8 @@ import (
 // wraps exactly one of them (or a context error), so callers branch with
 // errors.Is and never look at gRPC codes.
 var (
-	// ErrNotFound: the named layer (or chunk) does not exist on the server.
+	// ErrNotFound: the named layer (or chunk), or the named repository, tag
+	// or manifest of the registry front, does not exist on the server.
 	ErrNotFound = errors.New("not found")
 	// ErrMiss: a step lookup found no cached step. It is not a failure: the
 	// builder runs the step and records it.

@@ -27,6 +27,7 @@ import (
 type fakeServer struct {
 	cairnv1.UnimplementedLayerServiceServer
 	cairnv1.UnimplementedCacheServiceServer
+	cairnv1.UnimplementedRegistryServiceServer
 
 	// discard keeps chunk names but not their bytes, for tests that
 	// push more than memory should hold; commits are then not verified.
@@ -46,6 +47,11 @@ type fakeServer struct {
 	statsErr   error // GetStats fails with it if set
 	// listCalls and recipeCalls count ListLayers and GetLayerChunks.
 	listCalls, recipeCalls int
+
+	// images are the registry front's tags, in repository and tag order;
+	// imagePageSizes records the page_size of each ListImages call.
+	images         []*cairnv1.Image
+	imagePageSizes []int32
 }
 
 func newFakeServer() *fakeServer {
@@ -64,6 +70,7 @@ func startFake(t *testing.T, f *fakeServer) *Client {
 	s := grpc.NewServer()
 	cairnv1.RegisterLayerServiceServer(s, f)
 	cairnv1.RegisterCacheServiceServer(s, f)
+	cairnv1.RegisterRegistryServiceServer(s, f)
 	go s.Serve(lis)
 	t.Cleanup(s.Stop)
 	c, err := Dial(context.Background(), "passthrough:///bufnet",
@@ -251,7 +258,65 @@ func (f *fakeServer) GetStats(context.Context, *cairnv1.GetStatsRequest) (*cairn
 	for _, data := range f.chunks {
 		resp.StoredSizeBytes += int64(len(data)) / 2
 	}
+	repos, manifests := map[string]bool{}, map[string]bool{}
+	for _, img := range f.images {
+		repos[img.GetRepository()] = true
+		manifests[img.GetRepository()+"@"+img.GetDigest()] = true
+	}
+	resp.RepositoryCount, resp.TagCount, resp.ManifestCount = int64(len(repos)), int64(len(f.images)), int64(len(manifests))
 	return resp, nil
+}
+
+// ListImages pages f.images as the server does: whole repositories, until
+// a page holds page_size images (default 100). The token is the index of
+// the page's first image.
+func (f *fakeServer) ListImages(_ context.Context, req *cairnv1.ListImagesRequest) (*cairnv1.ListImagesResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.imagePageSizes = append(f.imagePageSizes, req.GetPageSize())
+	start := 0
+	if t := req.GetPageToken(); t != "" {
+		if _, err := fmt.Sscanf(t, "at-%d", &start); err != nil || start <= 0 || start >= len(f.images) {
+			return nil, cairnErr(codes.InvalidArgument, cairnv1.ReasonInvalidArgument, "bad page token %q", t)
+		}
+	}
+	size := int(req.GetPageSize())
+	if size == 0 {
+		size = 100
+	}
+	resp := &cairnv1.ListImagesResponse{}
+	i := start
+	for i < len(f.images) && len(resp.Images) < size {
+		repo := f.images[i].GetRepository()
+		for ; i < len(f.images) && f.images[i].GetRepository() == repo; i++ {
+			resp.Images = append(resp.Images, f.images[i])
+		}
+	}
+	if i < len(f.images) {
+		resp.NextPageToken = fmt.Sprintf("at-%d", i)
+	}
+	return resp, nil
+}
+
+// DeleteImage removes a tag, or every tag of the repository naming a
+// digest.
+func (f *fakeServer) DeleteImage(_ context.Context, req *cairnv1.DeleteImageRequest) (*cairnv1.DeleteImageResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if req.GetRepository() == "" || req.GetReference() == "" {
+		return nil, cairnErr(codes.InvalidArgument, cairnv1.ReasonInvalidArgument, "empty repository or reference")
+	}
+	kept := f.images[:0:0]
+	for _, img := range f.images {
+		if img.GetRepository() != req.GetRepository() || (img.GetTag() != req.GetReference() && img.GetDigest() != req.GetReference()) {
+			kept = append(kept, img)
+		}
+	}
+	if len(kept) == len(f.images) {
+		return nil, cairnErr(codes.NotFound, cairnv1.ReasonNotFound, "%s: %s not found", req.GetRepository(), req.GetReference())
+	}
+	f.images = kept
+	return &cairnv1.DeleteImageResponse{}, nil
 }
 
 func (f *fakeServer) GetChunks(req *cairnv1.GetChunksRequest, s cairnv1.LayerService_GetChunksServer) error {

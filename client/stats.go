@@ -24,6 +24,12 @@ type Stats struct {
 	// DedupRatio is LogicalBytes / StoredBytes: what deduplication and
 	// compression save together (0 with nothing stored).
 	DedupRatio float64 `json:"dedup_ratio"`
+	// Repositories, Tags and Manifests count what the registry front
+	// holds; a manifest held by two repositories counts twice. Their
+	// blobs are layers, counted in Layers too.
+	Repositories int64 `json:"repositories"`
+	Tags         int64 `json:"tags"`
+	Manifests    int64 `json:"manifests"`
 }
 
 // Stats returns the server's totals, in one call. The server walks its
@@ -41,6 +47,9 @@ func (c *Client) Stats(ctx context.Context) (Stats, error) {
 		LogicalBytes: resp.GetLogicalSizeBytes(),
 		StoredBytes:  resp.GetStoredSizeBytes(),
 		UniqueBytes:  resp.GetUniqueSizeBytes(),
+		Repositories: resp.GetRepositoryCount(),
+		Tags:         resp.GetTagCount(),
+		Manifests:    resp.GetManifestCount(),
 	}
 	if st.StoredBytes > 0 {
 		st.DedupRatio = float64(st.LogicalBytes) / float64(st.StoredBytes)

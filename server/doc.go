@@ -5,14 +5,15 @@
 // errors leave through one mapping to gRPC codes (toStatus in errors.go).
 //
 // The server declares what it needs of the store in store.go, one small
-// interface per part (LayerStore, ChunkStore, StepCache, StatsSource; Store
-// is all four), and takes no *cache.Cache: the cache implements them, and
+// interface per part (LayerStore, ChunkStore, StepCache, StatsSource,
+// ImageStore; Store is all five), and takes no *cache.Cache: the cache implements them, and
 // tests can put fakes or decorators in front of any one part. Step hits and
 // misses are counted by a decorator around the StepCache (metrics.Steps),
 // not by the handlers.
 //
-// One file per service: cache_service.go (step lookups and records) and
-// layer_service.go (layers, chunks and stats). server.go builds the
+// One file per service: cache_service.go (step lookups and records),
+// layer_service.go (layers, chunks and stats) and registry_service.go (the
+// registry front's images, listed and deleted). server.go builds the
 // grpc.Server with its limits, keepalive policy and interceptors;
 // metrics.go holds the RPC metrics.
 //

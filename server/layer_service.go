@@ -476,6 +476,9 @@ func (s *layerService) GetStats(ctx context.Context, _ *cairnv1.GetStatsRequest)
 		LogicalSizeBytes: st.LogicalBytes,
 		StoredSizeBytes:  st.StoredBytes,
 		UniqueSizeBytes:  st.UniqueBytes,
+		RepositoryCount:  st.Repositories,
+		TagCount:         st.Tags,
+		ManifestCount:    st.Manifests,
 	}, nil
 }
 

@@ -96,9 +96,9 @@ type Server struct {
 	calls  *callLogger
 }
 
-// New returns a Server for st: the cairn.v1 CacheService and LayerService,
-// grpc.health.v1 (serving until Shutdown) and server reflection, with the
-// limits and interceptors opts ask for.
+// New returns a Server for st: the cairn.v1 CacheService, LayerService and
+// RegistryService, grpc.health.v1 (serving until Shutdown) and server
+// reflection, with the limits and interceptors opts ask for.
 func New(st Store, opts Options) (*Server, error) {
 	if st == nil {
 		return nil, errors.New("server: no store")
@@ -166,9 +166,11 @@ func New(st Store, opts Options) (*Server, error) {
 	cairnv1.RegisterCacheServiceServer(gs, &cacheService{steps: steps})
 	cairnv1.RegisterLayerServiceServer(gs, &layerService{layers: st, chunks: st, stats: st, m: m,
 		idle: opts.StreamIdleTimeout, transfers: make(chan struct{}, opts.MaxTransfers), walks: make(chan struct{}, 1)})
+	cairnv1.RegisterRegistryServiceServer(gs, &registryService{images: st})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
-	for _, name := range []string{"", cairnv1.CacheService_ServiceDesc.ServiceName, cairnv1.LayerService_ServiceDesc.ServiceName} {
+	for _, name := range []string{"", cairnv1.CacheService_ServiceDesc.ServiceName, cairnv1.LayerService_ServiceDesc.ServiceName,
+		cairnv1.RegistryService_ServiceDesc.ServiceName} {
 		hs.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
 	}
 	reflection.Register(gs)

@@ -23,7 +23,7 @@ import (
 func TestHealthAndReflection(t *testing.T) {
 	e := newEnv(t, Options{})
 	ctx := context.Background()
-	for _, svc := range []string{"", "cairn.v1.CacheService", "cairn.v1.LayerService"} {
+	for _, svc := range []string{"", "cairn.v1.CacheService", "cairn.v1.LayerService", "cairn.v1.RegistryService"} {
 		resp, err := e.health.Check(ctx, &healthpb.HealthCheckRequest{Service: svc})
 		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 			t.Errorf("health of %q: %v, %v", svc, resp, err)
@@ -47,7 +47,7 @@ func TestHealthAndReflection(t *testing.T) {
 	for _, s := range resp.GetListServicesResponse().GetService() {
 		names = append(names, s.GetName())
 	}
-	for _, want := range []string{"cairn.v1.CacheService", "cairn.v1.LayerService", "grpc.health.v1.Health"} {
+	for _, want := range []string{"cairn.v1.CacheService", "cairn.v1.LayerService", "cairn.v1.RegistryService", "grpc.health.v1.Health"} {
 		if !strings.Contains(strings.Join(names, " "), want) {
 			t.Errorf("reflection lists %v, missing %s", names, want)
 		}

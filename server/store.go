@@ -14,8 +14,9 @@ import (
 // The interfaces below are what the server asks of the core, one per part it
 // serves. *cache.Cache implements all of them (a test checks); the server
 // uses the cache package only for its value types (LayerInfo, ChunkRef,
-// StepRecord, Stats ...), its limits and its error sentinels, which
-// toStatus maps to gRPC codes.
+// StepRecord, Stats, ImageInfo ...), its limits, the registry's name
+// grammar (ValidRepoName, ValidTag: one definition for both fronts) and
+// its error sentinels, which toStatus maps to gRPC codes.
 //
 // Every method is safe for concurrent use, takes the request's context and
 // reports failures with the cache's sentinels (cache.ErrNotFound,
@@ -92,6 +93,24 @@ type StatsSource interface {
 	Stats(ctx context.Context) (cache.Stats, error)
 }
 
+// ImageStore is what the OCI registry front (package registry) wrote, as
+// the RegistryService shows it: ListImages and DeleteImage. Repository
+// names and references reach it checked against the registry's grammar
+// (cache.ValidRepoName, cache.ValidTag, or a digest).
+type ImageStore interface {
+	// Images returns a page of tagged images, one per tag, in repository
+	// and tag order, and the token of the next page ("" after the last). A
+	// page holds whole repositories: at least one, more while it holds
+	// fewer than pageSize images (pageSize <= 0: cache.DefaultPageSize,
+	// at most cache.MaxPageSize). A malformed token is
+	// cache.ErrInvalidArgument.
+	Images(ctx context.Context, pageToken string, pageSize int) ([]cache.ImageInfo, string, error)
+	// DeleteManifest removes tag ref of repo or, ref a digest, the
+	// manifest and every tag of repo naming it. A tag, manifest or
+	// repository it does not hold is cache.ErrNotFound.
+	DeleteManifest(ctx context.Context, repo, ref string) error
+}
+
 // Store is everything the server serves: *cache.Cache is one. To serve
 // parts from different implementations, or to decorate one part, embed
 // them in a struct:
@@ -101,10 +120,12 @@ type StatsSource interface {
 //		server.ChunkStore
 //		server.StepCache
 //		server.StatsSource
-//	}{c, c, myStepCache, c}, opts)
+//		server.ImageStore
+//	}{c, c, myStepCache, c, c}, opts)
 type Store interface {
 	LayerStore
 	ChunkStore
 	StepCache
 	StatsSource
+	ImageStore
 }

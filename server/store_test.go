@@ -24,6 +24,7 @@ var (
 	_ ChunkStore  = (*cache.Cache)(nil)
 	_ StepCache   = (*cache.Cache)(nil)
 	_ StatsSource = (*cache.Cache)(nil)
+	_ ImageStore  = (*cache.Cache)(nil)
 	_ StepCache   = metrics.StepCache(nil)
 )
 

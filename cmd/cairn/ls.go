@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"text/tabwriter"
 	"time"
@@ -11,16 +12,34 @@ import (
 )
 
 func newLsCmd(a *app) *cobra.Command {
-	var limit int
+	var (
+		limit  int
+		images bool
+	)
 	cmd := &cobra.Command{
-		Use:   "ls",
-		Short: "List the layers on the server",
+		Use:   "ls [--images]",
+		Short: "List the layers on the server, or the images of its registry",
+		Long: `Ls lists the layers on the server: digest, size as pushed, stored size
+(compressed; chunks shared with other layers counted in full), chunks and
+creation time.
+
+With --images it lists the images of the server's OCI registry (cairn serve
+--registry-listen) instead, one row per tag, ordered by repository and tag:
+the manifest's digest (in full, to paste into cairn rm REPO@DIGEST), the size
+of the manifest and everything it references (each blob once, every
+platform of a multi-platform image) and what those blobs take stored. Images
+the server does not hold whole (platforms never pushed) have a "missing"
+count in --json; their sizes leave the missing parts out. Untagged
+manifests are not listed.`,
 		Example: `  cairn ls
-  cairn ls --limit 10 --json`,
+  cairn ls --limit 10 --json
+  cairn ls --images
+  cairn ls --images --limit 20 --json`,
 		Args: cobra.NoArgs,
 	}
 	cf := addClientFlags(a, cmd, false)
-	cmd.Flags().IntVar(&limit, "limit", 0, "list at most this many layers (0: all)")
+	cmd.Flags().IntVar(&limit, "limit", 0, "list at most this many layers, or images with --images (0: all)")
+	cmd.Flags().BoolVar(&images, "images", false, "list the registry's images (one row per tag) instead of layers")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if limit < 0 {
 			return fmt.Errorf("--limit %d: must be at least 0", limit)
@@ -30,6 +49,9 @@ func newLsCmd(a *app) *cobra.Command {
 			return err
 		}
 		defer done()
+		if images {
+			return lsImages(ctx, a, cf, c, limit)
+		}
 		layers := []client.LayerInfo{}
 		for token := ""; ; {
 			page, next, err := c.List(ctx, token, 0)
@@ -60,4 +82,34 @@ func newLsCmd(a *app) *cobra.Command {
 		return tw.Flush()
 	}
 	return cmd
+}
+
+// lsImages is ls --images. It reads pages until it has limit images (0:
+// all): the server sums each image's sizes when asked, so pages not shown
+// are not asked for.
+func lsImages(ctx context.Context, a *app, cf *clientFlags, c *client.Client, limit int) error {
+	images := []client.ImageInfo{}
+	for token := ""; ; {
+		page, next, err := c.ListImages(ctx, token, 0)
+		if err != nil {
+			return cf.fail(err)
+		}
+		images = append(images, page...)
+		if next == "" || (limit > 0 && len(images) >= limit) {
+			break
+		}
+		token = next
+	}
+	if limit > 0 && len(images) > limit {
+		images = images[:limit]
+	}
+	if cf.json {
+		return cf.printJSON(images)
+	}
+	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "REPOSITORY\tTAG\tDIGEST\tSIZE\tSTORED\n")
+	for _, img := range images {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", img.Repository, img.Tag, img.Digest, humanBytes(img.Size), humanBytes(img.StoredSize))
+	}
+	return tw.Flush()
 }

@@ -14,7 +14,9 @@ func newStatCmd(a *app) *cobra.Command {
 		Short: "Show a layer, or the server's totals",
 		Long: `Stat with a layer digest shows the layer: size, stored size, media type,
 chunks. Without one it shows the server's totals, in one call: layers,
-distinct chunks, step records, the layers' logical bytes, the bytes the
+distinct chunks, step records, the registry's repositories, tags and
+manifests (a manifest held by two repositories counts twice; their blobs
+are layers and counted there too), the layers' logical bytes, the bytes the
 chunks take stored (compressed, each chunk once) and the ratio of the two
 (the server counts them in one walk of its index).`,
 		Example: `  cairn stat
@@ -71,6 +73,9 @@ chunks take stored (compressed, each chunk once) and the ratio of the two
 		fmt.Fprintf(tw, "layers\t%d\n", st.Layers)
 		fmt.Fprintf(tw, "chunks\t%d distinct\n", st.Chunks)
 		fmt.Fprintf(tw, "steps\t%d\n", st.Steps)
+		fmt.Fprintf(tw, "repositories\t%d\n", st.Repositories)
+		fmt.Fprintf(tw, "tags\t%d\n", st.Tags)
+		fmt.Fprintf(tw, "manifests\t%d\n", st.Manifests)
 		fmt.Fprintf(tw, "logical\t%d (%s)\n", st.LogicalBytes, humanBytes(st.LogicalBytes))
 		fmt.Fprintf(tw, "unique\t%d (%s, distinct chunks uncompressed)\n", st.UniqueBytes, humanBytes(st.UniqueBytes))
 		fmt.Fprintf(tw, "stored\t%d (%s)\n", st.StoredBytes, humanBytes(st.StoredBytes))

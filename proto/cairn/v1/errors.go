@@ -16,7 +16,8 @@ const (
 	ReasonDigestMismatch = "DIGEST_MISMATCH"
 	// ReasonInvalidArgument: any other bad input (InvalidArgument).
 	ReasonInvalidArgument = "INVALID_ARGUMENT"
-	// ReasonNotFound: no such layer or chunk (NotFound).
+	// ReasonNotFound: no such layer, chunk, repository, tag or manifest
+	// (NotFound).
 	ReasonNotFound = "NOT_FOUND"
 	// ReasonOutOfRange: an offset beyond the end of a layer (OutOfRange).
 	ReasonOutOfRange = "OUT_OF_RANGE"

@@ -1359,8 +1359,15 @@ type GetStatsResponse struct {
 	// The bytes of all distinct chunks, uncompressed: logical_size_bytes over
 	// unique_size_bytes is what deduplication alone saves.
 	UniqueSizeBytes int64 `protobuf:"varint,6,opt,name=unique_size_bytes,json=uniqueSizeBytes,proto3" json:"unique_size_bytes,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// How many repositories the registry front holds (RegistryService).
+	RepositoryCount int64 `protobuf:"varint,7,opt,name=repository_count,json=repositoryCount,proto3" json:"repository_count,omitempty"`
+	// How many tags the registry front holds, over all repositories.
+	TagCount int64 `protobuf:"varint,8,opt,name=tag_count,json=tagCount,proto3" json:"tag_count,omitempty"`
+	// How many manifests the registry front holds, tagged or not; a manifest
+	// held by two repositories counts twice.
+	ManifestCount int64 `protobuf:"varint,9,opt,name=manifest_count,json=manifestCount,proto3" json:"manifest_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetStatsResponse) Reset() {
@@ -1431,6 +1438,27 @@ func (x *GetStatsResponse) GetStoredSizeBytes() int64 {
 func (x *GetStatsResponse) GetUniqueSizeBytes() int64 {
 	if x != nil {
 		return x.UniqueSizeBytes
+	}
+	return 0
+}
+
+func (x *GetStatsResponse) GetRepositoryCount() int64 {
+	if x != nil {
+		return x.RepositoryCount
+	}
+	return 0
+}
+
+func (x *GetStatsResponse) GetTagCount() int64 {
+	if x != nil {
+		return x.TagCount
+	}
+	return 0
+}
+
+func (x *GetStatsResponse) GetManifestCount() int64 {
+	if x != nil {
+		return x.ManifestCount
 	}
 	return 0
 }
@@ -1519,7 +1547,7 @@ const file_cairn_v1_layer_proto_rawDesc = "" +
 	"\x11GetChunksResponse\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\"\x11\n" +
-	"\x0fGetStatsRequest\"\xf9\x01\n" +
+	"\x0fGetStatsRequest\"\xe8\x02\n" +
 	"\x10GetStatsResponse\x12\x1f\n" +
 	"\vlayer_count\x18\x01 \x01(\x03R\n" +
 	"layerCount\x12\x1f\n" +
@@ -1529,7 +1557,10 @@ const file_cairn_v1_layer_proto_rawDesc = "" +
 	"step_count\x18\x03 \x01(\x03R\tstepCount\x12,\n" +
 	"\x12logical_size_bytes\x18\x04 \x01(\x03R\x10logicalSizeBytes\x12*\n" +
 	"\x11stored_size_bytes\x18\x05 \x01(\x03R\x0fstoredSizeBytes\x12*\n" +
-	"\x11unique_size_bytes\x18\x06 \x01(\x03R\x0funiqueSizeBytes2\xcb\x06\n" +
+	"\x11unique_size_bytes\x18\x06 \x01(\x03R\x0funiqueSizeBytes\x12)\n" +
+	"\x10repository_count\x18\a \x01(\x03R\x0frepositoryCount\x12\x1b\n" +
+	"\ttag_count\x18\b \x01(\x03R\btagCount\x12%\n" +
+	"\x0emanifest_count\x18\t \x01(\x03R\rmanifestCount2\xcb\x06\n" +
 	"\fLayerService\x12F\n" +
 	"\tPushLayer\x12\x1a.cairn.v1.PushLayerRequest\x1a\x1b.cairn.v1.PushLayerResponse(\x01\x12F\n" +
 	"\tPullLayer\x12\x1a.cairn.v1.PullLayerRequest\x1a\x1b.cairn.v1.PullLayerResponse0\x01\x12D\n" +

@@ -122,11 +122,13 @@ type LayerServiceClient interface {
 	// in the order requested.
 	GetChunks(ctx context.Context, in *GetChunksRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetChunksResponse], error)
 	// GetStats returns what the server stores, in one call: layers, chunks
-	// and step records, and the bytes the layers hold (logical) versus the
-	// bytes their chunks take (stored, compressed). The server counts them in
-	// one walk of its index, so the answer costs time on a large server: it
-	// is meant for people and for a check now and then, not for a hot path
-	// (Prometheus has the same figures at cairn serve's metrics port).
+	// and step records, the registry's repositories, tags and manifests, and
+	// the bytes the layers hold (logical) versus the bytes their chunks take
+	// (stored, compressed). The server counts them in one walk of its index,
+	// so the answer costs time on a large server: it is meant for people and
+	// for a check now and then, not for a hot path (Prometheus has the layer,
+	// chunk and step counts and the logical and stored bytes at cairn serve's
+	// metrics port).
 	GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*GetStatsResponse, error)
 }
 
@@ -362,11 +364,13 @@ type LayerServiceServer interface {
 	// in the order requested.
 	GetChunks(*GetChunksRequest, grpc.ServerStreamingServer[GetChunksResponse]) error
 	// GetStats returns what the server stores, in one call: layers, chunks
-	// and step records, and the bytes the layers hold (logical) versus the
-	// bytes their chunks take (stored, compressed). The server counts them in
-	// one walk of its index, so the answer costs time on a large server: it
-	// is meant for people and for a check now and then, not for a hot path
-	// (Prometheus has the same figures at cairn serve's metrics port).
+	// and step records, the registry's repositories, tags and manifests, and
+	// the bytes the layers hold (logical) versus the bytes their chunks take
+	// (stored, compressed). The server counts them in one walk of its index,
+	// so the answer costs time on a large server: it is meant for people and
+	// for a check now and then, not for a hot path (Prometheus has the layer,
+	// chunk and step counts and the logical and stored bytes at cairn serve's
+	// metrics port).
 	GetStats(context.Context, *GetStatsRequest) (*GetStatsResponse, error)
 	mustEmbedUnimplementedLayerServiceServer()
 }
