@@ -2,7 +2,8 @@
 # Runs cairn's whole test suite: formatting, vet, staticcheck, buf lint (the
 # dependency rules are a test: internal/layering), the race detector
 # over the quick tests, then every Go test at full size (S3 tests against a
-# real MinIO this script starts and stops). Extra arguments go to both
+# real MinIO this script starts and stops; registry tests with crane, skopeo
+# and, as root, BuildKit). Extra arguments go to both
 # `go test` runs (for example -run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,12 @@ cd "$(dirname "$0")/.."
 
 install_buf
 install_staticcheck
+# The registry clients the e2e tests drive: crane, BuildKit (buildkitd and
+# buildctl, built from the module proxy), and from Debian's packages skopeo,
+# runc (BuildKit's worker) and busybox-static (a shell for test images).
+install_crane
+install_buildkit
+install_debian_tools
 echo "== gofmt"
 bad=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$bad" ]; then echo "gofmt wants to change: $bad"; exit 1; fi
