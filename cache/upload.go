@@ -267,10 +267,10 @@ func (u *Upload) start(ctx context.Context) error {
 			finish: func(got digest.Digest, size int64) error {
 				select {
 				case want := <-u.want:
-					if want != got {
+					if want.Algorithm() == digest.SHA256 && want != got {
 						return fmt.Errorf("%w: upload hashes to %s, declared %s", ErrDigestMismatch, got, want)
 					}
-					return nil
+					return nil // another algorithm is checked after the commit (see Commit)
 				case <-pctx.Done():
 					return errUploadAborted
 				}
@@ -296,19 +296,17 @@ func (u *Upload) pushErr(err error) error {
 	return fmt.Errorf("cache: upload %s: %w", u.id, err)
 }
 
-// Commit ends the upload: the blob must hash to d (its algorithm must be
-// the one the push hashes with: sha256) and then becomes a committed
-// layer; on a mismatch nothing is committed (ErrDigestMismatch). The
-// session is closed whatever the outcome.
+// Commit ends the upload: the blob must hash to d and then becomes a
+// committed layer; on a mismatch nothing is committed (ErrDigestMismatch).
+// The push hashes with SHA-256 as the bytes arrive, since a client names
+// the digest only now; for a sha512 digest the blob is committed under its
+// SHA-256 first, read back to check its SHA-512, then committed under d with
+// the same chunks, as distribution does for digests of another algorithm.
+// The session is closed whatever the outcome.
 func (u *Upload) Commit(ctx context.Context, d digest.Digest) (LayerInfo, error) {
 	if err := ParseLayerDigest(d); err != nil {
 		u.Abort()
 		return LayerInfo{}, fmt.Errorf("cache: upload %s: %w", u.id, err)
-	}
-	if d.Algorithm() != digest.SHA256 {
-		u.Abort()
-		return LayerInfo{}, fmt.Errorf("cache: upload %s: %w: a blob sent in parts must be named by sha256 (%s: send it in one request with its digest)",
-			u.id, ErrInvalidArgument, d.Algorithm())
 	}
 	u.mu.Lock()
 	if u.writing || u.ending {
@@ -331,11 +329,46 @@ func (u *Upload) Commit(ctx context.Context, d digest.Digest) (LayerInfo, error)
 	u.wait()
 	u.c.dropUpload(u)
 	u.mu.Lock()
-	defer u.mu.Unlock()
-	if u.err != nil {
-		return LayerInfo{}, fmt.Errorf("cache: upload %s: %w", u.id, u.err)
+	info, err := u.info, u.err
+	u.mu.Unlock()
+	if err != nil {
+		return LayerInfo{}, fmt.Errorf("cache: upload %s: %w", u.id, err)
 	}
-	return u.info, nil
+	if d.Algorithm() != digest.SHA256 {
+		if info, err = u.c.rehash(ctx, info, d); err != nil {
+			return LayerInfo{}, fmt.Errorf("cache: upload %s: %w", u.id, err)
+		}
+	}
+	return info, nil
+}
+
+// rehash commits the layer info (named by SHA-256) under d as well, after
+// reading it back and checking that it hashes to d. On a mismatch the
+// SHA-256 record stays: another upload of the same bytes may have
+// committed it meanwhile, and deleting it could lose what that one
+// committed. No repository links it; it is the garbage collector's.
+func (c *Cache) rehash(ctx context.Context, info LayerInfo, d digest.Digest) (LayerInfo, error) {
+	if err := c.begin(ctx); err != nil {
+		return LayerInfo{}, err
+	}
+	defer c.end()
+	lr, _, err := c.idx.Layer(info.Digest)
+	if err != nil {
+		return LayerInfo{}, err
+	}
+	h := d.Algorithm().Hash()
+	rc := c.chunks.NewReader(ctx, lr.Recipe, 0, lr.Size)
+	_, err = io.Copy(h, rc)
+	rc.Close()
+	if err != nil {
+		return LayerInfo{}, fmt.Errorf("verify: %w", err)
+	}
+	if got := digest.NewDigestFromBytes(d.Algorithm(), h.Sum(nil)); got != d {
+		return LayerInfo{}, fmt.Errorf("%w: upload hashes to %s, declared %s", ErrDigestMismatch, got, d)
+	}
+	alias := *lr
+	alias.Digest, alias.Created = d, time.Now().UTC()
+	return c.commit(ctx, &alias, nil)
 }
 
 // Abort ends the session without committing anything. Chunks the push

@@ -156,3 +156,30 @@ func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
 }
+
+// TestOCIConformance runs the distribution-spec conformance suite (built
+// from the module proxy by scripts/tools.sh) against cairn serve: pull,
+// push, content discovery and management, referrers, sha512, with upload
+// cancel and the digest headers required. Not run: sparse manifests (the
+// spec lets a registry refuse a manifest that names blobs it lacks, and
+// cairn does) and tag query parameters on a manifest PUT (a draft
+// feature).
+func TestOCIConformance(t *testing.T) {
+	suite := tool(t, "oci-conformance.test")
+	s := startServer(t, backendConfig{name: "fs"})
+	dir := t.TempDir()
+	cmd := exec.Command(suite)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "OCI_REGISTRY="+s.reg, "OCI_TLS=disabled", "OCI_RESULTS_DIR="+filepath.Join(dir, "results"),
+		"OCI_API_BLOBS_UPLOAD_CANCEL=true", "OCI_API_BLOBS_DIGEST_HEADER=true", "OCI_API_MANIFESTS_DIGEST_HEADER=true",
+		"OCI_DATA_SPARSE=false", "OCI_API_MANIFESTS_TAG_PARAM=false", "OCI_HIDE_SKIPPED_WORKFLOWS=0")
+	out, err := cmd.CombinedOutput()
+	res, rerr := os.ReadFile(filepath.Join(dir, "results", "results.yaml"))
+	if err != nil || rerr != nil || strings.Contains(string(res), ": FAIL") || !strings.Contains(string(out), "OCI Conformance Result: Pass") {
+		t.Fatalf("conformance suite: %v %v\n%s\nresults:\n%s", err, rerr, out, res)
+	}
+	// The summary, for the log.
+	if i := strings.Index(string(out), "OCI Conformance Result"); i >= 0 {
+		t.Logf("%s", out[i:])
+	}
+}

@@ -266,6 +266,23 @@ func TestChunkedUpload(t *testing.T) {
 	expect(t, tr.do(t, "DELETE", r.header.Get("Location"), nil), 204, "")
 	expect(t, tr.do(t, "GET", r.header.Get("Location"), nil), 404, "BLOB_UPLOAD_UNKNOWN")
 
+	// A session closed with a sha512 digest: checked after the fact, then
+	// served under it; a wrong one is refused.
+	b5 := randBytes(700000)
+	d5 := digest.SHA512.FromBytes(b5)
+	r = tr.do(t, "POST", "/v2/app/blobs/uploads/", nil)
+	loc = r.header.Get("Location")
+	expect(t, tr.do(t, "PATCH", loc, b5[:300000]), 202, "")
+	expect(t, tr.do(t, "PUT", loc+"?digest="+string(d5), b5[300000:]), 201, "")
+	r = tr.do(t, "GET", "/v2/app/blobs/"+string(d5), nil)
+	if r.status != 200 || !bytes.Equal(r.body, b5) {
+		t.Fatalf("sha512 blob after a session: %s", r)
+	}
+	r = tr.do(t, "POST", "/v2/app/blobs/uploads/", nil)
+	wrong5 := digest.SHA512.FromString("wrong")
+	expect(t, tr.do(t, "PUT", r.header.Get("Location")+"?digest="+string(wrong5), randBytes(5000)), 400, "DIGEST_INVALID")
+	expect(t, tr.do(t, "HEAD", "/v2/app/blobs/"+string(wrong5), nil), 404, "")
+
 	// An empty blob.
 	empty := digest.FromBytes(nil)
 	r = tr.do(t, "POST", "/v2/app/blobs/uploads/", nil)

@@ -11,10 +11,12 @@ cd "$(dirname "$0")/.."
 
 install_buf
 install_staticcheck
-# The registry clients the e2e tests drive: crane, BuildKit (buildkitd and
+# The registry clients the e2e tests drive: crane, the OCI conformance
+# suite, BuildKit (buildkitd and
 # buildctl, built from the module proxy), and from Debian's packages skopeo,
 # runc (BuildKit's worker) and busybox-static (a shell for test images).
 install_crane
+install_oci_conformance
 install_buildkit
 install_debian_tools
 echo "== gofmt"

@@ -96,6 +96,25 @@ CRANE_VERSION=v0.22.1
 DISTRIBUTION_VERSION=v3.1.2
 BUILDKIT_VERSION=v0.33.1
 
+# The OCI distribution-spec conformance suite, as a test binary built inside
+# its module directory (like BuildKit); e2e's TestOCIConformance runs it.
+OCI_CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
+install_oci_conformance() {
+  local pkg="github.com/opencontainers/distribution-spec/conformance@$OCI_CONFORMANCE_VERSION" stamp="$CAIRN_TOOLS/.oci-conformance.version" dir
+  if [ -x "$CAIRN_TOOLS/oci-conformance.test" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$pkg" ]; then
+    return 0
+  fi
+  echo "installing $pkg" >&2
+  dir=$(cd / && GOWORK=off GOFLAGS='' go mod download -json "$pkg" | sed -n 's/^[[:space:]]*"Dir": "\([^"]*\)".*/\1/p')
+  if [ -z "$dir" ] || [ ! -d "$dir" ]; then
+    echo "go mod download $pkg gave no directory" >&2
+    return 1
+  fi
+  mkdir -p "$CAIRN_TOOLS"
+  (cd "$dir" && GOWORK=off GOFLAGS="-buildvcs=false -mod=readonly" go test -c -o "$CAIRN_TOOLS/oci-conformance.test" .) >&2 || return 1
+  echo "$pkg" >"$stamp"
+}
+
 install_crane() { install_tool crane "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION"; }
 # The reference registry (CNCF distribution); go install names it "registry".
 install_distribution() { install_tool registry "github.com/distribution/distribution/v3/cmd/registry@$DISTRIBUTION_VERSION"; }

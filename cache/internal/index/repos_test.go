@@ -13,7 +13,7 @@ import (
 var goldenManifest = ManifestRecord{MediaType: "application/vnd.oci.image.manifest.v1+json",
 	ArtifactType: "application/vnd.example", Size: 1234, Subject: digest.FromString("subject"),
 	Annotations: map[string]string{"org.opencontainers.image.created": "2026-11-30T00:00:00Z"},
-	Refs: []Ref{{Digest: digest.FromString("config"), Size: 10}, {Digest: digest.FromString("child"), Manifest: true, Size: 500}}}
+	Refs:        []Ref{{Digest: digest.FromString("config"), Size: 10}, {Digest: digest.FromString("child"), Manifest: true, Size: 500}}}
 
 // The registry's index values and keys are pinned like the others.
 func TestGoldenRepos(t *testing.T) {

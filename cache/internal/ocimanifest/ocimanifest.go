@@ -153,8 +153,10 @@ func Parse(contentType string, body []byte) (Manifest, error) {
 			}
 			m.Refs = append(m.Refs, Ref{Digest: l.Digest, Size: l.Size, Checked: len(l.URLs) == 0})
 		}
-		if m.ArtifactType == "" && mt == OCIManifest && s.Config.MediaType != v1.MediaTypeImageConfig {
-			m.ArtifactType = s.Config.MediaType // the spec's rule for referrers
+		if m.ArtifactType == "" && mt == OCIManifest {
+			// The spec's rule for referrers: without an artifactType, a
+			// manifest's is its config's media type.
+			m.ArtifactType = s.Config.MediaType
 		}
 	default:
 		if s.Config != nil || s.Layers != nil {
