@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -311,20 +312,39 @@ func parseReference(ref string) (tag string, d digest.Digest, err error) {
 // it references must be in repo (ErrManifestBlobUnknown), except blob
 // children of an index. Nothing is stored when a check fails.
 func (c *Cache) PutManifest(ctx context.Context, repo, ref, contentType string, body io.Reader, maxSize int64) (ManifestInfo, error) {
-	info, err := c.putManifest(ctx, repo, ref, contentType, body, maxSize)
+	return c.PutManifestTags(ctx, repo, ref, contentType, body, maxSize, nil)
+}
+
+// PutManifestTags is PutManifest that also points tags at the manifest
+// (the draft spec's PUT /manifests/<digest>?tag=...), all in one index
+// transaction.
+func (c *Cache) PutManifestTags(ctx context.Context, repo, ref, contentType string, body io.Reader, maxSize int64, tags []string) (ManifestInfo, error) {
+	info, err := c.putManifest(ctx, repo, ref, contentType, body, maxSize, tags)
 	if err != nil {
 		return ManifestInfo{}, fmt.Errorf("cache: put manifest %s:%s: %w", repo, clip(ref), err)
 	}
 	return info, nil
 }
 
-func (c *Cache) putManifest(ctx context.Context, repo, ref, contentType string, body io.Reader, maxSize int64) (ManifestInfo, error) {
+func (c *Cache) putManifest(ctx context.Context, repo, ref, contentType string, body io.Reader, maxSize int64, extra []string) (ManifestInfo, error) {
 	if err := ValidRepoName(repo); err != nil {
 		return ManifestInfo{}, err
 	}
 	tag, want, err := parseReference(ref)
 	if err != nil {
 		return ManifestInfo{}, err
+	}
+	var tags []string
+	if tag != "" {
+		tags = append(tags, tag)
+	}
+	for _, t := range extra {
+		if err := ValidTag(t); err != nil {
+			return ManifestInfo{}, err
+		}
+		if !slices.Contains(tags, t) {
+			tags = append(tags, t)
+		}
 	}
 	if maxSize <= 0 {
 		maxSize = DefaultMaxManifestSize
@@ -408,12 +428,12 @@ func (c *Cache) putManifest(ctx context.Context, repo, ref, contentType string, 
 	if err := c.putEmpty(ctx, manifestLinkKey(repo, d)); err != nil {
 		return ManifestInfo{}, err
 	}
-	if tag != "" {
+	for _, tag := range tags {
 		if err := c.store.Put(ctx, tagKey(repo, tag), strings.NewReader(string(d)), int64(len(d))); err != nil {
 			return ManifestInfo{}, backendErr("write tag", err)
 		}
 	}
-	if _, err := c.idx.PutManifest(repo, d, mr, tag, check, time.Now()); err != nil {
+	if err := c.idx.PutManifest(repo, d, mr, tags, check, time.Now()); err != nil {
 		if errors.Is(err, ErrFailedPrecondition) {
 			err = fmt.Errorf("%w: %w", ErrManifestBlobUnknown, err)
 		}
@@ -718,8 +738,7 @@ func (c *Cache) reindexManifest(ctx context.Context, repo string, d digest.Diges
 			checked[r.Digest] = true
 		}
 	}
-	_, err = c.idx.PutManifest(repo, d, mr, "", func(r index.Ref) bool { return checked[r.Digest] }, now)
-	return err
+	return c.idx.PutManifest(repo, d, mr, nil, func(r index.Ref) bool { return checked[r.Digest] }, now)
 }
 
 // ImageInfo is one tag of a repository and what its image costs.

@@ -44,12 +44,17 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 			fmt.Sprintf("manifest of %d bytes, at most %d", r.ContentLength, h.maxMan)), aboutManifest)
 		return
 	}
-	info, err := h.store.PutManifest(r.Context(), rt.name, rt.ref, r.Header.Get("Content-Type"), r.Body, h.maxMan)
+	// ?tag= parameters (the spec's draft): more tags for a PUT by digest.
+	tags := r.URL.Query()["tag"]
+	info, err := h.store.PutManifestTags(r.Context(), rt.name, rt.ref, r.Header.Get("Content-Type"), r.Body, h.maxMan, tags)
 	if err != nil {
 		h.writeError(w, r, err, aboutManifest)
 		return
 	}
 	hd := w.Header()
+	for _, t := range tags {
+		hd.Add("OCI-Tag", t)
+	}
 	hd.Set("Location", "/v2/"+rt.name+"/manifests/"+string(info.Digest))
 	hd.Set("Docker-Content-Digest", string(info.Digest))
 	if info.Subject != "" {

@@ -215,6 +215,18 @@ func TestChunkedUpload(t *testing.T) {
 	// Out of order: 416, and nothing changes.
 	r = tr.do(t, "PATCH", loc, b[2<<20:3<<20], fmt.Sprintf("Content-Range: %d-%d", 2<<20, 3<<20-1))
 	expect(t, r, 416, "BLOB_UPLOAD_INVALID")
+	// A Content-Length that disagrees with the Content-Range: refused
+	// before a byte is taken.
+	req, _ := http.NewRequest("PATCH", tr.srv.URL+loc, bytes.NewReader(b[1<<20:1<<20+10]))
+	req.Header.Set("Content-Range", fmt.Sprintf("%d-%d", 1<<20, 1<<20+99))
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 400 {
+		t.Fatalf("PATCH with a short body for its range: %d", res.StatusCode)
+	}
 	// Status.
 	r = tr.do(t, "GET", loc, nil)
 	expect(t, r, 204, "")

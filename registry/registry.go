@@ -49,7 +49,7 @@ type Uploads interface {
 // Manifests is what the registry needs of manifests, tags and
 // repositories.
 type Manifests interface {
-	PutManifest(ctx context.Context, repo, ref, contentType string, body io.Reader, maxSize int64) (cache.ManifestInfo, error)
+	PutManifestTags(ctx context.Context, repo, ref, contentType string, body io.Reader, maxSize int64, tags []string) (cache.ManifestInfo, error)
 	StatManifest(ctx context.Context, repo, ref string) (cache.ManifestInfo, error)
 	OpenManifest(ctx context.Context, repo, ref string) (io.ReadCloser, cache.ManifestInfo, error)
 	DeleteManifest(ctx context.Context, repo, ref string) error

@@ -156,20 +156,18 @@ func (x *DB) UnlinkBlob(repo string, d digest.Digest) (found bool, err error) {
 }
 
 // PutManifest records manifest d in repo: its record, the repository's
-// link, tag (if not "") and, if it has a subject, the referrer link. In the
+// link, tags (if any) and, if it has a subject, the referrer link. In the
 // same transaction it checks that the layer holding the manifest's bytes is
 // committed and that every reference is there: child manifests linked in
 // repo, blobs linked in repo, except blob children of an index (check
 // tells which must be; refs with check false are recorded unchecked).
-// A missing one is ErrFailedPrecondition naming it. It returns the tag's
-// previous target, if any.
-func (x *DB) PutManifest(repo string, d digest.Digest, mr ManifestRecord, tag string, check func(Ref) bool, now time.Time) (prev digest.Digest, err error) {
+// A missing one is ErrFailedPrecondition naming it.
+func (x *DB) PutManifest(repo string, d digest.Digest, mr ManifestRecord, tags []string, check func(Ref) bool, now time.Time) error {
 	val, err := mr.Encode()
 	if err != nil {
-		return "", err
+		return err
 	}
-	err = x.update("put manifest "+string(d), func(txn *badger.Txn) error {
-		prev = ""
+	return x.update("put manifest "+string(d), func(txn *badger.Txn) error {
 		if ok, err := has(txn, layerKey(d)); err != nil {
 			return err
 		} else if !ok {
@@ -212,16 +210,13 @@ func (x *DB) PutManifest(repo string, d digest.Digest, mr ManifestRecord, tag st
 				return err
 			}
 		}
-		if tag != "" {
-			tk := linkKey(idxTag, repo, tag)
-			if _, err := get(txn, tk, func(v []byte) error { prev = digest.Digest(v); return nil }); err != nil {
+		for _, tag := range tags {
+			if err := txn.Set(linkKey(idxTag, repo, tag), []byte(d)); err != nil {
 				return err
 			}
-			return txn.Set(tk, []byte(d))
 		}
 		return nil
 	})
-	return prev, err
 }
 
 // Resolve returns the manifest digest repo's tag names, or ErrNotFound.
