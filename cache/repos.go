@@ -39,6 +39,9 @@ var (
 	// ErrTagInvalid reports a tag the registry's grammar refuses. It is
 	// also ErrNameInvalid.
 	ErrTagInvalid = fmt.Errorf("%w: invalid tag", ErrNameInvalid)
+	// ErrUploadOffset reports a write to an upload session that does not
+	// start where the session stands. It is also ErrFailedPrecondition.
+	ErrUploadOffset = fmt.Errorf("%w: upload offset", ErrFailedPrecondition)
 	// ErrManifestInvalid reports a manifest that does not parse or check.
 	// It is also ErrInvalidArgument.
 	ErrManifestInvalid = fmt.Errorf("%w: %w", ErrInvalidArgument, ocimanifest.ErrInvalid)

@@ -15,10 +15,11 @@ import (
 )
 
 // Uploads: a blob that arrives in pieces (the registry's PATCH requests)
-// and whose digest is declared only at the end. An Upload streams its bytes
-// straight into a Push running on its own goroutine through a pipe, so it
-// holds no more than one push's buffers whatever the blob's size, and a
-// client that stops sending holds nothing once the session expires.
+// and whose digest is declared only at the end. An Upload feeds each
+// request body straight into a Push running on its own goroutine (see
+// feed), so it holds no more than one push's buffers whatever the blob's
+// size, and a client that stops sending holds nothing once the session
+// expires.
 //
 // Sessions live in memory: after a restart the client starts over (the
 // registry answers BLOB_UPLOAD_UNKNOWN). They are bounded in number
@@ -41,18 +42,19 @@ const (
 var errUploadAborted = fmt.Errorf("%w: upload aborted", ErrNotFound)
 
 // Upload is one blob upload in progress. Its methods are safe for
-// concurrent use; Write calls are serialized (a second concurrent Write
-// fails with ErrFailedPrecondition, since offsets would be ambiguous).
+// concurrent use; Write and Commit calls are serialized.
 type Upload struct {
 	c       *Cache
 	id      string
 	owner   string
 	started time.Time
 
+	slot chan struct{} // held by the Write or Commit in progress
+
 	mu      sync.Mutex // guards the fields below
-	writing bool
 	ending  bool // Commit or Abort began: no more writes
-	pw      *io.PipeWriter
+	aborted bool
+	feed    *feed
 	cancel  context.CancelFunc
 	done    chan struct{} // closed when the push returned (nil before the first byte)
 	info    LayerInfo
@@ -98,7 +100,8 @@ func (c *Cache) StartUpload(ctx context.Context, owner string) (*Upload, error) 
 	if _, err := rand.Read(b[:]); err != nil {
 		return nil, fmt.Errorf("cache: start upload: %w", err)
 	}
-	u := &Upload{c: c, id: hex.EncodeToString(b[:]), owner: owner, started: time.Now(), want: make(chan digest.Digest, 1)}
+	u := &Upload{c: c, id: hex.EncodeToString(b[:]), owner: owner, started: time.Now(), want: make(chan digest.Digest, 1),
+		slot: make(chan struct{}, 1)}
 	u.lastUsed.Store(time.Now().UnixNano())
 	c.uploads.mu.Lock()
 	defer c.uploads.mu.Unlock()
@@ -193,47 +196,106 @@ func (u *Upload) Size() int64 { return u.size.Load() }
 // Started is when the session was opened.
 func (u *Upload) Started() time.Time { return u.started }
 
-// Write appends p to the blob. It blocks while the push is behind
-// (backpressure), and fails if the push failed or the session ended.
-func (u *Upload) Write(ctx context.Context, r io.Reader) (int64, error) {
+// Write appends what r yields, to its end, to the blob. If at >= 0 the
+// session must stand at offset at when the write begins (else
+// ErrUploadOffset). Writes are serialized: one waits (within ctx) for the
+// one in progress, for example that of a client whose connection broke and
+// whose body has not failed yet. It blocks while the push is behind
+// (backpressure), and fails if the push failed or the session ended. A
+// read error from r ends the write; the session keeps what arrived.
+func (u *Upload) Write(ctx context.Context, r io.Reader, at int64) (int64, error) {
+	select {
+	case u.slot <- struct{}{}:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	defer func() { <-u.slot }()
 	u.mu.Lock()
-	if u.ending {
-		u.mu.Unlock()
+	ending := u.ending
+	u.mu.Unlock()
+	if ending {
 		return 0, fmt.Errorf("cache: upload %s: %w: session ended", u.id, ErrNotFound)
 	}
-	if u.writing {
-		u.mu.Unlock()
-		return 0, fmt.Errorf("cache: upload %s: %w: another write is in progress", u.id, ErrFailedPrecondition)
+	if at >= 0 && at != u.Size() {
+		return 0, fmt.Errorf("cache: upload %s: %w: the write starts at %d, the upload stands at %d", u.id, ErrUploadOffset, at, u.Size())
 	}
-	u.writing = true
-	u.mu.Unlock()
-	defer func() {
-		u.mu.Lock()
-		u.writing = false
-		u.mu.Unlock()
-	}()
 	if err := u.start(ctx); err != nil {
 		return 0, err
 	}
-	bp := u.c.chunks.GetData(64 << 10)
-	defer u.c.chunks.PutData(bp)
-	buf := (*bp)[:64<<10]
-	var n int64
+	select {
+	case u.feed.in <- r:
+	case <-u.done:
+		return 0, u.ended()
+	}
+	select {
+	case res := <-u.feed.done:
+		return res.n, res.err
+	case <-u.done:
+		return 0, u.ended()
+	}
+}
+
+// ended is the error of a Write to a session whose push has returned.
+func (u *Upload) ended() error {
+	u.mu.Lock()
+	err := u.err
+	u.mu.Unlock()
+	if err == nil || errors.Is(err, errUploadAborted) {
+		return fmt.Errorf("cache: upload %s: %w: session ended", u.id, ErrNotFound)
+	}
+	return fmt.Errorf("cache: upload %s: %w", u.id, err)
+}
+
+// feed is the push's reader: it reads each request body the session is
+// handed, in turn, straight into the chunker's buffer (no pipe and no copy
+// in between), and tells the handing Write when that body is used up or
+// failed. Between bodies it waits; Commit closes in for the end of the
+// blob; a cancelled push stops the wait.
+type feed struct {
+	u    *Upload
+	ctx  context.Context
+	in   chan io.Reader
+	done chan feedResult
+	cur  io.Reader
+	n    int64
+}
+
+type feedResult struct {
+	n   int64
+	err error // the body's read error, not io.EOF
+}
+
+func (f *feed) Read(p []byte) (int, error) {
 	for {
-		k, rerr := r.Read(buf)
-		if k > 0 {
-			if _, err := u.pw.Write(buf[:k]); err != nil {
-				return n, u.pushErr(err)
+		if f.cur == nil {
+			select {
+			case r, ok := <-f.in:
+				if !ok {
+					return 0, io.EOF
+				}
+				f.cur, f.n = r, 0
+			case <-f.ctx.Done():
+				return 0, errUploadAborted
 			}
-			n += int64(k)
-			u.size.Add(int64(k))
-			u.lastUsed.Store(time.Now().UnixNano())
 		}
-		if rerr == io.EOF {
-			return n, nil
+		k, err := f.cur.Read(p)
+		if k > 0 {
+			f.n += int64(k)
+			f.u.size.Add(int64(k))
+			f.u.lastUsed.Store(time.Now().UnixNano())
 		}
-		if rerr != nil {
-			return n, rerr
+		if err == nil {
+			return k, nil
+		}
+		if err == io.EOF {
+			err = nil
+		}
+		// The body is used up, or its client went away: the session keeps
+		// what arrived and waits for the next body.
+		f.done <- feedResult{f.n, err}
+		f.cur = nil
+		if k > 0 {
+			return k, nil
 		}
 	}
 }
@@ -254,16 +316,16 @@ func (u *Upload) start(ctx context.Context) error {
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.ending { // aborted while it waited for a slot
+	if u.cancel == nil && u.aborted { // aborted while it waited for a slot
 		<-u.c.uploads.active
 		return fmt.Errorf("cache: upload %s: %w", u.id, errUploadAborted)
 	}
 	pctx, cancel := context.WithCancel(context.Background())
-	pr, pw := io.Pipe()
-	u.pw, u.cancel, u.done = pw, cancel, make(chan struct{})
+	u.feed = &feed{u: u, ctx: pctx, in: make(chan io.Reader), done: make(chan feedResult, 1)}
+	u.cancel, u.done = cancel, make(chan struct{})
 	go func() {
 		defer func() { <-u.c.uploads.active }()
-		info, err := u.c.Push(pctx, pr, PushOptions{Size: -1, MediaType: UploadMediaType,
+		info, err := u.c.Push(pctx, u.feed, PushOptions{Size: -1, MediaType: UploadMediaType,
 			finish: func(got digest.Digest, size int64) error {
 				select {
 				case want := <-u.want:
@@ -278,7 +340,6 @@ func (u *Upload) start(ctx context.Context) error {
 		if err != nil && pctx.Err() != nil {
 			err = errUploadAborted
 		}
-		pr.CloseWithError(err)
 		u.mu.Lock()
 		u.info, u.err = info, err
 		u.mu.Unlock()
@@ -286,14 +347,6 @@ func (u *Upload) start(ctx context.Context) error {
 		close(u.done)
 	}()
 	return nil
-}
-
-// pushErr is the error a failed pipe write stands for: the push's own.
-func (u *Upload) pushErr(err error) error {
-	if errors.Is(err, io.ErrClosedPipe) {
-		return fmt.Errorf("cache: upload %s: %w: session ended", u.id, ErrNotFound)
-	}
-	return fmt.Errorf("cache: upload %s: %w", u.id, err)
 }
 
 // Commit ends the upload: the blob must hash to d and then becomes a
@@ -308,24 +361,27 @@ func (u *Upload) Commit(ctx context.Context, d digest.Digest) (LayerInfo, error)
 		u.Abort()
 		return LayerInfo{}, fmt.Errorf("cache: upload %s: %w", u.id, err)
 	}
-	u.mu.Lock()
-	if u.writing || u.ending {
-		u.mu.Unlock()
-		return LayerInfo{}, fmt.Errorf("cache: upload %s: %w: a write is in progress or the session ended", u.id, ErrFailedPrecondition)
+	select {
+	case u.slot <- struct{}{}:
+	case <-ctx.Done():
+		return LayerInfo{}, ctx.Err()
 	}
-	u.writing = true
+	u.mu.Lock()
+	ending := u.ending
+	u.ending = true
 	u.mu.Unlock()
+	if ending {
+		<-u.slot
+		return LayerInfo{}, fmt.Errorf("cache: upload %s: %w: session ended", u.id, ErrNotFound)
+	}
 	if err := u.start(ctx); err != nil {
-		u.mu.Lock()
-		u.writing = false
-		u.mu.Unlock()
+		<-u.slot
+		u.Abort()
 		return LayerInfo{}, err
 	}
-	u.mu.Lock()
-	u.ending, u.writing = true, false
-	u.mu.Unlock()
+	<-u.slot
 	u.want <- d
-	u.pw.Close()
+	close(u.feed.in) // the end of the blob
 	u.wait()
 	u.c.dropUpload(u)
 	u.mu.Lock()
@@ -375,12 +431,11 @@ func (c *Cache) rehash(ctx context.Context, info LayerInfo, d digest.Digest) (La
 // already stored stay, unreferenced, for the garbage collector.
 func (u *Upload) Abort() {
 	u.mu.Lock()
-	u.ending = true
-	pw, cancel := u.pw, u.cancel
+	u.ending, u.aborted = true, true
+	cancel := u.cancel
 	u.mu.Unlock()
 	if cancel != nil {
 		cancel()
-		pw.CloseWithError(errUploadAborted)
 	}
 	u.c.dropUpload(u)
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/cairnbuild/cairn/cache"
 	"github.com/opencontainers/go-digest"
@@ -191,7 +192,7 @@ func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, rt route) 
 			return
 		}
 		size := r.ContentLength // -1 when chunked
-		n := &countingReader{r: r.Body}
+		n := &countingReader{r: h.bodyOf(w, r)}
 		if _, err := h.store.PushBlob(r.Context(), rt.name, n, d, size); err != nil {
 			h.metrics.addIn(n.n)
 			h.writeError(w, r, err, aboutBlob)
@@ -249,22 +250,15 @@ func parseContentRange(s string) (start, end int64, err error) {
 // range must start where the upload stands (else 416) and the body is
 // read up to its length; without one (the streamed PATCH), to its end.
 func (h *Handler) writeBody(w http.ResponseWriter, r *http.Request, u *cache.Upload) bool {
-	body := io.Reader(r.Body)
-	want := int64(-1)
+	body := h.bodyOf(w, r)
+	want, at := int64(-1), int64(-1)
 	if cr := r.Header.Get("Content-Range"); cr != "" {
 		start, end, err := parseContentRange(cr)
 		if err != nil {
 			h.writeError(w, r, newError(http.StatusBadRequest, codeBlobUploadInvalid, err.Error()), aboutUpload)
 			return false
 		}
-		if start != u.Size() {
-			w.Header().Set("Location", "/v2/"+strings.TrimPrefix(r.URL.Path, "/v2/"))
-			w.Header().Set("Range", fmt.Sprintf("0-%d", max(u.Size()-1, 0)))
-			h.writeError(w, r, newError(http.StatusRequestedRangeNotSatisfiable, codeBlobUploadInvalid,
-				fmt.Sprintf("chunk starts at %d, the upload stands at %d", start, u.Size())), aboutUpload)
-			return false
-		}
-		want = end - start + 1
+		want, at = end-start+1, start
 		if r.ContentLength >= 0 && r.ContentLength != want {
 			h.writeError(w, r, newError(http.StatusBadRequest, codeSizeInvalid,
 				fmt.Sprintf("Content-Length %d but Content-Range spans %d bytes", r.ContentLength, want)), aboutUpload)
@@ -272,8 +266,15 @@ func (h *Handler) writeBody(w http.ResponseWriter, r *http.Request, u *cache.Upl
 		}
 		body = io.LimitReader(body, want)
 	}
-	n, err := u.Write(r.Context(), body)
+	n, err := u.Write(r.Context(), body, at)
 	h.metrics.addIn(n)
+	if errors.Is(err, cache.ErrUploadOffset) {
+		// Out of order: 416 with where the upload stands, as the spec says.
+		w.Header().Set("Location", r.URL.Path)
+		w.Header().Set("Range", fmt.Sprintf("0-%d", max(u.Size()-1, 0)))
+		h.writeError(w, r, newError(http.StatusRequestedRangeNotSatisfiable, codeBlobUploadInvalid, err.Error()), aboutUpload)
+		return false
+	}
 	if err != nil {
 		h.writeError(w, r, err, aboutUpload)
 		return false
@@ -333,6 +334,31 @@ func (h *Handler) deleteUpload(w http.ResponseWriter, r *http.Request, rt route)
 	u.Abort()
 	w.Header().Set("Content-Length", "0")
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// idleReader reads a request body with a read deadline that moves forward
+// as bytes arrive: a client that stops sending (or a connection that died
+// without a FIN) fails the read after idle, instead of holding its upload
+// and the cache's shared lock for good.
+type idleReader struct {
+	r    io.Reader
+	rc   *http.ResponseController
+	idle time.Duration
+	last time.Time // when the deadline was last moved
+}
+
+func (h *Handler) bodyOf(w http.ResponseWriter, r *http.Request) io.Reader {
+	return &idleReader{r: r.Body, rc: http.NewResponseController(w), idle: h.bodyIdle}
+}
+
+func (ir *idleReader) Read(p []byte) (int, error) {
+	// Moving the deadline costs a timer update: do it at most once a second.
+	if now := time.Now(); now.Sub(ir.last) > time.Second {
+		if err := ir.rc.SetReadDeadline(now.Add(ir.idle)); err == nil {
+			ir.last = now
+		}
+	}
+	return ir.r.Read(p)
 }
 
 type countingReader struct {

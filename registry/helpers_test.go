@@ -6,11 +6,16 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cairnbuild/cairn/backend/fs"
 	"github.com/cairnbuild/cairn/cache"
 	"github.com/cairnbuild/cairn/registry"
 )
+
+// bodyIdle is the test registries' body idle timeout: short, so that the
+// stalled-client test ends quickly.
+const bodyIdle = 300 * time.Millisecond
 
 // testRegistry is a real registry over a real cache (Badger on disk, the
 // fs backend), served on a loopback port.
@@ -41,7 +46,7 @@ func openTestRegistry(t testing.TB, dir string, opts ...func(*cache.Options)) *t
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(registry.New(c, registry.Options{}))
+	srv := httptest.NewServer(registry.New(c, registry.Options{BodyIdleTimeout: bodyIdle}))
 	tr := &testRegistry{cache: c, srv: srv, host: strings.TrimPrefix(srv.URL, "http://"), dir: dir}
 	t.Cleanup(tr.close)
 	return tr

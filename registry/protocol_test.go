@@ -722,3 +722,43 @@ func TestImagesCost(t *testing.T) {
 		t.Fatalf("stats %+v %v", st, err)
 	}
 }
+
+// TestStalledClient: a client that sends part of a body and then nothing,
+// without closing its connection, fails its request after the body idle
+// timeout; its session keeps what arrived, and Reindex (which aborts
+// sessions and waits for their pushes) does not hang on it.
+func TestStalledClient(t *testing.T) {
+	tr := newTestRegistry(t)
+	b := randBytes(2 << 20)
+	r := tr.do(t, "POST", "/v2/app/blobs/uploads/", nil)
+	loc := r.header.Get("Location")
+	conn, err := net.Dial("tcp", tr.host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "PATCH %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n", loc, tr.host, len(b))
+	conn.Write(b[:1<<20])
+	// The answer comes once the server gives up on the body.
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 4096)
+	n, _ := conn.Read(buf)
+	if !strings.Contains(string(buf[:n]), "HTTP/1.1 ") {
+		t.Fatalf("no answer to the stalled PATCH: %q", buf[:n])
+	}
+	r = tr.do(t, "GET", loc, nil)
+	expect(t, r, 204, "")
+	if r.header.Get("Range") != fmt.Sprintf("0-%d", 1<<20-1) {
+		t.Fatalf("the session stands at %q", r.header.Get("Range"))
+	}
+	done := make(chan error, 1)
+	go func() { done <- tr.cache.Reindex(context.Background()) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Reindex hangs on a stalled upload")
+	}
+}

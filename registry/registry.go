@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/cairnbuild/cairn/cache"
 	"github.com/opencontainers/go-digest"
@@ -72,14 +73,22 @@ type Options struct {
 	MaxManifestSize int64
 	// Logger receives server-side failures; nil discards them.
 	Logger *slog.Logger
+	// BodyIdleTimeout fails an upload request whose client sends nothing
+	// for this long; zero means DefaultBodyIdleTimeout.
+	BodyIdleTimeout time.Duration
 }
+
+// DefaultBodyIdleTimeout is Options.BodyIdleTimeout's default, as the gRPC
+// server's stream idle timeout.
+const DefaultBodyIdleTimeout = time.Minute
 
 // Handler serves the Distribution API under /v2/.
 type Handler struct {
-	store   Store
-	maxMan  int64
-	log     *slog.Logger
-	metrics *Metrics
+	store    Store
+	maxMan   int64
+	bodyIdle time.Duration
+	log      *slog.Logger
+	metrics  *Metrics
 }
 
 // New returns a Handler over store.
@@ -90,7 +99,10 @@ func New(store Store, opts Options) *Handler {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Handler{store: store, maxMan: opts.MaxManifestSize, log: opts.Logger}
+	if opts.BodyIdleTimeout <= 0 {
+		opts.BodyIdleTimeout = DefaultBodyIdleTimeout
+	}
+	return &Handler{store: store, maxMan: opts.MaxManifestSize, log: opts.Logger, bodyIdle: opts.BodyIdleTimeout}
 }
 
 // route is a parsed request path.
