@@ -352,8 +352,9 @@ func (h *Handler) bodyOf(w http.ResponseWriter, r *http.Request) io.Reader {
 }
 
 func (ir *idleReader) Read(p []byte) (int, error) {
-	// Moving the deadline costs a timer update: do it at most once a second.
-	if now := time.Now(); now.Sub(ir.last) > time.Second {
+	// Moving the deadline costs a timer update: do it every quarter of
+	// the idle time at most (and at most once a second).
+	if now := time.Now(); now.Sub(ir.last) > min(ir.idle/4, time.Second) {
 		if err := ir.rc.SetReadDeadline(now.Add(ir.idle)); err == nil {
 			ir.last = now
 		}
