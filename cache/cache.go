@@ -13,6 +13,7 @@ import (
 	"github.com/cairnbuild/cairn/cache/internal/index"
 	"github.com/cairnbuild/cairn/cache/internal/pack"
 	"github.com/cairnbuild/cairn/chunker"
+	"golang.org/x/sync/semaphore"
 )
 
 // Options configure a Cache. Dir and Backend are required.
@@ -46,7 +47,15 @@ type Options struct {
 	MaxUploads        int
 	MaxActiveUploads  int
 	UploadIdleTimeout time.Duration
+	// PushSlotWait is how long a registry push waits for one of the
+	// MaxActiveUploads slots before it is refused; zero means
+	// DefaultPushSlotWait.
+	PushSlotWait time.Duration
 }
+
+// manifestBudgetBytes is how many bytes of manifests PUTs may hold at
+// once: four at the largest size a server accepts; more wait.
+const manifestBudgetBytes = 4 * MaxManifestSize
 
 // DefaultConcurrency is the default Options.Concurrency: enough requests in
 // flight to hide an object store's latency, while 2 cores do the compression.
@@ -73,7 +82,14 @@ type Cache struct {
 	cutPool sync.Pool // *[]byte of 2 × params.Max: chunker buffers
 	steps   stepMemo
 	uploads uploads
-	stopJan chan struct{} // stops the upload janitor
+	// repoLocks serialize the registry's metadata writes per repository
+	// (striped): each writes a backend object and then the index, and two
+	// of them on one key interleaved would leave the two disagreeing.
+	repoLocks [64]sync.Mutex
+	// manifestBudget bounds the bytes of manifests being read at once
+	// (each PUT reserves its size limit): see manifestBudgetBytes.
+	manifestBudget *semaphore.Weighted
+	stopJan        chan struct{} // stops the upload janitor
 	// layerSeq counts the starts and ends of layer deletes, and deleting
 	// the deletes under way: the step memo trusts a record's layer only
 	// while no delete runs and layerSeq is what it was when the layer was
@@ -134,8 +150,12 @@ func Open(ctx context.Context, opts Options) (*Cache, error) {
 		return nil, fmt.Errorf("cache: open: %w", err)
 	}
 	c := &Cache{idx: idx, chunks: cs, store: opts.Backend, params: opts.Chunking, conc: opts.Concurrency,
-		log: log, steps: newStepMemo(), stopJan: make(chan struct{})}
+		log: log, steps: newStepMemo(), stopJan: make(chan struct{}),
+		manifestBudget: semaphore.NewWeighted(manifestBudgetBytes)}
 	c.uploads.init(opts.MaxUploads, opts.MaxActiveUploads, opts.UploadIdleTimeout)
+	if opts.PushSlotWait > 0 {
+		c.uploads.slotWait = opts.PushSlotWait
+	}
 	if idx.Interrupted() {
 		// A Reindex stopped after it dropped the index: finish it before
 		// serving anything from a partial index.

@@ -6,10 +6,12 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cairnbuild/cairn/backend"
@@ -57,7 +59,12 @@ var (
 // DefaultMaxManifestSize is the largest manifest accepted by default:
 // BuildKit's cache manifests of big mode=max builds run to megabytes
 // (BuildKit itself refuses more than 1 MiB on import, we keep more).
-const DefaultMaxManifestSize = 16 << 20
+// MaxManifestSize is the most a server may be configured to accept (and
+// what Reindex restores).
+const (
+	DefaultMaxManifestSize = 16 << 20
+	MaxManifestSize        = 64 << 20
+)
 
 var (
 	repoComponent = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$`)
@@ -115,6 +122,15 @@ func parseRepoKey(key string) (repo, kind, rest string, ok bool) {
 		}
 	}
 	return "", "", "", false
+}
+
+// lockRepo takes repo's metadata lock; the caller unlocks it.
+func (c *Cache) lockRepo(repo string) *sync.Mutex {
+	h := fnv.New32a()
+	h.Write([]byte(repo))
+	mu := &c.repoLocks[h.Sum32()%uint32(len(c.repoLocks))]
+	mu.Lock()
+	return mu
 }
 
 func (c *Cache) putEmpty(ctx context.Context, key string) error {
@@ -177,6 +193,7 @@ func (c *Cache) OpenBlob(ctx context.Context, repo string, d digest.Digest, offs
 // link writes repo's link to blob d: backend object first, then the index
 // (which checks, in the same transaction, that the layer is committed).
 func (c *Cache) link(ctx context.Context, repo string, d digest.Digest) error {
+	defer c.lockRepo(repo).Unlock()
 	if ok, err := c.idx.BlobLinked(repo, d); err != nil {
 		return err
 	} else if ok {
@@ -195,7 +212,13 @@ func (c *Cache) PushBlob(ctx context.Context, repo string, r io.Reader, d digest
 	if err := ValidRepoName(repo); err != nil {
 		return BlobInfo{}, fmt.Errorf("cache: push blob: %w", err)
 	}
+	// A push holds buffers: it takes one of the slots that upload
+	// sessions share.
+	if err := c.acquirePush(ctx, nil); err != nil {
+		return BlobInfo{}, fmt.Errorf("cache: push blob: %w", err)
+	}
 	info, err := c.Push(ctx, r, PushOptions{Expected: d, Size: size, MediaType: UploadMediaType})
+	c.releasePush()
 	if err != nil {
 		return BlobInfo{}, err
 	}
@@ -263,6 +286,7 @@ func (c *Cache) DeleteBlob(ctx context.Context, repo string, d digest.Digest) er
 	if err := ParseLayerDigest(d); err != nil {
 		return fmt.Errorf("cache: delete blob: %w", err)
 	}
+	defer c.lockRepo(repo).Unlock()
 	found, err := c.idx.UnlinkBlob(repo, d)
 	if err == nil && !found {
 		err = fmt.Errorf("%w: blob %s", ErrNotFound, d)
@@ -352,7 +376,13 @@ func (c *Cache) putManifest(ctx context.Context, repo, ref, contentType string, 
 	if maxSize <= 0 {
 		maxSize = DefaultMaxManifestSize
 	}
-	// A manifest is small and bounded: read it whole, to parse it.
+	maxSize = min(maxSize, MaxManifestSize)
+	// A manifest is small and bounded: read it whole, to parse it, within
+	// a budget shared by the manifest PUTs in flight.
+	if err := c.manifestBudget.Acquire(ctx, maxSize); err != nil {
+		return ManifestInfo{}, err
+	}
+	defer c.manifestBudget.Release(maxSize)
 	b, err := io.ReadAll(io.LimitReader(body, maxSize+1))
 	if err != nil {
 		return ManifestInfo{}, fmt.Errorf("read manifest: %w", err)
@@ -375,14 +405,9 @@ func (c *Cache) putManifest(ctx context.Context, repo, ref, contentType string, 
 	if err != nil {
 		return ManifestInfo{}, fmt.Errorf("%w: %v", ErrManifestInvalid, err)
 	}
-	mr := index.ManifestRecord{MediaType: m.MediaType, ArtifactType: m.ArtifactType, Size: int64(len(b)),
-		Annotations: m.Annotations}
-	if m.Subject != nil {
-		mr.Subject = m.Subject.Digest
-	}
+	mr := manifestRecord(m, len(b))
 	checked := make(map[digest.Digest]bool, len(m.Refs))
 	for _, r := range m.Refs {
-		mr.Refs = append(mr.Refs, index.Ref{Digest: r.Digest, Manifest: r.Manifest, Size: r.Size})
 		if r.Checked {
 			checked[r.Digest] = true
 		}
@@ -428,8 +453,11 @@ func (c *Cache) putManifest(ctx context.Context, repo, ref, contentType string, 
 	} else if err != nil {
 		return ManifestInfo{}, err
 	}
-	if err := c.putEmpty(ctx, manifestLinkKey(repo, d)); err != nil {
-		return ManifestInfo{}, err
+	defer c.lockRepo(repo).Unlock()
+	// The link object holds the media type, for Reindex: the layer's own
+	// media type is that of whoever first pushed these bytes.
+	if err := c.store.Put(ctx, manifestLinkKey(repo, d), strings.NewReader(m.MediaType), int64(len(m.MediaType))); err != nil {
+		return ManifestInfo{}, backendErr("write manifest link", err)
 	}
 	for _, tag := range tags {
 		if err := c.store.Put(ctx, tagKey(repo, tag), strings.NewReader(string(d)), int64(len(d))); err != nil {
@@ -437,12 +465,57 @@ func (c *Cache) putManifest(ctx context.Context, repo, ref, contentType string, 
 		}
 	}
 	if err := c.idx.PutManifest(repo, d, mr, tags, check, time.Now()); err != nil {
+		// The tag objects were rewritten for nothing: put back what the
+		// index says, so that a Reindex does not revive this request.
+		c.restoreTags(context.WithoutCancel(ctx), repo, tags)
 		if errors.Is(err, ErrFailedPrecondition) {
 			err = fmt.Errorf("%w: %w", ErrManifestBlobUnknown, err)
 		}
 		return ManifestInfo{}, err
 	}
 	return manifestInfo(d, mr), nil
+}
+
+// maxAnnotations bounds the annotations a manifest record keeps (for the
+// referrers API): larger ones are left out of the record, so that a
+// referrers answer stays small whatever the manifests hold.
+const maxAnnotations = 16 << 10
+
+// manifestRecord is the index record of parsed manifest m of size bytes.
+func manifestRecord(m ocimanifest.Manifest, size int) index.ManifestRecord {
+	mr := index.ManifestRecord{MediaType: m.MediaType, ArtifactType: m.ArtifactType, Size: int64(size), Annotations: m.Annotations}
+	if m.Subject != nil {
+		mr.Subject = m.Subject.Digest
+	}
+	n := 0
+	for k, v := range m.Annotations {
+		n += len(k) + len(v)
+	}
+	if n > maxAnnotations {
+		mr.Annotations = nil
+	}
+	for _, r := range m.Refs {
+		mr.Refs = append(mr.Refs, index.Ref{Digest: r.Digest, Manifest: r.Manifest, Size: r.Size})
+	}
+	return mr
+}
+
+// restoreTags rewrites the backend objects of repo's tags from the index
+// (deleting those the index lacks), after a failed manifest PUT. Errors
+// are logged: the index stays right, and Reindex is what could be wrong.
+func (c *Cache) restoreTags(ctx context.Context, repo string, tags []string) {
+	for _, t := range tags {
+		d, err := c.idx.Resolve(repo, t)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			err = c.store.Delete(ctx, tagKey(repo, t))
+		case err == nil:
+			err = c.store.Put(ctx, tagKey(repo, t), strings.NewReader(string(d)), int64(len(d)))
+		}
+		if err != nil {
+			c.log.Warn("cache: restoring a tag object after a failed manifest put", "repo", repo, "tag", t, "err", err)
+		}
+	}
 }
 
 // resolve returns the digest ref names in repo (a tag's target, or ref
@@ -522,6 +595,7 @@ func (c *Cache) deleteManifest(ctx context.Context, repo, ref string) error {
 	if err != nil {
 		return err
 	}
+	defer c.lockRepo(repo).Unlock()
 	if tag != "" {
 		found, err := c.idx.DeleteTag(repo, tag)
 		if err == nil && !found {
@@ -623,6 +697,7 @@ func (c *Cache) reindexRepos(ctx context.Context) (int, error) {
 	type pending struct {
 		repo string
 		d    digest.Digest
+		info backend.Info
 	}
 	var mans []pending
 	var tags []struct {
@@ -646,7 +721,7 @@ func (c *Cache) reindexRepos(ctx context.Context) (int, error) {
 				return nil
 			}
 			if kind == "_manifests" {
-				mans = append(mans, pending{repo, d})
+				mans = append(mans, pending{repo, d, info})
 				return nil
 			}
 			if err := c.idx.LinkBlob(repo, d, now); errors.Is(err, ErrNotFound) {
@@ -671,27 +746,23 @@ func (c *Cache) reindexRepos(ctx context.Context) (int, error) {
 	if err != nil {
 		return n, backendErr("index repositories", err)
 	}
-	for progress := true; progress && len(mans) > 0; {
-		progress = false
-		left := mans[:0]
-		for _, p := range mans {
-			err := c.reindexManifest(ctx, p.repo, p.d, now)
-			switch {
-			case err == nil:
-				progress = true
-				n++
-			case errors.Is(err, ErrFailedPrecondition):
-				left = append(left, p) // a child may come in a later pass
-			case errors.Is(err, ErrNotFound), errors.Is(err, ErrInvalidArgument), errors.Is(err, ErrDataLoss):
-				c.log.Warn("cache: reindex: manifest not restored", "repo", p.repo, "manifest", p.d, "err", err)
-			default:
-				return n, err
-			}
-		}
-		mans = left
-	}
+	// Manifests are restored as they were accepted: their references were
+	// checked then, and a blob deleted since does not take the manifest
+	// (or its tags) with it.
 	for _, p := range mans {
-		c.log.Warn("cache: reindex: manifest names content that was not restored; dropped", "repo", p.repo, "manifest", p.d)
+		mt, err := c.readMeta(ctx, p.info)
+		if err != nil {
+			return n, err
+		}
+		err = c.reindexManifest(ctx, p.repo, p.d, string(mt), now)
+		switch {
+		case err == nil:
+			n++
+		case errors.Is(err, ErrNotFound), errors.Is(err, ErrInvalidArgument), errors.Is(err, ErrDataLoss), errors.Is(err, ErrFailedPrecondition):
+			c.log.Warn("cache: reindex: manifest not restored", "repo", p.repo, "manifest", p.d, "err", err)
+		default:
+			return n, err
+		}
 	}
 	for _, t := range tags {
 		b, err := c.readMeta(ctx, t.info)
@@ -711,13 +782,15 @@ func (c *Cache) reindexRepos(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-// reindexManifest restores manifest d of repo from its layer.
-func (c *Cache) reindexManifest(ctx context.Context, repo string, d digest.Digest, now time.Time) error {
+// reindexManifest restores manifest d of repo from its layer, parsed as
+// mediaType (what its link object recorded; "" for the manifest's own
+// word), without checking its references again.
+func (c *Cache) reindexManifest(ctx context.Context, repo string, d digest.Digest, mediaType string, now time.Time) error {
 	lr, _, err := c.idx.Layer(d)
 	if err != nil {
 		return err
 	}
-	if lr.Size > DefaultMaxManifestSize*4 {
+	if lr.Size > MaxManifestSize {
 		return fmt.Errorf("%w: manifest of %d bytes", ErrInvalidArgument, lr.Size)
 	}
 	rc := c.chunks.NewReader(ctx, lr.Recipe, 0, lr.Size)
@@ -726,22 +799,11 @@ func (c *Cache) reindexManifest(ctx context.Context, repo string, d digest.Diges
 	if err != nil {
 		return err
 	}
-	m, err := ocimanifest.Parse(lr.MediaType, b)
+	m, err := ocimanifest.Parse(mediaType, b)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidArgument, err)
 	}
-	mr := index.ManifestRecord{MediaType: m.MediaType, ArtifactType: m.ArtifactType, Size: int64(len(b)), Annotations: m.Annotations}
-	if m.Subject != nil {
-		mr.Subject = m.Subject.Digest
-	}
-	checked := map[digest.Digest]bool{}
-	for _, r := range m.Refs {
-		mr.Refs = append(mr.Refs, index.Ref{Digest: r.Digest, Manifest: r.Manifest, Size: r.Size})
-		if r.Checked {
-			checked[r.Digest] = true
-		}
-	}
-	return c.idx.PutManifest(repo, d, mr, nil, func(r index.Ref) bool { return checked[r.Digest] }, now)
+	return c.idx.PutManifest(repo, d, manifestRecord(m, len(b)), nil, func(index.Ref) bool { return false }, now)
 }
 
 // ImageInfo is one tag of a repository and what its image costs.

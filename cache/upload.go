@@ -49,10 +49,11 @@ type Upload struct {
 	owner   string
 	started time.Time
 
-	slot chan struct{} // held by the Write or Commit in progress
+	slot    chan struct{} // held by the Write or Commit in progress
+	abortCh chan struct{} // closed by Abort
 
 	mu      sync.Mutex // guards the fields below
-	ending  bool // Commit or Abort began: no more writes
+	ending  bool       // Commit or Abort began: no more writes
 	aborted bool
 	feed    *feed
 	cancel  context.CancelFunc
@@ -66,12 +67,13 @@ type Upload struct {
 }
 
 type uploads struct {
-	mu     sync.Mutex
-	m      map[string]*Upload
-	max    int
-	idle   time.Duration
-	active chan struct{} // a slot per pushing upload
-	closed bool
+	mu       sync.Mutex
+	m        map[string]*Upload
+	max      int
+	idle     time.Duration
+	active   chan struct{} // a slot per pushing upload
+	slotWait time.Duration
+	closed   bool
 }
 
 func (u *uploads) init(max, active int, idle time.Duration) {
@@ -85,7 +87,7 @@ func (u *uploads) init(max, active int, idle time.Duration) {
 		idle = DefaultUploadIdleTimeout
 	}
 	u.m = make(map[string]*Upload)
-	u.max, u.idle, u.active = max, idle, make(chan struct{}, active)
+	u.max, u.idle, u.active, u.slotWait = max, idle, make(chan struct{}, active), DefaultPushSlotWait
 }
 
 // StartUpload opens an upload session for owner (the registry passes the
@@ -101,7 +103,7 @@ func (c *Cache) StartUpload(ctx context.Context, owner string) (*Upload, error) 
 		return nil, fmt.Errorf("cache: start upload: %w", err)
 	}
 	u := &Upload{c: c, id: hex.EncodeToString(b[:]), owner: owner, started: time.Now(), want: make(chan digest.Digest, 1),
-		slot: make(chan struct{}, 1)}
+		slot: make(chan struct{}, 1), abortCh: make(chan struct{})}
 	u.lastUsed.Store(time.Now().UnixNano())
 	c.uploads.mu.Lock()
 	defer c.uploads.mu.Unlock()
@@ -171,8 +173,33 @@ func (c *Cache) abortUploads(closing bool) {
 	}
 }
 
+// DefaultPushSlotWait is how long an upload waits for one of the
+// MaxActiveUploads push slots before it is refused (ErrResourceExhausted:
+// the registry answers 429, and clients retry).
+const DefaultPushSlotWait = 10 * time.Second
+
+// acquirePush takes one of the push slots that bound the registry's
+// concurrent pushes (and their buffers), waiting at most
+// DefaultPushSlotWait; releasePush gives it back.
+func (c *Cache) acquirePush(ctx context.Context, abort <-chan struct{}) error {
+	t := time.NewTimer(c.uploads.slotWait)
+	defer t.Stop()
+	select {
+	case c.uploads.active <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-abort:
+		return errUploadAborted
+	case <-t.C:
+		return fmt.Errorf("%w: %d uploads are pushing; retry later", ErrResourceExhausted, cap(c.uploads.active))
+	}
+}
+
+func (c *Cache) releasePush() { <-c.uploads.active }
+
 func (c *Cache) janitor(stop <-chan struct{}) {
-	t := time.NewTicker(c.uploads.idle / 4)
+	t := time.NewTicker(max(c.uploads.idle/4, time.Millisecond))
 	defer t.Stop()
 	for {
 		select {
@@ -208,6 +235,8 @@ func (u *Upload) Write(ctx context.Context, r io.Reader, at int64) (int64, error
 	case u.slot <- struct{}{}:
 	case <-ctx.Done():
 		return 0, ctx.Err()
+	case <-u.abortCh:
+		return 0, fmt.Errorf("cache: upload %s: %w: session ended", u.id, ErrNotFound)
 	}
 	defer func() { <-u.slot }()
 	u.mu.Lock()
@@ -258,7 +287,14 @@ type feed struct {
 	done chan feedResult
 	cur  io.Reader
 	n    int64
+	intr atomic.Value // *Interrupter of cur, for Abort
 }
+
+// Interrupter is implemented by a body whose blocked Read can be cut short
+// (the registry's, by moving its connection's read deadline): Abort calls
+// Interrupt on the body being read, so that an aborted session does not
+// wait for its client's next bytes.
+type Interrupter interface{ Interrupt() }
 
 type feedResult struct {
 	n   int64
@@ -274,9 +310,19 @@ func (f *feed) Read(p []byte) (int, error) {
 					return 0, io.EOF
 				}
 				f.cur, f.n = r, 0
+				var i Interrupter
+				if ri, ok := r.(Interrupter); ok {
+					i = ri
+				}
+				f.intr.Store(&i)
 			case <-f.ctx.Done():
 				return 0, errUploadAborted
 			}
+		}
+		if f.ctx.Err() != nil { // aborted: read no more of the body
+			f.done <- feedResult{f.n, errUploadAborted}
+			f.cur = nil
+			return 0, errUploadAborted
 		}
 		k, err := f.cur.Read(p)
 		if k > 0 {
@@ -309,10 +355,8 @@ func (u *Upload) start(ctx context.Context) error {
 	if started {
 		return nil
 	}
-	select {
-	case u.c.uploads.active <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := u.c.acquirePush(ctx, u.abortCh); err != nil {
+		return fmt.Errorf("cache: upload %s: %w", u.id, err)
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -324,7 +368,7 @@ func (u *Upload) start(ctx context.Context) error {
 	u.feed = &feed{u: u, ctx: pctx, in: make(chan io.Reader), done: make(chan feedResult, 1)}
 	u.cancel, u.done = cancel, make(chan struct{})
 	go func() {
-		defer func() { <-u.c.uploads.active }()
+		defer u.c.releasePush()
 		info, err := u.c.Push(pctx, u.feed, PushOptions{Size: -1, MediaType: UploadMediaType,
 			finish: func(got digest.Digest, size int64) error {
 				select {
@@ -365,6 +409,8 @@ func (u *Upload) Commit(ctx context.Context, d digest.Digest) (LayerInfo, error)
 	case u.slot <- struct{}{}:
 	case <-ctx.Done():
 		return LayerInfo{}, ctx.Err()
+	case <-u.abortCh:
+		return LayerInfo{}, fmt.Errorf("cache: upload %s: %w: session ended", u.id, ErrNotFound)
 	}
 	u.mu.Lock()
 	ending := u.ending
@@ -431,11 +477,21 @@ func (c *Cache) rehash(ctx context.Context, info LayerInfo, d digest.Digest) (La
 // already stored stay, unreferenced, for the garbage collector.
 func (u *Upload) Abort() {
 	u.mu.Lock()
+	if !u.aborted {
+		close(u.abortCh)
+	}
 	u.ending, u.aborted = true, true
-	cancel := u.cancel
+	cancel, f := u.cancel, u.feed
 	u.mu.Unlock()
 	if cancel != nil {
 		cancel()
+	}
+	if f != nil {
+		// A body being read would hold the push until its client sends the
+		// next bytes: cut it short.
+		if p, ok := f.intr.Load().(*Interrupter); ok && *p != nil {
+			(*p).Interrupt()
+		}
 	}
 	u.c.dropUpload(u)
 }

@@ -43,7 +43,7 @@ func parseRange(h string, size int64) (br byteRange, ok, unsatisfiable bool) {
 		if err != nil || n < 0 {
 			return br, false, false
 		}
-		if n == 0 {
+		if n == 0 || size == 0 {
 			return br, false, true
 		}
 		n = min(n, size)
@@ -192,7 +192,7 @@ func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, rt route) 
 			return
 		}
 		size := r.ContentLength // -1 when chunked
-		n := &countingReader{r: h.bodyOf(w, r)}
+		n := &countingReader{r: h.bodyOf(w, r, -1)}
 		if _, err := h.store.PushBlob(r.Context(), rt.name, n, d, size); err != nil {
 			h.metrics.addIn(n.n)
 			h.writeError(w, r, err, aboutBlob)
@@ -250,7 +250,6 @@ func parseContentRange(s string) (start, end int64, err error) {
 // range must start where the upload stands (else 416) and the body is
 // read up to its length; without one (the streamed PATCH), to its end.
 func (h *Handler) writeBody(w http.ResponseWriter, r *http.Request, u *cache.Upload) bool {
-	body := h.bodyOf(w, r)
 	want, at := int64(-1), int64(-1)
 	if cr := r.Header.Get("Content-Range"); cr != "" {
 		start, end, err := parseContentRange(cr)
@@ -264,9 +263,8 @@ func (h *Handler) writeBody(w http.ResponseWriter, r *http.Request, u *cache.Upl
 				fmt.Sprintf("Content-Length %d but Content-Range spans %d bytes", r.ContentLength, want)), aboutUpload)
 			return false
 		}
-		body = io.LimitReader(body, want)
 	}
-	n, err := u.Write(r.Context(), body, at)
+	n, err := u.Write(r.Context(), h.bodyOf(w, r, want), at)
 	h.metrics.addIn(n)
 	if errors.Is(err, cache.ErrUploadOffset) {
 		// Out of order: 416 with where the upload stands, as the spec says.
@@ -320,7 +318,10 @@ func (h *Handler) putUpload(w http.ResponseWriter, r *http.Request, rt route) {
 		}
 	}
 	if _, err := h.store.CommitUpload(r.Context(), rt.name, u, d); err != nil {
-		h.writeError(w, r, err, aboutBlob)
+		// A session that ended meanwhile (aborted, expired, committed by
+		// a retry) is BLOB_UPLOAD_UNKNOWN; a digest mismatch stays
+		// DIGEST_INVALID.
+		h.writeError(w, r, err, aboutUpload)
 		return
 	}
 	blobCreated(w, rt.name, d)
@@ -347,9 +348,19 @@ type idleReader struct {
 	last time.Time // when the deadline was last moved
 }
 
-func (h *Handler) bodyOf(w http.ResponseWriter, r *http.Request) io.Reader {
-	return &idleReader{r: r.Body, rc: http.NewResponseController(w), idle: h.bodyIdle}
+// bodyOf returns r's body, at most limit bytes of it (limit < 0: all),
+// read with the idle deadline.
+func (h *Handler) bodyOf(w http.ResponseWriter, r *http.Request, limit int64) io.Reader {
+	body := io.Reader(r.Body)
+	if limit >= 0 {
+		body = io.LimitReader(body, limit)
+	}
+	return &idleReader{r: body, rc: http.NewResponseController(w), idle: h.bodyIdle}
 }
+
+// Interrupt cuts a blocked Read short (cache.Interrupter): an aborted
+// upload session stops reading at once.
+func (ir *idleReader) Interrupt() { _ = ir.rc.SetReadDeadline(time.Now()) }
 
 func (ir *idleReader) Read(p []byte) (int, error) {
 	// Moving the deadline costs a timer update: do it every quarter of

@@ -123,6 +123,9 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, err error, 
 	body, _ := json.Marshal(map[string]any{"errors": []map[string]string{{"code": ae.code, "message": ae.message}}})
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	if ae.status == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", "5")
+	}
 	w.WriteHeader(ae.status)
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(body)

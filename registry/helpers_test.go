@@ -34,6 +34,11 @@ func newTestRegistry(t testing.TB, opts ...func(*cache.Options)) *testRegistry {
 
 func openTestRegistry(t testing.TB, dir string, opts ...func(*cache.Options)) *testRegistry {
 	t.Helper()
+	return openTestRegistryWith(t, dir, registry.Options{BodyIdleTimeout: bodyIdle}, opts...)
+}
+
+func openTestRegistryWith(t testing.TB, dir string, ro registry.Options, opts ...func(*cache.Options)) *testRegistry {
+	t.Helper()
 	store, err := fs.New(dir + "/blobs")
 	if err != nil {
 		t.Fatal(err)
@@ -46,7 +51,7 @@ func openTestRegistry(t testing.TB, dir string, opts ...func(*cache.Options)) *t
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(registry.New(c, registry.Options{BodyIdleTimeout: bodyIdle}))
+	srv := httptest.NewServer(registry.New(c, ro))
 	tr := &testRegistry{cache: c, srv: srv, host: strings.TrimPrefix(srv.URL, "http://"), dir: dir}
 	t.Cleanup(tr.close)
 	return tr

@@ -46,7 +46,7 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	}
 	// ?tag= parameters (the spec's draft): more tags for a PUT by digest.
 	tags := r.URL.Query()["tag"]
-	info, err := h.store.PutManifestTags(r.Context(), rt.name, rt.ref, r.Header.Get("Content-Type"), h.bodyOf(w, r), h.maxMan, tags)
+	info, err := h.store.PutManifestTags(r.Context(), rt.name, rt.ref, r.Header.Get("Content-Type"), h.bodyOf(w, r, -1), h.maxMan, tags)
 	if err != nil {
 		h.writeError(w, r, err, aboutManifest)
 		return

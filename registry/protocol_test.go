@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cairnbuild/cairn/cache"
+	"github.com/cairnbuild/cairn/registry"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -180,11 +181,16 @@ func TestMonolithicAndRange(t *testing.T) {
 	expect(t, r, 416, "")
 	// Another repository does not see it until it is mounted there.
 	expect(t, tr.do(t, "HEAD", "/v2/other/blobs/"+string(d), nil), 404, "")
-	// A wrong digest stores nothing.
+	// A wrong digest stores nothing: no layer under either digest.
+	before := layers(t, tr)
 	wrong := digest.FromString("not this")
-	r = tr.do(t, "POST", "/v2/app/blobs/uploads/?digest="+string(wrong), randBytes(1000))
+	junk := randBytes(1000)
+	r = tr.do(t, "POST", "/v2/app/blobs/uploads/?digest="+string(wrong), junk)
 	expect(t, r, 400, "DIGEST_INVALID")
 	expect(t, tr.do(t, "HEAD", "/v2/app/blobs/"+string(wrong), nil), 404, "")
+	if n := layers(t, tr); n != before {
+		t.Fatalf("%d layers after a refused upload, %d before", n, before)
+	}
 	// sha512 digests.
 	b5 := randBytes(5000)
 	d5 := digest.SHA512.FromBytes(b5)
@@ -266,7 +272,11 @@ func TestChunkedUpload(t *testing.T) {
 	loc = r.header.Get("Location")
 	expect(t, tr.do(t, "PATCH", loc, randBytes(1000)), 202, "")
 	wrong := digest.FromString("wrong")
+	before := layers(t, tr)
 	expect(t, tr.do(t, "PUT", loc+"?digest="+string(wrong), nil), 400, "DIGEST_INVALID")
+	if n := layers(t, tr); n != before {
+		t.Fatalf("%d layers after a refused upload, %d before", n, before)
+	}
 	expect(t, tr.do(t, "HEAD", "/v2/app/blobs/"+string(wrong), nil), 404, "")
 	expect(t, tr.do(t, "GET", loc, nil), 404, "BLOB_UPLOAD_UNKNOWN")
 
@@ -292,8 +302,12 @@ func TestChunkedUpload(t *testing.T) {
 	}
 	r = tr.do(t, "POST", "/v2/app/blobs/uploads/", nil)
 	wrong5 := digest.SHA512.FromString("wrong")
-	expect(t, tr.do(t, "PUT", r.header.Get("Location")+"?digest="+string(wrong5), randBytes(5000)), 400, "DIGEST_INVALID")
+	junk5 := randBytes(5000)
+	expect(t, tr.do(t, "PUT", r.header.Get("Location")+"?digest="+string(wrong5), junk5), 400, "DIGEST_INVALID")
 	expect(t, tr.do(t, "HEAD", "/v2/app/blobs/"+string(wrong5), nil), 404, "")
+	// By design the bytes stay committed under their SHA-256 (another
+	// upload may share them; see Upload.Commit), linked nowhere.
+	expect(t, tr.do(t, "HEAD", "/v2/app/blobs/"+string(digest.FromBytes(junk5)), nil), 404, "")
 
 	// An empty blob.
 	empty := digest.FromBytes(nil)
@@ -516,6 +530,28 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	}
 }
 
+func layers(t testing.TB, tr *testRegistry) int64 {
+	t.Helper()
+	st, err := tr.cache.Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Layers
+}
+
+func packBytes(t testing.TB, dir string) int64 {
+	var n int64
+	filepath.WalkDir(filepath.Join(dir, "blobs"), func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.Contains(p, "packs") {
+			if fi, err := d.Info(); err == nil {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	return n
+}
+
 func packCount(t testing.TB, dir string) int {
 	n := 0
 	filepath.WalkDir(filepath.Join(dir, "blobs"), func(p string, d os.DirEntry, err error) error {
@@ -631,6 +667,11 @@ func TestConcurrentSameBlob(t *testing.T) {
 	if st.Layers != 1 || st.UniqueBytes != int64(len(b)) {
 		t.Fatalf("stats %+v: want one layer of %d unique bytes", st, len(b))
 	}
+	// And once in the backend: the packs hold about one copy of the
+	// (incompressible) bytes, not six.
+	if n := packBytes(t, tr.dir); n > int64(len(b))*3/2 {
+		t.Fatalf("packs hold %d bytes for one blob of %d", n, len(b))
+	}
 }
 
 // TestReindexRestoresRepositories: manifests, tags, blob links and
@@ -650,6 +691,24 @@ func TestReindexRestoresRepositories(t *testing.T) {
 	expect(t, tr.do(t, "PUT", "/v2/app/manifests/gone", m, mt), 201, "")
 	expect(t, tr.do(t, "DELETE", "/v2/app/manifests/gone", nil), 202, "")
 	tr.pushBlob(t, "other", []byte("x"))
+	// A manifest whose bytes someone pushed first as a plain blob (so the
+	// layer's media type is application/octet-stream), and which has no
+	// mediaType field: only its Content-Type says what it is.
+	m2 := []byte(strings.Replace(string(manifestFor(cd, len(cfg))), `"mediaType":"application/vnd.oci.image.manifest.v1+json",`, "", 1))
+	tr.pushBlob(t, "elsewhere", m2)
+	expect(t, tr.do(t, "PUT", "/v2/app/manifests/bare", m2, mt), 201, "")
+	// The same bytes in another repository, as a Docker manifest: app's
+	// answer stays OCI.
+	tr.pushBlob(t, "docker", cfg)
+	expect(t, tr.do(t, "PUT", "/v2/docker/manifests/v1", m2, "Content-Type: application/vnd.docker.distribution.manifest.v2+json"), 201, "")
+	r0 := tr.do(t, "HEAD", "/v2/app/manifests/bare", nil)
+	if r0.header.Get("Content-Type") != "application/vnd.oci.image.manifest.v1+json" {
+		t.Fatalf("app's manifest turned into %q", r0.header.Get("Content-Type"))
+	}
+	// A blob deleted after the manifest that names it was accepted: the
+	// manifest stays, before and after a reindex.
+	expect(t, tr.do(t, "DELETE", "/v2/app/blobs/"+string(digest.FromBytes(layer)), nil), 202, "")
+	expect(t, tr.do(t, "GET", "/v2/app/manifests/v1", nil), 200, "")
 
 	// Lose the index entirely: a new, empty index directory over the
 	// same blobs, then Reindex.
@@ -669,11 +728,20 @@ func TestReindexRestoresRepositories(t *testing.T) {
 	expect(t, tr2.do(t, "GET", "/v2/app/manifests/multi", nil), 200, "")
 	expect(t, tr2.do(t, "GET", "/v2/app/manifests/gone", nil), 404, "MANIFEST_UNKNOWN")
 	r = tr2.do(t, "GET", "/v2/app/tags/list", nil)
-	if string(r.body) != `{"name":"app","tags":["multi","v1"]}` {
+	if string(r.body) != `{"name":"app","tags":["bare","multi","v1"]}` {
 		t.Fatalf("tags after reindex: %s", r)
 	}
+	for _, tc := range []struct{ path, mt string }{
+		{"/v2/app/manifests/bare", "application/vnd.oci.image.manifest.v1+json"},
+		{"/v2/docker/manifests/v1", "application/vnd.docker.distribution.manifest.v2+json"},
+	} {
+		r = tr2.do(t, "HEAD", tc.path, nil)
+		if r.status != 200 || r.header.Get("Content-Type") != tc.mt {
+			t.Fatalf("%s after reindex: %s, want type %s", tc.path, r, tc.mt)
+		}
+	}
 	r = tr2.do(t, "GET", "/v2/_catalog", nil)
-	if string(r.body) != `{"repositories":["app","other"]}` {
+	if string(r.body) != `{"repositories":["app","docker","elsewhere","other"]}` {
 		t.Fatalf("catalog after reindex: %s", r)
 	}
 	expect(t, tr2.do(t, "HEAD", "/v2/app/blobs/"+string(cd), nil), 200, "")
@@ -760,5 +828,97 @@ func TestStalledClient(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("Reindex hangs on a stalled upload")
+	}
+}
+
+// TestPushSlots: at most MaxActiveUploads pushes run at once; one more
+// waits PushSlotWait and gets 429 with Retry-After; a session aborted while
+// it waits ends at once; a trickling client does not hold Reindex, which
+// aborts its session mid-body.
+func TestPushSlots(t *testing.T) {
+	tr := newTestRegistry(t, func(o *cache.Options) {
+		o.MaxActiveUploads = 1
+		o.PushSlotWait = 200 * time.Millisecond
+	})
+	r := tr.do(t, "POST", "/v2/app/blobs/uploads/", nil)
+	holder := r.header.Get("Location")
+	expect(t, tr.do(t, "PATCH", holder, []byte("x")), 202, "") // its push holds the one slot
+	r = tr.do(t, "POST", "/v2/app/blobs/uploads/", nil)
+	r = tr.do(t, "PATCH", r.header.Get("Location"), []byte("y"))
+	expect(t, r, 429, "TOOMANYREQUESTS")
+	if r.header.Get("Retry-After") == "" {
+		t.Fatalf("429 without Retry-After: %v", r.header)
+	}
+	r = tr.do(t, "POST", "/v2/app/blobs/uploads/?digest="+string(digest.FromString("z")), []byte("z"))
+	expect(t, r, 429, "TOOMANYREQUESTS") // a monolithic push needs a slot too
+	// A client that trickles a body into the holding session: Reindex
+	// aborts the session, cutting the body short, and finishes.
+	conn, err := net.Dial("tcp", tr.host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "PATCH %s HTTP/1.1\r\nHost: %s\r\nContent-Length: 1000000\r\n\r\n", holder, tr.host)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond): // faster than the body idle timeout
+				if _, err := conn.Write([]byte("t")); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	waitFor(t, "the trickle to reach the session", func() bool {
+		r := tr.do(t, "GET", holder, nil)
+		return r.status == 204 && r.header.Get("Range") != "0-0"
+	})
+	done := make(chan error, 1)
+	go func() { done <- tr.cache.Reindex(context.Background()) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Reindex waits for a trickling client")
+	}
+	expect(t, tr.do(t, "GET", holder, nil), 404, "BLOB_UPLOAD_UNKNOWN")
+	// The slot is free again.
+	tr.pushBlob(t, "app", []byte("after"))
+}
+
+// TestAbortCutsBody: aborting a session whose client has gone silent
+// mid-body (its connection open, the body idle timeout far off) ends the
+// read at once: Reindex, which aborts every session and waits for their
+// pushes, does not wait for the client.
+func TestAbortCutsBody(t *testing.T) {
+	tr := openTestRegistryWith(t, t.TempDir(), registry.Options{BodyIdleTimeout: time.Hour})
+	r := tr.do(t, "POST", "/v2/app/blobs/uploads/", nil)
+	loc := r.header.Get("Location")
+	conn, err := net.Dial("tcp", tr.host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "PATCH %s HTTP/1.1\r\nHost: %s\r\nContent-Length: 1000000\r\n\r\n", loc, tr.host)
+	conn.Write(randBytes(1000))
+	waitFor(t, "the bytes to reach the session", func() bool {
+		r := tr.do(t, "GET", loc, nil)
+		return r.status == 204 && r.header.Get("Range") == "0-999"
+	})
+	done := make(chan error, 1)
+	go func() { done <- tr.cache.Reindex(context.Background()) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Reindex waits for a silent client")
 	}
 }

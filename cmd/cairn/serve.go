@@ -120,8 +120,8 @@ func (c *serveConfig) check() error {
 		}
 	}
 	mm, err := humanize.ParseBytes(c.maxManifest)
-	if err != nil || mm < 4<<10 || mm > 1<<30 {
-		return fmt.Errorf("--max-manifest-size %q: want a size from 4KiB to 1GiB", c.maxManifest)
+	if err != nil || mm < 4<<10 || mm > cache.MaxManifestSize {
+		return fmt.Errorf("--max-manifest-size %q: want a size from 4KiB to %s", c.maxManifest, humanize.IBytes(cache.MaxManifestSize))
 	}
 	c.maxManifestBytes = int64(mm)
 	if c.storage.MaxUploads < 1 || c.storage.UploadIdleTimeout <= 0 {

@@ -16,14 +16,15 @@ import (
 // pushed or mounted into it, to manifests pushed into it, tags naming
 // those manifests, and the referrers of a subject (manifests whose subject
 // field names it). Blobs and manifests themselves are layers (l/); a
-// manifest's parsed summary is m/<digest>, shared by every repository.
+// manifest link holds the manifest's parsed record, per repository (the
+// media type may come from a request's Content-Type, so two repositories
+// may hold the same bytes as different types).
 //
 //	R/<repo>                                 repository: varint Unix seconds created
 //	B/<repo> 0x00 <blob digest>              blob link: varint Unix seconds linked
-//	M/<repo> 0x00 <manifest digest>          manifest link: varint Unix seconds linked
+//	M/<repo> 0x00 <manifest digest>          manifest link: ManifestRecord (JSON)
 //	T/<repo> 0x00 <tag>                      tag: the manifest digest string
 //	F/<repo> 0x00 <subject> 0x00 <referrer>  referrer link: empty
-//	m/<manifest digest>                      ManifestRecord (JSON)
 //
 // Repository names and tags never hold 0x00 (the registry validates them),
 // so "<repo> 0x00" prefixes exactly one repository's entries.
@@ -33,7 +34,6 @@ var (
 	idxManLink  = []byte("M/")
 	idxTag      = []byte("T/")
 	idxReferrer = []byte("F/")
-	idxManifest = []byte("m/")
 )
 
 func repoKey(repo string) []byte { return append(append([]byte(nil), idxRepo...), repo...) }
@@ -49,10 +49,6 @@ func linkKey(prefix []byte, repo string, rest ...string) []byte {
 	return k
 }
 
-func manifestKey(d digest.Digest) []byte {
-	return append(append([]byte(nil), idxManifest...), d...)
-}
-
 // Ref is one reference a manifest makes.
 type Ref struct {
 	Digest digest.Digest `json:"d"`
@@ -63,7 +59,7 @@ type Ref struct {
 	Size     int64 `json:"s"`
 }
 
-// ManifestRecord is the value under m/<digest>: what the registry needs of
+// ManifestRecord is the value of a manifest link: what the registry needs of
 // a manifest without reading it (its bytes are the layer under the same
 // digest), and every reference it makes, which the garbage collector
 // follows.
@@ -199,10 +195,7 @@ func (x *DB) PutManifest(repo string, d digest.Digest, mr ManifestRecord, tags [
 		if err := ensureRepo(txn, repo, now); err != nil {
 			return err
 		}
-		if err := txn.Set(manifestKey(d), val); err != nil {
-			return err
-		}
-		if err := txn.Set(linkKey(idxManLink, repo, string(d)), putUnix(now)); err != nil {
+		if err := txn.Set(linkKey(idxManLink, repo, string(d)), val); err != nil {
 			return err
 		}
 		if mr.Subject != "" {
@@ -237,27 +230,23 @@ func (x *DB) Resolve(repo, tag string) (digest.Digest, error) {
 func (x *DB) Manifest(repo string, d digest.Digest) (ManifestRecord, error) {
 	var mr ManifestRecord
 	err := x.View("manifest "+string(d), func(tx *Tx) error {
-		ok, err := has(tx.txn, linkKey(idxManLink, repo, string(d)))
-		if err != nil {
-			return err
-		}
-		if ok {
-			ok, err = has(tx.txn, layerKey(d))
-		}
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return fmt.Errorf("%w: manifest %s", cerr.ErrNotFound, d)
-		}
-		found, err := get(tx.txn, manifestKey(d), func(v []byte) (err error) {
+		found, err := get(tx.txn, linkKey(idxManLink, repo, string(d)), func(v []byte) (err error) {
 			mr, err = DecodeManifestRecord(v)
 			return err
 		})
-		if err == nil && !found {
-			err = fmt.Errorf("%w: manifest %s is linked but has no record", cerr.ErrDataLoss, d)
+		if err != nil {
+			return err
 		}
-		return err
+		if found {
+			found, err = has(tx.txn, layerKey(d))
+		}
+		if err != nil {
+			return err
+		}
+		if !found {
+			return fmt.Errorf("%w: manifest %s", cerr.ErrNotFound, d)
+		}
+		return nil
 	})
 	return mr, err
 }
@@ -269,17 +258,15 @@ func (x *DB) DeleteManifest(repo string, d digest.Digest) (tags []string, found 
 	err = x.update("delete manifest "+string(d), func(txn *badger.Txn) error {
 		tags, found = nil, false
 		lk := linkKey(idxManLink, repo, string(d))
-		if ok, err := has(txn, lk); err != nil || !ok {
+		var mr ManifestRecord
+		ok, err := get(txn, lk, func(v []byte) (err error) {
+			mr, err = DecodeManifestRecord(v)
+			return err
+		})
+		if err != nil || !ok {
 			return err
 		}
 		found = true
-		var mr ManifestRecord
-		if _, err := get(txn, manifestKey(d), func(v []byte) (err error) {
-			mr, err = DecodeManifestRecord(v)
-			return err
-		}); err != nil {
-			return err
-		}
 		prefix := linkKey(idxTag, repo)
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 		for it.Rewind(); it.ValidForPrefix(prefix); it.Next() {
@@ -405,21 +392,13 @@ func (x *DB) Referrers(repo string, d digest.Digest) ([]Referrer, error) {
 		defer it.Close()
 		for it.Rewind(); it.ValidForPrefix(prefix); it.Next() {
 			r := digest.Digest(it.Item().Key()[len(prefix):])
-			if ok, err := has(tx.txn, linkKey(idxManLink, repo, string(r))); err != nil {
-				return err
-			} else if !ok {
-				continue
-			}
-			found, err := get(tx.txn, manifestKey(r), func(v []byte) (err error) {
+			_, err := get(tx.txn, linkKey(idxManLink, repo, string(r)), func(v []byte) (err error) {
 				mr, err := DecodeManifestRecord(v)
 				out = append(out, Referrer{Digest: r, Record: mr})
 				return err
 			})
 			if err != nil {
 				return err
-			}
-			if !found {
-				return fmt.Errorf("%w: referrer %s has no record", cerr.ErrDataLoss, r)
 			}
 		}
 		return nil
