@@ -13,9 +13,9 @@ import (
 	"github.com/cairnbuild/cairn/registry"
 )
 
-// bodyIdle is the test registries' body idle timeout: short, so that the
-// stalled-client test ends quickly.
-const bodyIdle = 300 * time.Millisecond
+// bodyIdle is the test registries' body idle timeout: long enough for a
+// client starved of CPU under -race on a loaded machine (300 ms was not).
+const bodyIdle = 10 * time.Second
 
 // testRegistry is a real registry over a real cache (Badger on disk, the
 // fs backend), served on a loopback port.

@@ -504,6 +504,20 @@ func TestCatalogPaging(t *testing.T) {
 	}
 }
 
+// openPatch starts a PATCH of a body of n bytes to loc on a raw
+// connection and returns it, for the test to send (or not send) the body.
+// The connection closes when the test ends.
+func (tr *testRegistry) openPatch(t testing.TB, loc string, n int64) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", tr.host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	fmt.Fprintf(conn, "PATCH %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n", loc, tr.host, n)
+	return conn
+}
+
 // rawRequest writes head and then part of a body on a raw connection, and
 // closes it: a client that vanishes mid-upload.
 func (tr *testRegistry) rawRequest(t testing.TB, head string, body []byte) {
@@ -796,16 +810,11 @@ func TestImagesCost(t *testing.T) {
 // timeout; its session keeps what arrived, and Reindex (which aborts
 // sessions and waits for their pushes) does not hang on it.
 func TestStalledClient(t *testing.T) {
-	tr := newTestRegistry(t)
+	tr := openTestRegistryWith(t, t.TempDir(), registry.Options{BodyIdleTimeout: 300 * time.Millisecond})
 	b := randBytes(2 << 20)
 	r := tr.do(t, "POST", "/v2/app/blobs/uploads/", nil)
 	loc := r.header.Get("Location")
-	conn, err := net.Dial("tcp", tr.host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	fmt.Fprintf(conn, "PATCH %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n", loc, tr.host, len(b))
+	conn := tr.openPatch(t, loc, int64(len(b)))
 	conn.Write(b[:1<<20])
 	// The answer comes once the server gives up on the body.
 	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -853,12 +862,7 @@ func TestPushSlots(t *testing.T) {
 	expect(t, r, 429, "TOOMANYREQUESTS") // a monolithic push needs a slot too
 	// A client that trickles a body into the holding session: Reindex
 	// aborts the session, cutting the body short, and finishes.
-	conn, err := net.Dial("tcp", tr.host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	fmt.Fprintf(conn, "PATCH %s HTTP/1.1\r\nHost: %s\r\nContent-Length: 1000000\r\n\r\n", holder, tr.host)
+	conn := tr.openPatch(t, holder, 1000000)
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
@@ -900,12 +904,7 @@ func TestAbortCutsBody(t *testing.T) {
 	tr := openTestRegistryWith(t, t.TempDir(), registry.Options{BodyIdleTimeout: time.Hour})
 	r := tr.do(t, "POST", "/v2/app/blobs/uploads/", nil)
 	loc := r.header.Get("Location")
-	conn, err := net.Dial("tcp", tr.host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	fmt.Fprintf(conn, "PATCH %s HTTP/1.1\r\nHost: %s\r\nContent-Length: 1000000\r\n\r\n", loc, tr.host)
+	conn := tr.openPatch(t, loc, 1000000)
 	conn.Write(randBytes(1000))
 	waitFor(t, "the bytes to reach the session", func() bool {
 		r := tr.do(t, "GET", loc, nil)

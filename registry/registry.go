@@ -22,6 +22,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -166,73 +167,52 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rw := &statusWriter{ResponseWriter: w}
 	defer func() { h.metrics.observe(rt.kind, r.Method, rw.status) }()
-	w = rw
-	m := r.Method
-	switch rt.kind {
-	case "base":
-		if m != http.MethodGet && m != http.MethodHead {
-			h.methodNotAllowed(w, r, "GET, HEAD")
-			return
-		}
-		writeJSON(w, r, http.StatusOK, "application/json", struct{}{})
-	case "catalog":
-		if m != http.MethodGet {
-			h.methodNotAllowed(w, r, "GET")
-			return
-		}
-		h.catalog(w, r)
-	case "tags":
-		if m != http.MethodGet {
-			h.methodNotAllowed(w, r, "GET")
-			return
-		}
-		h.tags(w, r, rt)
-	case "blob":
-		switch m {
-		case http.MethodGet, http.MethodHead:
-			h.getBlob(w, r, rt)
-		case http.MethodDelete:
-			h.deleteBlob(w, r, rt)
-		default:
-			h.methodNotAllowed(w, r, "GET, HEAD, DELETE")
-		}
-	case "uploads":
-		if m != http.MethodPost {
-			h.methodNotAllowed(w, r, "POST")
-			return
-		}
-		h.startUpload(w, r, rt)
-	case "upload":
-		switch m {
-		case http.MethodGet:
-			h.uploadStatus(w, r, rt)
-		case http.MethodPatch:
-			h.patchUpload(w, r, rt)
-		case http.MethodPut:
-			h.putUpload(w, r, rt)
-		case http.MethodDelete:
-			h.deleteUpload(w, r, rt)
-		default:
-			h.methodNotAllowed(w, r, "GET, PATCH, PUT, DELETE")
-		}
-	case "manifest":
-		switch m {
-		case http.MethodGet, http.MethodHead:
-			h.getManifest(w, r, rt)
-		case http.MethodPut:
-			h.putManifest(w, r, rt)
-		case http.MethodDelete:
-			h.deleteManifest(w, r, rt)
-		default:
-			h.methodNotAllowed(w, r, "GET, HEAD, PUT, DELETE")
-		}
-	case "referrers":
-		if m != http.MethodGet {
-			h.methodNotAllowed(w, r, "GET")
-			return
-		}
-		h.referrers(w, r, rt)
+	methods := routes[rt.kind]
+	if fn, ok := methods[r.Method]; ok {
+		fn(h, rw, r, rt)
+		return
 	}
+	allow := make([]string, 0, len(methods))
+	for m := range methods {
+		allow = append(allow, m)
+	}
+	sort.Strings(allow)
+	h.methodNotAllowed(rw, r, strings.Join(allow, ", "))
+}
+
+type handlerFunc func(h *Handler, w http.ResponseWriter, r *http.Request, rt route)
+
+// routes maps each endpoint kind and method to its handler.
+var routes = map[string]map[string]handlerFunc{
+	"base": {
+		http.MethodGet:  (*Handler).base,
+		http.MethodHead: (*Handler).base,
+	},
+	"catalog": {http.MethodGet: (*Handler).catalog},
+	"tags":    {http.MethodGet: (*Handler).tags},
+	"blob": {
+		http.MethodGet:    (*Handler).getBlob,
+		http.MethodHead:   (*Handler).getBlob,
+		http.MethodDelete: (*Handler).deleteBlob,
+	},
+	"uploads": {http.MethodPost: (*Handler).startUpload},
+	"upload": {
+		http.MethodGet:    (*Handler).uploadStatus,
+		http.MethodPatch:  (*Handler).patchUpload,
+		http.MethodPut:    (*Handler).putUpload,
+		http.MethodDelete: (*Handler).deleteUpload,
+	},
+	"manifest": {
+		http.MethodGet:    (*Handler).getManifest,
+		http.MethodHead:   (*Handler).getManifest,
+		http.MethodPut:    (*Handler).putManifest,
+		http.MethodDelete: (*Handler).deleteManifest,
+	},
+	"referrers": {http.MethodGet: (*Handler).referrers},
+}
+
+func (h *Handler) base(w http.ResponseWriter, r *http.Request, _ route) {
+	writeJSON(w, r, http.StatusOK, "application/json", struct{}{})
 }
 
 func (h *Handler) methodNotAllowed(w http.ResponseWriter, r *http.Request, allow string) {
@@ -303,34 +283,11 @@ func pageParams(r *http.Request) (n int, last string, err error) {
 
 const nAll = -1
 
-func (h *Handler) tags(w http.ResponseWriter, r *http.Request, rt route) {
-	n, last, err := pageParams(r)
-	if err != nil {
-		h.writeError(w, r, err, aboutRepo)
-		return
-	}
-	var tags []string
-	more := false
-	if n != 0 {
-		tags, more, err = h.store.Tags(r.Context(), rt.name, last, max(n, 0))
-		if err != nil {
-			h.writeError(w, r, err, aboutRepo)
-			return
-		}
-	}
-	if tags == nil {
-		tags = []string{}
-	}
-	if more && len(tags) > 0 {
-		w.Header().Set("Link", "</v2/"+rt.name+"/tags/list?last="+tags[len(tags)-1]+"&n="+strconv.Itoa(n)+`>; rel="next"`)
-	}
-	writeJSON(w, r, http.StatusOK, "application/json", struct {
-		Name string   `json:"name"`
-		Tags []string `json:"tags"`
-	}{rt.name, tags})
-}
-
-func (h *Handler) catalog(w http.ResponseWriter, r *http.Request) {
+// listPage answers a paged list endpoint (tags, catalog): n and last
+// from the query, list for the page, a Link header to the next page at
+// path, and body for the JSON answer.
+func (h *Handler) listPage(w http.ResponseWriter, r *http.Request, path string,
+	list func(last string, n int) ([]string, bool, error), body func([]string) any) {
 	n, last, err := pageParams(r)
 	if err != nil {
 		h.writeError(w, r, err, aboutRepo)
@@ -339,7 +296,7 @@ func (h *Handler) catalog(w http.ResponseWriter, r *http.Request) {
 	var names []string
 	more := false
 	if n != 0 {
-		names, more, err = h.store.Repositories(r.Context(), last, max(n, 0))
+		names, more, err = list(last, max(n, 0))
 		if err != nil {
 			h.writeError(w, r, err, aboutRepo)
 			return
@@ -349,9 +306,28 @@ func (h *Handler) catalog(w http.ResponseWriter, r *http.Request) {
 		names = []string{}
 	}
 	if more && len(names) > 0 {
-		w.Header().Set("Link", "</v2/_catalog?last="+names[len(names)-1]+"&n="+strconv.Itoa(n)+`>; rel="next"`)
+		w.Header().Set("Link", "<"+path+"?last="+names[len(names)-1]+"&n="+strconv.Itoa(n)+`>; rel="next"`)
 	}
-	writeJSON(w, r, http.StatusOK, "application/json", struct {
-		Repositories []string `json:"repositories"`
-	}{names})
+	writeJSON(w, r, http.StatusOK, "application/json", body(names))
+}
+
+func (h *Handler) tags(w http.ResponseWriter, r *http.Request, rt route) {
+	h.listPage(w, r, "/v2/"+rt.name+"/tags/list",
+		func(last string, n int) ([]string, bool, error) { return h.store.Tags(r.Context(), rt.name, last, n) },
+		func(tags []string) any {
+			return struct {
+				Name string   `json:"name"`
+				Tags []string `json:"tags"`
+			}{rt.name, tags}
+		})
+}
+
+func (h *Handler) catalog(w http.ResponseWriter, r *http.Request, _ route) {
+	h.listPage(w, r, "/v2/_catalog",
+		func(last string, n int) ([]string, bool, error) { return h.store.Repositories(r.Context(), last, n) },
+		func(names []string) any {
+			return struct {
+				Repositories []string `json:"repositories"`
+			}{names}
+		})
 }
