@@ -290,6 +290,13 @@ type feed struct {
 	intr atomic.Value // *Interrupter of cur, for Abort
 }
 
+// forget drops the current body's Interrupter: Abort must not touch a
+// body its request is done with.
+func (f *feed) forget() {
+	var none Interrupter
+	f.intr.Store(&none)
+}
+
 // Interrupter is implemented by a body whose blocked Read can be cut short
 // (the registry's, by moving its connection's read deadline): Abort calls
 // Interrupt on the body being read, so that an aborted session does not
@@ -320,6 +327,7 @@ func (f *feed) Read(p []byte) (int, error) {
 			}
 		}
 		if f.ctx.Err() != nil { // aborted: read no more of the body
+			f.forget()
 			f.done <- feedResult{f.n, errUploadAborted}
 			f.cur = nil
 			return 0, errUploadAborted
@@ -338,6 +346,7 @@ func (f *feed) Read(p []byte) (int, error) {
 		}
 		// The body is used up, or its client went away: the session keeps
 		// what arrived and waits for the next body.
+		f.forget()
 		f.done <- feedResult{f.n, err}
 		f.cur = nil
 		if k > 0 {

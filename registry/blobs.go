@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cairnbuild/cairn/cache"
@@ -264,7 +265,9 @@ func (h *Handler) writeBody(w http.ResponseWriter, r *http.Request, u *cache.Upl
 			return false
 		}
 	}
-	n, err := u.Write(r.Context(), h.bodyOf(w, r, want), at)
+	body := h.bodyOf(w, r, want)
+	n, err := u.Write(r.Context(), body, at)
+	body.finish()
 	h.metrics.addIn(n)
 	if errors.Is(err, cache.ErrUploadOffset) {
 		// Out of order: 416 with where the upload stands, as the spec says.
@@ -346,11 +349,14 @@ type idleReader struct {
 	rc   *http.ResponseController
 	idle time.Duration
 	last time.Time // when the deadline was last moved
+
+	mu       sync.Mutex
+	finished bool // the handler is done with the body: Interrupt does nothing
 }
 
 // bodyOf returns r's body, at most limit bytes of it (limit < 0: all),
 // read with the idle deadline.
-func (h *Handler) bodyOf(w http.ResponseWriter, r *http.Request, limit int64) io.Reader {
+func (h *Handler) bodyOf(w http.ResponseWriter, r *http.Request, limit int64) *idleReader {
 	body := io.Reader(r.Body)
 	if limit >= 0 {
 		body = io.LimitReader(body, limit)
@@ -360,7 +366,22 @@ func (h *Handler) bodyOf(w http.ResponseWriter, r *http.Request, limit int64) io
 
 // Interrupt cuts a blocked Read short (cache.Interrupter): an aborted
 // upload session stops reading at once.
-func (ir *idleReader) Interrupt() { _ = ir.rc.SetReadDeadline(time.Now()) }
+// It does nothing once finish was called: the connection may then carry
+// the client's next request, which a deadline would cancel.
+func (ir *idleReader) Interrupt() {
+	ir.mu.Lock()
+	defer ir.mu.Unlock()
+	if !ir.finished {
+		_ = ir.rc.SetReadDeadline(time.Now())
+	}
+}
+
+// finish marks the body done with (see Interrupt).
+func (ir *idleReader) finish() {
+	ir.mu.Lock()
+	ir.finished = true
+	ir.mu.Unlock()
+}
 
 func (ir *idleReader) Read(p []byte) (int, error) {
 	// Moving the deadline costs a timer update: do it every quarter of

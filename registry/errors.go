@@ -112,12 +112,14 @@ func classify(err error, about subject) *apiError {
 // writeError answers with the spec's error body. Server-side failures are
 // logged; a client's mistakes are not (they are the client's to see).
 func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, err error, about subject) {
-	if r.Context().Err() != nil {
-		h.log.Info("registry: client went away", "method", r.Method, "path", r.URL.Path, "err", err)
-		return
-	}
 	ae := classify(err, about)
-	if ae.status >= 500 {
+	if r.Context().Err() != nil {
+		// Most likely the client went away; the answer is written anyway
+		// (a write to a closed connection fails harmlessly), so that no
+		// path ever answers an empty 200.
+		h.log.Info("registry: request cancelled", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	if ae.status >= 500 && r.Context().Err() == nil {
 		h.log.Error("registry: request failed", "method", r.Method, "path", r.URL.Path, "status", ae.status, "err", err)
 	}
 	body, _ := json.Marshal(map[string]any{"errors": []map[string]string{{"code": ae.code, "message": ae.message}}})

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cairnbuild/cairn/backend"
 	"github.com/cairnbuild/cairn/cache"
 	"github.com/cairnbuild/cairn/registry"
 	"github.com/opencontainers/go-digest"
@@ -919,5 +920,64 @@ func TestAbortCutsBody(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("Reindex waits for a silent client")
+	}
+}
+
+// slowLayers delays the writes of layer manifests: a commit that takes
+// longer than the body idle timeout after the body ended.
+type slowLayers struct {
+	backend.Store
+	delay   time.Duration
+	entered chan struct{} // if not nil, told when a slow Put begins
+}
+
+func (s slowLayers) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	if strings.HasPrefix(key, "layers/") {
+		if s.entered != nil {
+			select {
+			case s.entered <- struct{}{}:
+			default:
+			}
+		}
+		time.Sleep(s.delay)
+	}
+	return s.Store.Put(ctx, key, r, size)
+}
+
+// TestAbortSparesTheConnection: aborting a session must not touch the
+// connection its last body came on, which by then carries the client's
+// next request (keep-alive): a read deadline set there cancelled that
+// request.
+func TestAbortSparesTheConnection(t *testing.T) {
+	entered := make(chan struct{}, 1)
+	tr := openTestRegistryWith(t, t.TempDir(), registry.Options{BodyIdleTimeout: time.Hour},
+		func(o *cache.Options) { o.Backend = slowLayers{o.Backend, 500 * time.Millisecond, entered} })
+	client := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 1, MaxIdleConnsPerHost: 1}}
+	send := func(method, path string, body []byte) int {
+		req, _ := http.NewRequest(method, tr.srv.URL+path, bytes.NewReader(body))
+		res, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		return res.StatusCode
+	}
+	r := tr.do(t, "POST", "/v2/app/blobs/uploads/", nil)
+	loc := r.header.Get("Location")
+	if code := send("PATCH", loc, randBytes(1000)); code != 202 {
+		t.Fatalf("PATCH: %d", code)
+	}
+	// The same connection now carries a push whose commit is slow; abort
+	// the session meanwhile.
+	b := randBytes(50000)
+	done := make(chan int, 1)
+	go func() { done <- send("POST", "/v2/app/blobs/uploads/?digest="+string(digest.FromBytes(b)), b) }()
+	<-entered // the POST is in its slow commit
+	if n := tr.cache.ExpireUploads(time.Now().Add(2 * time.Hour)); n != 1 {
+		t.Fatalf("expired %d sessions", n)
+	}
+	if code := <-done; code != 201 {
+		t.Fatalf("the push on the aborted session's connection answered %d", code)
 	}
 }
