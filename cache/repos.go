@@ -400,10 +400,10 @@ func (c *Cache) putManifest(ctx context.Context, repo, ref, contentType string, 
 	}
 	m, err := ocimanifest.Parse(contentType, b)
 	if errors.Is(err, ocimanifest.ErrUnsupported) {
-		return ManifestInfo{}, fmt.Errorf("%w: %v", ErrUnsupported, err)
+		return ManifestInfo{}, fmt.Errorf("%w: %s", ErrUnsupported, strings.TrimPrefix(err.Error(), ocimanifest.ErrUnsupported.Error()+": "))
 	}
 	if err != nil {
-		return ManifestInfo{}, fmt.Errorf("%w: %v", ErrManifestInvalid, err)
+		return ManifestInfo{}, fmt.Errorf("%w: %s", ErrManifestInvalid, strings.TrimPrefix(err.Error(), ocimanifest.ErrInvalid.Error()+": "))
 	}
 	mr := manifestRecord(m, len(b))
 	checked := make(map[digest.Digest]bool, len(m.Refs))

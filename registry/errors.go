@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/cairnbuild/cairn/cache"
 )
@@ -62,7 +63,9 @@ func classify(err error, about subject) *apiError {
 	if errors.As(err, &ae) {
 		return ae
 	}
-	msg := err.Error()
+	// The core prefixes each layer of its errors with "cache: "; once is
+	// enough for a client.
+	msg := strings.ReplaceAll(err.Error(), "cache: ", "")
 	switch {
 	case errors.Is(err, cache.ErrTagInvalid):
 		return newError(http.StatusBadRequest, codeTagInvalid, msg)
