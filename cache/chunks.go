@@ -171,17 +171,25 @@ func (c *Cache) commitRecipe(ctx context.Context, d digest.Digest, mediaType str
 			return LayerInfo{}, fmt.Errorf("%w: chunk %d (%s) has %d bytes, the list says %d", ErrInvalidArgument, i, e.ID, infos[i].Size, e.Size)
 		}
 	}
-	// Verify the layer digest over the stored chunks.
-	h := d.Algorithm().Hash()
-	rr := c.chunks.NewReader(ctx, lr.Recipe, 0, lr.Size)
-	_, err = io.Copy(h, rr)
-	rr.Close()
-	if err != nil {
-		return LayerInfo{}, fmt.Errorf("verify: %w", err)
-	}
-	if got := digest.NewDigestFromBytes(d.Algorithm(), h.Sum(nil)); got != d {
-		return LayerInfo{}, fmt.Errorf("%w: chunks hash to %s", ErrDigestMismatch, got)
+	if err := c.verifyRecipe(ctx, lr, d); err != nil {
+		return LayerInfo{}, err
 	}
 	lr.Created = time.Now().UTC()
 	return c.commit(ctx, lr, nil)
+}
+
+// verifyRecipe reads lr's chunks back (each verified against its hash) and
+// checks that together they hash to d, with d's algorithm.
+func (c *Cache) verifyRecipe(ctx context.Context, lr *index.LayerRecord, d digest.Digest) error {
+	h := d.Algorithm().Hash()
+	rr := c.chunks.NewReader(ctx, lr.Recipe, 0, lr.Size)
+	_, err := io.Copy(h, rr)
+	rr.Close()
+	if err != nil {
+		return fmt.Errorf("verify: %w", err)
+	}
+	if got := digest.NewDigestFromBytes(d.Algorithm(), h.Sum(nil)); got != d {
+		return fmt.Errorf("%w: the chunks hash to %s, declared %s", ErrDigestMismatch, got, d)
+	}
+	return nil
 }

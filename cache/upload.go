@@ -44,10 +44,9 @@ var errUploadAborted = fmt.Errorf("%w: upload aborted", ErrNotFound)
 // Upload is one blob upload in progress. Its methods are safe for
 // concurrent use; Write and Commit calls are serialized.
 type Upload struct {
-	c       *Cache
-	id      string
-	owner   string
-	started time.Time
+	c     *Cache
+	id    string
+	owner string
 
 	slot    chan struct{} // held by the Write or Commit in progress
 	abortCh chan struct{} // closed by Abort
@@ -102,7 +101,7 @@ func (c *Cache) StartUpload(ctx context.Context, owner string) (*Upload, error) 
 	if _, err := rand.Read(b[:]); err != nil {
 		return nil, fmt.Errorf("cache: start upload: %w", err)
 	}
-	u := &Upload{c: c, id: hex.EncodeToString(b[:]), owner: owner, started: time.Now(), want: make(chan digest.Digest, 1),
+	u := &Upload{c: c, id: hex.EncodeToString(b[:]), owner: owner, want: make(chan digest.Digest, 1),
 		slot: make(chan struct{}, 1), abortCh: make(chan struct{})}
 	u.lastUsed.Store(time.Now().UnixNano())
 	c.uploads.mu.Lock()
@@ -219,9 +218,6 @@ func (u *Upload) ID() string { return u.id }
 // Size is the number of bytes the session has accepted so far: the offset
 // the next Write continues at.
 func (u *Upload) Size() int64 { return u.size.Load() }
-
-// Started is when the session was opened.
-func (u *Upload) Started() time.Time { return u.started }
 
 // Write appends what r yields, to its end, to the blob. If at >= 0 the
 // session must stand at offset at when the write begins (else
@@ -467,15 +463,8 @@ func (c *Cache) rehash(ctx context.Context, info LayerInfo, d digest.Digest) (La
 	if err != nil {
 		return LayerInfo{}, err
 	}
-	h := d.Algorithm().Hash()
-	rc := c.chunks.NewReader(ctx, lr.Recipe, 0, lr.Size)
-	_, err = io.Copy(h, rc)
-	rc.Close()
-	if err != nil {
-		return LayerInfo{}, fmt.Errorf("verify: %w", err)
-	}
-	if got := digest.NewDigestFromBytes(d.Algorithm(), h.Sum(nil)); got != d {
-		return LayerInfo{}, fmt.Errorf("%w: upload hashes to %s, declared %s", ErrDigestMismatch, got, d)
+	if err := c.verifyRecipe(ctx, lr, d); err != nil {
+		return LayerInfo{}, err
 	}
 	alias := *lr
 	alias.Digest, alias.Created = d, time.Now().UTC()

@@ -545,6 +545,22 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	}
 }
 
+// reindexWithin runs Reindex and fails the test with msg if it takes more
+// than 30 s (Reindex aborts every upload session and waits for its push).
+func reindexWithin(t testing.TB, tr *testRegistry, msg string) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- tr.cache.Reindex(context.Background()) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal(msg)
+	}
+}
+
 func layers(t testing.TB, tr *testRegistry) int64 {
 	t.Helper()
 	st, err := tr.cache.Stats(context.Background())
@@ -829,16 +845,7 @@ func TestStalledClient(t *testing.T) {
 	if r.header.Get("Range") != fmt.Sprintf("0-%d", 1<<20-1) {
 		t.Fatalf("the session stands at %q", r.header.Get("Range"))
 	}
-	done := make(chan error, 1)
-	go func() { done <- tr.cache.Reindex(context.Background()) }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("Reindex hangs on a stalled upload")
-	}
+	reindexWithin(t, tr, "Reindex hangs on a stalled upload")
 }
 
 // TestPushSlots: at most MaxActiveUploads pushes run at once; one more
@@ -882,16 +889,7 @@ func TestPushSlots(t *testing.T) {
 		r := tr.do(t, "GET", holder, nil)
 		return r.status == 204 && r.header.Get("Range") != "0-0"
 	})
-	done := make(chan error, 1)
-	go func() { done <- tr.cache.Reindex(context.Background()) }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("Reindex waits for a trickling client")
-	}
+	reindexWithin(t, tr, "Reindex waits for a trickling client")
 	expect(t, tr.do(t, "GET", holder, nil), 404, "BLOB_UPLOAD_UNKNOWN")
 	// The slot is free again.
 	tr.pushBlob(t, "app", []byte("after"))
@@ -911,16 +909,7 @@ func TestAbortCutsBody(t *testing.T) {
 		r := tr.do(t, "GET", loc, nil)
 		return r.status == 204 && r.header.Get("Range") == "0-999"
 	})
-	done := make(chan error, 1)
-	go func() { done <- tr.cache.Reindex(context.Background()) }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("Reindex waits for a silent client")
-	}
+	reindexWithin(t, tr, "Reindex waits for a silent client")
 }
 
 // slowLayers delays the writes of layer manifests: a commit that takes

@@ -1,7 +1,6 @@
 package index
 
 import (
-	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -404,40 +403,6 @@ func (x *DB) Referrers(repo string, d digest.Digest) ([]Referrer, error) {
 		return nil
 	})
 	return out, err
-}
-
-// RepoEntry counts what one repository links.
-type RepoEntry struct {
-	Name      string
-	Blobs     []digest.Digest
-	Manifests []digest.Digest
-	Tags      []TagEntry
-}
-
-// Repo returns everything repo links (for cairn ls and stat).
-func (x *DB) Repo(repo string) (RepoEntry, error) {
-	e := RepoEntry{Name: repo}
-	err := x.View("repository "+repo, func(tx *Tx) error {
-		for _, p := range [][]byte{idxBlobLink, idxManLink} {
-			prefix := linkKey(p, repo)
-			it := tx.txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: false})
-			for it.Rewind(); it.ValidForPrefix(prefix); it.Next() {
-				d := digest.Digest(bytes.Clone(it.Item().Key()[len(prefix):]))
-				if p[0] == idxBlobLink[0] {
-					e.Blobs = append(e.Blobs, d)
-				} else {
-					e.Manifests = append(e.Manifests, d)
-				}
-			}
-			it.Close()
-		}
-		return nil
-	})
-	if err != nil {
-		return e, err
-	}
-	e.Tags, _, err = x.Tags(repo, "", 0)
-	return e, err
 }
 
 // SetTag points repo's tag at manifest d (Reindex restores tags with it).
