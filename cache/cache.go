@@ -51,7 +51,24 @@ type Options struct {
 	// MaxActiveUploads slots before it is refused; zero means
 	// DefaultPushSlotWait.
 	PushSlotWait time.Duration
+
+	// KeepCompressed stores gzip and zstd blobs as they come, instead of as
+	// their uncompressed content plus the encoder that rebuilds them (see
+	// compressed.go).
+	KeepCompressed bool
+	// MaxExpandedSize bounds the uncompressed size of a compressed blob:
+	// one that expands past it is refused and nothing is committed (a
+	// decompression bomb). Zero means DefaultMaxExpandedSize.
+	MaxExpandedSize int64
+	// SpoolDir holds, while a compressed blob is stored, a copy of its
+	// compressed bytes: kept in case no encoder turns out to reproduce it.
+	// The files are unlinked as soon as they are created. "" means the
+	// system's temporary directory.
+	SpoolDir string
 }
+
+// DefaultMaxExpandedSize is the default Options.MaxExpandedSize.
+const DefaultMaxExpandedSize = 64 << 30
 
 // manifestBudgetBytes is how many bytes of manifests PUTs may hold at
 // once: four at the largest size a server accepts; more wait.
@@ -100,6 +117,10 @@ type Cache struct {
 	// beforeCommit, if set, runs just before a layer's index commit, when
 	// every chunk is stored or found: tests run a collector there.
 	beforeCommit func()
+
+	keepCompressed bool
+	maxExpanded    int64
+	spoolDir       string
 
 	// mu is held shared by every operation and exclusively by Reindex.
 	mu      sync.RWMutex
@@ -152,6 +173,10 @@ func Open(ctx context.Context, opts Options) (*Cache, error) {
 	c := &Cache{idx: idx, chunks: cs, store: opts.Backend, params: opts.Chunking, conc: opts.Concurrency,
 		log: log, steps: newStepMemo(), stopJan: make(chan struct{}),
 		manifestBudget: semaphore.NewWeighted(manifestBudgetBytes)}
+	c.keepCompressed, c.maxExpanded, c.spoolDir = opts.KeepCompressed, opts.MaxExpandedSize, opts.SpoolDir
+	if c.maxExpanded <= 0 {
+		c.maxExpanded = DefaultMaxExpandedSize
+	}
 	c.uploads.init(opts.MaxUploads, opts.MaxActiveUploads, opts.UploadIdleTimeout)
 	if opts.PushSlotWait > 0 {
 		c.uploads.slotWait = opts.PushSlotWait

@@ -182,8 +182,11 @@ func (c *Cache) commitRecipe(ctx context.Context, d digest.Digest, mediaType str
 // checks that together they hash to d, with d's algorithm.
 func (c *Cache) verifyRecipe(ctx context.Context, lr *index.LayerRecord, d digest.Digest) error {
 	h := d.Algorithm().Hash()
-	rr := c.chunks.NewReader(ctx, lr.Recipe, 0, lr.Size)
-	_, err := io.Copy(h, rr)
+	rr, err := c.blobReader(ctx, lr, 0, lr.Size)
+	if err != nil {
+		return fmt.Errorf("verify: %w", err)
+	}
+	_, err = io.Copy(h, rr)
 	rr.Close()
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)

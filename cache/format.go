@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/cairnbuild/cairn/cache/internal/index"
+	"github.com/cairnbuild/cairn/cache/internal/recompress"
 	"github.com/cairnbuild/cairn/cache/internal/pack"
 	"github.com/cairnbuild/cairn/chunkid"
 	"github.com/opencontainers/go-digest"
@@ -98,6 +99,10 @@ type layerManifest struct {
 	Created   time.Time       `json:"created"`
 	ChunkHash string          `json:"chunkHash"` // "blake3"
 	Chunks    []manifestChunk `json:"chunks"`
+	// Rebuild, on a compressed blob stored as its uncompressed content, is
+	// the encoder spec (package recompress) that turns Chunks (which then
+	// add up to the content's size, not Size) back into the blob.
+	Rebuild json.RawMessage `json:"rebuild,omitempty"`
 }
 
 type manifestChunk struct {
@@ -109,7 +114,7 @@ const manifestVersion = 1
 
 func marshalManifest(lr *index.LayerRecord) ([]byte, error) {
 	m := layerManifest{Version: manifestVersion, Digest: lr.Digest, Size: lr.Size, MediaType: lr.MediaType,
-		Created: lr.Created, ChunkHash: string(chunkid.Algorithm), Chunks: make([]manifestChunk, len(lr.Recipe))}
+		Created: lr.Created, ChunkHash: string(chunkid.Algorithm), Chunks: make([]manifestChunk, len(lr.Recipe)), Rebuild: lr.Rebuild}
 	for i, e := range lr.Recipe {
 		m.Chunks[i] = manifestChunk{Digest: hex.EncodeToString(e.ID[:]), Size: e.Size}
 	}
@@ -129,6 +134,12 @@ func parseManifest(b []byte) (*index.LayerRecord, error) {
 	}
 	lr := &index.LayerRecord{Digest: m.Digest, Size: m.Size, MediaType: m.MediaType, Created: m.Created.UTC(),
 		Recipe: make([]index.RecipeEntry, len(m.Chunks))}
+	if m.Rebuild != nil {
+		if _, err := recompress.Unmarshal(m.Rebuild); err != nil {
+			return nil, err
+		}
+		lr.Rebuild = []byte(m.Rebuild)
+	}
 	var total int64
 	for i, c := range m.Chunks {
 		if len(c.Digest) != 2*len(chunkid.ID{}) || c.Size <= 0 || c.Size > pack.MaxChunkSize {
@@ -140,13 +151,21 @@ func parseManifest(b []byte) (*index.LayerRecord, error) {
 		lr.Recipe[i].Size = c.Size
 		total += c.Size
 	}
-	if total != m.Size {
+	if total != m.Size && lr.Rebuild == nil {
 		return nil, fmt.Errorf("chunks add up to %d bytes, manifest says %d", total, m.Size)
 	}
 	return lr, nil
 }
 
 func layerInfo(lr *index.LayerRecord, accessed time.Time) LayerInfo {
-	return LayerInfo{Digest: lr.Digest, Size: lr.Size, StoredSize: lr.Stored, MediaType: lr.MediaType,
+	info := LayerInfo{Digest: lr.Digest, Size: lr.Size, StoredSize: lr.Stored, MediaType: lr.MediaType,
 		Chunks: len(lr.Recipe), Created: lr.Created, Accessed: accessed}
+	if lr.Rebuild != nil {
+		if spec, err := recompress.Unmarshal(lr.Rebuild); err == nil {
+			info.Rebuilt = spec.String()
+		} else {
+			info.Rebuilt = "unreadable spec"
+		}
+	}
+	return info
 }

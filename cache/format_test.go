@@ -54,6 +54,30 @@ func TestGoldenManifest(t *testing.T) {
 	}
 }
 
+// A compressed blob stored as its content: the manifest carries the spec,
+// and its chunks add up to the content's size, not the blob's.
+func TestGoldenRebuiltManifest(t *testing.T) {
+	lr := goldenLayer()
+	lr.Digest, lr.Size, lr.MediaType = digest.FromString("gz"), 120, "application/vnd.oci.image.layer.v1.tar+gzip"
+	lr.Rebuild = []byte(`{"encoder":"go-gzip","version":"go1.26.8","level":6,"header":{"os":255}}`)
+	m, err := marshalManifest(lr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := parseManifest(golden.Bytes(t, "rebuilt-manifest.json", m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.Size != 120 || back.RawSize() != lr.RawSize() || string(back.Rebuild) != string(lr.Rebuild) || len(back.Recipe) != 2 {
+		t.Errorf("stored manifest parses as %+v", back)
+	}
+	lr.Rebuild = []byte(`{"encoder":"brotli","version":"1","level":6}`)
+	m, _ = marshalManifest(lr)
+	if _, err := parseManifest(m); err == nil {
+		t.Errorf("a manifest naming an unknown encoder was accepted")
+	}
+}
+
 func TestGoldenStep(t *testing.T) {
 	r := goldenStep()
 	b, err := r.marshal()

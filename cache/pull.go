@@ -6,6 +6,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/cairnbuild/cairn/cache/internal/index"
 	"github.com/cairnbuild/cairn/chunkid"
 	"github.com/opencontainers/go-digest"
 )
@@ -46,7 +47,21 @@ func (c *Cache) openLocked(ctx context.Context, d digest.Digest, offset, length 
 	if now.After(accessed) {
 		accessed = now
 	}
-	return c.chunks.NewReader(ctx, lr.Recipe, offset, n), layerInfo(lr, accessed), nil
+	rc, err := c.blobReader(ctx, lr, offset, n)
+	if err != nil {
+		return nil, LayerInfo{}, fmt.Errorf("cache: open: %w", err)
+	}
+	return rc, layerInfo(lr, accessed), nil
+}
+
+// blobReader reads n bytes from offset of the blob lr describes: its
+// chunks, or for a compressed blob stored as its content, the content
+// compressed again (openRebuilt).
+func (c *Cache) blobReader(ctx context.Context, lr *index.LayerRecord, offset, n int64) (io.ReadCloser, error) {
+	if lr.Rebuild != nil {
+		return c.openRebuilt(ctx, lr, offset, n)
+	}
+	return c.chunks.NewReader(ctx, lr.Recipe, offset, n), nil
 }
 
 // ReadChunk returns chunk id's bytes, verified and decompressed.

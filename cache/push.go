@@ -12,6 +12,7 @@ import (
 
 	"github.com/cairnbuild/cairn/cache/internal/chunks"
 	"github.com/cairnbuild/cairn/cache/internal/index"
+	"github.com/cairnbuild/cairn/cache/internal/recompress"
 	"github.com/cairnbuild/cairn/chunker"
 	"github.com/cairnbuild/cairn/chunkid"
 	"github.com/opencontainers/go-digest"
@@ -27,6 +28,10 @@ type LayerInfo struct {
 	Chunks     int    // entries in its recipe
 	Created    time.Time
 	Accessed   time.Time // last read, recorded lazily (within a few seconds)
+	// Rebuilt, on a compressed blob stored as its uncompressed content,
+	// names the encoder that rebuilds it; Chunks and StoredSize are then
+	// those of the content.
+	Rebuilt string
 }
 
 // PushOptions qualify a Push.
@@ -106,7 +111,37 @@ func (c *Cache) push(ctx context.Context, r io.Reader, opts PushOptions) (LayerI
 			return c.verifyStored(ctx, r, opts, info)
 		}
 	}
+	if !c.keepCompressed {
+		// A gzip or zstd blob is stored as its content plus the encoder
+		// that rebuilds it, where one does (compressed.go).
+		head := make([]byte, 4)
+		k, err := io.ReadFull(r, head)
+		if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+			return LayerInfo{}, fmt.Errorf("read layer: %w", err)
+		}
+		r = io.MultiReader(bytes.NewReader(head[:k]), r)
+		if f := recompress.Detect(head[:k]); f != recompress.None {
+			return c.pushCompressed(ctx, r, f, opts)
+		}
+	}
+	return c.pushPlain(ctx, r, opts)
+}
 
+// pushPlain stores r's bytes as they are.
+func (c *Cache) pushPlain(ctx context.Context, r io.Reader, opts PushOptions) (LayerInfo, error) {
+	lr, sess, err := c.pushChunks(ctx, r, opts)
+	if err != nil {
+		return LayerInfo{}, err
+	}
+	defer sess.Close()
+	return c.commit(ctx, lr, sess)
+}
+
+// pushChunks cuts, hashes and stores r's chunks and returns the layer's
+// record, not yet committed, and the session that wrote them: the caller
+// commits and closes it.
+func (c *Cache) pushChunks(ctx context.Context, r io.Reader, opts PushOptions) (_ *index.LayerRecord, _ *chunks.Session, err error) {
+	outer := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -116,8 +151,14 @@ func (c *Cache) push(ctx context.Context, r io.Reader, opts PushOptions) (LayerI
 	)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(c.conc)
-	sess := c.chunks.NewSession(ctx, false) // not gctx: Wait cancels that, and flush comes after
-	defer sess.Close()
+	// Not ctx or gctx: both end when pushChunks returns, and the commit
+	// (flush) comes after.
+	sess := c.chunks.NewSession(outer, false)
+	defer func() {
+		if err != nil {
+			sess.Close()
+		}
+	}()
 
 	// The layer hasher: SHA-256 over the chunks in stream order, on its own
 	// goroutine so that the reader only cuts and copies.
@@ -141,7 +182,7 @@ func (c *Cache) push(ctx context.Context, r io.Reader, opts PushOptions) (LayerI
 	if err != nil {
 		close(toHash)
 		<-hashDone
-		return LayerInfo{}, err
+		return nil, nil, err
 	}
 	var (
 		total   int64
@@ -197,28 +238,27 @@ func (c *Cache) push(ctx context.Context, r io.Reader, opts PushOptions) (LayerI
 	if readErr != nil {
 		cancel()
 		_ = g.Wait()
-		return LayerInfo{}, readErr
+		return nil, nil, readErr
 	}
 	if err := g.Wait(); err != nil {
-		return LayerInfo{}, err
+		return nil, nil, err
 	}
 	if err := ctx.Err(); err != nil {
-		return LayerInfo{}, err
+		return nil, nil, err
 	}
 	if opts.Size >= 0 && total != opts.Size {
-		return LayerInfo{}, fmt.Errorf("%w: truncated stream: got %d bytes, declared %d", ErrSizeMismatch, total, opts.Size)
+		return nil, nil, fmt.Errorf("%w: truncated stream: got %d bytes, declared %d", ErrSizeMismatch, total, opts.Size)
 	}
 	got := digest.NewDigestFromBytes(alg, sum)
 	if opts.Expected != "" && got != opts.Expected {
-		return LayerInfo{}, fmt.Errorf("%w: stream hashes to %s, expected %s", ErrDigestMismatch, got, opts.Expected)
+		return nil, nil, fmt.Errorf("%w: stream hashes to %s, expected %s", ErrDigestMismatch, got, opts.Expected)
 	}
 	if opts.finish != nil {
 		if err := opts.finish(got, total); err != nil {
-			return LayerInfo{}, err
+			return nil, nil, err
 		}
 	}
-	lr := &index.LayerRecord{Digest: got, Size: total, MediaType: opts.MediaType, Created: time.Now().UTC(), Recipe: recipe}
-	return c.commit(ctx, lr, sess)
+	return &index.LayerRecord{Digest: got, Size: total, MediaType: opts.MediaType, Created: time.Now().UTC(), Recipe: recipe}, sess, nil
 }
 
 // verifyStored consumes the push of a layer that is already committed: the

@@ -121,20 +121,49 @@ type LayerRecord struct {
 	MediaType string
 	Created   time.Time
 	Recipe    []RecipeEntry
+	// Rebuild, if set, is the stored encoder spec of a blob kept as its
+	// uncompressed content: Recipe is that content (RawSize bytes), and
+	// the spec's encoder turns it back into the Size bytes of the blob.
+	Rebuild []byte
 }
 
-const layerRecordVersion = 1
+// RawSize is the number of bytes the recipe holds: Size, or for a rebuilt
+// blob the size of its uncompressed content.
+func (lr *LayerRecord) RawSize() int64 {
+	var n int64
+	for _, e := range lr.Recipe {
+		n += e.Size
+	}
+	return n
+}
+
+// Record versions: 1 is a plain layer; 2 adds the rebuild spec (uvarint
+// length, bytes) after the media type.
+const (
+	layerRecordVersion   = 1
+	rebuiltRecordVersion = 2
+	maxRebuildSpec       = 4 << 10
+)
 
 // Encode returns the stored form: version 1, uvarints size, stored, media
 // type length, the media type, varint created (Unix ns), uvarint count,
-// then per chunk its 32 hash bytes and uvarint size.
+// then per chunk its 32 hash bytes and uvarint size. A rebuilt blob's is
+// version 2, with the spec's length and bytes after the media type.
 func (lr *LayerRecord) Encode() []byte {
-	b := make([]byte, 0, 64+len(lr.MediaType)+len(lr.Recipe)*(len(chunkid.ID{})+3))
-	b = append(b, layerRecordVersion)
+	b := make([]byte, 0, 64+len(lr.MediaType)+len(lr.Rebuild)+len(lr.Recipe)*(len(chunkid.ID{})+3))
+	if lr.Rebuild != nil {
+		b = append(b, rebuiltRecordVersion)
+	} else {
+		b = append(b, layerRecordVersion)
+	}
 	b = binary.AppendUvarint(b, uint64(lr.Size))
 	b = binary.AppendUvarint(b, uint64(lr.Stored))
 	b = binary.AppendUvarint(b, uint64(len(lr.MediaType)))
 	b = append(b, lr.MediaType...)
+	if lr.Rebuild != nil {
+		b = binary.AppendUvarint(b, uint64(len(lr.Rebuild)))
+		b = append(b, lr.Rebuild...)
+	}
 	b = binary.AppendVarint(b, lr.Created.UnixNano())
 	b = binary.AppendUvarint(b, uint64(len(lr.Recipe)))
 	for _, e := range lr.Recipe {
@@ -148,9 +177,10 @@ func (lr *LayerRecord) Encode() []byte {
 // is ErrDataLoss.
 func DecodeLayerRecord(d digest.Digest, b []byte) (*LayerRecord, error) {
 	bad := fmt.Errorf("%w: corrupt index record for layer %s", cerr.ErrDataLoss, d)
-	if len(b) == 0 || b[0] != layerRecordVersion {
+	if len(b) == 0 || (b[0] != layerRecordVersion && b[0] != rebuiltRecordVersion) {
 		return nil, bad
 	}
+	rebuilt := b[0] == rebuiltRecordVersion
 	b = b[1:]
 	uv := func() uint64 {
 		x, n := binary.Uvarint(b)
@@ -169,6 +199,13 @@ func DecodeLayerRecord(d digest.Digest, b []byte) (*LayerRecord, error) {
 		return nil, bad
 	}
 	lr.MediaType, b = string(b[:mtLen]), b[mtLen:]
+	if rebuilt {
+		specLen := uv()
+		if b == nil || specLen == 0 || specLen > maxRebuildSpec || uint64(len(b)) < specLen {
+			return nil, bad
+		}
+		lr.Rebuild, b = append([]byte(nil), b[:specLen]...), b[specLen:]
+	}
 	created, n := binary.Varint(b)
 	if n <= 0 {
 		return nil, bad
@@ -193,7 +230,7 @@ func DecodeLayerRecord(d digest.Digest, b []byte) (*LayerRecord, error) {
 		}
 		total += lr.Recipe[i].Size
 	}
-	if len(b) != 0 || total != lr.Size || lr.Size < 0 || lr.Stored < 0 {
+	if len(b) != 0 || (!rebuilt && total != lr.Size) || lr.Size < 0 || lr.Stored < 0 {
 		return nil, bad
 	}
 	return lr, nil

@@ -19,6 +19,10 @@ var (
 	goldenLayer = &LayerRecord{Digest: digest.FromString("layer"), Size: 300, Stored: 120,
 		MediaType: "application/vnd.oci.image.layer.v1.tar", Created: time.Unix(1700000000, 5).UTC(),
 		Recipe: []RecipeEntry{{ID: chunkid.Sum([]byte("a")), Size: 100}, {ID: chunkid.Sum([]byte("b")), Size: 200}}}
+	goldenRebuilt = &LayerRecord{Digest: digest.FromString("gz"), Size: 150, Stored: 120,
+		MediaType: "application/vnd.oci.image.layer.v1.tar+gzip", Created: time.Unix(1700000000, 5).UTC(),
+		Recipe:  goldenLayer.Recipe,
+		Rebuild: []byte(`{"encoder":"go-gzip","version":"go1.26.8","level":6,"header":{"os":255}}`)}
 	goldenHits = Hits{N: 42, Last: time.Unix(1700000001, 7).UTC()}
 )
 
@@ -34,6 +38,12 @@ func TestGolden(t *testing.T) {
 	if err != nil || lr.Size != goldenLayer.Size || lr.Stored != goldenLayer.Stored || lr.MediaType != goldenLayer.MediaType ||
 		!lr.Created.Equal(goldenLayer.Created) || len(lr.Recipe) != 2 || lr.Recipe[0] != goldenLayer.Recipe[0] || lr.Recipe[1] != goldenLayer.Recipe[1] {
 		t.Errorf("stored layer record decodes as %+v, %v", lr, err)
+	}
+	stored = golden.Hex(t, "rebuilt-record.hex", goldenRebuilt.Encode())
+	lr, err = DecodeLayerRecord(goldenRebuilt.Digest, stored)
+	if err != nil || lr.Size != goldenRebuilt.Size || lr.RawSize() != 300 || string(lr.Rebuild) != string(goldenRebuilt.Rebuild) ||
+		lr.MediaType != goldenRebuilt.MediaType || len(lr.Recipe) != 2 || lr.Recipe[1] != goldenRebuilt.Recipe[1] {
+		t.Errorf("stored rebuilt record decodes as %+v, %v", lr, err)
 	}
 	stored = golden.Hex(t, "hits.hex", goldenHits.Encode())
 	if h, err := DecodeHits(stored); err != nil || h != goldenHits {
@@ -63,16 +73,18 @@ func TestCorruptValues(t *testing.T) {
 			}
 		}
 	}
-	full := goldenLayer.Encode()
-	for _, b := range [][]byte{full[:len(full)-1], append(bytes.Clone(full), 0)} {
-		if _, err := DecodeLayerRecord(goldenLayer.Digest, b); !errors.Is(err, cerr.ErrDataLoss) {
-			t.Errorf("layer record of %d bytes (of %d): %v, want ErrDataLoss", len(b), len(full), err)
+	for _, full := range [][]byte{goldenLayer.Encode(), goldenRebuilt.Encode()} {
+		for _, b := range [][]byte{full[:len(full)-1], append(bytes.Clone(full), 0)} {
+			if _, err := DecodeLayerRecord(goldenLayer.Digest, b); !errors.Is(err, cerr.ErrDataLoss) {
+				t.Errorf("layer record of %d bytes (of %d): %v, want ErrDataLoss", len(b), len(full), err)
+			}
 		}
 	}
 }
 
 func FuzzLayerRecord(f *testing.F) {
 	f.Add(goldenLayer.Encode())
+	f.Add(goldenRebuilt.Encode())
 	f.Add([]byte{layerRecordVersion})
 	f.Add([]byte{layerRecordVersion, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -87,10 +99,10 @@ func FuzzLayerRecord(f *testing.F) {
 		for _, e := range got.Recipe {
 			sum += e.Size
 		}
-		if sum != got.Size {
+		if sum != got.Size && got.Rebuild == nil {
 			t.Fatalf("accepted chunks of %d bytes for a layer of %d", sum, got.Size)
 		}
-		if again, err := DecodeLayerRecord(goldenLayer.Digest, got.Encode()); err != nil || len(again.Recipe) != len(got.Recipe) {
+		if again, err := DecodeLayerRecord(goldenLayer.Digest, got.Encode()); err != nil || len(again.Recipe) != len(got.Recipe) || !bytes.Equal(again.Rebuild, got.Rebuild) {
 			t.Fatalf("re-encoding does not decode: %v", err)
 		}
 	})

@@ -1,0 +1,384 @@
+package cache
+
+import (
+	"bytes"
+	stdgzip "compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/cairnbuild/cairn/cache/internal/index"
+	"github.com/cairnbuild/cairn/cache/internal/recompress"
+	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
+)
+
+// Compressed blobs.
+//
+// A gzip or zstd blob is stored, where cairn can rebuild it exactly, as two
+// layers sharing one set of chunks: its uncompressed content (named by its
+// diffID) and the blob itself, whose record holds the same recipe plus the
+// encoder spec that turns the content back into the blob's bytes. Chunks
+// are then cut from the tar, where near-identical layers share them.
+//
+// The push decompresses the blob as it streams in, stores the content, and
+// meanwhile runs a recompress.Matcher: candidate encoders compress the
+// content again and are dropped at their first byte that differs from the
+// blob. The first probeBytes of content decide cheaply: if no candidate is
+// left by then, the blob is stored as it came, from a spool copy of what was
+// read so far and then the rest of the stream, and nothing else is stored.
+// A candidate that lasts to the end, with the blob's digest checked,
+// becomes the recipe. One that fails late (a second gzip member, trailing
+// bytes) leaves the content committed and the blob stored as it came, from
+// the spool file, which holds the whole compressed stream on local disk for
+// that case; memory stays bounded whatever the blob's size.
+
+// probeBytes is how much uncompressed content a push holds while the
+// candidate encoders have their first look.
+const probeBytes = 4 << 20
+
+// maxZstdWindow bounds the window of a zstd blob a push decompresses (the
+// decoder's memory); one with a larger window is stored as it came.
+const maxZstdWindow = 32 << 20
+
+// ErrExpansion is a compressed blob that expands past MaxExpandedSize.
+var ErrExpansion = fmt.Errorf("%w: the blob expands past the uncompressed size limit", ErrInvalidArgument)
+
+// errDecode marks a failure to decompress: the blob is then stored as it
+// came, not refused (it may be anything that starts with gzip's magic).
+var errDecode = errors.New("not decompressible")
+
+// ingestSource is the compressed stream as the decoder reads it: every byte
+// is hashed, spooled and handed to the matcher.
+type ingestSource struct {
+	r        io.Reader
+	h        hash.Hash
+	spool    *os.File
+	spoolErr error
+	n        int64
+	readErr  error // a failure of r itself (the client's stream), not EOF
+	m        *recompress.Matcher
+	before   []byte // read before the matcher started: the gzip header
+}
+
+func (s *ingestSource) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if n > 0 {
+		s.h.Write(p[:n])
+		s.n += int64(n)
+		if s.spoolErr == nil {
+			_, s.spoolErr = s.spool.Write(p[:n])
+		}
+		if s.m != nil {
+			s.m.AddCompressed(p[:n])
+		} else {
+			s.before = append(s.before, p[:n]...)
+		}
+	}
+	if err != nil && err != io.EOF && s.readErr == nil {
+		s.readErr = err
+	}
+	return n, err
+}
+
+func (s *ingestSource) startMatcher(m *recompress.Matcher) {
+	s.m = m
+	m.AddCompressed(s.before)
+	s.before = nil
+}
+
+// spooled is what the source read so far, from the spool file.
+func (s *ingestSource) spooled() (io.Reader, error) {
+	if s.spoolErr != nil {
+		return nil, fmt.Errorf("spool the compressed blob: %w", s.spoolErr)
+	}
+	return io.NewSectionReader(s.spool, 0, s.n), nil
+}
+
+// expandReader is the decompressed stream: it feeds the matcher, bounds the
+// size, and tells decoding failures from failures of the stream below.
+type expandReader struct {
+	r     io.Reader
+	m     *recompress.Matcher
+	src   *ingestSource
+	n     int64
+	limit int64
+}
+
+func (e *expandReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if n > 0 {
+		e.n += int64(n)
+		if e.n > e.limit {
+			return 0, fmt.Errorf("%w (%d bytes)", ErrExpansion, e.limit)
+		}
+		if e.m.Live() > 0 {
+			e.m.Feed(p[:n])
+		}
+	}
+	if err != nil && err != io.EOF {
+		if e.src.readErr != nil {
+			return n, e.src.readErr
+		}
+		return n, fmt.Errorf("%w: %w", errDecode, err)
+	}
+	return n, err
+}
+
+// uncompressedMediaType is the media type of the content of a blob of type
+// mt: the tar type of the same family.
+func uncompressedMediaType(mt string) string {
+	for _, suf := range []string{"+gzip", "+zstd", ".gzip", ".zstd"} {
+		if t, ok := strings.CutSuffix(mt, suf); ok && strings.HasSuffix(t, "tar") {
+			return t
+		}
+	}
+	return DefaultMediaType
+}
+
+func (c *Cache) pushCompressed(ctx context.Context, r io.Reader, f recompress.Format, opts PushOptions) (LayerInfo, error) {
+	spool, err := os.CreateTemp(c.spoolDir, "cairn-spool-")
+	if err != nil {
+		return LayerInfo{}, fmt.Errorf("spool: %w", err)
+	}
+	os.Remove(spool.Name()) // unlinked: gone with the file, whatever happens
+	defer spool.Close()
+	alg := digest.SHA256
+	if opts.Expected != "" {
+		alg = opts.Expected.Algorithm()
+	}
+	src := &ingestSource{r: r, h: alg.Hash(), spool: spool}
+
+	// The decoder reads the header (gzip) or frame header (zstd) now.
+	var (
+		dec   io.Reader
+		hdr   *recompress.GzipHeader
+		close = func() {}
+	)
+	switch f {
+	case recompress.Gzip:
+		zr, err := stdgzip.NewReader(src)
+		if err == nil {
+			dec, hdr = zr, recompress.HeaderOf(zr.Header)
+		}
+	case recompress.Zstd:
+		zr, err := zstd.NewReader(src, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(maxZstdWindow),
+			zstd.WithDecoderLowmem(true))
+		if err == nil {
+			dec, close = zr, zr.Close
+		}
+	}
+	defer close()
+	if src.readErr != nil {
+		return LayerInfo{}, fmt.Errorf("read layer: %w", src.readErr)
+	}
+	if dec == nil {
+		return c.pushFallback(ctx, src, opts)
+	}
+	m, err := recompress.NewMatcher(recompress.Candidates(f, hdr), 0)
+	if err != nil {
+		return LayerInfo{}, err
+	}
+	defer m.Close()
+	src.startMatcher(m)
+
+	// The probe: the first probeBytes of content, fed to every candidate.
+	probe := make([]byte, probeBytes)
+	var k int
+	var decErr error
+	for k < len(probe) && m.Live() > 0 && decErr == nil {
+		var n int
+		n, decErr = dec.Read(probe[k:min(k+64<<10, len(probe))])
+		m.Feed(probe[k : k+n])
+		k += n
+	}
+	probe = probe[:k]
+	if src.readErr != nil {
+		return LayerInfo{}, fmt.Errorf("read layer: %w", src.readErr)
+	}
+	if int64(k) > c.maxExpanded {
+		return LayerInfo{}, fmt.Errorf("%w (%d bytes)", ErrExpansion, c.maxExpanded)
+	}
+	if m.Live() == 0 || (decErr != nil && decErr != io.EOF) {
+		m.Close()
+		return c.pushFallback(ctx, src, opts)
+	}
+
+	content := io.MultiReader(bytes.NewReader(probe), &expandReader{r: dec, m: m, src: src, n: int64(k), limit: c.maxExpanded})
+	if decErr == io.EOF {
+		content = bytes.NewReader(probe)
+	}
+	raw, sess, err := c.pushChunks(ctx, content, PushOptions{Size: -1, MediaType: uncompressedMediaType(opts.MediaType)})
+	if errors.Is(err, errDecode) {
+		return c.pushFallback(ctx, src, opts)
+	}
+	if err != nil {
+		return LayerInfo{}, err
+	}
+	defer sess.Close()
+	// Trailing bytes after the last gzip member or zstd frame: the
+	// decoders stop at them or fail on them; either way the stream is
+	// read to its end, and no candidate matches them.
+	if _, err := io.Copy(io.Discard, src); err != nil {
+		return LayerInfo{}, fmt.Errorf("read layer: %w", err)
+	}
+	if err := c.checkCompressed(src, opts); err != nil {
+		return LayerInfo{}, err
+	}
+	got := digest.NewDigestFromBytes(alg, src.h.Sum(nil))
+	spec, ok := m.Finish()
+	if !ok {
+		// No candidate lasted: keep the content (its chunks are written)
+		// and store the blob as it came, from the spool.
+		if _, err := c.commit(ctx, raw, sess); err != nil {
+			return LayerInfo{}, err
+		}
+		return c.pushFallback(ctx, src, opts)
+	}
+	if opts.finish != nil {
+		if err := opts.finish(got, src.n); err != nil {
+			return LayerInfo{}, err
+		}
+	}
+	blob := &index.LayerRecord{Digest: got, Size: src.n, MediaType: opts.MediaType, Created: time.Now().UTC(),
+		Recipe: raw.Recipe, Rebuild: spec.Marshal()}
+	info, err := c.commit(ctx, blob, sess)
+	if err != nil {
+		return LayerInfo{}, err
+	}
+	// The content under its own digest, sharing the chunks the blob's
+	// record now references. Failing here loses nothing the caller asked
+	// for.
+	if _, err := c.commit(ctx, raw, nil); err != nil {
+		c.log.Warn("cache: commit the content of a compressed blob", "blob", got, "content", raw.Digest, "err", err)
+	}
+	return info, nil
+}
+
+// checkCompressed checks the compressed stream's length against the one
+// declared and its digest against the one expected.
+func (c *Cache) checkCompressed(src *ingestSource, opts PushOptions) error {
+	if opts.Size >= 0 && src.n != opts.Size {
+		if src.n > opts.Size {
+			return fmt.Errorf("%w: stream longer than its declared size %d", ErrSizeMismatch, opts.Size)
+		}
+		return fmt.Errorf("%w: truncated stream: got %d bytes, declared %d", ErrSizeMismatch, src.n, opts.Size)
+	}
+	if opts.Expected != "" {
+		if got := digest.NewDigestFromBytes(opts.Expected.Algorithm(), src.h.Sum(nil)); got != opts.Expected {
+			return fmt.Errorf("%w: stream hashes to %s, expected %s", ErrDigestMismatch, got, opts.Expected)
+		}
+	}
+	return nil
+}
+
+// pushFallback stores the blob as it came: what src read so far, from the
+// spool, then the rest of the stream.
+func (c *Cache) pushFallback(ctx context.Context, src *ingestSource, opts PushOptions) (LayerInfo, error) {
+	head, err := src.spooled()
+	if err != nil {
+		return LayerInfo{}, err
+	}
+	return c.pushPlain(ctx, io.MultiReader(head, src.r), opts)
+}
+
+// openRebuilt reads n bytes from offset of a blob stored as its content
+// plus an encoder. The encoder runs over the whole content and its output
+// is hashed as it streams; the last bytes of the range are held back until
+// the whole output matched the blob's digest and size, so a reader never
+// gets a whole range of wrong bytes: a mismatch ends the read with
+// ErrDataLoss before its end.
+func (c *Cache) openRebuilt(ctx context.Context, lr *index.LayerRecord, offset, n int64) (io.ReadCloser, error) {
+	spec, err := recompress.Unmarshal(lr.Rebuild)
+	if err != nil {
+		return nil, fmt.Errorf("%w: blob %s: %w", ErrDataLoss, lr.Digest, err)
+	}
+	if err := recompress.Check(spec); err != nil {
+		return nil, fmt.Errorf("%w: blob %s is stored as its content plus %s, which this build of cairn no longer reproduces (%w); "+
+			"read it with the cairn release that stored it, after `cairn materialize`", ErrFailedPrecondition, lr.Digest, spec, err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	content := c.chunks.NewReader(ctx, lr.Recipe, 0, lr.RawSize())
+	pr, pw := io.Pipe()
+	go func() {
+		vw := &verifyWriter{w: pw, h: lr.Digest.Algorithm().Hash(), off: offset, end: offset + n, size: lr.Size,
+			hold: min(n, holdBack)}
+		err := recompress.Rebuild(spec, content, vw)
+		content.Close()
+		if err == nil {
+			err = vw.finish(lr.Digest)
+		}
+		if err != nil && ctx.Err() == nil && !errors.Is(err, io.ErrClosedPipe) {
+			c.log.Error("cache: rebuilding a compressed blob", "blob", lr.Digest, "encoder", spec.String(), "err", err)
+		}
+		pw.CloseWithError(err)
+	}()
+	return &rebuiltReader{PipeReader: pr, cancel: cancel}, nil
+}
+
+// holdBack is how many bytes of a rebuilt range wait for the digest check.
+const holdBack = 64 << 10
+
+type rebuiltReader struct {
+	*io.PipeReader
+	cancel context.CancelFunc
+}
+
+func (r *rebuiltReader) Close() error {
+	r.cancel()
+	return r.PipeReader.Close()
+}
+
+// verifyWriter hashes a rebuilt blob and passes on the bytes of [off, end),
+// except the last hold of them, which finish writes once the digest and
+// size are right.
+type verifyWriter struct {
+	w        io.Writer
+	h        hash.Hash
+	pos      int64
+	off, end int64
+	size     int64
+	hold     int64
+	held     []byte
+}
+
+func (v *verifyWriter) Write(p []byte) (int, error) {
+	start := v.pos
+	v.pos += int64(len(p))
+	if v.pos > v.size {
+		return 0, fmt.Errorf("%w: the rebuild writes more than the blob's %d bytes", ErrDataLoss, v.size)
+	}
+	v.h.Write(p)
+	// The part of p inside the range.
+	lo, hi := max(start, v.off), min(v.pos, v.end)
+	if lo >= hi {
+		return len(p), nil
+	}
+	pass := p[lo-start : hi-start]
+	release := v.end - v.hold // bytes before this go out now
+	if lo < release {
+		k := min(hi, release) - lo
+		if _, err := v.w.Write(pass[:k]); err != nil {
+			return 0, err
+		}
+		pass = pass[k:]
+	}
+	v.held = append(v.held, pass...)
+	return len(p), nil
+}
+
+func (v *verifyWriter) finish(want digest.Digest) error {
+	if v.pos != v.size {
+		return fmt.Errorf("%w: blob %s: the rebuild writes %d bytes, not %d", ErrDataLoss, want, v.pos, v.size)
+	}
+	if got := digest.NewDigestFromBytes(want.Algorithm(), v.h.Sum(nil)); got != want {
+		return fmt.Errorf("%w: blob %s: the rebuilt bytes hash to %s", ErrDataLoss, want, got)
+	}
+	_, err := v.w.Write(v.held)
+	return err
+}

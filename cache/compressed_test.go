@@ -1,0 +1,364 @@
+package cache
+
+import (
+	"archive/tar"
+	"bytes"
+	stdgzip "compress/gzip"
+	"context"
+	"errors"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cairnbuild/cairn/backend/mem"
+	"github.com/cairnbuild/cairn/cache/internal/recompress"
+	"github.com/klauspost/compress/zstd"
+	"github.com/klauspost/pgzip"
+	"github.com/opencontainers/go-digest"
+)
+
+// sourceTar is a tar of the Go sources under GOROOT/src/sub, up to limit
+// bytes, every entry with modification time mtime.
+func sourceTar(t testing.TB, sub string, limit int, mtime time.Time) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	root := filepath.Join(goroot(), "src", sub)
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || buf.Len() > limit {
+			return fs.SkipAll
+		}
+		info, err := d.Info()
+		if err != nil || !info.Mode().IsRegular() && !info.IsDir() {
+			return nil
+		}
+		hdr, err := tar.FileInfoHeader(info, "")
+		if err != nil {
+			return nil
+		}
+		hdr.Name, _ = filepath.Rel(root, path)
+		hdr.ModTime = mtime
+		var b []byte
+		if info.Mode().IsRegular() {
+			if b, err = os.ReadFile(path); err != nil {
+				return nil
+			}
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		_, err = tw.Write(b)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw.Close()
+	if buf.Len() < 256<<10 {
+		t.Skipf("GOROOT/src/%s gave only %d bytes", sub, buf.Len())
+	}
+	return buf.Bytes()
+}
+
+func gz(t testing.TB, data []byte, level int) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	w, err := stdgzip.NewWriterLevel(&b, level)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(data)
+	w.Close()
+	return b.Bytes()
+}
+
+func pushBlob(t testing.TB, c *Cache, blob []byte, mt string) LayerInfo {
+	t.Helper()
+	info, err := c.Push(t.Context(), bytes.NewReader(blob), PushOptions{Size: int64(len(blob)), Expected: digest.FromBytes(blob), MediaType: mt})
+	if err != nil {
+		t.Fatalf("Push of a %d-byte blob: %v", len(blob), err)
+	}
+	return info
+}
+
+const gzipLayer = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+// A gzip layer written by compress/gzip is stored as its tar plus the
+// encoder: it reads back byte for byte, whole and in ranges, and its tar is
+// a layer of its own under its diffID.
+func TestGzipLayerRebuilt(t *testing.T) {
+	c, _ := newCache(t)
+	data := sourceTar(t, "net/http", scale(8<<20, 3<<20), time.Unix(1700000000, 0))
+	blob := gz(t, data, stdgzip.DefaultCompression)
+	info := pushBlob(t, c, blob, gzipLayer)
+	if !strings.HasPrefix(info.Rebuilt, "go-gzip/6 ") {
+		t.Fatalf("stored as %q (Rebuilt), want go-gzip/6", info.Rebuilt)
+	}
+	if info.Size != int64(len(blob)) || info.MediaType != gzipLayer {
+		t.Errorf("info %+v", info)
+	}
+	if got := pull(t, c, info.Digest, 0, -1); !bytes.Equal(got, blob) {
+		t.Fatalf("pulled %d bytes, not the blob's %d", len(got), len(blob))
+	}
+	for _, r := range [][2]int64{{0, 1}, {0, 100}, {12345, 70000}, {int64(len(blob)) - 1, 1}, {int64(len(blob)) / 2, -1}, {int64(len(blob)), -1}} {
+		end := int64(len(blob))
+		if r[1] >= 0 {
+			end = r[0] + r[1]
+		}
+		if got := pull(t, c, info.Digest, r[0], r[1]); !bytes.Equal(got, blob[r[0]:end]) {
+			t.Errorf("range %d+%d: %d bytes, not the blob's", r[0], r[1], len(got))
+		}
+	}
+	diff, err := c.Stat(t.Context(), digest.FromBytes(data))
+	if err != nil {
+		t.Fatalf("the tar under its diffID: %v", err)
+	}
+	if diff.Size != int64(len(data)) || diff.MediaType != "application/vnd.oci.image.layer.v1.tar" || diff.Rebuilt != "" {
+		t.Errorf("the tar's layer: %+v", diff)
+	}
+	if got := pull(t, c, diff.Digest, 0, -1); !bytes.Equal(got, data) {
+		t.Fatal("the tar does not read back")
+	}
+	if _, err := c.Chunks(t.Context(), info.Digest); !isErr(err, ErrFailedPrecondition) {
+		t.Errorf("Chunks of a rebuilt blob: %v, want ErrFailedPrecondition", err)
+	}
+	st, err := c.Stats(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("tar %d bytes, gzip %d, stored %d (blob record %d, tar record %d)", len(data), len(blob), st.StoredBytes, info.StoredSize, diff.StoredSize)
+}
+
+// The point of it all: two layers of the same files, one file changed,
+// share their chunks once stored rebuilt, where their gzip bytes share
+// almost none.
+func TestGzipLayersDeduplicate(t *testing.T) {
+	data := sourceTar(t, "net/http", scale(8<<20, 3<<20), time.Unix(1700000000, 0))
+	// A change early in the tar: every gzip byte after it differs.
+	changed := bytes.Clone(data)
+	copy(changed[2048:], "a changed line of source code")
+	a, b := gz(t, data, 6), gz(t, changed, 6)
+
+	stored := func(keep bool) int64 {
+		c, err := Open(t.Context(), Options{Dir: t.TempDir(), Backend: mem.New(), KeepCompressed: keep})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		pushBlob(t, c, a, gzipLayer)
+		before, _ := c.Stats(t.Context())
+		pushBlob(t, c, b, gzipLayer)
+		after, _ := c.Stats(t.Context())
+		return after.StoredBytes - before.StoredBytes
+	}
+	rebuilt, kept := stored(false), stored(true)
+	t.Logf("second layer adds %d bytes stored rebuilt, %d stored as it came (gzip %d bytes)", rebuilt, kept, len(b))
+	if rebuilt*4 > kept {
+		t.Errorf("the second layer adds %d bytes stored rebuilt, %d as it came: want under a quarter", rebuilt, kept)
+	}
+}
+
+// Every real client's encoder round-trips through Push and Open.
+func TestClientBlobsRebuilt(t *testing.T) {
+	c, _ := newCache(t)
+	data := sourceTar(t, "encoding", scale(4<<20, 2<<20), time.Unix(1600000000, 0))
+	enc := func(w func(io.Writer) io.WriteCloser) []byte {
+		var b bytes.Buffer
+		zw := w(&b)
+		zw.Write(data)
+		zw.Close()
+		return b.Bytes()
+	}
+	cases := map[string]struct {
+		blob []byte
+		want string
+	}{
+		"crane (gzip.BestSpeed)": {gz(t, data, stdgzip.BestSpeed), "go-gzip/1 "},
+		"skopeo (pgzip)": {enc(func(w io.Writer) io.WriteCloser {
+			zw, _ := pgzip.NewWriterLevel(w, pgzip.DefaultCompression)
+			return zw
+		}), "pgzip/"},
+		"buildkit zstd": {enc(func(w io.Writer) io.WriteCloser {
+			zw, _ := zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedDefault))
+			return zw
+		}), "klauspost-zstd/2 "},
+		"named gzip": {func() []byte {
+			var b bytes.Buffer
+			zw := stdgzip.NewWriter(&b)
+			zw.Header = stdgzip.Header{Name: "layer.tar", Comment: "made by hand", ModTime: time.Unix(1500000000, 0), OS: 3, Extra: []byte("xy")}
+			zw.Write(data)
+			zw.Close()
+			return b.Bytes()
+		}(), "go-gzip/6 "},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			info := pushBlob(t, c, tc.blob, gzipLayer)
+			if !strings.HasPrefix(info.Rebuilt, tc.want) {
+				t.Fatalf("stored as %q, want %s", info.Rebuilt, tc.want)
+			}
+			if got := pull(t, c, info.Digest, 0, -1); !bytes.Equal(got, tc.blob) {
+				t.Fatal("does not read back byte for byte")
+			}
+		})
+	}
+}
+
+// Blobs no encoder reproduces, or that do not decompress, are stored as
+// they came: early (the probe) or late (a second member, trailing bytes).
+func TestCompressedFallback(t *testing.T) {
+	// Larger than the probe, so that trailing bytes and a second member
+	// come after it.
+	data := sourceTar(t, "", 12<<20, time.Unix(1600000000, 0))
+	if len(data) < 3*probeBytes {
+		t.Skipf("GOROOT/src gave only %d bytes", len(data))
+	}
+	one := gz(t, data, 6)
+	cases := map[string]struct {
+		blob        []byte
+		withContent bool // the content is committed too (a late fallback)
+	}{
+		"unknown XFL":           {func() []byte { b := bytes.Clone(one); b[8] = 0x7f; return b }(), false},
+		"corrupt deflate early": {func() []byte { b := bytes.Clone(one); b[100] ^= 0xff; return b }(), false},
+		"truncated gzip":        {one[:len(one)/2], false},
+		"gzip magic only":       {[]byte{0x1f, 0x8b, 8, 0}, false},
+		"zstd magic only":       {[]byte{0x28, 0xb5, 0x2f, 0xfd, 0, 0}, false},
+		// The decoder fails on them after the whole content: its chunks
+		// stay unreferenced, for the collector.
+		"trailing bytes": {append(bytes.Clone(one), "trailing"...), false},
+		"two members":    {append(gz(t, data[:len(data)/2], 6), gz(t, data[len(data)/2:], 6)...), true},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			c, _ := newCache(t)
+			info := pushBlob(t, c, tc.blob, gzipLayer)
+			if info.Rebuilt != "" {
+				t.Fatalf("stored rebuilt by %s", info.Rebuilt)
+			}
+			if got := pull(t, c, info.Digest, 0, -1); !bytes.Equal(got, tc.blob) {
+				t.Fatal("does not read back byte for byte")
+			}
+			layers, _, err := c.List(t.Context(), "", 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := map[bool]int{false: 1, true: 2}[tc.withContent]; len(layers) != want {
+				t.Errorf("%d layers stored, want %d", len(layers), want)
+			}
+		})
+	}
+}
+
+// Bad input changes nothing: a wrong digest, a short or long stream, a
+// blob that expands past the bound.
+func TestCompressedBadInput(t *testing.T) {
+	data := sourceTar(t, "encoding", 2<<20, time.Unix(1600000000, 0))
+	blob := gz(t, data, 6)
+	bomb := gz(t, make([]byte, 64<<20), 9) // 64 MiB of zeros in about 64 KiB
+	store := mem.New()
+	c, err := Open(t.Context(), Options{Dir: t.TempDir(), Backend: store, MaxExpandedSize: 32 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for name, tc := range map[string]struct {
+		r    io.Reader
+		opts PushOptions
+		want error
+	}{
+		"wrong digest":  {bytes.NewReader(blob), PushOptions{Size: -1, Expected: digest.FromString("x")}, ErrDigestMismatch},
+		"short":         {bytes.NewReader(blob), PushOptions{Size: int64(len(blob)) + 1}, ErrSizeMismatch},
+		"long":          {bytes.NewReader(blob), PushOptions{Size: int64(len(blob)) - 1}, ErrSizeMismatch},
+		"bomb":          {bytes.NewReader(bomb), PushOptions{Size: -1}, ErrExpansion},
+		"stream breaks": {io.MultiReader(bytes.NewReader(blob[:len(blob)/2]), errReader{errBroken}), PushOptions{Size: -1}, errBroken},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := c.Push(t.Context(), tc.r, tc.opts)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("Push: %v, want %v", err, tc.want)
+			}
+			layers, _, _ := c.List(t.Context(), "", 0)
+			if len(layers) != 0 {
+				t.Fatalf("%d layers committed after a failed push", len(layers))
+			}
+		})
+	}
+}
+
+var errBroken = errors.New("the client went away")
+
+// A recipe that rebuilds wrong bytes is data loss, never a good read: the
+// reader ends with ErrDataLoss before it has delivered the whole range.
+func TestRebuildChecksDigest(t *testing.T) {
+	c, _ := newCache(t)
+	data := sourceTar(t, "encoding", 2<<20, time.Unix(1600000000, 0))
+	blob := gz(t, data, 6)
+	info := pushBlob(t, c, blob, gzipLayer)
+	lr, _, err := c.idx.Layer(info.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := recompress.Unmarshal(lr.Rebuild)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Level = 5 // a plausible but wrong recipe
+	lr.Rebuild = spec.Marshal()
+	size := int64(len(blob))
+	for _, r := range [][2]int64{{0, size}, {0, 10}, {size - 10, 10}} {
+		rc, err := c.openRebuilt(t.Context(), lr, r[0], r[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(rc)
+		rc.Close()
+		if !isErr(err, ErrDataLoss) || int64(len(got)) >= r[1] {
+			t.Errorf("range %v of a wrong recipe: %d bytes, %v; want fewer and ErrDataLoss", r, len(got), err)
+		}
+	}
+}
+
+// A recipe whose encoder no longer reproduces its vector is refused with a
+// clear error, never rebuilt.
+func TestRebuildRefusesChangedEncoder(t *testing.T) {
+	c, _ := newCache(t)
+	data := sourceTar(t, "encoding", 1<<20, time.Unix(1600000000, 0))
+	info := pushBlob(t, c, gz(t, data, 4), gzipLayer)
+	if !strings.HasPrefix(info.Rebuilt, "go-gzip/4 ") {
+		t.Fatalf("stored as %q", info.Rebuilt)
+	}
+	restore := recompress.BreakVectorForTest("go-gzip/4")
+	defer restore()
+	_, _, err := c.Open(t.Context(), info.Digest, 0, -1)
+	if !isErr(err, ErrFailedPrecondition) || !strings.Contains(err.Error(), "materialize") {
+		t.Fatalf("Open with a changed encoder: %v, want ErrFailedPrecondition naming the way out", err)
+	}
+	// New blobs of that encoder are stored as they came.
+	other := gz(t, data[:len(data)/2], 4)
+	if again := pushBlob(t, c, other, gzipLayer); again.Rebuilt != "" {
+		t.Fatalf("a new blob stored rebuilt by a changed encoder: %s", again.Rebuilt)
+	}
+}
+
+// Reindex restores a rebuilt blob from its backend manifest.
+func TestReindexRebuilt(t *testing.T) {
+	store := mem.New()
+	c := openCache(t, t.TempDir(), store)
+	data := sourceTar(t, "encoding", 2<<20, time.Unix(1600000000, 0))
+	blob := gz(t, data, 1)
+	info := pushBlob(t, c, blob, gzipLayer)
+	if err := c.Reindex(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	back, err := c.Stat(t.Context(), info.Digest)
+	if err != nil || back.Rebuilt != info.Rebuilt || back.Size != info.Size {
+		t.Fatalf("after Reindex: %+v, %v; want %+v", back, err, info)
+	}
+	if got := pull(t, c, info.Digest, 0, -1); !bytes.Equal(got, blob) {
+		t.Fatal("does not read back after Reindex")
+	}
+}
