@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/cairnbuild/cairn/cache/internal/index"
-	"github.com/cairnbuild/cairn/cache/internal/recompress"
 	"github.com/cairnbuild/cairn/cache/internal/pack"
+	"github.com/cairnbuild/cairn/cache/internal/recompress"
 	"github.com/cairnbuild/cairn/chunkid"
 	"github.com/opencontainers/go-digest"
 )
