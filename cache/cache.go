@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cairnbuild/cairn/backend"
+	"github.com/cairnbuild/cairn/cache/internal/blobcache"
 	"github.com/cairnbuild/cairn/cache/internal/chunks"
 	"github.com/cairnbuild/cairn/cache/internal/index"
 	"github.com/cairnbuild/cairn/cache/internal/pack"
@@ -65,6 +66,12 @@ type Options struct {
 	// The files are unlinked as soon as they are created. "" means the
 	// system's temporary directory.
 	SpoolDir string
+	// RebuiltCacheDir, if set, keeps whole copies of compressed blobs
+	// stored as their content, up to RebuiltCacheSize bytes, most recently
+	// used first: a hot layer is then served at disk speed instead of at
+	// its encoder's (package blobcache). Its tmp/ is the spool then.
+	RebuiltCacheDir  string
+	RebuiltCacheSize int64
 }
 
 // DefaultMaxExpandedSize is the default Options.MaxExpandedSize.
@@ -121,6 +128,8 @@ type Cache struct {
 	keepCompressed bool
 	maxExpanded    int64
 	spoolDir       string
+	blobs          *blobcache.Cache // nil: no rebuilt-blob cache
+	rebuilt        rebuildCounters
 
 	// mu is held shared by every operation and exclusively by Reindex.
 	mu      sync.RWMutex
@@ -176,6 +185,13 @@ func Open(ctx context.Context, opts Options) (*Cache, error) {
 	c.keepCompressed, c.maxExpanded, c.spoolDir = opts.KeepCompressed, opts.MaxExpandedSize, opts.SpoolDir
 	if c.maxExpanded <= 0 {
 		c.maxExpanded = DefaultMaxExpandedSize
+	}
+	if opts.RebuiltCacheDir != "" && opts.RebuiltCacheSize > 0 {
+		if c.blobs, err = blobcache.Open(opts.RebuiltCacheDir, opts.RebuiltCacheSize); err != nil {
+			cs.Close()
+			idx.Close()
+			return nil, fmt.Errorf("cache: open: %w", err)
+		}
 	}
 	c.uploads.init(opts.MaxUploads, opts.MaxActiveUploads, opts.UploadIdleTimeout)
 	if opts.PushSlotWait > 0 {

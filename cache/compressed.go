@@ -10,8 +10,10 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/cairnbuild/cairn/cache/internal/blobcache"
 	"github.com/cairnbuild/cairn/cache/internal/index"
 	"github.com/cairnbuild/cairn/cache/internal/recompress"
 	"github.com/klauspost/compress/zstd"
@@ -142,12 +144,25 @@ func uncompressedMediaType(mt string) string {
 }
 
 func (c *Cache) pushCompressed(ctx context.Context, r io.Reader, f recompress.Format, opts PushOptions) (LayerInfo, error) {
-	spool, err := os.CreateTemp(c.spoolDir, "cairn-spool-")
+	// The spool: in the rebuilt-blob cache's tmp/ if there is one, so that
+	// a blob stored rebuilt starts there as a cached copy; else unlinked
+	// at once, gone with the file whatever happens.
+	var spool *os.File
+	var err error
+	if c.blobs != nil {
+		spool, err = c.blobs.Temp()
+	} else if spool, err = os.CreateTemp(c.spoolDir, "cairn-spool-"); err == nil {
+		os.Remove(spool.Name())
+	}
 	if err != nil {
 		return LayerInfo{}, fmt.Errorf("spool: %w", err)
 	}
-	os.Remove(spool.Name()) // unlinked: gone with the file, whatever happens
-	defer spool.Close()
+	cached := false
+	defer func() {
+		if !cached {
+			blobcache.Discard(spool)
+		}
+	}()
 	alg := digest.SHA256
 	if opts.Expected != "" {
 		alg = opts.Expected.Algorithm()
@@ -251,6 +266,11 @@ func (c *Cache) pushCompressed(ctx context.Context, r io.Reader, f recompress.Fo
 	if err != nil {
 		return LayerInfo{}, err
 	}
+	c.rebuilt.ingestRebuilt.Add(1)
+	if c.blobs != nil && src.spoolErr == nil {
+		c.blobs.Add(spool, got, src.n)
+		cached = true
+	}
 	// The content under its own digest, sharing the chunks the blob's
 	// record now references. Failing here loses nothing the caller asked
 	// for.
@@ -280,6 +300,7 @@ func (c *Cache) checkCompressed(src *ingestSource, opts PushOptions) error {
 // pushFallback stores the blob as it came: what src read so far, from the
 // spool, then the rest of the stream.
 func (c *Cache) pushFallback(ctx context.Context, src *ingestSource, opts PushOptions) (LayerInfo, error) {
+	c.rebuilt.ingestKept.Add(1)
 	head, err := src.spooled()
 	if err != nil {
 		return LayerInfo{}, err
@@ -288,12 +309,23 @@ func (c *Cache) pushFallback(ctx context.Context, src *ingestSource, opts PushOp
 }
 
 // openRebuilt reads n bytes from offset of a blob stored as its content
-// plus an encoder. The encoder runs over the whole content and its output
-// is hashed as it streams; the last bytes of the range are held back until
-// the whole output matched the blob's digest and size, so a reader never
-// gets a whole range of wrong bytes: a mismatch ends the read with
-// ErrDataLoss before its end.
+// plus an encoder: from the rebuilt-blob cache if it holds a copy, else by
+// running the encoder over the whole content (and keeping the result in
+// the cache). Either way the bytes are hashed as they stream, and the last
+// ones of the range are held back until the whole blob matched its digest
+// and size, so a reader never gets a whole range of wrong bytes: a mismatch
+// ends the read with ErrDataLoss before its end.
 func (c *Cache) openRebuilt(ctx context.Context, lr *index.LayerRecord, offset, n int64) (io.ReadCloser, error) {
+	if c.blobs != nil {
+		if f, ok := c.blobs.Open(lr.Digest, lr.Size); ok {
+			produce := func(w io.Writer) error {
+				defer f.Close()
+				_, err := io.Copy(w, f)
+				return err
+			}
+			return c.streamVerified(ctx, lr, offset, n, produce, &c.rebuilt.fromCache, nil, "cached copy"), nil
+		}
+	}
 	spec, err := recompress.Unmarshal(lr.Rebuild)
 	if err != nil {
 		return nil, fmt.Errorf("%w: blob %s: %w", ErrDataLoss, lr.Digest, err)
@@ -302,23 +334,111 @@ func (c *Cache) openRebuilt(ctx context.Context, lr *index.LayerRecord, offset, 
 		return nil, fmt.Errorf("%w: blob %s is stored as its content plus %s, which this build of cairn no longer reproduces (%w); "+
 			"read it with the cairn release that stored it, after `cairn materialize`", ErrFailedPrecondition, lr.Digest, spec, err)
 	}
+	var keep *os.File
+	if c.blobs != nil {
+		keep, _ = c.blobs.Temp() // no copy kept if this fails
+	}
+	produce := func(w io.Writer) error {
+		content := c.chunks.NewReader(ctx, lr.Recipe, 0, lr.RawSize())
+		defer content.Close()
+		return recompress.Rebuild(spec, content, w)
+	}
+	return c.streamVerified(ctx, lr, offset, n, produce, &c.rebuilt.rebuilt, keep, spec.String()), nil
+}
+
+// streamVerified runs produce, which writes the whole blob lr, on its own
+// goroutine, and returns a reader of bytes [offset, offset+n) of what it
+// writes, verified as openRebuilt says. served counts the bytes delivered.
+// keep, if not nil, receives a copy, added to the rebuilt-blob cache once
+// verified.
+func (c *Cache) streamVerified(ctx context.Context, lr *index.LayerRecord, offset, n int64, produce func(io.Writer) error,
+	served *atomic.Int64, keep *os.File, source string) io.ReadCloser {
 	ctx, cancel := context.WithCancel(ctx)
-	content := c.chunks.NewReader(ctx, lr.Recipe, 0, lr.RawSize())
 	pr, pw := io.Pipe()
 	go func() {
-		vw := &verifyWriter{w: pw, h: lr.Digest.Algorithm().Hash(), off: offset, end: offset + n, size: lr.Size,
-			hold: min(n, holdBack)}
-		err := recompress.Rebuild(spec, content, vw)
-		content.Close()
+		vw := &verifyWriter{w: countingWriter{pw, served}, h: lr.Digest.Algorithm().Hash(), off: offset, end: offset + n,
+			size: lr.Size, hold: min(n, holdBack)}
+		var out io.Writer = vw
+		var copyTo *bestEffort
+		if keep != nil {
+			copyTo = &bestEffort{w: keep}
+			out = io.MultiWriter(vw, copyTo)
+		}
+		err := produce(out)
 		if err == nil {
 			err = vw.finish(lr.Digest)
+			if errors.Is(err, ErrDataLoss) {
+				c.log.Error("cache: a compressed blob does not match its digest", "blob", lr.Digest, "from", source, "err", err)
+				if keep == nil && c.blobs != nil {
+					c.blobs.Remove(lr.Digest) // the cached copy went bad
+				}
+			}
 		}
-		if err != nil && ctx.Err() == nil && !errors.Is(err, io.ErrClosedPipe) {
-			c.log.Error("cache: rebuilding a compressed blob", "blob", lr.Digest, "encoder", spec.String(), "err", err)
+		if keep != nil {
+			if err == nil && copyTo.err == nil {
+				c.blobs.Add(keep, lr.Digest, lr.Size)
+			} else {
+				blobcache.Discard(keep)
+			}
+		}
+		if err != nil && ctx.Err() == nil && !errors.Is(err, io.ErrClosedPipe) && !errors.Is(err, ErrDataLoss) {
+			c.log.Warn("cache: reading a compressed blob", "blob", lr.Digest, "from", source, "err", err)
 		}
 		pw.CloseWithError(err)
 	}()
-	return &rebuiltReader{PipeReader: pr, cancel: cancel}, nil
+	return &rebuiltReader{PipeReader: pr, cancel: cancel}
+}
+
+// bestEffort writes to w until the first error, then drops the rest: the
+// cache copy must not fail a read.
+type bestEffort struct {
+	w   io.Writer
+	err error
+}
+
+func (b *bestEffort) Write(p []byte) (int, error) {
+	if b.err == nil {
+		_, b.err = b.w.Write(p)
+	}
+	return len(p), nil
+}
+
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// RebuildStats count what the compressed-blob machinery did since Open.
+type RebuildStats struct {
+	// Compressed blobs pushed: stored as content plus an encoder, or as
+	// they came (no encoder reproduced them, or they did not decompress).
+	IngestRebuilt, IngestKept int64
+	// Bytes of rebuilt blobs served: produced by an encoder, or read from
+	// the rebuilt-blob cache.
+	ServedRebuilt, ServedFromCache int64
+	// The cache: bytes and blobs it holds, blobs evicted.
+	CacheBytes, CacheEvictions int64
+	CacheBlobs                 int
+}
+
+// Rebuilds returns the counters; it is cheap.
+func (c *Cache) Rebuilds() RebuildStats {
+	s := RebuildStats{IngestRebuilt: c.rebuilt.ingestRebuilt.Load(), IngestKept: c.rebuilt.ingestKept.Load(),
+		ServedRebuilt: c.rebuilt.rebuilt.Load(), ServedFromCache: c.rebuilt.fromCache.Load()}
+	if c.blobs != nil {
+		s.CacheBytes, s.CacheBlobs, s.CacheEvictions = c.blobs.Size()
+	}
+	return s
+}
+
+type rebuildCounters struct {
+	ingestRebuilt, ingestKept, rebuilt, fromCache atomic.Int64
 }
 
 // holdBack is how many bytes of a rebuilt range wait for the digest check.

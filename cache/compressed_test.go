@@ -362,3 +362,162 @@ func TestReindexRebuilt(t *testing.T) {
 		t.Fatal("does not read back after Reindex")
 	}
 }
+
+// BenchmarkGzip measures a 64 MiB real tar as a gzip blob at the levels
+// BuildKit (6) and go-containerregistry (1) write: the encoder alone (the
+// floor of both a push and a rebuild), a push (decompress, store the
+// content, reproduce) and a pull (rebuild and verify), each in MB/s of the
+// gzip blob; and a pull of the same blob stored as it came.
+func BenchmarkGzip(b *testing.B) {
+	data := benchLayer(b)
+	for _, level := range []int{6, 1} {
+		blob := gz(b, data, level)
+		name := func(s string) string { return s + "/level=" + string(rune('0'+level)) }
+		b.Run(name("encode"), func(b *testing.B) {
+			b.SetBytes(int64(len(blob)))
+			for b.Loop() {
+				w, _ := stdgzip.NewWriterLevel(io.Discard, level)
+				w.Write(data)
+				w.Close()
+			}
+		})
+		b.Run(name("push"), func(b *testing.B) {
+			b.SetBytes(int64(len(blob)))
+			for b.Loop() {
+				b.StopTimer()
+				c, err := Open(b.Context(), Options{Dir: b.TempDir(), Backend: benchStore(b)})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				if info := pushBlob(b, c, blob, gzipLayer); info.Rebuilt == "" {
+					b.Fatal("not stored rebuilt")
+				}
+				b.StopTimer()
+				c.Close()
+				b.StartTimer()
+			}
+		})
+		for _, keep := range []bool{false, true} {
+			what := "pull"
+			if keep {
+				what = "pull-kept"
+			}
+			b.Run(name(what), func(b *testing.B) {
+				c, err := Open(b.Context(), Options{Dir: b.TempDir(), Backend: benchStore(b), KeepCompressed: keep})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer c.Close()
+				info := pushBlob(b, c, blob, gzipLayer)
+				b.SetBytes(int64(len(blob)))
+				for b.Loop() {
+					rc, _, err := c.Open(b.Context(), info.Digest, 0, -1)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if n, err := io.Copy(io.Discard, rc); err != nil || n != info.Size {
+						b.Fatal(n, err)
+					}
+					rc.Close()
+				}
+			})
+		}
+	}
+}
+
+func openWithBlobCache(t testing.TB, dir string, store *mem.Store, size int64) *Cache {
+	t.Helper()
+	c, err := Open(context.Background(), Options{Dir: filepath.Join(dir, "index"), Backend: store,
+		RebuiltCacheDir: filepath.Join(dir, "rebuilt"), RebuiltCacheSize: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// The rebuilt-blob cache: a pushed blob starts there; reads come from it;
+// a bad copy is a loud error and is dropped, and the next read rebuilds.
+func TestRebuiltCache(t *testing.T) {
+	dir := t.TempDir()
+	c := openWithBlobCache(t, dir, mem.New(), 64<<20)
+	data := sourceTar(t, "encoding", 2<<20, time.Unix(1600000000, 0))
+	blob := gz(t, data, 6)
+	info := pushBlob(t, c, blob, gzipLayer)
+	if s := c.Rebuilds(); s.CacheBlobs != 1 || s.CacheBytes != int64(len(blob)) || s.IngestRebuilt != 1 {
+		t.Fatalf("after the push: %+v", s)
+	}
+	if got := pull(t, c, info.Digest, 0, -1); !bytes.Equal(got, blob) {
+		t.Fatal("a cached read differs")
+	}
+	if s := c.Rebuilds(); s.ServedFromCache != int64(len(blob)) || s.ServedRebuilt != 0 {
+		t.Fatalf("after a read: %+v, want every byte from the cache", s)
+	}
+	// A flipped byte in the cached copy.
+	path := filepath.Join(dir, "rebuilt", "sha256-"+info.Digest.Encoded())
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 1
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rc, _, err := c.Open(t.Context(), info.Digest, 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if !isErr(err, ErrDataLoss) || len(got) >= len(blob) {
+		t.Fatalf("read of a bad cached copy: %d of %d bytes, %v; want fewer and ErrDataLoss", len(got), len(blob), err)
+	}
+	if s := c.Rebuilds(); s.CacheBlobs != 0 {
+		t.Fatalf("the bad copy stays cached: %+v", s)
+	}
+	if got := pull(t, c, info.Digest, 10, 1000); !bytes.Equal(got, blob[10:1010]) {
+		t.Fatal("the rebuild after a bad copy differs")
+	}
+	if s := c.Rebuilds(); s.ServedRebuilt != 1000 || s.CacheBlobs != 1 {
+		t.Fatalf("after the rebuild: %+v, want 1000 bytes rebuilt and the copy cached again", s)
+	}
+	// A cached copy outlives an encoder change.
+	restore := recompress.BreakVectorForTest("go-gzip/6")
+	defer restore()
+	if got := pull(t, c, info.Digest, 0, -1); !bytes.Equal(got, blob) {
+		t.Fatal("the cached copy is not served once its encoder changed")
+	}
+}
+
+// The cache holds what fits, least recently used out first, and survives
+// a restart.
+func TestRebuiltCacheBound(t *testing.T) {
+	dir := t.TempDir()
+	store := mem.New()
+	data := sourceTar(t, "encoding", 2<<20, time.Unix(1600000000, 0))
+	var blobs [][]byte
+	for i := range 3 {
+		blobs = append(blobs, gz(t, data[:len(data)-i*100000], 6))
+	}
+	// Room for two and a bit (a blob over a quarter of the bound is not
+	// kept, so the bound is four of them).
+	bound := int64(len(blobs[0]) * 4)
+	c := openWithBlobCache(t, dir, store, bound)
+	var infos []LayerInfo
+	for _, b := range blobs {
+		infos = append(infos, pushBlob(t, c, b, gzipLayer))
+	}
+	if s := c.Rebuilds(); s.CacheBlobs != 3 {
+		t.Fatalf("%+v", s)
+	}
+	c.Close()
+	c = openWithBlobCache(t, dir, store, int64(len(blobs[0])+len(blobs[1])+len(blobs[2])-1))
+	if s := c.Rebuilds(); s.CacheBlobs != 2 || s.CacheEvictions != 1 {
+		t.Fatalf("reopened with room for two: %+v", s)
+	}
+	pull(t, c, infos[0].Digest, 0, -1) // evicted first (oldest): rebuilt
+	if s := c.Rebuilds(); s.ServedRebuilt != int64(len(blobs[0])) {
+		t.Fatalf("the oldest blob was not the one evicted: %+v", s)
+	}
+}

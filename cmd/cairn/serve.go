@@ -75,6 +75,7 @@ this way commits nothing.`,
 	}
 	f := cmd.Flags()
 	cfg.storage.AddFlags(f)
+	cfg.storage.AddCompressedFlags(f)
 	cfg.log.addFlags(f)
 	f.StringVar(&cfg.listen, "listen", defaultServer, "gRPC listen address, host:port")
 	f.StringVar(&cfg.registryListen, "registry-listen", defaultRegistry, "OCI Distribution (registry) API listen address, host:port (empty: no registry)")
@@ -169,7 +170,7 @@ func runServe(ctx context.Context, a *app, cfg *serveConfig) (err error) {
 			err = cerr
 		}
 	}()
-	reg.MustRegister(metrics.NewCacheCollector(c.Stats, 0, log))
+	reg.MustRegister(metrics.NewCacheCollector(c.Stats, 0, log), metrics.NewRebuildCollector(c.Rebuilds))
 
 	srv, err := server.New(c, server.Options{
 		MaxRecvMsgSize:    cfg.maxRecvBytes,

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/spf13/pflag"
 
 	"github.com/cairnbuild/cairn/backend"
@@ -29,8 +30,9 @@ import (
 
 // Where a store keeps its state under --data.
 const (
-	IndexSubdir = "index" // the Badger index
-	BlobsSubdir = "blobs" // the fs backend's objects, unless S3 holds them
+	IndexSubdir   = "index"   // the Badger index
+	BlobsSubdir   = "blobs"   // the fs backend's objects, unless S3 holds them
+	RebuiltSubdir = "rebuilt" // copies of compressed blobs served rebuilt (a cache; local even with S3)
 )
 
 // S3 is the S3 flags: the bucket that holds the blobs instead of the local
@@ -109,6 +111,20 @@ type Config struct {
 	// serve sets them, the client commands leave them alone.
 	MaxUploads        int
 	UploadIdleTimeout time.Duration
+
+	// Compressed blobs (serve sets them; see cache.Options).
+	KeepCompressed  bool
+	MaxExpanded     string // a size, e.g. 64GiB
+	RebuiltCache    string // a size; 0 turns the rebuilt-blob cache off
+	maxExpanded     int64
+	rebuiltCacheMax int64
+}
+
+// AddCompressedFlags registers the flags of compressed blobs: serve's.
+func (c *Config) AddCompressedFlags(f *pflag.FlagSet) {
+	f.BoolVar(&c.KeepCompressed, "keep-compressed", false, "store gzip and zstd blobs as they come, not as their uncompressed content plus the encoder that rebuilds them")
+	f.StringVar(&c.MaxExpanded, "max-expanded-size", "64GiB", "refuse a compressed blob whose content is larger than this (a decompression bomb)")
+	f.StringVar(&c.RebuiltCache, "rebuilt-cache-size", "4GiB", "bytes of rebuilt compressed blobs kept under --data/rebuilt, so hot layers are served at disk speed (0: none)")
 }
 
 // AddFlags registers the storage flags.
@@ -128,6 +144,20 @@ func (c *Config) Check() error {
 	}
 	if c.Concurrency < 1 {
 		return fmt.Errorf("--concurrency %d: want at least 1", c.Concurrency)
+	}
+	if c.MaxExpanded != "" {
+		n, err := humanize.ParseBytes(c.MaxExpanded)
+		if err != nil || n < 1<<20 || n > 1<<50 {
+			return fmt.Errorf("--max-expanded-size %q: want a size of at least 1MiB", c.MaxExpanded)
+		}
+		c.maxExpanded = int64(n)
+	}
+	if c.RebuiltCache != "" {
+		n, err := humanize.ParseBytes(c.RebuiltCache)
+		if err != nil || n > 1<<50 {
+			return fmt.Errorf("--rebuilt-cache-size %q: want a size, or 0 for none", c.RebuiltCache)
+		}
+		c.rebuiltCacheMax = int64(n)
 	}
 	return nil
 }
@@ -176,8 +206,13 @@ func (c *Config) Open(ctx context.Context, log *slog.Logger, bm *metrics.Backend
 		}
 		log.Debug("retrying blob store request", "op", e.Op, "key", e.Key, "attempt", e.Attempt, "err", e.Err)
 	}})
-	cc, err := cache.Open(ctx, cache.Options{Dir: st.IndexDir, Backend: blobs, Concurrency: c.Concurrency, Logger: log,
-		MaxUploads: c.MaxUploads, UploadIdleTimeout: c.UploadIdleTimeout})
+	opts := cache.Options{Dir: st.IndexDir, Backend: blobs, Concurrency: c.Concurrency, Logger: log,
+		MaxUploads: c.MaxUploads, UploadIdleTimeout: c.UploadIdleTimeout,
+		KeepCompressed: c.KeepCompressed, MaxExpandedSize: c.maxExpanded}
+	if c.rebuiltCacheMax > 0 {
+		opts.RebuiltCacheDir, opts.RebuiltCacheSize = filepath.Join(c.Data, RebuiltSubdir), c.rebuiltCacheMax
+	}
+	cc, err := cache.Open(ctx, opts)
 	if err != nil {
 		_ = st.closeBlobs()
 		return nil, err
