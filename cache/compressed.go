@@ -107,6 +107,7 @@ func (s *ingestSource) spooled() (io.Reader, error) {
 type expandReader struct {
 	r     io.Reader
 	m     *recompress.Matcher
+	feed  *asyncFeed
 	src   *ingestSource
 	n     int64
 	limit int64
@@ -120,7 +121,7 @@ func (e *expandReader) Read(p []byte) (int, error) {
 			return 0, fmt.Errorf("%w (%d bytes)", ErrExpansion, e.limit)
 		}
 		if e.m.Live() > 0 {
-			e.m.Feed(p[:n])
+			e.feed.send(p[:n])
 		}
 	}
 	if err != nil && err != io.EOF {
@@ -130,6 +131,49 @@ func (e *expandReader) Read(p []byte) (int, error) {
 		return n, fmt.Errorf("%w: %w", errDecode, err)
 	}
 	return n, err
+}
+
+// asyncFeed runs the candidate encoders on their own goroutine, so that
+// re-encoding (the slowest part of a push: gzip level 6 runs at tens of
+// MB/s) overlaps decompressing and storing the content. At most
+// feedDepth pieces wait, which bounds how far the compressed stream runs
+// ahead of the encoders' output: within the matcher's window.
+type asyncFeed struct {
+	ch   chan []byte
+	done chan struct{}
+	pool chan []byte
+}
+
+const feedDepth = 16
+
+func newAsyncFeed(m *recompress.Matcher) *asyncFeed {
+	a := &asyncFeed{ch: make(chan []byte, feedDepth), done: make(chan struct{}), pool: make(chan []byte, feedDepth+2)}
+	go func() {
+		defer close(a.done)
+		for b := range a.ch {
+			m.Feed(b)
+			select {
+			case a.pool <- b[:0]:
+			default:
+			}
+		}
+	}()
+	return a
+}
+
+func (a *asyncFeed) send(p []byte) {
+	var b []byte
+	select {
+	case b = <-a.pool:
+	default:
+	}
+	a.ch <- append(b, p...)
+}
+
+// wait ends the feed and waits until the encoders have had every piece.
+func (a *asyncFeed) wait() {
+	close(a.ch)
+	<-a.done
 }
 
 // uncompressedMediaType is the media type of the content of a blob of type
@@ -193,7 +237,7 @@ func (c *Cache) pushCompressed(ctx context.Context, r io.Reader, f recompress.Fo
 		return LayerInfo{}, fmt.Errorf("read layer: %w", src.readErr)
 	}
 	if dec == nil {
-		return c.pushFallback(ctx, src, opts)
+		return c.pushFallback(ctx, src, opts, f, "its header does not decode")
 	}
 	m, err := recompress.NewMatcher(recompress.Candidates(f, hdr), 0)
 	if err != nil {
@@ -221,16 +265,29 @@ func (c *Cache) pushCompressed(ctx context.Context, r io.Reader, f recompress.Fo
 	}
 	if m.Live() == 0 || (decErr != nil && decErr != io.EOF) {
 		m.Close()
-		return c.pushFallback(ctx, src, opts)
+		why := "no encoder reproduces its start"
+		if decErr != nil && decErr != io.EOF {
+			why = "it does not decompress: " + decErr.Error()
+		}
+		return c.pushFallback(ctx, src, opts, f, why)
 	}
 
-	content := io.MultiReader(bytes.NewReader(probe), &expandReader{r: dec, m: m, src: src, n: int64(k), limit: c.maxExpanded})
+	feed := newAsyncFeed(m)
+	fed := false
+	defer func() {
+		if !fed {
+			feed.wait()
+		}
+	}()
+	content := io.MultiReader(bytes.NewReader(probe), &expandReader{r: dec, m: m, feed: feed, src: src, n: int64(k), limit: c.maxExpanded})
 	if decErr == io.EOF {
 		content = bytes.NewReader(probe)
 	}
 	raw, sess, err := c.pushChunks(ctx, content, PushOptions{Size: -1, MediaType: uncompressedMediaType(opts.MediaType)})
+	feed.wait()
+	fed = true
 	if errors.Is(err, errDecode) {
-		return c.pushFallback(ctx, src, opts)
+		return c.pushFallback(ctx, src, opts, f, err.Error())
 	}
 	if err != nil {
 		return LayerInfo{}, err
@@ -253,7 +310,7 @@ func (c *Cache) pushCompressed(ctx context.Context, r io.Reader, f recompress.Fo
 		if _, err := c.commit(ctx, raw, sess); err != nil {
 			return LayerInfo{}, err
 		}
-		return c.pushFallback(ctx, src, opts)
+		return c.pushFallback(ctx, src, opts, f, "no encoder reproduces it to the end")
 	}
 	if opts.finish != nil {
 		if err := opts.finish(got, src.n); err != nil {
@@ -299,13 +356,17 @@ func (c *Cache) checkCompressed(src *ingestSource, opts PushOptions) error {
 
 // pushFallback stores the blob as it came: what src read so far, from the
 // spool, then the rest of the stream.
-func (c *Cache) pushFallback(ctx context.Context, src *ingestSource, opts PushOptions) (LayerInfo, error) {
-	c.rebuilt.ingestKept.Add(1)
+func (c *Cache) pushFallback(ctx context.Context, src *ingestSource, opts PushOptions, f recompress.Format, why string) (LayerInfo, error) {
 	head, err := src.spooled()
 	if err != nil {
 		return LayerInfo{}, err
 	}
-	return c.pushPlain(ctx, io.MultiReader(head, src.r), opts)
+	info, err := c.pushPlain(ctx, io.MultiReader(head, src.r), opts)
+	if err == nil {
+		c.rebuilt.ingestKept.Add(1)
+		c.log.Info("cache: a compressed blob is stored as it came", "blob", info.Digest, "size", info.Size, "format", f, "why", why)
+	}
+	return info, err
 }
 
 // openRebuilt reads n bytes from offset of a blob stored as its content

@@ -1,6 +1,13 @@
 package e2e
 
 import (
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
 	"bytes"
 	"encoding/json"
 	"net/http"
@@ -80,6 +87,14 @@ func TestCrane(t *testing.T) {
 			if digest.FromString(blob) != m.Layers[0].Digest || int64(len(blob)) != m.Layers[0].Size {
 				t.Fatalf("blob: %d bytes hashing to %s, want %d and %s", len(blob), digest.FromString(blob), m.Layers[0].Size, m.Layers[0].Digest)
 			}
+			// crane gzips with compress/gzip at BestSpeed: stored as the tar
+			// plus that encoder, and rebuilt for the read above.
+			if got := s.metric(`cairn_compressed_blobs_total{stored="rebuilt"}`); got != 1 {
+				t.Errorf("compressed blobs stored rebuilt: %v, want crane's layer", got)
+			}
+			if got := s.metric(`cairn_rebuilt_served_bytes_total`); got != float64(m.Layers[0].Size) {
+				t.Errorf("rebuilt bytes served: %v, want the layer's %d", got, m.Layers[0].Size)
+			}
 			run(t, crane, "pull", "--insecure", h+"/app/one:v1", filepath.Join(dir, "pulled.tar"))
 			run(t, crane, "copy", "--insecure", h+"/app/one:v1", h+"/app/two:copy")
 			if run(t, crane, "digest", "--insecure", h+"/app/two:copy") != run(t, crane, "digest", "--insecure", h+"/app/one:v1") {
@@ -150,6 +165,33 @@ func TestSkopeo(t *testing.T) {
 	run(t, skopeo, "copy", "--insecure-policy", "--src-tls-verify=false", "--dest-tls-verify=false",
 		"docker://"+h+"/dst/app:v1", "docker://"+h+"/third/app:v1")
 	run(t, skopeo, "inspect", "--tls-verify=false", "docker://"+h+"/third/app:v1")
+
+	// containers/image compresses an uncompressed layer itself (pgzip)
+	// when it copies it to a registry: an image with an uncompressed
+	// layer (pushed with go-containerregistry), copied to another
+	// repository by skopeo, then out again (skopeo checks every digest).
+	rebuilt := s.metric(`cairn_compressed_blobs_total{stored="rebuilt"}`)
+	kept := s.metric(`cairn_compressed_blobs_total{stored="kept"}`)
+	raw := static.NewLayer(writeTar(t, filepath.Join(dir, "mail.tar"), goSrcTree(t, "net/mail")), types.OCIUncompressedLayer)
+	base := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
+	img, err := mutate.AppendLayers(base, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.ParseReference(h + "/raw/app:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	run(t, skopeo, "copy", "--insecure-policy", "--src-tls-verify=false", "--dest-tls-verify=false", "docker://"+h+"/raw/app:v1", "docker://"+h+"/pgzip/app:v1")
+	run(t, skopeo, "copy", "--insecure-policy", "--src-tls-verify=false", "docker://"+h+"/pgzip/app:v1", "dir:"+filepath.Join(dir, "back"))
+	r2, k2 := s.metric(`cairn_compressed_blobs_total{stored="rebuilt"}`), s.metric(`cairn_compressed_blobs_total{stored="kept"}`)
+	if r2+k2 != rebuilt+kept+1 {
+		t.Fatalf("skopeo's compressed layer: %v rebuilt and %v kept, before %v and %v", r2, k2, rebuilt, kept)
+	}
+	t.Logf("skopeo's own gzip layer was stored %s", map[bool]string{true: "rebuilt (pgzip reproduced)", false: "as it came (not reproduced)"}[r2 > rebuilt])
 }
 
 func lastLine(s string) string {
