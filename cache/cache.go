@@ -64,12 +64,12 @@ type Options struct {
 	// SpoolDir holds, while a compressed blob is stored, a copy of its
 	// compressed bytes: kept in case no encoder turns out to reproduce it.
 	// The files are unlinked as soon as they are created. "" means the
-	// system's temporary directory.
+	// system's temporary directory (with RebuiltCacheDir: its tmp/).
 	SpoolDir string
 	// RebuiltCacheDir, if set, keeps whole copies of compressed blobs
 	// stored as their content, up to RebuiltCacheSize bytes, most recently
 	// used first: a hot layer is then served at disk speed instead of at
-	// its encoder's (package blobcache). Its tmp/ is the spool then.
+	// its encoder's (package blobcache).
 	RebuiltCacheDir  string
 	RebuiltCacheSize int64
 }
@@ -191,6 +191,9 @@ func Open(ctx context.Context, opts Options) (*Cache, error) {
 			cs.Close()
 			idx.Close()
 			return nil, fmt.Errorf("cache: open: %w", err)
+		}
+		if c.spoolDir == "" {
+			c.spoolDir = c.blobs.TempDir()
 		}
 	}
 	c.uploads.init(opts.MaxUploads, opts.MaxActiveUploads, opts.UploadIdleTimeout)

@@ -188,25 +188,16 @@ func uncompressedMediaType(mt string) string {
 }
 
 func (c *Cache) pushCompressed(ctx context.Context, r io.Reader, f recompress.Format, opts PushOptions) (LayerInfo, error) {
-	// The spool: in the rebuilt-blob cache's tmp/ if there is one, so that
-	// a blob stored rebuilt starts there as a cached copy; else unlinked
-	// at once, gone with the file whatever happens.
-	var spool *os.File
-	var err error
-	if c.blobs != nil {
-		spool, err = c.blobs.Temp()
-	} else if spool, err = os.CreateTemp(c.spoolDir, "cairn-spool-"); err == nil {
-		os.Remove(spool.Name())
-	}
+	// The spool, unlinked at once: gone with the file whatever happens.
+	// It is not offered to the rebuilt-blob cache: that holds what reads
+	// asked for, and a copy of every push would double the disk a store
+	// takes.
+	spool, err := os.CreateTemp(c.spoolDir, "cairn-spool-")
 	if err != nil {
 		return LayerInfo{}, fmt.Errorf("spool: %w", err)
 	}
-	cached := false
-	defer func() {
-		if !cached {
-			blobcache.Discard(spool)
-		}
-	}()
+	os.Remove(spool.Name())
+	defer spool.Close()
 	alg := digest.SHA256
 	if opts.Expected != "" {
 		alg = opts.Expected.Algorithm()
@@ -324,10 +315,6 @@ func (c *Cache) pushCompressed(ctx context.Context, r io.Reader, f recompress.Fo
 		return LayerInfo{}, err
 	}
 	c.rebuilt.ingestRebuilt.Add(1)
-	if c.blobs != nil && src.spoolErr == nil {
-		c.blobs.Add(spool, got, src.n)
-		cached = true
-	}
 	// The content under its own digest, sharing the chunks the blob's
 	// record now references. Failing here loses nothing the caller asked
 	// for.
@@ -379,12 +366,8 @@ func (c *Cache) pushFallback(ctx context.Context, src *ingestSource, opts PushOp
 func (c *Cache) openRebuilt(ctx context.Context, lr *index.LayerRecord, offset, n int64) (io.ReadCloser, error) {
 	if c.blobs != nil {
 		if f, ok := c.blobs.Open(lr.Digest, lr.Size); ok {
-			produce := func(w io.Writer) error {
-				defer f.Close()
-				_, err := io.Copy(w, f)
-				return err
-			}
-			return c.streamVerified(ctx, lr, offset, n, produce, &c.rebuilt.fromCache, nil, "cached copy"), nil
+			return &cachedReader{c: c, f: f, d: lr.Digest, h: lr.Digest.Algorithm().Hash(), size: lr.Size,
+				off: offset, end: offset + n, hold: min(n, holdBack)}, nil
 		}
 	}
 	spec, err := recompress.Unmarshal(lr.Rebuild)
@@ -430,9 +413,6 @@ func (c *Cache) streamVerified(ctx context.Context, lr *index.LayerRecord, offse
 			err = vw.finish(lr.Digest)
 			if errors.Is(err, ErrDataLoss) {
 				c.log.Error("cache: a compressed blob does not match its digest", "blob", lr.Digest, "from", source, "err", err)
-				if keep == nil && c.blobs != nil {
-					c.blobs.Remove(lr.Digest) // the cached copy went bad
-				}
 			}
 		}
 		if keep != nil {
@@ -500,6 +480,99 @@ func (c *Cache) Rebuilds() RebuildStats {
 
 type rebuildCounters struct {
 	ingestRebuilt, ingestKept, rebuilt, fromCache atomic.Int64
+}
+
+// cachedReader reads a range of a copy in the rebuilt-blob cache on the
+// caller's goroutine: the whole file is hashed (from its start, whatever
+// the range), and the last hold bytes of the range are delivered only once
+// the digest and size matched. A bad copy is dropped from the cache.
+type cachedReader struct {
+	c        *Cache
+	f        *os.File
+	d        digest.Digest
+	h        hash.Hash
+	size     int64
+	pos      int64 // bytes of the file read and hashed
+	off, end int64
+	hold     int64
+	buf      []byte
+	ready    []byte // range bytes that may go out
+	held     []byte
+	done     bool
+	err      error
+}
+
+const cachedReadSize = 256 << 10
+
+func (r *cachedReader) Read(p []byte) (int, error) {
+	for len(r.ready) == 0 {
+		if r.err != nil {
+			return 0, r.err
+		}
+		if r.done {
+			return 0, io.EOF
+		}
+		r.fill()
+	}
+	n := copy(p, r.ready)
+	r.ready = r.ready[n:]
+	r.c.rebuilt.fromCache.Add(int64(n))
+	return n, nil
+}
+
+// fill reads the next piece of the file, or at its end checks the digest.
+func (r *cachedReader) fill() {
+	if r.buf == nil {
+		r.buf = make([]byte, cachedReadSize)
+	}
+	k, err := r.f.Read(r.buf)
+	if k > 0 {
+		start := r.pos
+		r.pos += int64(k)
+		if r.pos > r.size {
+			r.fail(fmt.Errorf("%w: blob %s: the cached copy is longer than %d bytes", ErrDataLoss, r.d, r.size))
+			return
+		}
+		r.h.Write(r.buf[:k])
+		lo, hi := max(start, r.off), min(r.pos, r.end)
+		if lo < hi {
+			part := r.buf[lo-start : hi-start]
+			if release := r.end - r.hold; lo < release {
+				m := min(hi, release) - lo
+				r.ready = part[:m]
+				part = part[m:]
+			}
+			r.held = append(r.held, part...)
+		}
+	}
+	switch {
+	case err == io.EOF:
+		if r.pos != r.size {
+			r.fail(fmt.Errorf("%w: blob %s: the cached copy has %d bytes, not %d", ErrDataLoss, r.d, r.pos, r.size))
+			return
+		}
+		if got := digest.NewDigestFromBytes(r.d.Algorithm(), r.h.Sum(nil)); got != r.d {
+			r.fail(fmt.Errorf("%w: blob %s: the cached copy hashes to %s", ErrDataLoss, r.d, got))
+			return
+		}
+		r.ready = append(r.ready, r.held...)
+		r.held = nil
+		r.done = true
+	case err != nil:
+		r.err = fmt.Errorf("cache: read the cached copy of %s: %w", r.d, err)
+	}
+}
+
+func (r *cachedReader) fail(err error) {
+	r.c.log.Error("cache: a compressed blob does not match its digest", "blob", r.d, "from", "cached copy", "err", err)
+	r.c.blobs.Remove(r.d)
+	r.err = err
+	r.ready = nil
+}
+
+func (r *cachedReader) Close() error {
+	r.done, r.err = true, errors.New("cache: read after close")
+	return r.f.Close()
 }
 
 // holdBack is how many bytes of a rebuilt range wait for the digest check.

@@ -437,22 +437,35 @@ func openWithBlobCache(t testing.TB, dir string, store *mem.Store, size int64) *
 	return c
 }
 
-// The rebuilt-blob cache: a pushed blob starts there; reads come from it;
-// a bad copy is a loud error and is dropped, and the next read rebuilds.
+// The rebuilt-blob cache: the first read rebuilds and keeps a copy, the
+// next reads come from it; a bad copy is a loud error and is dropped, and
+// the next read rebuilds.
 func TestRebuiltCache(t *testing.T) {
 	dir := t.TempDir()
 	c := openWithBlobCache(t, dir, mem.New(), 64<<20)
 	data := sourceTar(t, "encoding", 2<<20, time.Unix(1600000000, 0))
 	blob := gz(t, data, 6)
 	info := pushBlob(t, c, blob, gzipLayer)
-	if s := c.Rebuilds(); s.CacheBlobs != 1 || s.CacheBytes != int64(len(blob)) || s.IngestRebuilt != 1 {
-		t.Fatalf("after the push: %+v", s)
+	if s := c.Rebuilds(); s.CacheBlobs != 0 || s.IngestRebuilt != 1 {
+		t.Fatalf("after the push: %+v, want nothing cached yet", s)
 	}
 	if got := pull(t, c, info.Digest, 0, -1); !bytes.Equal(got, blob) {
-		t.Fatal("a cached read differs")
+		t.Fatal("a rebuilt read differs")
 	}
-	if s := c.Rebuilds(); s.ServedFromCache != int64(len(blob)) || s.ServedRebuilt != 0 {
-		t.Fatalf("after a read: %+v, want every byte from the cache", s)
+	if s := c.Rebuilds(); s.CacheBlobs != 1 || s.CacheBytes != int64(len(blob)) || s.ServedRebuilt != int64(len(blob)) {
+		t.Fatalf("after the first read: %+v, want it rebuilt and cached", s)
+	}
+	for _, r := range [][2]int64{{0, -1}, {0, 1}, {7, 100000}, {int64(len(blob)) - 3, 3}, {int64(len(blob)), -1}} {
+		end := int64(len(blob))
+		if r[1] >= 0 {
+			end = r[0] + r[1]
+		}
+		if got := pull(t, c, info.Digest, r[0], r[1]); !bytes.Equal(got, blob[r[0]:end]) {
+			t.Fatalf("a cached read of %v differs", r)
+		}
+	}
+	if s := c.Rebuilds(); s.ServedRebuilt != int64(len(blob)) || s.ServedFromCache != int64(len(blob))+100004 {
+		t.Fatalf("after the cached reads: %+v", s)
 	}
 	// A flipped byte in the cached copy.
 	path := filepath.Join(dir, "rebuilt", "sha256-"+info.Digest.Encoded())
@@ -479,7 +492,7 @@ func TestRebuiltCache(t *testing.T) {
 	if got := pull(t, c, info.Digest, 10, 1000); !bytes.Equal(got, blob[10:1010]) {
 		t.Fatal("the rebuild after a bad copy differs")
 	}
-	if s := c.Rebuilds(); s.ServedRebuilt != 1000 || s.CacheBlobs != 1 {
+	if s := c.Rebuilds(); s.ServedRebuilt != int64(len(blob))+1000 || s.CacheBlobs != 1 {
 		t.Fatalf("after the rebuild: %+v, want 1000 bytes rebuilt and the copy cached again", s)
 	}
 	// A cached copy outlives an encoder change.
@@ -506,7 +519,9 @@ func TestRebuiltCacheBound(t *testing.T) {
 	c := openWithBlobCache(t, dir, store, bound)
 	var infos []LayerInfo
 	for _, b := range blobs {
-		infos = append(infos, pushBlob(t, c, b, gzipLayer))
+		info := pushBlob(t, c, b, gzipLayer)
+		infos = append(infos, info)
+		pull(t, c, info.Digest, 0, -1)
 	}
 	if s := c.Rebuilds(); s.CacheBlobs != 3 {
 		t.Fatalf("%+v", s)
@@ -517,7 +532,8 @@ func TestRebuiltCacheBound(t *testing.T) {
 		t.Fatalf("reopened with room for two: %+v", s)
 	}
 	pull(t, c, infos[0].Digest, 0, -1) // evicted first (oldest): rebuilt
-	if s := c.Rebuilds(); s.ServedRebuilt != int64(len(blobs[0])) {
+	pull(t, c, infos[2].Digest, 0, -1) // kept: from the cache
+	if s := c.Rebuilds(); s.ServedRebuilt != int64(len(blobs[0])) || s.ServedFromCache != int64(len(blobs[2])) {
 		t.Fatalf("the oldest blob was not the one evicted: %+v", s)
 	}
 }

@@ -298,9 +298,13 @@ func (l *layer) image(from name.Reference) (v1.Image, error) {
 	if from != nil {
 		ly = &remote.MountableLayer{Layer: l.l, Reference: from}
 	}
+	return mutate.AppendLayers(ociBase(), ly)
+}
+
+// ociBase is the empty image with OCI manifest and config media types.
+func ociBase() v1.Image {
 	base := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
-	base = mutate.ConfigMediaType(base, types.OCIConfigJSON)
-	return mutate.AppendLayers(base, ly)
+	return mutate.ConfigMediaType(base, types.OCIConfigJSON)
 }
 
 // rawLayer is a layer whose blob is the tar itself. tarball.LayerFromOpener

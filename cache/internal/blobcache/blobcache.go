@@ -5,7 +5,7 @@
 // run to read (package recompress): gzip at level 6 rebuilds at the
 // encoder's speed, tens of MB/s. A layer a CI fleet pulls again and again
 // should come at disk speed instead, so the cache keeps the bytes of the
-// blobs it rebuilt (and of those it just ingested) until the size bound
+// blobs it rebuilt until the size bound
 // pushes them out. It is a cache: the store never depends on it, and a
 // file that went missing or bad is simply rebuilt again.
 //
@@ -132,6 +132,10 @@ func (c *Cache) Open(d digest.Digest, size int64) (f *os.File, ok bool) {
 func (c *Cache) Temp() (*os.File, error) {
 	return os.CreateTemp(filepath.Join(c.dir, "tmp"), "blob-")
 }
+
+// TempDir is the directory of Temp's files: on the cache's file system,
+// cleared at Open.
+func (c *Cache) TempDir() string { return filepath.Join(c.dir, "tmp") }
 
 // Discard removes a temporary file that Add did not take.
 func Discard(f *os.File) {
