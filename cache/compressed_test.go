@@ -123,6 +123,7 @@ func TestGzipLayerRebuilt(t *testing.T) {
 	if got := pull(t, c, diff.Digest, 0, -1); !bytes.Equal(got, data) {
 		t.Fatal("the tar does not read back")
 	}
+	checkRefcounts(t, c)
 	if _, err := c.Chunks(t.Context(), info.Digest); !isErr(err, ErrFailedPrecondition) {
 		t.Errorf("Chunks of a rebuilt blob: %v, want ErrFailedPrecondition", err)
 	}
@@ -536,4 +537,61 @@ func TestRebuiltCacheBound(t *testing.T) {
 	if s := c.Rebuilds(); s.ServedRebuilt != int64(len(blobs[0])) || s.ServedFromCache != int64(len(blobs[2])) {
 		t.Fatalf("the oldest blob was not the one evicted: %+v", s)
 	}
+}
+
+// Materialize turns a rebuilt blob into chunks of its own compressed
+// bytes: it then reads back without its encoder, through a reindex too,
+// and the reference counts stay exact.
+func TestMaterialize(t *testing.T) {
+	store := mem.New()
+	dir := t.TempDir()
+	c := openWithBlobCache(t, dir, store, 64<<20)
+	data := sourceTar(t, "encoding", 2<<20, time.Unix(1600000000, 0))
+	blob := gz(t, data, 6)
+	other := gz(t, data[:len(data)/2], 6)
+	info := pushBlob(t, c, blob, gzipLayer)
+	oinfo := pushBlob(t, c, other, gzipLayer)
+	list, err := c.RebuiltBlobs(t.Context())
+	if err != nil || len(list) != 2 || !list[0].Usable {
+		t.Fatalf("RebuiltBlobs: %+v, %v", list, err)
+	}
+	got, err := c.Materialize(t.Context(), info.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Rebuilt != "" || got.Size != info.Size || got.Digest != info.Digest {
+		t.Fatalf("materialized: %+v", got)
+	}
+	checkRefcounts(t, c)
+	// The encoder goes: the materialized blob still reads, the other one
+	// is refused, and listed as unusable.
+	restore := recompress.BreakVectorForTest("go-gzip/6")
+	defer restore()
+	if b := pull(t, c, info.Digest, 0, -1); !bytes.Equal(b, blob) {
+		t.Fatal("the materialized blob does not read back")
+	}
+	if _, _, err := c.Open(t.Context(), oinfo.Digest, 0, -1); !isErr(err, ErrFailedPrecondition) {
+		t.Fatalf("the other blob: %v, want ErrFailedPrecondition", err)
+	}
+	if _, err := c.Materialize(t.Context(), oinfo.Digest); !isErr(err, ErrFailedPrecondition) {
+		t.Fatalf("materialize without the encoder or a cached copy: %v", err)
+	}
+	if list, _ := c.RebuiltBlobs(t.Context()); len(list) != 1 || list[0].Digest != oinfo.Digest || list[0].Usable {
+		t.Fatalf("RebuiltBlobs with the encoder gone: %+v", list)
+	}
+	restore()
+	// The content layer is still there; Reindex restores the plain blob.
+	if _, err := c.Stat(t.Context(), digest.FromBytes(data)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Reindex(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := c.Stat(t.Context(), info.Digest); err != nil || st.Rebuilt != "" {
+		t.Fatalf("after Reindex: %+v, %v", st, err)
+	}
+	if b := pull(t, c, info.Digest, 0, -1); !bytes.Equal(b, blob) {
+		t.Fatal("the materialized blob does not read back after Reindex")
+	}
+	checkRefcounts(t, c)
 }

@@ -61,7 +61,9 @@ type chunkRef struct {
 
 func (b *batch) data(r chunkRef) []byte { return b.buf[r.offset : r.offset+r.size] }
 
-// Push uploads the layer read from r and commits it. It chunks r here with
+// Push uploads the layer read from r and commits it. A gzip or zstd layer
+// is streamed whole, and the server stores its uncompressed content (see
+// pushStream). Any other layer it chunks here with
 // chunker.V1, asks the server which chunks it lacks, uploads only those and
 // then commits the ordered chunk list; the server verifies the layer digest
 // before the layer becomes visible. If r can seek (a file) and the server
@@ -83,6 +85,12 @@ func (c *Client) Push(ctx context.Context, r io.Reader, opts PushOptions) (PushR
 		if res, stored, err := c.pushStored(ctx, rs, opts); err != nil || stored {
 			return res, err
 		}
+	}
+	// A gzip or zstd layer goes whole: the server looks inside it
+	// (pushstream.go).
+	r, isCompressed := peekCompressed(r)
+	if isCompressed {
+		return c.pushStream(ctx, r, opts)
 	}
 	window := opts.WindowBytes
 	if window <= 0 {

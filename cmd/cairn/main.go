@@ -60,6 +60,7 @@ func newRootCmd(a *app) *cobra.Command {
 		newVersionCmd(a),
 		newServeCmd(a),
 		newReindexCmd(a),
+		newMaterializeCmd(a),
 		newPushCmd(a),
 		newPullCmd(a),
 		newLookupCmd(a),

@@ -444,3 +444,70 @@ func (x *DB) ForEachLayer(fn func(lr *LayerRecord) error) error {
 		return nil
 	})
 }
+
+// ReplaceLayer swaps the record of a committed layer, old, for lr: the same
+// digest, another recipe (a compressed blob materialized from its rebuild
+// recipe into its own chunks). The new references come first, then the
+// record, then the old references go, each step its own transactions: a
+// crash in between leaves counts too high (chunks kept longer), never too
+// low. If the record is no longer old (deleted or replaced meanwhile),
+// nothing changes and the error is ErrFailedPrecondition. Replacements
+// run one at a time with big commits.
+func (x *DB) ReplaceLayer(old, lr *LayerRecord, known map[chunkid.ID]ChunkInfo) error {
+	if old.Digest != lr.Digest {
+		return fmt.Errorf("%w: replace %s with a record of %s", cerr.ErrInvalidArgument, old.Digest, lr.Digest)
+	}
+	x.bigCommit.Lock()
+	defer x.bigCommit.Unlock()
+	op := "replace layer " + string(lr.Digest)
+	count := func(r *LayerRecord) (map[chunkid.ID]int64, []chunkid.ID) {
+		counts := make(map[chunkid.ID]int64, len(r.Recipe))
+		var ids []chunkid.ID
+		for _, e := range r.Recipe {
+			if counts[e.ID] == 0 {
+				ids = append(ids, e.ID)
+			}
+			counts[e.ID]++
+		}
+		return counts, ids
+	}
+	newCounts, newIDs := count(lr)
+	var stored int64
+	for start := 0; start < len(newIDs); start += x.maxTxnChunks() {
+		batch := newIDs[start:min(start+x.maxTxnChunks(), len(newIDs))]
+		var n int64
+		err := x.update(op, func(txn *badger.Txn) (err error) {
+			n, err = addRefs(txn, newCounts, known, batch)
+			return err
+		})
+		if err != nil {
+			x.undoRefs(newIDs[:start], newCounts)
+			return err
+		}
+		stored += n
+	}
+	lr.Stored = stored
+	oldBytes := old.Encode()
+	err := x.update(op, func(txn *badger.Txn) error {
+		cur, err := getLayer(txn, lr.Digest)
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(cur.Encode(), oldBytes) {
+			return fmt.Errorf("%w: layer %s changed while it was replaced", cerr.ErrFailedPrecondition, lr.Digest)
+		}
+		return putLayer(txn, lr)
+	})
+	if err != nil {
+		x.undoRefs(newIDs, newCounts)
+		if errors.Is(err, cerr.ErrNotFound) {
+			err = fmt.Errorf("%w: layer %s was deleted while it was replaced", cerr.ErrFailedPrecondition, lr.Digest)
+		}
+		return err
+	}
+	oldCounts, oldIDs := count(old)
+	if err := x.dropRefs(oldIDs, oldCounts); err != nil {
+		x.log.Warn("cache: reference counts too high until the next reindex", "op", op, "err", err)
+	}
+	return nil
+}
