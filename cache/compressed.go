@@ -15,7 +15,7 @@ import (
 
 	"github.com/cairnbuild/cairn/cache/internal/blobcache"
 	"github.com/cairnbuild/cairn/cache/internal/index"
-	"github.com/cairnbuild/cairn/cache/internal/recompress"
+	"github.com/cairnbuild/cairn/recompress"
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 )

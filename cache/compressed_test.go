@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/cairnbuild/cairn/backend/mem"
-	"github.com/cairnbuild/cairn/cache/internal/recompress"
+	"github.com/cairnbuild/cairn/recompress"
 	"github.com/klauspost/compress/zstd"
 	"github.com/klauspost/pgzip"
 	"github.com/opencontainers/go-digest"

@@ -8,8 +8,8 @@ import (
 
 	"github.com/cairnbuild/cairn/cache/internal/index"
 	"github.com/cairnbuild/cairn/cache/internal/pack"
-	"github.com/cairnbuild/cairn/cache/internal/recompress"
 	"github.com/cairnbuild/cairn/chunkid"
+	"github.com/cairnbuild/cairn/recompress"
 	"github.com/opencontainers/go-digest"
 )
 

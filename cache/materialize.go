@@ -6,7 +6,7 @@ import (
 	"fmt"
 
 	"github.com/cairnbuild/cairn/cache/internal/index"
-	"github.com/cairnbuild/cairn/cache/internal/recompress"
+	"github.com/cairnbuild/cairn/recompress"
 	"github.com/opencontainers/go-digest"
 )
 

@@ -12,9 +12,9 @@ import (
 
 	"github.com/cairnbuild/cairn/cache/internal/chunks"
 	"github.com/cairnbuild/cairn/cache/internal/index"
-	"github.com/cairnbuild/cairn/cache/internal/recompress"
 	"github.com/cairnbuild/cairn/chunker"
 	"github.com/cairnbuild/cairn/chunkid"
+	"github.com/cairnbuild/cairn/recompress"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
 )

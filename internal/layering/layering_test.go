@@ -67,8 +67,8 @@ var rules = []rule{
 		allow:  []string{"./backend/..."},
 	},
 	{
-		name:   "chunker and chunkid are pure: they import nothing of ours",
-		from:   []string{"./chunker/...", "./chunkid/..."},
+		name:   "chunker, chunkid and recompress are pure: they import nothing of ours",
+		from:   []string{"./chunker/...", "./chunkid/...", "./recompress/..."},
 		forbid: []string{"./..."},
 	},
 	{

@@ -457,7 +457,7 @@ func FuzzUnmarshal(f *testing.F) {
 // TestVersionsMatchGoMod: the versions recorded in specs when the binary
 // carries no module information (tests) are the ones go.mod requires.
 func TestVersionsMatchGoMod(t *testing.T) {
-	mod, err := os.ReadFile("../../../go.mod")
+	mod, err := os.ReadFile("../go.mod")
 	if err != nil {
 		t.Fatal(err)
 	}
