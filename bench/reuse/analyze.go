@@ -14,6 +14,7 @@ import (
 	"sync"
 
 	"github.com/cairnbuild/cairn/chunker"
+	"github.com/cairnbuild/cairn/recompress"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 )
@@ -122,7 +123,31 @@ func (a *Analyzer) Report() *Report {
 	for i, cs := range a.chunks {
 		r.Total.Chunks[i].AvgBytes = cs.p.Avg
 	}
+	ci := r.avgIndex(r.PlotAverage())
 	for _, l := range r.Layers {
+		if !l.Duplicate {
+			var chunkStored int64
+			if ci >= 0 && ci < len(l.Chunks) {
+				chunkStored = l.Chunks[ci].StoredBytes
+			}
+			switch {
+			case l.Compression == "none":
+				r.Total.StoredWithRecompress += chunkStored
+				r.Total.StoredWithout += chunkStored
+			case l.Reproduced != "" && l.Reproduced != "none":
+				r.Total.Compressed++
+				if r.Total.Reproduced == nil {
+					r.Total.Reproduced = map[string]int{}
+				}
+				r.Total.Reproduced[l.Reproduced]++
+				r.Total.StoredWithRecompress += chunkStored
+				r.Total.StoredWithout += l.RegistryBytes
+			default:
+				r.Total.Compressed++
+				r.Total.StoredWithRecompress += l.RegistryBytes
+				r.Total.StoredWithout += l.RegistryBytes
+			}
+		}
 		r.Total.RawBytes += l.RawBytes
 		r.Total.BlobBytes += l.BlobBytes
 		r.Total.RegistryBytes += l.RegistryBytes
@@ -169,7 +194,8 @@ func (a *Analyzer) add(ctx context.Context, b blob) error {
 	}
 	defer rc.Close()
 	stored := &countingHash{h: sha256.New()}
-	br := bufio.NewReaderSize(io.TeeReader(rc, stored), 64<<10)
+	toMatcher := &matcherFeed{}
+	br := bufio.NewReaderSize(io.TeeReader(rc, io.MultiWriter(stored, toMatcher)), 64<<10)
 	head, _ := br.Peek(4)
 	l := Layer{Source: b.source, Compression: "none"}
 	var u io.Reader = br
@@ -182,6 +208,14 @@ func (a *Analyzer) add(ctx context.Context, b blob) error {
 		}
 		defer zr.Close()
 		u = zr
+		h := zr.Header
+		gh := &recompress.GzipHeader{Name: h.Name, Comment: h.Comment, OS: h.OS, Extra: h.Extra}
+		if !h.ModTime.IsZero() {
+			gh.ModTime = uint32(h.ModTime.Unix())
+		}
+		if err := toMatcher.start(recompress.Candidates(recompress.Gzip, gh)); err != nil {
+			return err
+		}
 	case bytes.HasPrefix(head, zstdMagic):
 		l.Compression = "zstd"
 		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
@@ -190,7 +224,11 @@ func (a *Analyzer) add(ctx context.Context, b blob) error {
 		}
 		defer zr.Close()
 		u = zr
+		if err := toMatcher.start(recompress.Candidates(recompress.Zstd, nil)); err != nil {
+			return err
+		}
 	}
+	defer toMatcher.close()
 
 	// One consumer per figure, each reading the uncompressed stream from a
 	// pipe of its own, so that the layer is read and decompressed once.
@@ -218,6 +256,24 @@ func (a *Analyzer) add(ctx context.Context, b blob) error {
 	for i, cs := range a.chunks {
 		consumers = append(consumers, func(r io.Reader) error { return cs.add(r, &chunkFigs[i]) })
 	}
+	if m := toMatcher.m; m != nil {
+		// The candidate encoders, fed the tar as cairn's push feeds them.
+		consumers = append(consumers, func(r io.Reader) error {
+			buf := make([]byte, 256<<10)
+			for {
+				n, err := r.Read(buf)
+				if n > 0 && m.Live() > 0 {
+					m.Feed(buf[:n])
+				}
+				if err == io.EOF {
+					return nil
+				}
+				if err != nil {
+					return err
+				}
+			}
+		})
+	}
 	diffID := &countingHash{h: sha256.New()}
 	if err := fanOut(ctx, u, a.readBuf, diffID, consumers); err != nil {
 		return err
@@ -228,6 +284,12 @@ func (a *Analyzer) add(ctx context.Context, b blob) error {
 		return err
 	}
 
+	if m := toMatcher.m; m != nil {
+		l.Reproduced = "none"
+		if spec, ok := m.Finish(); ok {
+			l.Reproduced = spec.Key()
+		}
+	}
 	l.Digest = "sha256:" + hex.EncodeToString(stored.h.Sum(nil))
 	l.DiffID = "sha256:" + hex.EncodeToString(diffID.h.Sum(nil))
 	if b.digest != "" && b.digest != l.Digest {
@@ -274,6 +336,40 @@ func (a *Analyzer) appendLayer(l Layer) {
 		}
 		fmt.Fprintf(a.opt.Progress, "layer %d %s: raw %s registry +%s%s\n",
 			len(a.report.Layers), l.Source, humanBytes(l.RawBytes), humanBytes(l.RegistryBytes), cs)
+	}
+}
+
+// matcherFeed hands the compressed bytes of a layer to a
+// recompress.Matcher, holding those read before it starts (the header the
+// decoder reads first).
+type matcherFeed struct {
+	m      *recompress.Matcher
+	before []byte
+}
+
+func (f *matcherFeed) Write(p []byte) (int, error) {
+	if f.m != nil {
+		f.m.AddCompressed(p)
+	} else if len(f.before) < 1<<20 {
+		f.before = append(f.before, p...)
+	}
+	return len(p), nil
+}
+
+func (f *matcherFeed) start(cands []recompress.Spec) error {
+	m, err := recompress.NewMatcher(cands, 0)
+	if err != nil {
+		return err
+	}
+	f.m = m
+	m.AddCompressed(f.before)
+	f.before = nil
+	return nil
+}
+
+func (f *matcherFeed) close() {
+	if f.m != nil {
+		f.m.Close()
 	}
 }
 

@@ -3,6 +3,7 @@ package reuse
 import (
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"text/tabwriter"
 )
@@ -39,6 +40,11 @@ type Layer struct {
 	FileError       string `json:"file_error,omitempty"`
 
 	Chunks []ChunkFigures `json:"chunks"` // one per average chunk size
+
+	// Reproduced, for a gzip or zstd layer, names the encoder (package
+	// recompress) that reproduces its exact bytes from its tar, or is
+	// "none": cairn then stores the blob as it came.
+	Reproduced string `json:"reproduced,omitempty"`
 }
 
 // ChunkFigures are the chunk-level figures at one average chunk size.
@@ -61,6 +67,17 @@ type Total struct {
 	FileBytes       int64          `json:"file_bytes"`
 	FileUniqueBytes int64          `json:"file_unique_bytes"`
 	Chunks          []ChunkFigures `json:"chunks"`
+	// Compressed layers, and of them those an encoder reproduces, by
+	// encoder (encoder/level, without the version).
+	Compressed int            `json:"compressed"`
+	Reproduced map[string]int `json:"reproduced,omitempty"`
+	// What cairn stores at the plot's chunk size, with and without storing
+	// reproducible compressed layers as their tar: with, a reproduced or
+	// plain layer costs its new chunks and any other compressed layer its
+	// blob (each distinct blob once); without, every compressed layer
+	// costs its blob.
+	StoredWithRecompress int64 `json:"stored_with_recompress,omitempty"`
+	StoredWithout        int64 `json:"stored_without_recompress,omitempty"`
 }
 
 // PlotAverage is the chunk size the plot and the per-layer table show:
@@ -141,7 +158,24 @@ func (r *Report) WriteText(w io.Writer) error {
 			humanBytes(c.UniqueBytes), pct(c.UniqueBytes, t.RawBytes), humanBytes(c.StoredBytes),
 			pct(c.StoredBytes, t.RawBytes), ratio(c.StoredBytes, t.RegistryBytes))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if t.Compressed > 0 {
+		var by []string
+		for enc, n := range t.Reproduced {
+			by = append(by, fmt.Sprintf("%s: %d", enc, n))
+		}
+		sort.Strings(by)
+		n := 0
+		for _, k := range t.Reproduced {
+			n += k
+		}
+		fmt.Fprintf(w, "\ncompressed layers: %d, of which %d reproduced from their tar (%s)\n", t.Compressed, n, strings.Join(by, ", "))
+		fmt.Fprintf(w, "stored at %s chunks: %s storing reproduced layers as their tar, %s storing compressed layers as they came (%s)\n",
+			sizeLabel(avg), humanBytes(t.StoredWithRecompress), humanBytes(t.StoredWithout), ratio(t.StoredWithRecompress, t.StoredWithout))
+	}
+	return nil
 }
 
 func pct(a, b int64) string {

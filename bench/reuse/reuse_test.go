@@ -3,6 +3,7 @@ package reuse
 import (
 	"archive/tar"
 	"bytes"
+	stdgzip "compress/gzip"
 	"context"
 	"encoding/json"
 	"encoding/xml"
@@ -405,4 +406,55 @@ func TestCorruptGzip(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "broken.tar.gz") {
 		t.Errorf("got %v, want an error naming the layer", err)
 	}
+}
+
+// The report says which compressed layers an encoder reproduces, and what
+// storing those as their tar saves: two versions of a layer, gzipped as
+// BuildKit does, share most chunks; a blob with a header byte no encoder
+// writes is not reproduced.
+func TestReproduced(t *testing.T) {
+	dir := t.TempDir()
+	base := text(7, 3<<20)
+	v1 := makeTar(t, file{"app/a.txt", base}, file{"app/b.txt", text(8, 100<<10)})
+	v2 := makeTar(t, file{"app/a.txt", base}, file{"app/b.txt", text(9, 100<<10)})
+	odd := gzipBytes(t, makeTar(t, file{"x", text(10, 200<<10)}))
+	odd[8] = 0x7f // an XFL byte none of the encoders writes
+	a, err := New(Options{Averages: []int{256 << 10}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, b := range [][]byte{stdGzip(t, v1), stdGzip(t, v2), odd} {
+		if err := a.AddPath(t.Context(), writeFile(t, dir, fmt.Sprintf("l%d.tar.gz", i), b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := a.Report()
+	checkConsistent(t, r)
+	if r.Layers[0].Reproduced != "go-gzip/6" || r.Layers[1].Reproduced != "go-gzip/6" || r.Layers[2].Reproduced != "none" {
+		t.Fatalf("reproduced: %q %q %q", r.Layers[0].Reproduced, r.Layers[1].Reproduced, r.Layers[2].Reproduced)
+	}
+	if r.Total.Compressed != 3 || r.Total.Reproduced["go-gzip/6"] != 2 {
+		t.Fatalf("totals: %d compressed, %v", r.Total.Compressed, r.Total.Reproduced)
+	}
+	if r.Total.StoredWithRecompress*3 > r.Total.StoredWithout*2 {
+		t.Errorf("stored with recompress %d, without %d: want well under", r.Total.StoredWithRecompress, r.Total.StoredWithout)
+	}
+	var out bytes.Buffer
+	if err := r.WriteText(&out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "compressed layers: 3, of which 2 reproduced from their tar (go-gzip/6: 2)") {
+		t.Errorf("text report:\n%s", out.String())
+	}
+}
+
+func stdGzip(t *testing.T, data []byte) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	zw := stdgzip.NewWriter(&b)
+	zw.Write(data)
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
 }
