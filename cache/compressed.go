@@ -294,22 +294,32 @@ func (c *Cache) pushCompressed(ctx context.Context, r io.Reader, f recompress.Fo
 		return LayerInfo{}, err
 	}
 	got := digest.NewDigestFromBytes(alg, src.h.Sum(nil))
-	spec, ok := m.Finish()
-	if !ok {
-		// No candidate lasted: keep the content (its chunks are written)
-		// and store the blob as it came, from the spool.
-		if _, err := c.commit(ctx, raw, sess); err != nil {
-			return LayerInfo{}, err
-		}
-		return c.pushFallback(ctx, src, opts, f, "no encoder reproduces it to the end")
-	}
 	if opts.finish != nil {
+		// An upload's declared digest: checked before anything is
+		// committed, once.
 		if err := opts.finish(got, src.n); err != nil {
 			return LayerInfo{}, err
 		}
+		opts.finish = nil
+	}
+	spec, ok := m.Finish()
+	why := "no encoder reproduces it to the end"
+	var specBytes []byte
+	if ok {
+		if specBytes = spec.Marshal(); len(specBytes) > index.MaxRebuildSpec {
+			ok, why = false, fmt.Sprintf("its encoder spec (gzip header fields) takes %d bytes, over %d", len(specBytes), index.MaxRebuildSpec)
+		}
+	}
+	if !ok {
+		// Keep the content (its chunks are written) and store the blob as
+		// it came, from the spool.
+		if _, err := c.commit(ctx, raw, sess); err != nil {
+			return LayerInfo{}, err
+		}
+		return c.pushFallback(ctx, src, opts, f, why)
 	}
 	blob := &index.LayerRecord{Digest: got, Size: src.n, MediaType: opts.MediaType, Created: time.Now().UTC(),
-		Recipe: raw.Recipe, Rebuild: spec.Marshal()}
+		Recipe: raw.Recipe, Rebuild: specBytes}
 	info, err := c.commit(ctx, blob, sess)
 	if err != nil {
 		return LayerInfo{}, err
@@ -379,7 +389,7 @@ func (c *Cache) openRebuilt(ctx context.Context, lr *index.LayerRecord, offset, 
 			"read it with the cairn release that stored it, after `cairn materialize`", ErrFailedPrecondition, lr.Digest, spec, err)
 	}
 	var keep *os.File
-	if c.blobs != nil {
+	if c.blobs != nil && c.blobs.Fits(lr.Size) {
 		keep, _ = c.blobs.Temp() // no copy kept if this fails
 	}
 	produce := func(w io.Writer) error {

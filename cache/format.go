@@ -135,6 +135,9 @@ func parseManifest(b []byte) (*index.LayerRecord, error) {
 	lr := &index.LayerRecord{Digest: m.Digest, Size: m.Size, MediaType: m.MediaType, Created: m.Created.UTC(),
 		Recipe: make([]index.RecipeEntry, len(m.Chunks))}
 	if m.Rebuild != nil {
+		if len(m.Rebuild) > index.MaxRebuildSpec {
+			return nil, fmt.Errorf("a rebuild spec of %d bytes", len(m.Rebuild))
+		}
 		if _, err := recompress.Unmarshal(m.Rebuild); err != nil {
 			return nil, err
 		}

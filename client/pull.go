@@ -105,7 +105,13 @@ func (c *Client) pullChunks(ctx context.Context, d digest.Digest, out *pullWrite
 	dir := chunkDir{root: opts.ChunkCacheDir}
 	resp, err := c.layers.GetLayerChunks(ctx, &cairnv1.GetLayerChunksRequest{Digest: d.String()})
 	if err != nil {
-		return wrapErr(op, err)
+		werr := wrapErr(op, err)
+		if errors.Is(werr, ErrFailedPrecondition) {
+			// A compressed blob the server stores as its tar has no chunks
+			// of its own: stream it.
+			return c.pullStream(ctx, d, out, opts, res)
+		}
+		return werr
 	}
 	size := resp.GetLayer().GetSizeBytes()
 	if opts.Offset > size {

@@ -2,7 +2,6 @@ package recompress
 
 import (
 	"bytes"
-	"errors"
 	"io"
 	"sync"
 
@@ -83,8 +82,6 @@ type candidate struct {
 	closed  bool
 }
 
-// errDiverged stops a losing candidate's encoder.
-var errDiverged = errors.New("recompress: output differs")
 
 // NewMatcher starts the candidates. window ≤ 0 means DefaultWindow.
 func NewMatcher(cands []Spec, window int) (*Matcher, error) {
@@ -194,18 +191,17 @@ func (c *candidate) kill() {
 	}
 }
 
-// Write receives the candidate's output.
+// Write receives the candidate's output. A dead candidate's output is
+// dropped without an error: an encoder that saw a write error may never
+// finish (pgzip v1.2.6's Close then returns before it stops its
+// goroutines), and Feed sends a dead candidate nothing more anyway.
 func (c *candidate) Write(p []byte) (int, error) {
 	m := c.m
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if c.dead {
-		return 0, errDiverged
-	}
-	c.match(p)
-	m.trim()
-	if c.dead {
-		return 0, errDiverged
+	if !c.dead {
+		c.match(p)
+		m.trim()
 	}
 	return len(p), nil
 }
@@ -269,7 +265,7 @@ func (m *Matcher) Close() {
 	for _, c := range cands {
 		if !c.closed && c.enc != nil {
 			c.closed = true
-			_ = c.enc.Close() // dead: its output is refused; this ends pgzip's goroutines
+			_ = c.enc.Close() // dead: its output is dropped; this ends pgzip's goroutines
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -467,3 +468,37 @@ func TestVersionsMatchGoMod(t *testing.T) {
 		}
 	}
 }
+
+// Losing candidates and rebuilds whose writer fails end every goroutine
+// they started: pgzip's Close returns early after a write error, which
+// leaked its workers and buffers.
+func TestNoGoroutineLeaks(t *testing.T) {
+	data := getTar(t)
+	pg := Candidates(Gzip, &GzipHeader{OS: 255})[10]
+	blobs := [][]byte{
+		compress(t, Candidates(Gzip, &GzipHeader{OS: 255})[0], data), // compress/gzip: every pgzip candidate loses
+		compress(t, pg, data), // pgzip level 6: the other levels lose
+	}
+	before := runtime.NumGoroutine()
+	for i := range 6 {
+		if _, ok := match(t, blobs[i%2], 0); !ok {
+			t.Fatal("not reproduced")
+		}
+		if err := Rebuild(pg, bytes.NewReader(data), failingWriter{}); err == nil {
+			t.Fatal("Rebuild into a failing writer succeeded")
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		runtime.Gosched()
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("%d goroutines after, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
+	}
+}
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("the reader went away") }

@@ -163,15 +163,50 @@ func Rebuild(s Spec, r io.Reader, w io.Writer) error {
 	if err := Check(s); err != nil {
 		return err
 	}
-	enc, err := s.NewWriter(w)
+	sw := &stickyWriter{w: w}
+	enc, err := s.NewWriter(sw)
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(enc, r); err != nil {
-		enc.Close()
-		return err
+	_, err = io.Copy(enc, readerUntil{r, sw}) // stops at the first write error
+	// Close even after an error: pgzip stops its goroutines only in a
+	// Close that sees no write error, which stickyWriter ensures.
+	if cerr := enc.Close(); err == nil {
+		err = cerr
 	}
-	return enc.Close()
+	if sw.err != nil {
+		return sw.err
+	}
+	return err
+}
+
+// readerUntil reads r until w has failed.
+type readerUntil struct {
+	r io.Reader
+	w *stickyWriter
+}
+
+func (u readerUntil) Read(p []byte) (int, error) {
+	if u.w.err != nil {
+		return 0, u.w.err
+	}
+	return u.r.Read(p)
+}
+
+// stickyWriter passes writes to w until the first error, which it keeps,
+// and then drops them.
+type stickyWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (s *stickyWriter) Write(p []byte) (int, error) {
+	if s.err == nil {
+		if _, err := s.w.Write(p); err != nil {
+			s.err = err
+		}
+	}
+	return len(p), nil
 }
 
 // BreakVectorForTest makes Check fail for the encoder key names (as a

@@ -32,6 +32,14 @@ func TestMaterializeCLI(t *testing.T) {
 	if r := runClientCLI(t, cli, nil, "push", path); r.code != 0 {
 		t.Fatalf("push: %d %s\nserve log:\n%s", r.code, r.stderr, log)
 	}
+	// A rebuilt blob has no chunks of its own: a chunk-cache pull streams.
+	cached := filepath.Join(dir, "cached")
+	if r := runClientCLI(t, cli, nil, "pull", digest.FromBytes(blob).String(), "-o", cached, "--chunk-cache", filepath.Join(dir, "chunks")); r.code != 0 {
+		t.Fatalf("pull --chunk-cache: %d %s", r.code, r.stderr)
+	}
+	if got, _ := os.ReadFile(cached); !bytes.Equal(got, blob) {
+		t.Fatalf("pull --chunk-cache: %d bytes, pushed %d", len(got), len(blob))
+	}
 	if code := stop(); code != exitOK {
 		t.Fatalf("serve exit %d", code)
 	}

@@ -148,7 +148,7 @@ func Discard(f *os.File) {
 // used blobs beyond the bound. A blob larger than a quarter of the bound is
 // not kept. f is closed either way.
 func (c *Cache) Add(f *os.File, d digest.Digest, size int64) {
-	if size > c.max/4 {
+	if !c.Fits(size) {
 		Discard(f)
 		return
 	}
@@ -171,6 +171,10 @@ func (c *Cache) Add(f *os.File, d digest.Digest, size int64) {
 	c.total += size
 	c.evict()
 }
+
+// Fits says whether Add would keep a blob of size bytes: at most a quarter
+// of the bound, so that one blob never flushes the whole cache.
+func (c *Cache) Fits(size int64) bool { return size <= c.max/4 }
 
 // Remove drops blob d (a copy found bad).
 func (c *Cache) Remove(d digest.Digest) {

@@ -142,14 +142,23 @@ func (lr *LayerRecord) RawSize() int64 {
 const (
 	layerRecordVersion   = 1
 	rebuiltRecordVersion = 2
-	maxRebuildSpec       = 4 << 10
 )
+
+// MaxRebuildSpec is the largest rebuild spec a record holds: a blob whose
+// spec (mostly its gzip header's fields) is larger is stored as it came.
+const MaxRebuildSpec = 4 << 10
 
 // Encode returns the stored form: version 1, uvarints size, stored, media
 // type length, the media type, varint created (Unix ns), uvarint count,
 // then per chunk its 32 hash bytes and uvarint size. A rebuilt blob's is
 // version 2, with the spec's length and bytes after the media type.
+//
+// A spec over MaxRebuildSpec is a caller's bug, and Encode panics rather
+// than write a record that would not decode.
 func (lr *LayerRecord) Encode() []byte {
+	if len(lr.Rebuild) > MaxRebuildSpec {
+		panic(fmt.Sprintf("index: a rebuild spec of %d bytes, over %d", len(lr.Rebuild), MaxRebuildSpec))
+	}
 	b := make([]byte, 0, 64+len(lr.MediaType)+len(lr.Rebuild)+len(lr.Recipe)*(len(chunkid.ID{})+3))
 	if lr.Rebuild != nil {
 		b = append(b, rebuiltRecordVersion)
@@ -201,7 +210,7 @@ func DecodeLayerRecord(d digest.Digest, b []byte) (*LayerRecord, error) {
 	lr.MediaType, b = string(b[:mtLen]), b[mtLen:]
 	if rebuilt {
 		specLen := uv()
-		if b == nil || specLen == 0 || specLen > maxRebuildSpec || uint64(len(b)) < specLen {
+		if b == nil || specLen == 0 || specLen > MaxRebuildSpec || uint64(len(b)) < specLen {
 			return nil, bad
 		}
 		lr.Rebuild, b = append([]byte(nil), b[:specLen]...), b[specLen:]

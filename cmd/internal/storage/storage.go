@@ -33,6 +33,7 @@ const (
 	IndexSubdir   = "index"   // the Badger index
 	BlobsSubdir   = "blobs"   // the fs backend's objects, unless S3 holds them
 	RebuiltSubdir = "rebuilt" // copies of compressed blobs served rebuilt (a cache; local even with S3)
+	SpoolSubdir   = "spool"   // compressed blobs while they are stored (unlinked temp files)
 )
 
 // S3 is the S3 flags: the bucket that holds the blobs instead of the local
@@ -211,6 +212,14 @@ func (c *Config) Open(ctx context.Context, log *slog.Logger, bm *metrics.Backend
 		KeepCompressed: c.KeepCompressed, MaxExpandedSize: c.maxExpanded}
 	if c.rebuiltCacheMax > 0 {
 		opts.RebuiltCacheDir, opts.RebuiltCacheSize = filepath.Join(c.Data, RebuiltSubdir), c.rebuiltCacheMax
+	} else {
+		// On the data disk, not the system's temporary directory (often
+		// a tmpfs: memory).
+		opts.SpoolDir = filepath.Join(c.Data, SpoolSubdir)
+		if err := os.MkdirAll(opts.SpoolDir, 0o700); err != nil {
+			_ = st.closeBlobs()
+			return nil, fmt.Errorf("spool directory: %w", err)
+		}
 	}
 	cc, err := cache.Open(ctx, opts)
 	if err != nil {
