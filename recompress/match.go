@@ -82,7 +82,6 @@ type candidate struct {
 	closed  bool
 }
 
-
 // NewMatcher starts the candidates. window ≤ 0 means DefaultWindow.
 func NewMatcher(cands []Spec, window int) (*Matcher, error) {
 	if window <= 0 {
