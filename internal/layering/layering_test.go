@@ -67,8 +67,8 @@ var rules = []rule{
 		allow:  []string{"./backend/..."},
 	},
 	{
-		name:   "chunker, chunkid and recompress are pure: they import nothing of ours",
-		from:   []string{"./chunker/...", "./chunkid/...", "./recompress/..."},
+		name:   "chunker, chunkid, recompress and tarsplit are pure: they import nothing of ours",
+		from:   []string{"./chunker/...", "./chunkid/...", "./recompress/...", "./tarsplit/..."},
 		forbid: []string{"./..."},
 	},
 	{

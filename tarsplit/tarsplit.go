@@ -1,0 +1,383 @@
+// Package tarsplit splits a tar stream into its file contents and
+// everything else, and joins the two back into the exact original bytes.
+//
+// A tar header (512 bytes, holding the file's modification time) sits in
+// front of every file. Chunks cut from the tar as it is carry those headers,
+// so the same files tarred again by another build, with new timestamps,
+// share almost no chunks. Split the stream instead: the content stream holds
+// the file contents back to back, nothing else, and deduplicates whatever
+// the headers say; the meta stream holds every other byte (headers, PAX and
+// GNU extension records, padding, the end-of-archive marker, anything after
+// it) with the lengths that interleave the two.
+//
+// The split never fails on bad input. Every byte read goes to exactly one
+// of the two streams, in order, and what archive/tar cannot parse (a corrupt
+// header, a truncated archive, trailing garbage) goes to the meta stream as
+// it is; so Join always gives back the original bytes. The meta stream's
+// format:
+//
+//	version byte (1), then records until its end:
+//	  uvarint m, m bytes of meta, uvarint c (c bytes of content follow in the tar)
+//
+// Bytes consumed by archive/tar.Reader.Next are meta, bytes consumed while
+// an entry's data is read are content: the raw bytes of the archive, also
+// for sparse files (their data fragments, not the expanded file).
+package tarsplit
+
+import (
+	"archive/tar"
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+)
+
+// Version is the meta stream's format.
+const Version = 1
+
+// maxMetaRecord bounds a meta record's bytes: a longer run of meta (trailing
+// data, or a big PAX record) is cut into several records with no content
+// between them, so the splitter holds at most this much.
+const maxMetaRecord = 1 << 20
+
+// LooksLikeTar says whether block, the first 512 bytes of a stream, is a tar
+// header: its checksum field matches, as archive/tar checks it.
+func LooksLikeTar(block []byte) bool {
+	if len(block) < 512 {
+		return false
+	}
+	field := string(block[148:156])
+	// The field is octal, NUL or space terminated, possibly space padded.
+	end := len(field)
+	for i, ch := range field {
+		if ch == 0 || (ch == ' ' && i > 0 && field[i-1] != ' ') {
+			end = i
+			break
+		}
+	}
+	s := field[:end]
+	for len(s) > 0 && s[0] == ' ' {
+		s = s[1:]
+	}
+	want, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || s == "" {
+		return false
+	}
+	var unsigned, signed int64
+	for i, b := range block[:512] {
+		if i >= 148 && i < 156 {
+			b = ' '
+		}
+		unsigned += int64(b)
+		signed += int64(int8(b))
+	}
+	return uint64(unsigned) == want || signed >= 0 && uint64(signed) == want
+}
+
+// Splitter reads a tar stream and yields its file contents (Read), while
+// it writes the meta stream to the writer it was given. Read returns io.EOF
+// after the whole input is consumed and the meta stream written; Close
+// flushes nothing more, it only reports a meta write error.
+type Splitter struct {
+	src     io.Reader
+	meta    *bufio.Writer
+	tr      *tar.Reader
+	content bool   // the source is being read for an entry's data
+	pending []byte // content bytes read from the source, not yet returned
+	buf     []byte // pending's storage, reused
+	srcErr  error  // the source's own failure (not EOF)
+	rec     []byte // the meta record being built
+	nCont   int64  // content bytes since the record's meta ended
+	inData  bool   // an entry's data is being read
+	done    bool
+	err     error
+	scratch []byte
+
+	MetaBytes, ContentBytes int64 // written so far
+	Entries                 int   // tar entries parsed
+}
+
+// NewSplitter splits r; the meta stream goes to meta.
+func NewSplitter(r io.Reader, meta io.Writer) *Splitter {
+	s := &Splitter{meta: bufio.NewWriterSize(meta, 64<<10), scratch: make([]byte, 256<<10), buf: make([]byte, 0, 256<<10)}
+	s.pending = s.buf[:0]
+	s.src = r
+	s.tr = tar.NewReader(classifier{s})
+	if err := s.meta.WriteByte(Version); err != nil {
+		s.err = err
+	}
+	return s
+}
+
+// classifier is what archive/tar reads: the source, each byte recorded as
+// meta or content by the phase it is read in.
+type classifier struct{ s *Splitter }
+
+func (c classifier) Read(p []byte) (int, error) {
+	s := c.s
+	n, err := s.src.Read(p)
+	if err != nil && err != io.EOF && s.srcErr == nil {
+		s.srcErr = err
+	}
+	if n > 0 {
+		if s.content {
+			s.pending = append(s.pending, p[:n]...)
+			s.nCont += int64(n)
+		} else {
+			s.addMeta(p[:n])
+		}
+	}
+	return n, err
+}
+
+// addMeta appends meta bytes. Meta that follows content closes the record
+// before it; a record that grows past maxMetaRecord is closed with no
+// content.
+func (s *Splitter) addMeta(p []byte) {
+	if s.nCont > 0 {
+		s.flush()
+	}
+	for len(p) > 0 {
+		k := min(len(p), maxMetaRecord-len(s.rec))
+		s.rec = append(s.rec, p[:k]...)
+		p = p[k:]
+		if len(s.rec) == maxMetaRecord {
+			s.flush()
+		}
+	}
+}
+
+// flush writes the record: its meta, then the count of content bytes that
+// followed it.
+func (s *Splitter) flush() {
+	var b [binary.MaxVarintLen64]byte
+	s.write(b[:binary.PutUvarint(b[:], uint64(len(s.rec)))])
+	s.write(s.rec)
+	s.write(b[:binary.PutUvarint(b[:], uint64(s.nCont))])
+	s.MetaBytes += int64(len(s.rec))
+	s.ContentBytes += s.nCont
+	s.rec, s.nCont = s.rec[:0], 0
+}
+
+func (s *Splitter) write(p []byte) {
+	if s.err == nil {
+		_, s.err = s.meta.Write(p)
+	}
+}
+
+// Read returns the next bytes of the content stream.
+func (s *Splitter) Read(p []byte) (int, error) {
+	for len(s.pending) == 0 {
+		if s.err != nil {
+			return 0, s.err
+		}
+		if s.done {
+			return 0, io.EOF
+		}
+		s.step()
+	}
+	n := copy(p, s.pending)
+	s.pending = s.pending[n:]
+	if len(s.pending) == 0 {
+		s.pending = s.buf[:0]
+	}
+	return n, nil
+}
+
+// step advances the tar reader once: into the next entry, or through a
+// piece of the current entry's data, or, once the archive ends or stops
+// parsing, through the rest of the source as meta.
+func (s *Splitter) step() {
+	if s.inData {
+		s.content = true
+		_, err := s.tr.Read(s.scratch)
+		s.content = false
+		if err == io.EOF {
+			s.inData = false
+		} else if err != nil {
+			s.rest(err)
+		}
+		return
+	}
+	_, err := s.tr.Next()
+	switch {
+	case err == nil:
+		s.Entries++
+		s.inData = true
+	case errors.Is(err, io.EOF):
+		s.rest(nil)
+	default:
+		s.rest(err)
+	}
+}
+
+// rest reads what remains of the source as meta, ends the meta stream and
+// the split. cause, if not nil, is why the tar reader stopped early: the
+// bytes are kept all the same.
+func (s *Splitter) rest(cause error) {
+	var readErr error
+	if s.srcErr != nil {
+		readErr = s.srcErr
+	}
+	for readErr == nil {
+		var n int
+		n, readErr = s.src.Read(s.scratch)
+		if n > 0 {
+			s.addMeta(s.scratch[:n])
+		}
+	}
+	if readErr != io.EOF {
+		if s.err == nil {
+			s.err = fmt.Errorf("tarsplit: read: %w", readErr) // the source itself failed
+		}
+		return
+	}
+	if len(s.rec) > 0 || s.nCont > 0 {
+		s.flush()
+	}
+	if s.err == nil {
+		s.err = s.meta.Flush()
+	}
+	s.done = true
+	_ = cause
+}
+
+// Join writes the tar that a meta stream and its content stream were split
+// from. content is asked for exactly the bytes the meta stream says, in
+// order; a meta stream that is malformed, or a content stream that ends
+// early or runs long, is an error.
+func Join(w io.Writer, meta, content io.Reader) (int64, error) {
+	j, err := NewJoiner(meta, func(int64) (io.Reader, error) { return content, nil })
+	if err != nil {
+		return 0, err
+	}
+	n, err := io.Copy(w, j)
+	if err != nil {
+		return n, err
+	}
+	var one [1]byte
+	if k, _ := content.Read(one[:]); k > 0 {
+		return n, fmt.Errorf("%w: content left over after the tar", ErrFormat)
+	}
+	return n, nil
+}
+
+// ErrFormat is a meta stream that does not parse, or that does not match
+// its content stream.
+var ErrFormat = errors.New("tarsplit: malformed meta stream")
+
+// Joiner reads the tar back from a meta stream and a content stream.
+type Joiner struct {
+	meta      *bufio.Reader
+	open      func(offset int64) (io.Reader, error)
+	content   io.Reader
+	metaLeft  int64 // meta bytes of the current record still to give
+	needCount bool  // the record's content count is next in the meta stream
+	contLeft  int64 // content bytes of the current record still to give
+	contOff   int64 // content bytes passed so far
+	skip      int64 // tar bytes still to skip (a read from an offset)
+	err       error
+}
+
+// NewJoiner reads the tar from meta, opening the content stream on the
+// first content byte (open gets the offset, 0 here).
+func NewJoiner(meta io.Reader, open func(offset int64) (io.Reader, error)) (*Joiner, error) {
+	return NewJoinerAt(meta, open, 0)
+}
+
+// NewJoinerAt is NewJoiner for the tar from offset on: the meta stream is
+// read from its start (it is small beside the content), and the content
+// stream is opened at the offset that matches, never read before it.
+func NewJoinerAt(meta io.Reader, open func(offset int64) (io.Reader, error), offset int64) (*Joiner, error) {
+	br := bufio.NewReaderSize(meta, 64<<10)
+	v, err := br.ReadByte()
+	if err != nil {
+		return nil, fmt.Errorf("%w: no version byte: %v", ErrFormat, err)
+	}
+	if v != Version {
+		return nil, fmt.Errorf("%w: version %d", ErrFormat, v)
+	}
+	return &Joiner{meta: br, open: open, skip: offset}, nil
+}
+
+func (j *Joiner) Read(p []byte) (int, error) {
+	if j.err != nil {
+		return 0, j.err
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for {
+		switch {
+		case j.metaLeft > 0:
+			if j.skip > 0 {
+				k := min(j.skip, j.metaLeft)
+				if _, err := j.meta.Discard(int(k)); err != nil {
+					return 0, j.fail(fmt.Errorf("%w: meta ends inside a record: %v", ErrFormat, err))
+				}
+				j.skip -= k
+				j.metaLeft -= k
+				continue
+			}
+			n, err := j.meta.Read(p[:min(int64(len(p)), j.metaLeft)])
+			j.metaLeft -= int64(n)
+			if n == 0 && err != nil {
+				return 0, j.fail(fmt.Errorf("%w: meta ends inside a record: %v", ErrFormat, err))
+			}
+			return n, nil
+		case j.needCount:
+			c, err := binary.ReadUvarint(j.meta)
+			if err != nil || c > 1<<62 {
+				return 0, j.fail(fmt.Errorf("%w: bad content length (%v)", ErrFormat, err))
+			}
+			j.contLeft, j.needCount = int64(c), false
+		case j.contLeft > 0:
+			if j.skip > 0 {
+				k := min(j.skip, j.contLeft)
+				j.skip -= k
+				j.contLeft -= k
+				j.contOff += k
+				continue
+			}
+			if j.content == nil {
+				c, err := j.open(j.contOff)
+				if err != nil {
+					return 0, j.fail(err)
+				}
+				j.content = c
+			}
+			n, err := j.content.Read(p[:min(int64(len(p)), j.contLeft)])
+			j.contLeft -= int64(n)
+			j.contOff += int64(n)
+			if err == io.EOF && j.contLeft > 0 && n == 0 {
+				return 0, j.fail(fmt.Errorf("%w: the content stream ends %d bytes early", ErrFormat, j.contLeft))
+			}
+			if err != nil && err != io.EOF {
+				return n, j.fail(err)
+			}
+			if n > 0 {
+				return n, nil
+			}
+		default:
+			m, err := binary.ReadUvarint(j.meta)
+			if err == io.EOF {
+				if j.skip > 0 {
+					return 0, j.fail(fmt.Errorf("%w: offset past the end of the tar", ErrFormat))
+				}
+				j.err = io.EOF
+				return 0, io.EOF
+			}
+			if err != nil || m > maxMetaRecord {
+				return 0, j.fail(fmt.Errorf("%w: bad record length (%d, %v)", ErrFormat, m, err))
+			}
+			j.metaLeft, j.needCount = int64(m), true
+		}
+	}
+}
+
+func (j *Joiner) fail(err error) error {
+	j.err = err
+	return err
+}

@@ -1,0 +1,306 @@
+package tarsplit
+
+import (
+	"archive/tar"
+	"bytes"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// split returns the content and meta streams of b.
+func split(t testing.TB, b []byte) (content, meta []byte) {
+	t.Helper()
+	var m bytes.Buffer
+	s := NewSplitter(bytes.NewReader(b), &m)
+	c, err := io.ReadAll(s)
+	if err != nil {
+		t.Fatalf("split: %v", err)
+	}
+	return c, m.Bytes()
+}
+
+// roundTrip splits b, joins it back, and also reads it from every offset
+// in offs; each must give b's bytes exactly.
+func roundTrip(t testing.TB, b []byte, offs ...int64) (content, meta []byte) {
+	t.Helper()
+	content, meta = split(t, b)
+	var out bytes.Buffer
+	if _, err := Join(&out, bytes.NewReader(meta), bytes.NewReader(content)); err != nil {
+		t.Fatalf("join: %v", err)
+	}
+	if !bytes.Equal(out.Bytes(), b) {
+		t.Fatalf("joined %d bytes differ from the %d split", out.Len(), len(b))
+	}
+	for _, off := range offs {
+		var opened int64 = -1
+		j, err := NewJoinerAt(bytes.NewReader(meta), func(o int64) (io.Reader, error) {
+			opened = o
+			return bytes.NewReader(content[o:]), nil
+		}, off)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(j)
+		if err != nil {
+			t.Fatalf("join from %d: %v", off, err)
+		}
+		if !bytes.Equal(got, b[off:]) {
+			t.Fatalf("join from %d: %d bytes, not the tar's %d from there", off, len(got), len(b)-int(off))
+		}
+		_ = opened
+	}
+	return content, meta
+}
+
+type entry struct {
+	hdr  tar.Header
+	data []byte
+}
+
+func writeTar(t testing.TB, format tar.Format, entries []entry, close bool) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	for _, e := range entries {
+		h := e.hdr
+		h.Format = format
+		if h.Typeflag == 0 {
+			h.Typeflag = tar.TypeReg
+		}
+		if h.Typeflag == tar.TypeReg {
+			h.Size = int64(len(e.data))
+		}
+		if h.Mode == 0 {
+			h.Mode = 0o644
+		}
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatalf("%s: %v", h.Name, err)
+		}
+		if _, err := tw.Write(e.data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if close {
+		if err := tw.Close(); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		tw.Flush()
+	}
+	return b.Bytes()
+}
+
+func text(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, 1))
+	words := strings.Fields("package func return if else for range struct interface map chan go select defer")
+	var b bytes.Buffer
+	for b.Len() < n {
+		b.WriteString(words[r.IntN(len(words))])
+		b.WriteByte(" \n"[r.IntN(2)])
+	}
+	return b.Bytes()[:n]
+}
+
+func sampleEntries(mtime time.Time) []entry {
+	long := strings.Repeat("very-long-directory-name/", 12) + "file.txt"
+	return []entry{
+		{hdr: tar.Header{Name: "dir/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mtime}},
+		{hdr: tar.Header{Name: "dir/a.txt", ModTime: mtime}, data: text(1, 70000)},
+		{hdr: tar.Header{Name: "dir/empty", ModTime: mtime}},
+		{hdr: tar.Header{Name: long, ModTime: mtime, PAXRecords: nil}, data: text(2, 1000)},
+		{hdr: tar.Header{Name: "dir/link", Typeflag: tar.TypeLink, Linkname: "dir/a.txt", ModTime: mtime}},
+		{hdr: tar.Header{Name: "dir/sym", Typeflag: tar.TypeSymlink, Linkname: "a.txt", ModTime: mtime}},
+		{hdr: tar.Header{Name: "dev/null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3, ModTime: mtime}},
+		{hdr: tar.Header{Name: "dev/sda", Typeflag: tar.TypeBlock, Devmajor: 8, ModTime: mtime}},
+		{hdr: tar.Header{Name: "fifo", Typeflag: tar.TypeFifo, ModTime: mtime}},
+		{hdr: tar.Header{Name: "big.bin", ModTime: mtime, Uname: "root", Gname: "root"}, data: text(3, 1<<20+17)},
+		{hdr: tar.Header{Name: "ünïcödé/файл", ModTime: mtime}, data: text(4, 511)},
+	}
+}
+
+// Real tars of every header format round-trip, from the start and from
+// offsets inside headers, contents and the end marker.
+func TestRoundTripFormats(t *testing.T) {
+	mtime := time.Unix(1700000000, 0)
+	for _, f := range []tar.Format{tar.FormatUSTAR, tar.FormatPAX, tar.FormatGNU, tar.FormatUnknown} {
+		entries := sampleEntries(mtime)
+		if f == tar.FormatUSTAR {
+			// USTAR has no room for these.
+			entries = append(entries[:3:3], entries[4:]...)
+			entries[len(entries)-1].hdr.Name = "plain-name"
+		}
+		t.Run(f.String(), func(t *testing.T) {
+			b := writeTar(t, f, entries, true)
+			content, meta := roundTrip(t, b, 0, 1, 511, 512, 513, 70000, int64(len(b))-1024, int64(len(b))-1, int64(len(b)))
+			var want int
+			for _, e := range entries {
+				want += len(e.data)
+			}
+			if len(content) != want {
+				t.Errorf("content stream of %d bytes, the files hold %d", len(content), want)
+			}
+			t.Logf("%s: tar %d bytes, content %d, meta %d", f, len(b), len(content), len(meta))
+		})
+	}
+}
+
+// The point: the same files with other timestamps (and owners) give the
+// same content stream.
+func TestTimestampsOnlyChangeMeta(t *testing.T) {
+	a := writeTar(t, tar.FormatPAX, sampleEntries(time.Unix(1700000000, 0)), true)
+	b := writeTar(t, tar.FormatPAX, sampleEntries(time.Unix(1800000000, 123456789)), true)
+	ca, ma := roundTrip(t, a)
+	cb, mb := roundTrip(t, b)
+	if !bytes.Equal(ca, cb) {
+		t.Fatal("the content streams differ")
+	}
+	if bytes.Equal(ma, mb) {
+		t.Fatal("the meta streams are the same: the timestamps went to the content")
+	}
+}
+
+// Archives that end oddly: no end marker, one zero block, zeros beyond the
+// marker, garbage after it, truncated inside a header or a file.
+func TestOddEnds(t *testing.T) {
+	entries := sampleEntries(time.Unix(1700000000, 0))[:3]
+	whole := writeTar(t, tar.FormatPAX, entries, true)
+	open := writeTar(t, tar.FormatPAX, entries, false)
+	cases := map[string][]byte{
+		"no end marker":        open,
+		"one zero block":       append(bytes.Clone(open), make([]byte, 512)...),
+		"zeros beyond":         append(bytes.Clone(whole), make([]byte, 10240)...),
+		"garbage after":        append(bytes.Clone(whole), "not a tar at all"...),
+		"truncated in header":  open[:len(open)-1024+100],
+		"truncated in content": whole[:2000],
+		"empty":                {},
+		"one byte":             {'x'},
+		"only zeros":           make([]byte, 2048),
+		"not a tar":            text(9, 100000),
+		"bad checksum later": func() []byte {
+			b := bytes.Clone(whole)
+			b[512*3+148] ^= 1 // a later header's checksum
+			return b
+		}(),
+	}
+	for name, b := range cases {
+		t.Run(name, func(t *testing.T) {
+			roundTrip(t, b, 0, int64(len(b))/2, int64(len(b)))
+		})
+	}
+}
+
+// GNU tar's sparse files, and whatever else the system's tar writes.
+func TestGNUTarSparse(t *testing.T) {
+	gnutar, err := exec.LookPath("tar")
+	if err != nil {
+		t.Skip("no tar on PATH")
+	}
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	os.MkdirAll(src, 0o755)
+	f, err := os.Create(filepath.Join(src, "sparse"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt(text(5, 5000), 0)
+	f.WriteAt(text(6, 7000), 3<<20)
+	f.WriteAt([]byte("end"), 8<<20)
+	f.Close()
+	os.WriteFile(filepath.Join(src, "plain"), text(7, 30000), 0o644)
+	for _, format := range []string{"gnu", "posix", "oldgnu"} {
+		t.Run(format, func(t *testing.T) {
+			out := filepath.Join(dir, format+".tar")
+			cmd := exec.Command(gnutar, "--sparse", "--format="+format, "-C", src, "-cf", out, ".")
+			if b, err := cmd.CombinedOutput(); err != nil {
+				t.Skipf("tar --format=%s: %v %s", format, err, b)
+			}
+			b, err := os.ReadFile(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			content, _ := roundTrip(t, b, 0, 1000, int64(len(b))-5000)
+			if len(content) > 2<<20 {
+				t.Errorf("content of %d bytes: the sparse file's holes went in", len(content))
+			}
+		})
+	}
+}
+
+func TestLooksLikeTar(t *testing.T) {
+	b := writeTar(t, tar.FormatPAX, sampleEntries(time.Unix(1, 0)), true)
+	if !LooksLikeTar(b[:512]) {
+		t.Error("a tar's first block is not a tar header")
+	}
+	for name, blk := range map[string][]byte{
+		"short": b[:100], "zeros": make([]byte, 512), "text": text(1, 512),
+		"flipped": func() []byte { c := bytes.Clone(b[:512]); c[0] ^= 1; return c }(),
+	} {
+		if LooksLikeTar(blk) {
+			t.Errorf("%s looks like a tar", name)
+		}
+	}
+}
+
+// A malformed meta stream, or a content stream of the wrong length, is an
+// error from Join, never a short or long tar given as whole.
+func TestJoinRefusesBadStreams(t *testing.T) {
+	b := writeTar(t, tar.FormatPAX, sampleEntries(time.Unix(1, 0)), true)
+	content, meta := split(t, b)
+	for name, tc := range map[string]struct{ meta, content []byte }{
+		"no version":      {nil, content},
+		"other version":   {append([]byte{2}, meta[1:]...), content},
+		"meta cut":        {meta[:len(meta)/2], content},
+		"content short":   {meta, content[:len(content)-1]},
+		"content long":    {meta, append(bytes.Clone(content), 'x')},
+		"huge record len": {append([]byte{1}, 0xff, 0xff, 0xff, 0xff, 0x0f), content},
+	} {
+		_, err := Join(io.Discard, bytes.NewReader(tc.meta), bytes.NewReader(tc.content))
+		if !errors.Is(err, ErrFormat) {
+			t.Errorf("%s: %v, want ErrFormat", name, err)
+		}
+	}
+}
+
+// A source that fails is the split's error, not meta.
+func TestSourceErrors(t *testing.T) {
+	b := writeTar(t, tar.FormatPAX, sampleEntries(time.Unix(1, 0)), true)
+	boom := errors.New("client went away")
+	for _, at := range []int{0, 100, 600, 70000, len(b) - 10} {
+		s := NewSplitter(io.MultiReader(bytes.NewReader(b[:at]), failing{boom}), io.Discard)
+		if _, err := io.ReadAll(s); !errors.Is(err, boom) {
+			t.Errorf("source failing at %d: %v", at, err)
+		}
+	}
+}
+
+type failing struct{ err error }
+
+func (f failing) Read([]byte) (int, error) { return 0, f.err }
+
+// Anything at all splits and joins back.
+func FuzzRoundTrip(f *testing.F) {
+	f.Add(writeTar(f, tar.FormatPAX, sampleEntries(time.Unix(1, 0))[:4], true))
+	f.Add(writeTar(f, tar.FormatGNU, sampleEntries(time.Unix(1, 0))[:3], false))
+	f.Add([]byte("not a tar"))
+	f.Add(make([]byte, 1024))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		roundTrip(t, b, int64(len(b))/3)
+	})
+}
+
+// A meta stream from anywhere never makes Join panic or loop.
+func FuzzJoin(f *testing.F) {
+	b := writeTar(f, tar.FormatPAX, sampleEntries(time.Unix(1, 0))[:4], true)
+	content, meta := split(f, b)
+	f.Add(meta, content[:100])
+	f.Fuzz(func(t *testing.T, meta, content []byte) {
+		_, _ = Join(io.Discard, bytes.NewReader(meta), bytes.NewReader(content))
+	})
+}
