@@ -53,6 +53,9 @@ type Options struct {
 	// DefaultPushSlotWait.
 	PushSlotWait time.Duration
 
+	// PlainTars stores tars as they come, instead of as their files'
+	// contents and their metadata apart (see tarlayers.go).
+	PlainTars bool
 	// KeepCompressed stores gzip and zstd blobs as they come, instead of as
 	// their uncompressed content plus the encoder that rebuilds them (see
 	// compressed.go).
@@ -126,6 +129,7 @@ type Cache struct {
 	beforeCommit func()
 
 	keepCompressed bool
+	plainTars      bool
 	maxExpanded    int64
 	spoolDir       string
 	blobs          *blobcache.Cache // nil: no rebuilt-blob cache
@@ -183,6 +187,7 @@ func Open(ctx context.Context, opts Options) (*Cache, error) {
 		log: log, steps: newStepMemo(), stopJan: make(chan struct{}),
 		manifestBudget: semaphore.NewWeighted(manifestBudgetBytes)}
 	c.keepCompressed, c.maxExpanded, c.spoolDir = opts.KeepCompressed, opts.MaxExpandedSize, opts.SpoolDir
+	c.plainTars = opts.PlainTars
 	if c.maxExpanded <= 0 {
 		c.maxExpanded = DefaultMaxExpandedSize
 	}

@@ -319,7 +319,7 @@ func (c *Cache) pushCompressed(ctx context.Context, r io.Reader, f recompress.Fo
 		return c.pushFallback(ctx, src, opts, f, why)
 	}
 	blob := &index.LayerRecord{Digest: got, Size: src.n, MediaType: opts.MediaType, Created: time.Now().UTC(),
-		Recipe: raw.Recipe, Rebuild: specBytes}
+		Recipe: raw.Recipe, Tar: raw.Tar, Rebuild: specBytes}
 	info, err := c.commit(ctx, blob, sess)
 	if err != nil {
 		return LayerInfo{}, err
@@ -376,8 +376,9 @@ func (c *Cache) pushFallback(ctx context.Context, src *ingestSource, opts PushOp
 func (c *Cache) openRebuilt(ctx context.Context, lr *index.LayerRecord, offset, n int64) (io.ReadCloser, error) {
 	if c.blobs != nil {
 		if f, ok := c.blobs.Open(lr.Digest, lr.Size); ok {
-			return &cachedReader{c: c, f: f, d: lr.Digest, h: lr.Digest.Algorithm().Hash(), size: lr.Size,
-				off: offset, end: offset + n, hold: min(n, holdBack)}, nil
+			return &verifiedReader{c: c, src: f, closeSrc: f.Close, d: lr.Digest, h: lr.Digest.Algorithm().Hash(), size: lr.Size,
+				off: offset, end: offset + n, hold: min(n, holdBack), served: &c.rebuilt.fromCache,
+				onBad: func() { c.blobs.Remove(lr.Digest) }, from: "cached copy"}, nil
 		}
 	}
 	spec, err := recompress.Unmarshal(lr.Rebuild)
@@ -393,7 +394,10 @@ func (c *Cache) openRebuilt(ctx context.Context, lr *index.LayerRecord, offset, 
 		keep, _ = c.blobs.Temp() // no copy kept if this fails
 	}
 	produce := func(w io.Writer) error {
-		content := c.chunks.NewReader(ctx, lr.Recipe, 0, lr.RawSize())
+		content, err := c.rawReader(ctx, lr, 0, lr.RawSize())
+		if err != nil {
+			return err
+		}
 		defer content.Close()
 		return recompress.Rebuild(spec, content, w)
 	}
@@ -492,17 +496,22 @@ type rebuildCounters struct {
 	ingestRebuilt, ingestKept, rebuilt, fromCache atomic.Int64
 }
 
-// cachedReader reads a range of a copy in the rebuilt-blob cache on the
-// caller's goroutine: the whole file is hashed (from its start, whatever
+// verifiedReader reads a range of a blob from a source of the whole blob
+// (a copy in the rebuilt-blob cache, or a split tar joined back) on the
+// caller's goroutine: the whole source is hashed (from its start, whatever
 // the range), and the last hold bytes of the range are delivered only once
-// the digest and size matched. A bad copy is dropped from the cache.
-type cachedReader struct {
+// the digest and size matched. onBad, if set, runs on a mismatch.
+type verifiedReader struct {
 	c        *Cache
-	f        *os.File
+	src      io.Reader
+	closeSrc func() error
+	onBad    func()
+	from     string
+	served   *atomic.Int64 // counts the bytes delivered, if set
 	d        digest.Digest
 	h        hash.Hash
 	size     int64
-	pos      int64 // bytes of the file read and hashed
+	pos      int64 // bytes of the source read and hashed
 	off, end int64
 	hold     int64
 	buf      []byte
@@ -512,9 +521,9 @@ type cachedReader struct {
 	err      error
 }
 
-const cachedReadSize = 256 << 10
+const verifiedReadSize = 256 << 10
 
-func (r *cachedReader) Read(p []byte) (int, error) {
+func (r *verifiedReader) Read(p []byte) (int, error) {
 	for len(r.ready) == 0 {
 		if r.err != nil {
 			return 0, r.err
@@ -526,21 +535,23 @@ func (r *cachedReader) Read(p []byte) (int, error) {
 	}
 	n := copy(p, r.ready)
 	r.ready = r.ready[n:]
-	r.c.rebuilt.fromCache.Add(int64(n))
+	if r.served != nil {
+		r.served.Add(int64(n))
+	}
 	return n, nil
 }
 
-// fill reads the next piece of the file, or at its end checks the digest.
-func (r *cachedReader) fill() {
+// fill reads the next piece of the source, or at its end checks the digest.
+func (r *verifiedReader) fill() {
 	if r.buf == nil {
-		r.buf = make([]byte, cachedReadSize)
+		r.buf = make([]byte, verifiedReadSize)
 	}
-	k, err := r.f.Read(r.buf)
+	k, err := r.src.Read(r.buf)
 	if k > 0 {
 		start := r.pos
 		r.pos += int64(k)
 		if r.pos > r.size {
-			r.fail(fmt.Errorf("%w: blob %s: the cached copy is longer than %d bytes", ErrDataLoss, r.d, r.size))
+			r.fail(fmt.Errorf("%w: blob %s: the %s is longer than %d bytes", ErrDataLoss, r.d, r.from, r.size))
 			return
 		}
 		r.h.Write(r.buf[:k])
@@ -558,31 +569,33 @@ func (r *cachedReader) fill() {
 	switch {
 	case err == io.EOF:
 		if r.pos != r.size {
-			r.fail(fmt.Errorf("%w: blob %s: the cached copy has %d bytes, not %d", ErrDataLoss, r.d, r.pos, r.size))
+			r.fail(fmt.Errorf("%w: blob %s: the %s has %d bytes, not %d", ErrDataLoss, r.d, r.from, r.pos, r.size))
 			return
 		}
 		if got := digest.NewDigestFromBytes(r.d.Algorithm(), r.h.Sum(nil)); got != r.d {
-			r.fail(fmt.Errorf("%w: blob %s: the cached copy hashes to %s", ErrDataLoss, r.d, got))
+			r.fail(fmt.Errorf("%w: blob %s: the %s hashes to %s", ErrDataLoss, r.d, r.from, got))
 			return
 		}
 		r.ready = append(r.ready, r.held...)
 		r.held = nil
 		r.done = true
 	case err != nil:
-		r.err = fmt.Errorf("cache: read the cached copy of %s: %w", r.d, err)
+		r.err = fmt.Errorf("cache: read the %s of %s: %w", r.from, r.d, err)
 	}
 }
 
-func (r *cachedReader) fail(err error) {
-	r.c.log.Error("cache: a compressed blob does not match its digest", "blob", r.d, "from", "cached copy", "err", err)
-	r.c.blobs.Remove(r.d)
+func (r *verifiedReader) fail(err error) {
+	r.c.log.Error("cache: a blob does not match its digest", "blob", r.d, "from", r.from, "err", err)
+	if r.onBad != nil {
+		r.onBad()
+	}
 	r.err = err
 	r.ready = nil
 }
 
-func (r *cachedReader) Close() error {
+func (r *verifiedReader) Close() error {
 	r.done, r.err = true, errors.New("cache: read after close")
-	return r.f.Close()
+	return r.closeSrc()
 }
 
 // holdBack is how many bytes of a rebuilt range wait for the digest check.

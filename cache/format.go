@@ -103,6 +103,14 @@ type layerManifest struct {
 	// the encoder spec (package recompress) that turns Chunks (which then
 	// add up to the content's size, not Size) back into the blob.
 	Rebuild json.RawMessage `json:"rebuild,omitempty"`
+	// Tar, on a tar stored split (package tarsplit), holds its meta
+	// stream's chunks and its size: Chunks are then the files' contents.
+	Tar *manifestTar `json:"tar,omitempty"`
+}
+
+type manifestTar struct {
+	Size int64           `json:"size"`
+	Meta []manifestChunk `json:"meta"`
 }
 
 type manifestChunk struct {
@@ -118,7 +126,29 @@ func marshalManifest(lr *index.LayerRecord) ([]byte, error) {
 	for i, e := range lr.Recipe {
 		m.Chunks[i] = manifestChunk{Digest: hex.EncodeToString(e.ID[:]), Size: e.Size}
 	}
+	if lr.Tar != nil {
+		m.Tar = &manifestTar{Size: lr.Tar.Size, Meta: make([]manifestChunk, len(lr.Tar.Meta))}
+		for i, e := range lr.Tar.Meta {
+			m.Tar.Meta[i] = manifestChunk{Digest: hex.EncodeToString(e.ID[:]), Size: e.Size}
+		}
+	}
 	return json.Marshal(m)
+}
+
+// parseChunks reads a manifest's chunk list; total is their bytes.
+func parseChunks(cs []manifestChunk) (r []index.RecipeEntry, total int64, err error) {
+	r = make([]index.RecipeEntry, len(cs))
+	for i, c := range cs {
+		if len(c.Digest) != 2*len(chunkid.ID{}) || c.Size <= 0 || c.Size > pack.MaxChunkSize {
+			return nil, 0, fmt.Errorf("bad chunk %d", i)
+		}
+		if _, err := hex.Decode(r[i].ID[:], []byte(c.Digest)); err != nil {
+			return nil, 0, fmt.Errorf("bad chunk %d: %w", i, err)
+		}
+		r[i].Size = c.Size
+		total += c.Size
+	}
+	return r, total, nil
 }
 
 func parseManifest(b []byte) (*index.LayerRecord, error) {
@@ -132,8 +162,7 @@ func parseManifest(b []byte) (*index.LayerRecord, error) {
 	if err := ParseLayerDigest(m.Digest); err != nil {
 		return nil, err
 	}
-	lr := &index.LayerRecord{Digest: m.Digest, Size: m.Size, MediaType: m.MediaType, Created: m.Created.UTC(),
-		Recipe: make([]index.RecipeEntry, len(m.Chunks))}
+	lr := &index.LayerRecord{Digest: m.Digest, Size: m.Size, MediaType: m.MediaType, Created: m.Created.UTC()}
 	if m.Rebuild != nil {
 		if len(m.Rebuild) > index.MaxRebuildSpec {
 			return nil, fmt.Errorf("a rebuild spec of %d bytes", len(m.Rebuild))
@@ -144,25 +173,34 @@ func parseManifest(b []byte) (*index.LayerRecord, error) {
 		lr.Rebuild = []byte(m.Rebuild)
 	}
 	var total int64
-	for i, c := range m.Chunks {
-		if len(c.Digest) != 2*len(chunkid.ID{}) || c.Size <= 0 || c.Size > pack.MaxChunkSize {
-			return nil, fmt.Errorf("bad chunk %d", i)
-		}
-		if _, err := hex.Decode(lr.Recipe[i].ID[:], []byte(c.Digest)); err != nil {
-			return nil, fmt.Errorf("bad chunk %d: %w", i, err)
-		}
-		lr.Recipe[i].Size = c.Size
-		total += c.Size
+	var err error
+	if lr.Recipe, total, err = parseChunks(m.Chunks); err != nil {
+		return nil, err
 	}
-	if total != m.Size && lr.Rebuild == nil {
-		return nil, fmt.Errorf("chunks add up to %d bytes, manifest says %d", total, m.Size)
+	raw := total
+	if m.Tar != nil {
+		meta, metaTotal, err := parseChunks(m.Tar.Meta)
+		if err != nil {
+			return nil, fmt.Errorf("tar meta: %w", err)
+		}
+		if total > m.Tar.Size || total+metaTotal < m.Tar.Size {
+			return nil, fmt.Errorf("a split tar of %d bytes from %d of content and %d of meta", m.Tar.Size, total, metaTotal)
+		}
+		lr.Tar = &index.TarLayout{Size: m.Tar.Size, Meta: meta}
+		raw = m.Tar.Size
+	}
+	if raw != m.Size && lr.Rebuild == nil {
+		return nil, fmt.Errorf("chunks add up to %d bytes, manifest says %d", raw, m.Size)
 	}
 	return lr, nil
 }
 
 func layerInfo(lr *index.LayerRecord, accessed time.Time) LayerInfo {
 	info := LayerInfo{Digest: lr.Digest, Size: lr.Size, StoredSize: lr.Stored, MediaType: lr.MediaType,
-		Chunks: len(lr.Recipe), Created: lr.Created, Accessed: accessed}
+		Chunks: len(lr.Recipe), Created: lr.Created, Accessed: accessed, SplitTar: lr.Tar != nil}
+	if lr.Tar != nil {
+		info.Chunks += len(lr.Tar.Meta)
+	}
 	if lr.Rebuild != nil {
 		if spec, err := recompress.Unmarshal(lr.Rebuild); err == nil {
 			info.Rebuilt = spec.String()

@@ -78,6 +78,32 @@ func TestGoldenRebuiltManifest(t *testing.T) {
 	}
 }
 
+// A split tar: the manifest carries the meta stream's chunks and the tar's
+// size; the content chunks add up to less.
+func TestGoldenTarManifest(t *testing.T) {
+	lr := goldenLayer()
+	lr.Digest, lr.Size = digest.FromString("tar"), 350
+	lr.Tar = &index.TarLayout{Size: 350, Meta: []index.RecipeEntry{{ID: chunkid.ID{3}, Size: 60}}}
+	m, err := marshalManifest(lr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := parseManifest(golden.Bytes(t, "tar-manifest.json", m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.Size != 350 || back.Tar == nil || back.Tar.Size != 350 || len(back.Tar.Meta) != 1 || back.Tar.Meta[0] != lr.Tar.Meta[0] || len(back.Recipe) != 2 {
+		t.Errorf("stored manifest parses as %+v", back)
+	}
+	for _, bad := range []index.TarLayout{{Size: 299, Meta: lr.Tar.Meta}, {Size: 361, Meta: lr.Tar.Meta}} {
+		lr.Tar, lr.Size = &bad, bad.Size
+		m, _ = marshalManifest(lr)
+		if _, err := parseManifest(m); err == nil {
+			t.Errorf("a split tar of %d bytes from 300 of content and 60 of meta was accepted", bad.Size)
+		}
+	}
+}
+
 func TestGoldenStep(t *testing.T) {
 	r := goldenStep()
 	b, err := r.marshal()

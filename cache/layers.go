@@ -49,6 +49,9 @@ func (c *Cache) Chunks(ctx context.Context, d digest.Digest) ([]ChunkRef, error)
 	if lr.Rebuild != nil {
 		return nil, fmt.Errorf("cache: chunks of %s: %w: a compressed blob stored as its content; its chunks are those of layer content, not of the blob: read it whole", d, ErrFailedPrecondition)
 	}
+	if lr.Tar != nil {
+		return nil, fmt.Errorf("cache: chunks of %s: %w: a tar stored as its files' contents and metadata apart: read it whole", d, ErrFailedPrecondition)
+	}
 	refs := make([]ChunkRef, len(lr.Recipe))
 	for i, e := range lr.Recipe {
 		refs[i] = ChunkRef{ID: e.ID, Size: e.Size}

@@ -13,6 +13,7 @@ import (
 	"github.com/cairnbuild/cairn/backend/backendtest"
 	"github.com/cairnbuild/cairn/backend/mem"
 	"github.com/cairnbuild/cairn/cache/internal/chunks"
+	"github.com/cairnbuild/cairn/cache/internal/index"
 	"github.com/cairnbuild/cairn/cache/internal/pack"
 	"github.com/cairnbuild/cairn/chunker"
 	"github.com/cairnbuild/cairn/chunkid"
@@ -134,9 +135,7 @@ func checkRefcounts(t *testing.T, c *Cache) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, e := range lr.Recipe {
-				want[e.ID]++
-			}
+			lr.ChunkRefs(func(e index.RecipeEntry) { want[e.ID]++ })
 		}
 		if token = next; token == "" {
 			break

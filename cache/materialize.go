@@ -91,11 +91,12 @@ func (c *Cache) materialize(ctx context.Context, d digest.Digest) (LayerInfo, er
 		return LayerInfo{}, err
 	}
 	defer rc.Close()
-	lr, sess, err := c.pushChunks(ctx, rc, PushOptions{Expected: d, Size: old.Size, MediaType: old.MediaType})
+	sess := c.chunks.NewSession(ctx, false)
+	defer sess.Close()
+	lr, err := c.chunkInto(ctx, sess, rc, PushOptions{Expected: d, Size: old.Size, MediaType: old.MediaType})
 	if err != nil {
 		return LayerInfo{}, err
 	}
-	defer sess.Close()
 	lr.Created = old.Created
 	m, err := marshalManifest(lr)
 	if err != nil {

@@ -58,8 +58,11 @@ func (c *Cache) openLocked(ctx context.Context, d digest.Digest, offset, length 
 // chunks, or for a compressed blob stored as its content, the content
 // compressed again (openRebuilt).
 func (c *Cache) blobReader(ctx context.Context, lr *index.LayerRecord, offset, n int64) (io.ReadCloser, error) {
-	if lr.Rebuild != nil {
+	switch {
+	case lr.Rebuild != nil:
 		return c.openRebuilt(ctx, lr, offset, n)
+	case lr.Tar != nil:
+		return c.openTar(ctx, lr, offset, n)
 	}
 	return c.chunks.NewReader(ctx, lr.Recipe, offset, n), nil
 }

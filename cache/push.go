@@ -32,6 +32,9 @@ type LayerInfo struct {
 	// names the encoder that rebuilds it; Chunks and StoredSize are then
 	// those of the content.
 	Rebuilt string
+	// SplitTar says the content is a tar stored as its files' contents and
+	// its metadata apart (package tarsplit).
+	SplitTar bool
 }
 
 // PushOptions qualify a Push.
@@ -139,9 +142,28 @@ func (c *Cache) pushPlain(ctx context.Context, r io.Reader, opts PushOptions) (L
 
 // pushChunks cuts, hashes and stores r's chunks and returns the layer's
 // record, not yet committed, and the session that wrote them: the caller
-// commits and closes it.
-func (c *Cache) pushChunks(ctx context.Context, r io.Reader, opts PushOptions) (_ *index.LayerRecord, _ *chunks.Session, err error) {
-	outer := ctx
+// commits and closes it. A tar is stored split (splitTar), unless the
+// cache keeps tars plain.
+func (c *Cache) pushChunks(ctx context.Context, r io.Reader, opts PushOptions) (*index.LayerRecord, *chunks.Session, error) {
+	// The session outlives this call: the commit (flush) comes after.
+	sess := c.chunks.NewSession(ctx, false)
+	var lr *index.LayerRecord
+	var err error
+	if c.plainTars {
+		lr, err = c.chunkInto(ctx, sess, r, opts)
+	} else {
+		lr, err = c.splitTar(ctx, sess, r, opts)
+	}
+	if err != nil {
+		sess.Close()
+		return nil, nil, err
+	}
+	return lr, sess, nil
+}
+
+// chunkInto cuts, hashes and stores r's chunks through sess and returns
+// the record of r's bytes: a recipe, the digest, the size.
+func (c *Cache) chunkInto(ctx context.Context, sess *chunks.Session, r io.Reader, opts PushOptions) (*index.LayerRecord, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -151,14 +173,6 @@ func (c *Cache) pushChunks(ctx context.Context, r io.Reader, opts PushOptions) (
 	)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(c.conc)
-	// Not ctx or gctx: both end when pushChunks returns, and the commit
-	// (flush) comes after.
-	sess := c.chunks.NewSession(outer, false)
-	defer func() {
-		if err != nil {
-			sess.Close()
-		}
-	}()
 
 	// The layer hasher: SHA-256 over the chunks in stream order, on its own
 	// goroutine so that the reader only cuts and copies.
@@ -182,7 +196,7 @@ func (c *Cache) pushChunks(ctx context.Context, r io.Reader, opts PushOptions) (
 	if err != nil {
 		close(toHash)
 		<-hashDone
-		return nil, nil, err
+		return nil, err
 	}
 	var (
 		total   int64
@@ -238,27 +252,27 @@ func (c *Cache) pushChunks(ctx context.Context, r io.Reader, opts PushOptions) (
 	if readErr != nil {
 		cancel()
 		_ = g.Wait()
-		return nil, nil, readErr
+		return nil, readErr
 	}
 	if err := g.Wait(); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if opts.Size >= 0 && total != opts.Size {
-		return nil, nil, fmt.Errorf("%w: truncated stream: got %d bytes, declared %d", ErrSizeMismatch, total, opts.Size)
+		return nil, fmt.Errorf("%w: truncated stream: got %d bytes, declared %d", ErrSizeMismatch, total, opts.Size)
 	}
 	got := digest.NewDigestFromBytes(alg, sum)
 	if opts.Expected != "" && got != opts.Expected {
-		return nil, nil, fmt.Errorf("%w: stream hashes to %s, expected %s", ErrDigestMismatch, got, opts.Expected)
+		return nil, fmt.Errorf("%w: stream hashes to %s, expected %s", ErrDigestMismatch, got, opts.Expected)
 	}
 	if opts.finish != nil {
 		if err := opts.finish(got, total); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
-	return &index.LayerRecord{Digest: got, Size: total, MediaType: opts.MediaType, Created: time.Now().UTC(), Recipe: recipe}, sess, nil
+	return &index.LayerRecord{Digest: got, Size: total, MediaType: opts.MediaType, Created: time.Now().UTC(), Recipe: recipe}, nil
 }
 
 // verifyStored consumes the push of a layer that is already committed: the

@@ -8,6 +8,7 @@ import (
 	"io"
 
 	"github.com/cairnbuild/cairn/backend"
+	"github.com/cairnbuild/cairn/cache/internal/index"
 	"github.com/cairnbuild/cairn/cache/internal/pack"
 	"github.com/cairnbuild/cairn/chunkid"
 	"github.com/opencontainers/go-digest"
@@ -103,15 +104,17 @@ func (c *Cache) reindex(ctx context.Context) (err error) {
 			c.log.Warn("cache: reindex: manifest under the wrong key", "key", info.Key, "digest", lr.Digest)
 			return nil
 		}
-		ids := make([]chunkid.ID, len(lr.Recipe))
-		for i, e := range lr.Recipe {
+		var all []index.RecipeEntry
+		lr.ChunkRefs(func(e index.RecipeEntry) { all = append(all, e) })
+		ids := make([]chunkid.ID, len(all))
+		for i, e := range all {
 			ids[i] = e.ID
 		}
 		infos, found, err := c.idx.Chunks(ids)
 		if err != nil {
 			return err
 		}
-		for i, e := range lr.Recipe {
+		for i, e := range all {
 			if !found[i] || infos[i].Size != e.Size {
 				c.log.Warn("cache: reindex: layer names a missing chunk; not restored", "layer", lr.Digest, "chunk", e.ID.String())
 				return nil

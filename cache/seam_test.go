@@ -119,9 +119,7 @@ func checkRefcountsAtLeast(t *testing.T, c *Cache) {
 	t.Helper()
 	want := map[chunkID]int64{}
 	if err := c.idx.ForEachLayer(func(lr *index.LayerRecord) error {
-		for _, e := range lr.Recipe {
-			want[e.ID]++
-		}
+		lr.ChunkRefs(func(e index.RecipeEntry) { want[e.ID]++ })
 		return nil
 	}); err != nil {
 		t.Fatal(err)

@@ -95,9 +95,7 @@ func (x *DB) SetMaxTxnChunks(n int) { x.txnChunks.Store(int64(n)) }
 // nothing changes and the committed record is returned.
 func (x *DB) CommitLayer(lr *LayerRecord, known map[chunkid.ID]ChunkInfo) (*LayerRecord, error) {
 	counts := make(map[chunkid.ID]int64, len(lr.Recipe))
-	for _, e := range lr.Recipe {
-		counts[e.ID]++
-	}
+	lr.ChunkRefs(func(e RecipeEntry) { counts[e.ID]++ })
 	if len(counts) > x.maxTxnChunks() {
 		return x.commitLayerBig(lr, known, counts)
 	}
@@ -277,9 +275,7 @@ func (x *DB) DeleteLayer(d digest.Digest) error {
 			return err
 		}
 		counts := make(map[chunkid.ID]int64, len(lr.Recipe))
-		for _, e := range lr.Recipe {
-			counts[e.ID]++
-		}
+		lr.ChunkRefs(func(e RecipeEntry) { counts[e.ID]++ })
 		if len(counts) > x.maxTxnChunks() {
 			big = counts
 		} else {
@@ -463,12 +459,12 @@ func (x *DB) ReplaceLayer(old, lr *LayerRecord, known map[chunkid.ID]ChunkInfo) 
 	count := func(r *LayerRecord) (map[chunkid.ID]int64, []chunkid.ID) {
 		counts := make(map[chunkid.ID]int64, len(r.Recipe))
 		var ids []chunkid.ID
-		for _, e := range r.Recipe {
+		r.ChunkRefs(func(e RecipeEntry) {
 			if counts[e.ID] == 0 {
 				ids = append(ids, e.ID)
 			}
 			counts[e.ID]++
-		}
+		})
 		return counts, ids
 	}
 	newCounts, newIDs := count(lr)

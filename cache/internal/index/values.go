@@ -122,14 +122,28 @@ type LayerRecord struct {
 	Created   time.Time
 	Recipe    []RecipeEntry
 	// Rebuild, if set, is the stored encoder spec of a blob kept as its
-	// uncompressed content: Recipe is that content (RawSize bytes), and
-	// the spec's encoder turns it back into the Size bytes of the blob.
+	// uncompressed content: Recipe (and Tar) are that content (RawSize
+	// bytes), and the spec's encoder turns it back into the Size bytes of
+	// the blob.
 	Rebuild []byte
+	// Tar, if set, says the content is a tar stored split (package
+	// tarsplit): Recipe holds the files' contents, Tar.Meta everything
+	// else, and the two join into Tar.Size bytes.
+	Tar *TarLayout
 }
 
-// RawSize is the number of bytes the recipe holds: Size, or for a rebuilt
-// blob the size of its uncompressed content.
+// TarLayout is the meta stream of a tar stored split.
+type TarLayout struct {
+	Size int64
+	Meta []RecipeEntry
+}
+
+// RawSize is the number of bytes the record's chunks make: Size, or for a
+// rebuilt blob the size of its uncompressed content.
 func (lr *LayerRecord) RawSize() int64 {
+	if lr.Tar != nil {
+		return lr.Tar.Size
+	}
 	var n int64
 	for _, e := range lr.Recipe {
 		n += e.Size
@@ -137,11 +151,25 @@ func (lr *LayerRecord) RawSize() int64 {
 	return n
 }
 
+// ChunkRefs calls fn with every chunk the record references: the recipe's,
+// then a split tar's meta chunks.
+func (lr *LayerRecord) ChunkRefs(fn func(RecipeEntry)) {
+	for _, e := range lr.Recipe {
+		fn(e)
+	}
+	if lr.Tar != nil {
+		for _, e := range lr.Tar.Meta {
+			fn(e)
+		}
+	}
+}
+
 // Record versions: 1 is a plain layer; 2 adds the rebuild spec (uvarint
-// length, bytes) after the media type.
+// length, bytes) after the media type; 3 is a split tar, rebuilt or not.
 const (
 	layerRecordVersion   = 1
 	rebuiltRecordVersion = 2
+	tarRecordVersion     = 3
 )
 
 // MaxRebuildSpec is the largest rebuild spec a record holds: a blob whose
@@ -151,7 +179,10 @@ const MaxRebuildSpec = 4 << 10
 // Encode returns the stored form: version 1, uvarints size, stored, media
 // type length, the media type, varint created (Unix ns), uvarint count,
 // then per chunk its 32 hash bytes and uvarint size. A rebuilt blob's is
-// version 2, with the spec's length and bytes after the media type.
+// version 2, with the spec's length and bytes after the media type. A
+// split tar's is version 3: after the media type a flags byte (1: rebuilt,
+// then the spec as in version 2), and after the recipe the tar's size and
+// the meta chunks (count, then hash and size each).
 //
 // A spec over MaxRebuildSpec is a caller's bug, and Encode panics rather
 // than write a record that would not decode.
@@ -159,23 +190,46 @@ func (lr *LayerRecord) Encode() []byte {
 	if len(lr.Rebuild) > MaxRebuildSpec {
 		panic(fmt.Sprintf("index: a rebuild spec of %d bytes, over %d", len(lr.Rebuild), MaxRebuildSpec))
 	}
-	b := make([]byte, 0, 64+len(lr.MediaType)+len(lr.Rebuild)+len(lr.Recipe)*(len(chunkid.ID{})+3))
-	if lr.Rebuild != nil {
+	n := len(lr.Recipe)
+	if lr.Tar != nil {
+		n += len(lr.Tar.Meta)
+	}
+	b := make([]byte, 0, 80+len(lr.MediaType)+len(lr.Rebuild)+n*(len(chunkid.ID{})+3))
+	switch {
+	case lr.Tar != nil:
+		b = append(b, tarRecordVersion)
+	case lr.Rebuild != nil:
 		b = append(b, rebuiltRecordVersion)
-	} else {
+	default:
 		b = append(b, layerRecordVersion)
 	}
 	b = binary.AppendUvarint(b, uint64(lr.Size))
 	b = binary.AppendUvarint(b, uint64(lr.Stored))
 	b = binary.AppendUvarint(b, uint64(len(lr.MediaType)))
 	b = append(b, lr.MediaType...)
+	if lr.Tar != nil {
+		var flags byte
+		if lr.Rebuild != nil {
+			flags |= 1
+		}
+		b = append(b, flags)
+	}
 	if lr.Rebuild != nil {
 		b = binary.AppendUvarint(b, uint64(len(lr.Rebuild)))
 		b = append(b, lr.Rebuild...)
 	}
 	b = binary.AppendVarint(b, lr.Created.UnixNano())
-	b = binary.AppendUvarint(b, uint64(len(lr.Recipe)))
-	for _, e := range lr.Recipe {
+	b = appendRecipe(b, lr.Recipe)
+	if lr.Tar != nil {
+		b = binary.AppendUvarint(b, uint64(lr.Tar.Size))
+		b = appendRecipe(b, lr.Tar.Meta)
+	}
+	return b
+}
+
+func appendRecipe(b []byte, r []RecipeEntry) []byte {
+	b = binary.AppendUvarint(b, uint64(len(r)))
+	for _, e := range r {
 		b = append(b, e.ID[:]...)
 		b = binary.AppendUvarint(b, uint64(e.Size))
 	}
@@ -186,10 +240,11 @@ func (lr *LayerRecord) Encode() []byte {
 // is ErrDataLoss.
 func DecodeLayerRecord(d digest.Digest, b []byte) (*LayerRecord, error) {
 	bad := fmt.Errorf("%w: corrupt index record for layer %s", cerr.ErrDataLoss, d)
-	if len(b) == 0 || (b[0] != layerRecordVersion && b[0] != rebuiltRecordVersion) {
+	if len(b) == 0 || b[0] < layerRecordVersion || b[0] > tarRecordVersion {
 		return nil, bad
 	}
-	rebuilt := b[0] == rebuiltRecordVersion
+	version := b[0]
+	rebuilt, split := version == rebuiltRecordVersion, version == tarRecordVersion
 	b = b[1:]
 	uv := func() uint64 {
 		x, n := binary.Uvarint(b)
@@ -208,6 +263,12 @@ func DecodeLayerRecord(d digest.Digest, b []byte) (*LayerRecord, error) {
 		return nil, bad
 	}
 	lr.MediaType, b = string(b[:mtLen]), b[mtLen:]
+	if split {
+		if len(b) < 1 || b[0]&^1 != 0 {
+			return nil, bad
+		}
+		rebuilt, b = b[0]&1 != 0, b[1:]
+	}
 	if rebuilt {
 		specLen := uv()
 		if b == nil || specLen == 0 || specLen > MaxRebuildSpec || uint64(len(b)) < specLen {
@@ -221,25 +282,45 @@ func DecodeLayerRecord(d digest.Digest, b []byte) (*LayerRecord, error) {
 	}
 	b = b[n:]
 	lr.Created = time.Unix(0, created).UTC()
-	count := uv()
-	if b == nil || count > uint64(len(b))/uint64(len(chunkid.ID{})+1) {
+	readRecipe := func() ([]RecipeEntry, int64, bool) {
+		count := uv()
+		if b == nil || count > uint64(len(b))/uint64(len(chunkid.ID{})+1) {
+			return nil, 0, false
+		}
+		r := make([]RecipeEntry, count)
+		var total int64
+		for i := range r {
+			if len(b) < len(chunkid.ID{}) {
+				return nil, 0, false
+			}
+			copy(r[i].ID[:], b)
+			b = b[len(chunkid.ID{}):]
+			r[i].Size = int64(uv())
+			if b == nil || r[i].Size < 1 || r[i].Size > pack.MaxChunkSize {
+				return nil, 0, false
+			}
+			total += r[i].Size
+		}
+		return r, total, true
+	}
+	var total int64
+	var ok bool
+	if lr.Recipe, total, ok = readRecipe(); !ok {
 		return nil, bad
 	}
-	lr.Recipe = make([]RecipeEntry, count)
-	var total int64
-	for i := range lr.Recipe {
-		if len(b) < len(chunkid.ID{}) {
+	raw := total
+	if split {
+		lr.Tar = &TarLayout{Size: int64(uv())}
+		var meta int64
+		if b == nil {
 			return nil, bad
 		}
-		copy(lr.Recipe[i].ID[:], b)
-		b = b[len(chunkid.ID{}):]
-		lr.Recipe[i].Size = int64(uv())
-		if b == nil || lr.Recipe[i].Size < 1 || lr.Recipe[i].Size > pack.MaxChunkSize {
+		if lr.Tar.Meta, meta, ok = readRecipe(); !ok || lr.Tar.Size < 0 || total+meta < lr.Tar.Size || total > lr.Tar.Size {
 			return nil, bad
 		}
-		total += lr.Recipe[i].Size
+		raw = lr.Tar.Size
 	}
-	if len(b) != 0 || (!rebuilt && total != lr.Size) || lr.Size < 0 || lr.Stored < 0 {
+	if len(b) != 0 || (lr.Rebuild == nil && raw != lr.Size) || lr.Size < 0 || lr.Stored < 0 {
 		return nil, bad
 	}
 	return lr, nil

@@ -23,6 +23,9 @@ var (
 		MediaType: "application/vnd.oci.image.layer.v1.tar+gzip", Created: time.Unix(1700000000, 5).UTC(),
 		Recipe:  goldenLayer.Recipe,
 		Rebuild: []byte(`{"encoder":"go-gzip","version":"go1.26.8","level":6,"header":{"os":255}}`)}
+	goldenTar = &LayerRecord{Digest: digest.FromString("tar"), Size: 350, Stored: 150,
+		MediaType: "application/vnd.oci.image.layer.v1.tar", Created: time.Unix(1700000000, 5).UTC(),
+		Recipe: goldenLayer.Recipe, Tar: &TarLayout{Size: 350, Meta: []RecipeEntry{{ID: chunkid.Sum([]byte("m")), Size: 60}}}}
 	goldenHits = Hits{N: 42, Last: time.Unix(1700000001, 7).UTC()}
 )
 
@@ -44,6 +47,18 @@ func TestGolden(t *testing.T) {
 	if err != nil || lr.Size != goldenRebuilt.Size || lr.RawSize() != 300 || string(lr.Rebuild) != string(goldenRebuilt.Rebuild) ||
 		lr.MediaType != goldenRebuilt.MediaType || len(lr.Recipe) != 2 || lr.Recipe[1] != goldenRebuilt.Recipe[1] {
 		t.Errorf("stored rebuilt record decodes as %+v, %v", lr, err)
+	}
+	stored = golden.Hex(t, "tar-record.hex", goldenTar.Encode())
+	lr, err = DecodeLayerRecord(goldenTar.Digest, stored)
+	if err != nil || lr.Size != 350 || lr.RawSize() != 350 || lr.Tar == nil || len(lr.Tar.Meta) != 1 || lr.Tar.Meta[0] != goldenTar.Tar.Meta[0] ||
+		len(lr.Recipe) != 2 || lr.Rebuild != nil {
+		t.Errorf("stored tar record decodes as %+v, %v", lr, err)
+	}
+	rebuiltTar := *goldenTar
+	rebuiltTar.Size, rebuiltTar.Rebuild = 200, goldenRebuilt.Rebuild
+	stored = golden.Hex(t, "rebuilt-tar-record.hex", rebuiltTar.Encode())
+	if lr, err = DecodeLayerRecord(goldenTar.Digest, stored); err != nil || lr.Size != 200 || lr.RawSize() != 350 || string(lr.Rebuild) != string(goldenRebuilt.Rebuild) {
+		t.Errorf("stored rebuilt tar record decodes as %+v, %v", lr, err)
 	}
 	stored = golden.Hex(t, "hits.hex", goldenHits.Encode())
 	if h, err := DecodeHits(stored); err != nil || h != goldenHits {
@@ -73,7 +88,7 @@ func TestCorruptValues(t *testing.T) {
 			}
 		}
 	}
-	for _, full := range [][]byte{goldenLayer.Encode(), goldenRebuilt.Encode()} {
+	for _, full := range [][]byte{goldenLayer.Encode(), goldenRebuilt.Encode(), goldenTar.Encode()} {
 		for _, b := range [][]byte{full[:len(full)-1], append(bytes.Clone(full), 0)} {
 			if _, err := DecodeLayerRecord(goldenLayer.Digest, b); !errors.Is(err, cerr.ErrDataLoss) {
 				t.Errorf("layer record of %d bytes (of %d): %v, want ErrDataLoss", len(b), len(full), err)
@@ -85,6 +100,7 @@ func TestCorruptValues(t *testing.T) {
 func FuzzLayerRecord(f *testing.F) {
 	f.Add(goldenLayer.Encode())
 	f.Add(goldenRebuilt.Encode())
+	f.Add(goldenTar.Encode())
 	f.Add([]byte{layerRecordVersion})
 	f.Add([]byte{layerRecordVersion, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -99,7 +115,7 @@ func FuzzLayerRecord(f *testing.F) {
 		for _, e := range got.Recipe {
 			sum += e.Size
 		}
-		if sum != got.Size && got.Rebuild == nil {
+		if got.RawSize() != got.Size && got.Rebuild == nil {
 			t.Fatalf("accepted chunks of %d bytes for a layer of %d", sum, got.Size)
 		}
 		if again, err := DecodeLayerRecord(goldenLayer.Digest, got.Encode()); err != nil || len(again.Recipe) != len(got.Recipe) || !bytes.Equal(again.Rebuild, got.Rebuild) {

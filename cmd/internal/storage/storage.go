@@ -115,6 +115,7 @@ type Config struct {
 
 	// Compressed blobs (serve sets them; see cache.Options).
 	KeepCompressed  bool
+	PlainTars       bool
 	MaxExpanded     string // a size, e.g. 64GiB
 	RebuiltCache    string // a size; 0 turns the rebuilt-blob cache off
 	maxExpanded     int64
@@ -124,6 +125,7 @@ type Config struct {
 // AddCompressedFlags registers the flags of compressed blobs: serve's.
 func (c *Config) AddCompressedFlags(f *pflag.FlagSet) {
 	f.BoolVar(&c.KeepCompressed, "keep-compressed", false, "store gzip and zstd blobs as they come, not as their uncompressed content plus the encoder that rebuilds them")
+	f.BoolVar(&c.PlainTars, "plain-tars", false, "store tar layers as they come, not as their files' contents and their metadata apart")
 	f.StringVar(&c.MaxExpanded, "max-expanded-size", "64GiB", "refuse a compressed blob whose content is larger than this (a decompression bomb)")
 	f.StringVar(&c.RebuiltCache, "rebuilt-cache-size", "4GiB", "bytes of rebuilt compressed blobs kept under --data/rebuilt, so hot layers are served at disk speed (0: none)")
 }
@@ -209,7 +211,7 @@ func (c *Config) Open(ctx context.Context, log *slog.Logger, bm *metrics.Backend
 	}})
 	opts := cache.Options{Dir: st.IndexDir, Backend: blobs, Concurrency: c.Concurrency, Logger: log,
 		MaxUploads: c.MaxUploads, UploadIdleTimeout: c.UploadIdleTimeout,
-		KeepCompressed: c.KeepCompressed, MaxExpandedSize: c.maxExpanded}
+		KeepCompressed: c.KeepCompressed, PlainTars: c.PlainTars, MaxExpandedSize: c.maxExpanded}
 	if c.rebuiltCacheMax > 0 {
 		opts.RebuiltCacheDir, opts.RebuiltCacheSize = filepath.Join(c.Data, RebuiltSubdir), c.rebuiltCacheMax
 	} else {
