@@ -15,6 +15,7 @@ import (
 
 	"github.com/cairnbuild/cairn/chunker"
 	"github.com/cairnbuild/cairn/recompress"
+	"github.com/cairnbuild/cairn/tarsplit"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 )
@@ -44,12 +45,15 @@ type Options struct {
 // layer it was reading is not in the report but may have left chunks and
 // files marked as seen: start a new Analyzer rather than going on.
 type Analyzer struct {
-	opt     Options
-	chunks  []*chunkSet
-	blobs   map[string]int // registry key or blob digest → index of the first layer with it
-	files   fileSet
-	report  Report
-	readBuf []byte
+	opt    Options
+	chunks []*chunkSet
+	// tarContent and tarMeta: chunkers at the plot's average for the two
+	// streams of the tar split as cairn stores it (package tarsplit).
+	tarContent, tarMeta *chunkSet
+	blobs               map[string]int // registry key or blob digest → index of the first layer with it
+	files               fileSet
+	report              Report
+	readBuf             []byte
 }
 
 // New returns an Analyzer with opt.
@@ -85,6 +89,15 @@ func New(opt Options) (*Analyzer, error) {
 			buf:  make([]byte, 2*p.Max),
 		})
 		a.report.Averages = append(a.report.Averages, avg)
+	}
+	plot := a.report.PlotAverage()
+	for _, cs := range []**chunkSet{&a.tarContent, &a.tarMeta} {
+		enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(opt.Level), zstd.WithEncoderConcurrency(1))
+		if err != nil {
+			return nil, err
+		}
+		p := chunker.Params{Min: plot / 4, Avg: plot, Max: plot * 4}
+		*cs = &chunkSet{p: p, seen: map[[32]byte]struct{}{}, enc: enc, buf: make([]byte, 2*p.Max)}
 	}
 	return a, nil
 }
@@ -123,13 +136,10 @@ func (a *Analyzer) Report() *Report {
 	for i, cs := range a.chunks {
 		r.Total.Chunks[i].AvgBytes = cs.p.Avg
 	}
-	ci := r.avgIndex(r.PlotAverage())
 	for _, l := range r.Layers {
 		if !l.Duplicate {
-			var chunkStored int64
-			if ci >= 0 && ci < len(l.Chunks) {
-				chunkStored = l.Chunks[ci].StoredBytes
-			}
+			// What cairn stores of a tar: its contents and meta apart.
+			chunkStored := l.TarChunks.StoredBytes
 			switch {
 			case l.Compression == "none":
 				r.Total.StoredWithRecompress += chunkStored
@@ -155,6 +165,11 @@ func (a *Analyzer) Report() *Report {
 		r.Total.FileUniqueBytes += l.FileUniqueBytes
 		r.Total.Files += l.Files
 		r.Total.UniqueFiles += l.UniqueFiles
+		r.Total.TarChunks.AvgBytes = l.TarChunks.AvgBytes
+		r.Total.TarChunks.Chunks += l.TarChunks.Chunks
+		r.Total.TarChunks.NewChunks += l.TarChunks.NewChunks
+		r.Total.TarChunks.UniqueBytes += l.TarChunks.UniqueBytes
+		r.Total.TarChunks.StoredBytes += l.TarChunks.StoredBytes
 		for i, c := range l.Chunks {
 			t := &r.Total.Chunks[i]
 			t.Chunks += c.Chunks
@@ -256,6 +271,27 @@ func (a *Analyzer) add(ctx context.Context, b blob) error {
 	for i, cs := range a.chunks {
 		consumers = append(consumers, func(r io.Reader) error { return cs.add(r, &chunkFigs[i]) })
 	}
+	// The tar split as cairn stores it: its files' contents and its meta
+	// stream chunked apart.
+	var tarFig, tarMetaFig ChunkFigures
+	consumers = append(consumers, func(r io.Reader) error {
+		mr, mw := io.Pipe()
+		metaDone := make(chan error, 1)
+		go func() {
+			err := a.tarMeta.add(mr, &tarMetaFig)
+			if err == nil {
+				_, err = io.Copy(io.Discard, mr)
+			}
+			mr.CloseWithError(err)
+			metaDone <- err
+		}()
+		err := a.tarContent.add(tarsplit.NewSplitter(r, mw), &tarFig)
+		mw.CloseWithError(err)
+		if merr := <-metaDone; err == nil {
+			err = merr
+		}
+		return err
+	})
 	if m := toMatcher.m; m != nil {
 		// The candidate encoders, fed the tar as cairn's push feeds them.
 		consumers = append(consumers, func(r io.Reader) error {
@@ -301,6 +337,11 @@ func (a *Analyzer) add(ctx context.Context, b blob) error {
 	l.Files, l.UniqueFiles = fileFig.files, fileFig.uniqueFiles
 	l.FileError = fileFig.err
 	l.Chunks = chunkFigs
+	tarFig.Chunks += tarMetaFig.Chunks
+	tarFig.NewChunks += tarMetaFig.NewChunks
+	tarFig.UniqueBytes += tarMetaFig.UniqueBytes
+	tarFig.StoredBytes += tarMetaFig.StoredBytes
+	l.TarChunks = tarFig
 
 	// What a registry stores: each distinct blob once. A plain layer would be
 	// pushed gzip'd, and gzip is deterministic, so its diff ID names the blob.

@@ -41,6 +41,11 @@ type Layer struct {
 
 	Chunks []ChunkFigures `json:"chunks"` // one per average chunk size
 
+	// TarChunks is the plot's chunk size applied to the tar split as cairn
+	// stores it: the files' contents and the meta stream (headers and the
+	// rest) chunked apart, so that new timestamps change only the latter.
+	TarChunks ChunkFigures `json:"tar_chunks"`
+
 	// Reproduced, for a gzip or zstd layer, names the encoder (package
 	// recompress) that reproduces its exact bytes from its tar, or is
 	// "none": cairn then stores the blob as it came.
@@ -67,6 +72,7 @@ type Total struct {
 	FileBytes       int64          `json:"file_bytes"`
 	FileUniqueBytes int64          `json:"file_unique_bytes"`
 	Chunks          []ChunkFigures `json:"chunks"`
+	TarChunks       ChunkFigures   `json:"tar_chunks"`
 	// Compressed layers, and of them those an encoder reproduces, by
 	// encoder (encoder/level, without the version).
 	Compressed int            `json:"compressed"`
@@ -160,6 +166,15 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if tc := t.TarChunks; tc.Chunks > 0 {
+		var plain ChunkFigures
+		if ci >= 0 && ci < len(t.Chunks) {
+			plain = t.Chunks[ci]
+		}
+		fmt.Fprintf(w, "\nat %s chunks: file level %s distinct; tar-aware (contents and headers chunked apart, as cairn stores tars) %s unique, %s stored; plain chunking %s unique, %s stored\n",
+			sizeLabel(avg), humanBytes(t.FileUniqueBytes), humanBytes(tc.UniqueBytes), humanBytes(tc.StoredBytes),
+			humanBytes(plain.UniqueBytes), humanBytes(plain.StoredBytes))
 	}
 	if t.Compressed > 0 {
 		var by []string

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -457,4 +458,43 @@ func stdGzip(t *testing.T, data []byte) []byte {
 		t.Fatal(err)
 	}
 	return b.Bytes()
+}
+
+// Tar-aware figures: the same files with other timestamps add almost
+// nothing split, and everything chunked plain.
+func TestTarAware(t *testing.T) {
+	dir := t.TempDir()
+	mk := func(mtime time.Time) []byte {
+		var b bytes.Buffer
+		tw := tar.NewWriter(&b)
+		for i := range 40 {
+			data := text(uint64(i), 20<<10)
+			tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("src/f%d.go", i), Mode: 0o644, Size: int64(len(data)), ModTime: mtime})
+			tw.Write(data)
+		}
+		tw.Close()
+		return b.Bytes()
+	}
+	a, err := New(Options{Averages: []int{64 << 10}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range []time.Time{time.Unix(1700000000, 0), time.Unix(1800000000, 0)} {
+		if err := a.AddPath(t.Context(), writeFile(t, dir, fmt.Sprintf("t%d.tar", i), mk(m))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := a.Report()
+	second := r.Layers[1]
+	if second.TarChunks.UniqueBytes*20 > r.Layers[0].TarChunks.UniqueBytes {
+		t.Errorf("tar-aware: the re-timestamped tar adds %d unique bytes to %d", second.TarChunks.UniqueBytes, r.Layers[0].TarChunks.UniqueBytes)
+	}
+	if second.Chunks[0].UniqueBytes*2 < r.Layers[0].Chunks[0].UniqueBytes {
+		t.Errorf("plain chunking: the re-timestamped tar adds only %d unique bytes to %d (expected most of it)", second.Chunks[0].UniqueBytes, r.Layers[0].Chunks[0].UniqueBytes)
+	}
+	var out bytes.Buffer
+	r.WriteText(&out)
+	if !strings.Contains(out.String(), "tar-aware") {
+		t.Errorf("text report lacks the tar-aware line:\n%s", out.String())
+	}
 }
