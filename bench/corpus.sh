@@ -16,7 +16,10 @@
 #
 # Tars are written deterministically (sorted, mtime 0, uid/gid 0), so two
 # runs make the same bytes, and built layers are kept: a second run reuses
-# them. The layer paths, in order, go to DIR/layers.txt and to stdout.
+# them. CORPUS_MTIME=build gives each release's tars the time of its own
+# build instead (release N: 2025-01-01 plus N days), as a builder's layers
+# have: the same files then differ in their headers from release to
+# release. The layer paths, in order, go to DIR/layers.txt and to stdout.
 set -euo pipefail
 
 DIR=${1:-${CAIRN_CORPUS_DIR:-$HOME/.cache/cairn/corpus}}
@@ -25,6 +28,9 @@ VERSIONS=${CORPUS_VERSIONS:-v1.22.0 v1.23.0 v1.23.1 v1.23.2 v1.24.0}
 MODCACHE=${CORPUS_MODCACHE:-download}
 DEBIAN=${CORPUS_DEBIAN:-1}
 SYNTHETIC=${CORPUS_SYNTHETIC:-0}
+MTIME=${CORPUS_MTIME:-0}
+case "$MTIME" in 0|build) ;; *) echo "corpus: CORPUS_MTIME=$MTIME: want 0 or build" >&2; exit 2 ;; esac
+STAMP_MTIME=0
 
 log() { echo "corpus: $*" >&2; }
 
@@ -38,7 +44,7 @@ trap cleanup EXIT
 # written through a temporary file so that a killed run leaves no half layer.
 dtar() {
   local out=$1 dir=$2; shift 2
-  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --format=pax \
+  tar --sort=name --mtime=@$STAMP_MTIME --owner=0 --group=0 --numeric-owner --format=pax \
     --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
     -C "$dir" -cf "$out.tmp" "$@"
   mv "$out.tmp" "$out"
@@ -96,8 +102,9 @@ else
   n=1
   for v in $VERSIONS; do
     nn=$(printf '%02d' "$n")
+    if [ "$MTIME" = build ]; then STAMP_MTIME=$((1735689600 + n * 86400)); fi
     src="$DIR/$nn-src-$v.tar" mc="$DIR/$nn-modcache-$v.tar"
-    if [ ! -f "$src" ] || [ ! -f "$mc" ] || [ "$(cat "$DIR/$nn.stamp" 2>/dev/null)" != "$MODULE@$v $MODCACHE" ]; then
+    if [ ! -f "$src" ] || [ ! -f "$mc" ] || [ "$(cat "$DIR/$nn.stamp" 2>/dev/null)" != "$MODULE@$v $MODCACHE $MTIME" ]; then
       log "$MODULE@$v"
       zip=$(GOFLAGS=-modcacherw go mod download -json "$MODULE@$v" | sed -n 's/^[[:space:]]*"Zip": "\(.*\)",$/\1/p')
       [ -n "$zip" ] || { log "go mod download $MODULE@$v gave no zip"; exit 1; }
@@ -117,7 +124,7 @@ else
       fi
       cp -a -n "$WORK/root/go/pkg/mod/cache/download/." "$SHARED/"
       chmod -R u+w "$WORK/root"; rm -rf "$WORK/root" "$WORK/x"
-      echo "$MODULE@$v $MODCACHE" >"$DIR/$nn.stamp"
+      echo "$MODULE@$v $MODCACHE $MTIME" >"$DIR/$nn.stamp"
     fi
     LAYERS+=("$mc" "$src")
     n=$((n + 1))

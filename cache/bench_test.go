@@ -25,6 +25,7 @@ import (
 	"github.com/cairnbuild/cairn/chunker"
 	"github.com/cairnbuild/cairn/chunkid"
 	"github.com/cairnbuild/cairn/stepkey"
+	"github.com/cairnbuild/cairn/tarsplit"
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	"github.com/zeebo/blake3"
@@ -484,4 +485,93 @@ func BenchmarkFile(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkTarSplit compares a tar layer stored split (its files' contents
+// and its metadata apart, the default) with the same layer stored plain,
+// in one run: push of new data (the layer mutated each time) and pull, on
+// the fs backend.
+func BenchmarkTarSplit(b *testing.B) {
+	data := benchLayer(b)
+	for _, mode := range []struct {
+		name  string
+		plain bool
+	}{{"plain", true}, {"split", false}} {
+		open := func(b *testing.B) *Cache {
+			c, err := Open(context.Background(), Options{Dir: b.TempDir(), Backend: fsStore(b), PlainTars: mode.plain})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { c.Close() })
+			return c
+		}
+		b.Run("push/"+mode.name, func(b *testing.B) {
+			c := open(b)
+			buf := bytes.Clone(data)
+			files := contentRanges(b, buf)
+			b.SetBytes(int64(len(buf)))
+			meter := cpuMeter()
+			for i := 0; b.Loop(); i++ {
+				b.StopTimer()
+				mutateFiles(buf, files, i+1) // new data, headers intact
+				b.StartTimer()
+				info, err := c.Push(context.Background(), bytes.NewReader(buf), PushOptions{Size: int64(len(buf))})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if info.SplitTar == mode.plain {
+					b.Fatalf("stored split: %v", info.SplitTar)
+				}
+			}
+			meter(b, int64(len(buf)))
+		})
+		b.Run("pull/"+mode.name, func(b *testing.B) {
+			c := open(b)
+			info := push(b, c, data)
+			b.SetBytes(int64(len(data)))
+			meter := cpuMeter()
+			for b.Loop() {
+				rc, _, err := c.Open(context.Background(), info.Digest, 0, -1)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if n, err := io.Copy(io.Discard, rc); err != nil || n != int64(len(data)) {
+					b.Fatal(n, err)
+				}
+				rc.Close()
+			}
+			meter(b, int64(len(data)))
+		})
+	}
+}
+
+// contentRanges are the file contents of the tar data, [start, end) each,
+// from its split.
+func contentRanges(b *testing.B, data []byte) [][2]int {
+	var meta bytes.Buffer
+	if _, err := io.Copy(io.Discard, tarsplit.NewSplitter(bytes.NewReader(data), &meta)); err != nil {
+		b.Fatal(err)
+	}
+	m := meta.Bytes()[1:] // after the version byte
+	var out [][2]int
+	pos := 0
+	for len(m) > 0 {
+		ml, k := binary.Uvarint(m)
+		m = m[k+int(ml):]
+		cl, k := binary.Uvarint(m)
+		m = m[k:]
+		pos += int(ml)
+		if cl > 0 {
+			out = append(out, [2]int{pos, pos + int(cl)})
+		}
+		pos += int(cl)
+	}
+	return out
+}
+
+// mutateFiles is mutate inside the file contents only.
+func mutateFiles(data []byte, files [][2]int, i int) {
+	for _, f := range files {
+		mutate(data[f[0]:f[1]], i)
+	}
 }

@@ -29,6 +29,9 @@ var update = flag.Bool("update", false, "rewrite the vectors in vectors.go")
 // TestVectors checks that every encoder a Matcher tries still writes its
 // pinned output; with -update it rewrites the table instead.
 func TestVectors(t *testing.T) {
+	if raceEnabled && !*update {
+		t.Skip("race detector: the vectors are checked by the plain run (about 20× slower here, and nothing concurrent)")
+	}
 	keys := slices.Sorted(func(yield func(string) bool) {
 		for k := range vectors {
 			if !yield(k) {
@@ -113,6 +116,16 @@ func TestCheckRefusesChangedEncoder(t *testing.T) {
 	}
 }
 
+// tarLimit is the size of realTar: several MiB, a quarter of one under the
+// race detector (compression runs about 20× slower there, and every test
+// runs all 34 candidates).
+func tarLimit() int {
+	if raceEnabled {
+		return 256 << 10
+	}
+	return 6 << 20
+}
+
 // realTar is a tar of a part of GOROOT: real files, several MiB.
 var realTar = sync.OnceValues(func() ([]byte, error) {
 	out, err := exec.Command("go", "env", "GOROOT").Output()
@@ -123,7 +136,7 @@ var realTar = sync.OnceValues(func() ([]byte, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || buf.Len() > 6<<20 {
+		if err != nil || buf.Len() > tarLimit() {
 			return err
 		}
 		info, err := d.Info()
@@ -382,6 +395,9 @@ func TestNotReproduced(t *testing.T) {
 // dropped; a small window still reproduces a level-6 blob whose encoder
 // buffers little.
 func TestWindowBoundsMemory(t *testing.T) {
+	if raceEnabled {
+		t.Skip("race detector: the tar is too small to fill a pgzip block")
+	}
 	data := getTar(t)
 	s := Candidates(Gzip, &GzipHeader{OS: 255})[0]
 	blob := compress(t, s, data)

@@ -80,16 +80,21 @@ func TestCompressedVsDistribution(t *testing.T) {
 		cpuPush    time.Duration
 	}
 	res := map[string]*result{}
-	for _, kind := range []string{"cairn", "distribution"} {
+	// cairn as it is; cairn storing tars as they come (--plain-tars: before
+	// tar-aware chunking); distribution.
+	for _, kind := range []string{"cairn", "cairn-plain-tars", "distribution"} {
 		dir, err := os.MkdirTemp(workDir(t), "compressed-"+kind+"-")
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer os.RemoveAll(dir)
 		var srv *server
-		if kind == "cairn" {
+		switch kind {
+		case "cairn":
 			srv = startCairn(t, cairnBin, dir)
-		} else {
+		case "cairn-plain-tars":
+			srv = startCairn(t, cairnBin, dir, "--plain-tars")
+		default:
 			srv = startDistribution(t, registryBin, dir)
 		}
 		r := &result{}
@@ -123,7 +128,7 @@ func TestCompressedVsDistribution(t *testing.T) {
 		r.cpuPush = srv.cpu() - c0
 		r.du = diskUsage(t, filepath.Join(dir, "data"))
 		r.duStore = r.du
-		if kind == "cairn" {
+		if kind != "distribution" {
 			r.duStore -= diskUsage(t, filepath.Join(dir, "data", "rebuilt"))
 		}
 		// cairn: the first pull rebuilds (and fills the rebuilt-blob
@@ -154,26 +159,29 @@ func TestCompressedVsDistribution(t *testing.T) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d releases, %d gzip layers (compress/gzip level 6), %.1f MB of blobs; last release %.1f MB\n\n",
 		len(releases), 2*len(releases), float64(blobBytes)/1e6, float64(lastBytes)/1e6)
-	fmt.Fprintf(&b, "| figure | cairn | distribution v3.1.2 | ratio |\n| --- | --- | --- | --- |\n")
-	c, d := res["cairn"], res["distribution"]
-	row := func(what string, cv, dv float64, unit string) {
-		fmt.Fprintf(&b, "| %s | %.1f %s | %.1f %s | %.2f× |\n", what, cv, unit, dv, unit, cv/dv)
+	fmt.Fprintf(&b, "| figure | cairn | cairn --plain-tars | distribution v3.1.2 | ratio cairn / distribution | ratio --plain-tars / distribution |\n| --- | --- | --- | --- | --- | --- |\n")
+	c, p, d := res["cairn"], res["cairn-plain-tars"], res["distribution"]
+	rowP := func(what string, cv, pv, dv float64, unit string) {
+		fmt.Fprintf(&b, "| %s | %.1f %s | %.1f %s | %.1f %s | %.2f× | %.2f× |\n", what, cv, unit, pv, unit, dv, unit, cv/dv, pv/dv)
 	}
-	row("stored (du of the data directory)", float64(c.du)/1e6, float64(d.du)/1e6, "MB")
-	row("stored, without cairn's rebuilt-blob cache", float64(c.duStore)/1e6, float64(d.du)/1e6, "MB")
-	var ct, dt time.Duration
+	rowP("stored (du of the data directory)", float64(c.du)/1e6, float64(p.du)/1e6, float64(d.du)/1e6, "MB")
+	rowP("stored, without cairn's rebuilt-blob cache", float64(c.duStore)/1e6, float64(p.duStore)/1e6, float64(d.du)/1e6, "MB")
+	var ct, pt, dt time.Duration
 	for i := range c.push {
 		ct += c.push[i]
+		pt += p.push[i]
 		dt += d.push[i]
 	}
-	row("push, all releases", float64(blobBytes)/ct.Seconds()/1e6, float64(blobBytes)/dt.Seconds()/1e6, "MB/s")
-	row("push, first release", float64(relBytes(releases[0]))/c.push[0].Seconds()/1e6, float64(relBytes(releases[0]))/d.push[0].Seconds()/1e6, "MB/s")
-	row("first pull of the last release (cairn: rebuilt)", float64(lastBytes)/c.cold.Seconds()/1e6, float64(lastBytes)/d.cold.Seconds()/1e6, "MB/s")
-	row("second pull (cairn: from its rebuilt-blob cache)", float64(lastBytes)/c.pull.Seconds()/1e6, float64(lastBytes)/d.pull.Seconds()/1e6, "MB/s")
-	row("server CPU, all pushes", c.cpuPush.Seconds(), d.cpuPush.Seconds(), "s")
+	mbps := func(n int64, d time.Duration) float64 { return float64(n) / d.Seconds() / 1e6 }
+	rowP("push, all releases", mbps(blobBytes, ct), mbps(blobBytes, pt), mbps(blobBytes, dt), "MB/s")
+	r0 := relBytes(releases[0])
+	rowP("push, first release", mbps(r0, c.push[0]), mbps(r0, p.push[0]), mbps(r0, d.push[0]), "MB/s")
+	rowP("first pull of the last release (cairn: rebuilt)", mbps(lastBytes, c.cold), mbps(lastBytes, p.cold), mbps(lastBytes, d.cold), "MB/s")
+	rowP("second pull (cairn: from its rebuilt-blob cache)", mbps(lastBytes, c.pull), mbps(lastBytes, p.pull), mbps(lastBytes, d.pull), "MB/s")
+	rowP("server CPU, all pushes", c.cpuPush.Seconds(), p.cpuPush.Seconds(), d.cpuPush.Seconds(), "s")
 	for i := range c.push {
-		fmt.Fprintf(&b, "| push release %d (%.1f MB) | %.2f s | %.2f s | %.2f× |\n", i+1, float64(relBytes(releases[i]))/1e6,
-			c.push[i].Seconds(), d.push[i].Seconds(), c.push[i].Seconds()/d.push[i].Seconds())
+		fmt.Fprintf(&b, "| push release %d (%.1f MB) | %.2f s | %.2f s | %.2f s | %.2f× | %.2f× |\n", i+1, float64(relBytes(releases[i]))/1e6,
+			c.push[i].Seconds(), p.push[i].Seconds(), d.push[i].Seconds(), c.push[i].Seconds()/d.push[i].Seconds(), p.push[i].Seconds()/d.push[i].Seconds())
 	}
 	t.Logf("\n%s", b.String())
 }

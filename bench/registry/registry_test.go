@@ -633,14 +633,15 @@ func freePort(t *testing.T) string {
 	return l.Addr().String()
 }
 
-func startCairn(t *testing.T, bin, dir string) *server {
+func startCairn(t *testing.T, bin, dir string, extra ...string) *server {
 	addr := freePort(t)
-	return startServer(t, "cairn", addr, dir, nil, bin, "serve",
+	args := append([]string{"serve",
 		"--data", filepath.Join(dir, "data"),
 		"--listen", "127.0.0.1:0",
 		"--registry-listen", addr,
 		"--metrics-listen", "",
-		"--log-level", "warn")
+		"--log-level", "warn"}, extra...)
+	return startServer(t, "cairn", addr, dir, nil, bin, args...)
 }
 
 func startDistribution(t *testing.T, bin, dir string) *server {

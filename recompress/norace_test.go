@@ -1,0 +1,5 @@
+//go:build !race
+
+package recompress
+
+const raceEnabled = false
