@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -48,6 +49,11 @@ type PushOptions struct {
 	Size int64
 	// MediaType is recorded with the layer; "" means DefaultMediaType.
 	MediaType string
+
+	// noDigest skips hashing the stream: the streams of a split tar, whose
+	// digest is the tar's, computed as it is read. The record's Digest is
+	// then meaningless.
+	noDigest bool
 
 	// finish, if set, is called with what the stream hashed to and its
 	// length after the whole stream was read, before anything is
@@ -184,6 +190,9 @@ func (c *Cache) chunkInto(ctx context.Context, sess *chunks.Session, r io.Reader
 	}
 	go func() {
 		h := alg.Hash()
+		if opts.noDigest {
+			h = nopHash{h}
+		}
 		for pc := range toHash {
 			h.Write(pc.data)
 			c.releaseChunk(pc)
@@ -274,6 +283,11 @@ func (c *Cache) chunkInto(ctx context.Context, sess *chunks.Session, r io.Reader
 	}
 	return &index.LayerRecord{Digest: got, Size: total, MediaType: opts.MediaType, Created: time.Now().UTC(), Recipe: recipe}, nil
 }
+
+// nopHash is a hash that hashes nothing (PushOptions.noDigest).
+type nopHash struct{ hash.Hash }
+
+func (nopHash) Write(p []byte) (int, error) { return len(p), nil }
 
 // verifyStored consumes the push of a layer that is already committed: the
 // stream must still be the declared one, but nothing needs cutting or

@@ -48,9 +48,19 @@ func (c *Cache) splitTar(ctx context.Context, sess *chunks.Session, r io.Reader,
 	os.Remove(spool.Name()) // gone with the file, whatever happens
 	defer spool.Close()
 	sp := tarsplit.NewSplitter(io.TeeReader(br, hc), spool)
-	content, err := c.chunkInto(ctx, sess, sp, PushOptions{Size: -1, MediaType: opts.MediaType})
+	content, err := c.chunkInto(ctx, sess, sp, PushOptions{Size: -1, MediaType: opts.MediaType, noDigest: true})
 	if err != nil {
 		return nil, err
+	}
+	// Every byte read is in exactly one of the two streams; anything else
+	// is a bug, and nothing is committed.
+	var contentBytes int64
+	for _, e := range content.Recipe {
+		contentBytes += e.Size
+	}
+	if sp.MetaBytes+sp.ContentBytes != hc.n || sp.ContentBytes != contentBytes {
+		return nil, fmt.Errorf("cache: splitting a tar: %d bytes read, %d of meta and %d of content split, %d of content stored",
+			hc.n, sp.MetaBytes, sp.ContentBytes, contentBytes)
 	}
 	if opts.Size >= 0 && hc.n != opts.Size {
 		if hc.n > opts.Size {
@@ -71,7 +81,7 @@ func (c *Cache) splitTar(ctx context.Context, sess *chunks.Session, r io.Reader,
 	if err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	meta, err := c.chunkInto(ctx, sess, io.NewSectionReader(spool, 0, metaSize), PushOptions{Size: metaSize})
+	meta, err := c.chunkInto(ctx, sess, io.NewSectionReader(spool, 0, metaSize), PushOptions{Size: metaSize, noDigest: true})
 	if err != nil {
 		return nil, err
 	}
@@ -117,17 +127,29 @@ func (c *Cache) rawReader(ctx context.Context, lr *index.LayerRecord, offset, n 
 		meta.Close()
 		return nil, fmt.Errorf("%w: layer %s: %w", ErrDataLoss, lr.Digest, err)
 	}
-	tr.r = io.LimitReader(dataLoss{j, lr.Digest}, n)
+	tr.r = &io.LimitedReader{R: dataLoss{j, lr.Digest}, N: n}
 	return tr, nil
 }
 
 // joinedReader is a split tar joined back; Close stops both chunk readers.
 type joinedReader struct {
-	r             io.Reader
+	r             *io.LimitedReader
 	meta, content io.ReadCloser
 }
 
 func (t *joinedReader) Read(p []byte) (int, error) { return t.r.Read(p) }
+
+// WriteTo moves the tar in pieces of a megabyte rather than io.Copy's 32
+// KiB: each piece of content is a read through the join and a chunk
+// reader.
+func (t *joinedReader) WriteTo(w io.Writer) (int64, error) {
+	return io.CopyBuffer(w, onlyReader{t.r}, make([]byte, 1<<20))
+}
+
+// onlyReader hides a reader's WriteTo from io.CopyBuffer.
+type onlyReader struct{ r io.Reader }
+
+func (o onlyReader) Read(p []byte) (int, error) { return o.r.Read(p) }
 
 func (t *joinedReader) Close() error {
 	t.meta.Close()
@@ -152,17 +174,12 @@ func (dl dataLoss) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// openTar reads n bytes from offset of a split tar. A whole read is hashed
-// and held back at its end like a rebuilt blob's (verifiedReader); a range
-// relies on every chunk being verified.
+// openTar reads n bytes from offset of a split tar: the two streams
+// joined. Every chunk of both is verified as it is read, and the join is
+// exact (a meta stream that does not parse, or a content stream that ends
+// early or runs long, is ErrDataLoss), as for a plain layer; the layer's
+// SHA-256 is not computed again: that pass alone cost as much as the whole
+// pull (BenchmarkTarSplit: 1597 MB/s plain, 787 MB/s with it).
 func (c *Cache) openTar(ctx context.Context, lr *index.LayerRecord, offset, n int64) (io.ReadCloser, error) {
-	if offset != 0 || n != lr.Size {
-		return c.rawReader(ctx, lr, offset, n)
-	}
-	rr, err := c.rawReader(ctx, lr, 0, lr.Size)
-	if err != nil {
-		return nil, err
-	}
-	return &verifiedReader{c: c, src: rr, closeSrc: rr.Close, d: lr.Digest, h: lr.Digest.Algorithm().Hash(), size: lr.Size,
-		off: 0, end: n, hold: min(n, holdBack), from: "split tar"}, nil
+	return c.rawReader(ctx, lr, offset, n)
 }
