@@ -188,16 +188,33 @@ func uncompressedMediaType(mt string) string {
 }
 
 func (c *Cache) pushCompressed(ctx context.Context, r io.Reader, f recompress.Format, opts PushOptions) (LayerInfo, error) {
-	// The spool, unlinked at once: gone with the file whatever happens.
-	// It is not offered to the rebuilt-blob cache: that holds what reads
-	// asked for, and a copy of every push would double the disk a store
-	// takes.
-	spool, err := os.CreateTemp(c.spoolDir, "cairn-spool-")
+	// The spool: in the rebuilt-blob cache's tmp/ if there is one, so that
+	// a blob stored rebuilt starts there as a cached copy (a layer just
+	// pushed is the likeliest to be pulled next, and rebuilding it costs
+	// its encoder's time); else unlinked at once, gone with the file
+	// whatever happens.
+	var spool *os.File
+	var err error
+	toCache := c.blobs != nil && (opts.Size < 0 || c.blobs.Fits(opts.Size))
+	if toCache {
+		spool, err = c.blobs.Temp()
+	} else if spool, err = os.CreateTemp(c.spoolDir, "cairn-spool-"); err == nil {
+		os.Remove(spool.Name())
+	}
 	if err != nil {
 		return LayerInfo{}, fmt.Errorf("spool: %w", err)
 	}
-	os.Remove(spool.Name())
-	defer spool.Close()
+	cached := false
+	defer func() {
+		if cached {
+			return
+		}
+		if toCache {
+			blobcache.Discard(spool)
+		} else {
+			spool.Close()
+		}
+	}()
 	alg := digest.SHA256
 	if opts.Expected != "" {
 		alg = opts.Expected.Algorithm()
@@ -325,6 +342,10 @@ func (c *Cache) pushCompressed(ctx context.Context, r io.Reader, f recompress.Fo
 		return LayerInfo{}, err
 	}
 	c.rebuilt.ingestRebuilt.Add(1)
+	if toCache && src.spoolErr == nil {
+		c.blobs.Add(spool, got, src.n) // takes the file, or drops it if too large
+		cached = true
+	}
 	// The content under its own digest, sharing the chunks the blob's
 	// record now references. Failing here loses nothing the caller asked
 	// for.

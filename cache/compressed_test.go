@@ -438,23 +438,17 @@ func openWithBlobCache(t testing.TB, dir string, store *mem.Store, size int64) *
 	return c
 }
 
-// The rebuilt-blob cache: the first read rebuilds and keeps a copy, the
-// next reads come from it; a bad copy is a loud error and is dropped, and
-// the next read rebuilds.
+// The rebuilt-blob cache: a pushed blob starts there and reads come from
+// it; a bad copy is a loud error and is dropped, and the next read rebuilds
+// and keeps a copy again.
 func TestRebuiltCache(t *testing.T) {
 	dir := t.TempDir()
 	c := openWithBlobCache(t, dir, mem.New(), 64<<20)
 	data := sourceTar(t, "encoding", 2<<20, time.Unix(1600000000, 0))
 	blob := gz(t, data, 6)
 	info := pushBlob(t, c, blob, gzipLayer)
-	if s := c.Rebuilds(); s.CacheBlobs != 0 || s.IngestRebuilt != 1 {
-		t.Fatalf("after the push: %+v, want nothing cached yet", s)
-	}
-	if got := pull(t, c, info.Digest, 0, -1); !bytes.Equal(got, blob) {
-		t.Fatal("a rebuilt read differs")
-	}
-	if s := c.Rebuilds(); s.CacheBlobs != 1 || s.CacheBytes != int64(len(blob)) || s.ServedRebuilt != int64(len(blob)) {
-		t.Fatalf("after the first read: %+v, want it rebuilt and cached", s)
+	if s := c.Rebuilds(); s.CacheBlobs != 1 || s.CacheBytes != int64(len(blob)) || s.IngestRebuilt != 1 {
+		t.Fatalf("after the push: %+v, want the blob cached", s)
 	}
 	for _, r := range [][2]int64{{0, -1}, {0, 1}, {7, 100000}, {int64(len(blob)) - 3, 3}, {int64(len(blob)), -1}} {
 		end := int64(len(blob))
@@ -465,7 +459,7 @@ func TestRebuiltCache(t *testing.T) {
 			t.Fatalf("a cached read of %v differs", r)
 		}
 	}
-	if s := c.Rebuilds(); s.ServedRebuilt != int64(len(blob)) || s.ServedFromCache != int64(len(blob))+100004 {
+	if s := c.Rebuilds(); s.ServedRebuilt != 0 || s.ServedFromCache != int64(len(blob))+100004 {
 		t.Fatalf("after the cached reads: %+v", s)
 	}
 	// A flipped byte in the cached copy.
@@ -493,7 +487,7 @@ func TestRebuiltCache(t *testing.T) {
 	if got := pull(t, c, info.Digest, 10, 1000); !bytes.Equal(got, blob[10:1010]) {
 		t.Fatal("the rebuild after a bad copy differs")
 	}
-	if s := c.Rebuilds(); s.ServedRebuilt != int64(len(blob))+1000 || s.CacheBlobs != 1 {
+	if s := c.Rebuilds(); s.ServedRebuilt != 1000 || s.CacheBlobs != 1 {
 		t.Fatalf("after the rebuild: %+v, want 1000 bytes rebuilt and the copy cached again", s)
 	}
 	// A cached copy outlives an encoder change.
@@ -520,9 +514,7 @@ func TestRebuiltCacheBound(t *testing.T) {
 	c := openWithBlobCache(t, dir, store, bound)
 	var infos []LayerInfo
 	for _, b := range blobs {
-		info := pushBlob(t, c, b, gzipLayer)
-		infos = append(infos, info)
-		pull(t, c, info.Digest, 0, -1)
+		infos = append(infos, pushBlob(t, c, b, gzipLayer))
 	}
 	if s := c.Rebuilds(); s.CacheBlobs != 3 {
 		t.Fatalf("%+v", s)
@@ -544,8 +536,7 @@ func TestRebuiltCacheBound(t *testing.T) {
 // and the reference counts stay exact.
 func TestMaterialize(t *testing.T) {
 	store := mem.New()
-	dir := t.TempDir()
-	c := openWithBlobCache(t, dir, store, 64<<20)
+	c := openCache(t, t.TempDir(), store) // no rebuilt-blob cache: a changed encoder cannot be read around
 	data := sourceTar(t, "encoding", 2<<20, time.Unix(1600000000, 0))
 	blob := gz(t, data, 6)
 	other := gz(t, data[:len(data)/2], 6)

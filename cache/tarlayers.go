@@ -139,24 +139,36 @@ type joinedReader struct {
 
 func (t *joinedReader) Read(p []byte) (int, error) { return t.r.Read(p) }
 
-// WriteTo moves the tar in pieces of a megabyte rather than io.Copy's 32
-// KiB: each piece of content is a read through the join and a chunk
-// reader.
-func (t *joinedReader) WriteTo(w io.Writer) (int64, error) {
-	return io.CopyBuffer(w, onlyReader{t.r}, make([]byte, 1<<20))
-}
-
-// onlyReader hides a reader's WriteTo from io.CopyBuffer.
-type onlyReader struct{ r io.Reader }
-
-func (o onlyReader) Read(p []byte) (int, error) { return o.r.Read(p) }
-
 func (t *joinedReader) Close() error {
 	t.meta.Close()
 	if t.content != nil {
 		t.content.Close()
 	}
 	return nil
+}
+
+// WriteTo moves the tar in pieces of a megabyte: a join yields one file's
+// header or contents per Read, and a write per piece (a syscall on a
+// network connection) would cost more than the join for small files.
+func (t *joinedReader) WriteTo(w io.Writer) (int64, error) {
+	buf := make([]byte, 1<<20)
+	var total int64
+	for {
+		n, err := io.ReadFull(t.r, buf)
+		if n > 0 {
+			k, werr := w.Write(buf[:n])
+			total += int64(k)
+			if werr != nil {
+				return total, werr
+			}
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
 }
 
 // dataLoss reports a malformed meta stream as data loss: its chunks were
