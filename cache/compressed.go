@@ -247,22 +247,35 @@ func (c *Cache) pushCompressed(ctx context.Context, r io.Reader, f recompress.Fo
 	if dec == nil {
 		return c.pushFallback(ctx, src, opts, f, "its header does not decode")
 	}
-	m, err := recompress.NewMatcher(recompress.Candidates(f, hdr), 0)
+	// The probe: the first probeBytes of content, fed to the candidates,
+	// the likely ones first; if none of those is left, the others start
+	// over from the beginning (the compressed bytes so far from the spool,
+	// the content from the probe buffer).
+	stages := recompress.Stages(f, hdr)
+	m, err := recompress.NewMatcher(stages[0], 0)
 	if err != nil {
 		return LayerInfo{}, err
 	}
-	defer m.Close()
+	defer func() { m.Close() }()
 	src.startMatcher(m)
-
-	// The probe: the first probeBytes of content, fed to every candidate.
 	probe := make([]byte, probeBytes)
 	var k int
 	var decErr error
-	for k < len(probe) && m.Live() > 0 && decErr == nil {
-		var n int
-		n, decErr = dec.Read(probe[k:min(k+64<<10, len(probe))])
-		m.Feed(probe[k : k+n])
-		k += n
+	for stage := 0; ; {
+		for k < len(probe) && m.Live() > 0 && decErr == nil {
+			var n int
+			n, decErr = dec.Read(probe[k:min(k+64<<10, len(probe))])
+			m.Feed(probe[k : k+n])
+			k += n
+		}
+		if m.Live() > 0 || stage+1 == len(stages) || src.readErr != nil || (decErr != nil && decErr != io.EOF) {
+			break
+		}
+		stage++
+		m.Close()
+		if m, err = c.replayMatcher(src, stages[stage], probe[:k]); err != nil {
+			return LayerInfo{}, err
+		}
 	}
 	probe = probe[:k]
 	if src.readErr != nil {
@@ -353,6 +366,40 @@ func (c *Cache) pushCompressed(ctx context.Context, r io.Reader, f recompress.Fo
 		c.log.Warn("cache: commit the content of a compressed blob", "blob", got, "content", raw.Digest, "err", err)
 	}
 	return info, nil
+}
+
+// replayMatcher starts a matcher of cands over what src and the probe have
+// seen so far: the compressed bytes from the spool, the content from the
+// probe buffer. src hands it the bytes that follow.
+func (c *Cache) replayMatcher(src *ingestSource, cands []recompress.Spec, content []byte) (*recompress.Matcher, error) {
+	m, err := recompress.NewMatcher(cands, 0)
+	if err != nil {
+		return nil, err
+	}
+	sr, err := src.spooled()
+	if err != nil {
+		m.Close()
+		return nil, err
+	}
+	buf := make([]byte, 256<<10)
+	for {
+		n, err := sr.Read(buf)
+		m.AddCompressed(buf[:n])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			m.Close()
+			return nil, fmt.Errorf("spool: %w", err)
+		}
+	}
+	for len(content) > 0 && m.Live() > 0 {
+		n := min(len(content), 64<<10)
+		m.Feed(content[:n])
+		content = content[n:]
+	}
+	src.m = m
+	return m, nil
 }
 
 // checkCompressed checks the compressed stream's length against the one

@@ -16,6 +16,7 @@ import (
 
 	"github.com/cairnbuild/cairn/backend/mem"
 	"github.com/cairnbuild/cairn/recompress"
+	kgzip "github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"github.com/klauspost/pgzip"
 	"github.com/opencontainers/go-digest"
@@ -187,6 +188,12 @@ func TestClientBlobsRebuilt(t *testing.T) {
 			zw, _ := zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedDefault))
 			return zw
 		}), "klauspost-zstd/2 "},
+		// A second-stage candidate: tried only once the likely ones are
+		// gone, over the bytes seen so far again.
+		"klauspost gzip level 9": {enc(func(w io.Writer) io.WriteCloser {
+			zw, _ := kgzip.NewWriterLevel(w, kgzip.BestCompression)
+			return zw
+		}), "klauspost-gzip/9 "},
 		"named gzip": {func() []byte {
 			var b bytes.Buffer
 			zw := stdgzip.NewWriter(&b)

@@ -49,6 +49,26 @@ func Candidates(f Format, h *GzipHeader) []Spec {
 	return out
 }
 
+// Stages splits Candidates(f, h) in two: the encoders real clients use at
+// their defaults (compress/gzip at 6 and 1, pgzip at its default, which
+// klauspost's flate takes as 5, and at 6; zstd at SpeedDefault), then the
+// rest. A push tries the first stage alone and starts the second only if
+// the first is gone: fewer encoders running, in time and in memory (each
+// takes about a megabyte, pgzip several).
+func Stages(f Format, h *GzipHeader) [][]Spec {
+	likely := map[string]bool{"go-gzip/6": true, "go-gzip/1": true, "pgzip/5/1048576": true, "pgzip/6/1048576": true,
+		"klauspost-zstd/2": true}
+	var first, rest []Spec
+	for _, s := range Candidates(f, h) {
+		if likely[s.Key()] {
+			first = append(first, s)
+		} else {
+			rest = append(rest, s)
+		}
+	}
+	return [][]Spec{first, rest}
+}
+
 // DefaultWindow bounds what a Matcher buffers: incoming bytes that a live
 // candidate has not produced yet, and output a candidate produced before
 // the same incoming bytes arrived. A candidate that falls further behind
