@@ -151,3 +151,37 @@ func TestSplitTarBadInput(t *testing.T) {
 		})
 	}
 }
+
+// Whatever a push is given, it commits it and gives back its exact bytes:
+// tars, broken tars, anything.
+func FuzzPushRoundTrip(f *testing.F) {
+	f.Add(sourceTar(f, "unicode", 64<<10, time.Unix(1, 0)))
+	f.Add([]byte("not a tar"))
+	f.Add(make([]byte, 1536))
+	c, err := Open(context.Background(), Options{Dir: f.TempDir(), Backend: mem.New()})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer c.Close()
+	f.Fuzz(func(t *testing.T, b []byte) {
+		info, err := c.Push(context.Background(), bytes.NewReader(b), PushOptions{Size: int64(len(b)), Expected: digest.FromBytes(b)})
+		if err != nil {
+			t.Fatalf("push of %d bytes: %v", len(b), err)
+		}
+		for _, r := range [][2]int64{{0, -1}, {int64(len(b)) / 3, int64(len(b)) / 3}} {
+			rc, _, err := c.Open(context.Background(), info.Digest, r[0], r[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(rc)
+			rc.Close()
+			end := int64(len(b))
+			if r[1] >= 0 {
+				end = r[0] + r[1]
+			}
+			if err != nil || !bytes.Equal(got, b[r[0]:end]) {
+				t.Fatalf("range %v of %d bytes: %d back, %v", r, len(b), len(got), err)
+			}
+		}
+	})
+}

@@ -302,7 +302,25 @@ func NewJoinerAt(meta io.Reader, open func(offset int64) (io.Reader, error), off
 	return &Joiner{meta: br, open: open, skip: offset}, nil
 }
 
+// Read fills p across as many records as fit: a read per file header or
+// small file would cost more than the join itself.
 func (j *Joiner) Read(p []byte) (int, error) {
+	total := 0
+	for total < len(p) {
+		n, err := j.read1(p[total:])
+		total += n
+		if err != nil {
+			if err == io.EOF && total > 0 {
+				return total, nil
+			}
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// read1 gives bytes of one record's meta or content.
+func (j *Joiner) read1(p []byte) (int, error) {
 	if j.err != nil {
 		return 0, j.err
 	}
