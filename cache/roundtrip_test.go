@@ -1,14 +1,11 @@
 package cache
 
 import (
-	"archive/tar"
 	"bytes"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cairnbuild/cairn/backend/backendtest"
 	"github.com/cairnbuild/cairn/backend/mem"
@@ -105,46 +102,10 @@ func TestRangeReads(t *testing.T) {
 // Real tar files: the Go distribution's sources, written as a layer tar.
 func TestRealTar(t *testing.T) {
 	c, _ := newCache(t)
-	limit := int64(scale(48<<20, 6<<20))
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	root := filepath.Join(goroot(), "src")
-	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || int64(buf.Len()) > limit {
-			return fs.SkipAll
-		}
-		info, err := d.Info()
-		if err != nil {
-			return nil
-		}
-		hdr, err := tar.FileInfoHeader(info, "")
-		if err != nil {
-			return nil
-		}
-		hdr.Name, _ = filepath.Rel(root, path)
-		if !info.Mode().IsRegular() && !info.IsDir() {
-			return nil
-		}
-		b := []byte(nil)
-		if info.Mode().IsRegular() {
-			if b, err = os.ReadFile(path); err != nil {
-				return nil
-			}
-		}
-		if err := tw.WriteHeader(hdr); err != nil {
-			return err
-		}
-		_, err = tw.Write(b)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
+	data := sourceTar(t, "", scale(48<<20, 6<<20), time.Unix(1700000000, 0))
+	if len(data) < 1<<20 {
+		t.Skipf("GOROOT/src gave only %d bytes", len(data))
 	}
-	tw.Close()
-	if buf.Len() < 1<<20 {
-		t.Skipf("GOROOT/src gave only %d bytes", buf.Len())
-	}
-	data := buf.Bytes()
 	info := push(t, c, data)
 	if got := pullDigest(t, c, info.Digest); got != digest.FromBytes(data) {
 		t.Fatalf("tar: pulled %s, want %s", got, info.Digest)
