@@ -273,9 +273,11 @@ func (c *Cache) pushCompressed(ctx context.Context, r io.Reader, f recompress.Fo
 		}
 		stage++
 		m.Close()
-		if m, err = c.replayMatcher(src, stages[stage], probe[:k]); err != nil {
-			return LayerInfo{}, err
+		next, err := c.replayMatcher(src, stages[stage], probe[:k])
+		if err != nil {
+			return LayerInfo{}, err // m is closed; closing it again is harmless
 		}
+		m = next
 	}
 	probe = probe[:k]
 	if src.readErr != nil {

@@ -118,13 +118,22 @@ type manifestChunk struct {
 	Size   int64  `json:"s"`
 }
 
-const manifestVersion = 1
+// Manifest versions: 1, a plain recipe; 2, with `rebuild` or `tar`, so
+// that a cairn from before those fields skips such a manifest (and says
+// so) instead of restoring a recipe it would misread.
+const (
+	manifestVersion        = 1
+	manifestVersionRebuilt = 2
+)
 
 func marshalManifest(lr *index.LayerRecord) ([]byte, error) {
 	m := layerManifest{Version: manifestVersion, Digest: lr.Digest, Size: lr.Size, MediaType: lr.MediaType,
 		Created: lr.Created, ChunkHash: string(chunkid.Algorithm), Chunks: make([]manifestChunk, len(lr.Recipe)), Rebuild: lr.Rebuild}
 	for i, e := range lr.Recipe {
 		m.Chunks[i] = manifestChunk{Digest: hex.EncodeToString(e.ID[:]), Size: e.Size}
+	}
+	if lr.Rebuild != nil || lr.Tar != nil {
+		m.Version = manifestVersionRebuilt
 	}
 	if lr.Tar != nil {
 		m.Tar = &manifestTar{Size: lr.Tar.Size, Meta: make([]manifestChunk, len(lr.Tar.Meta))}
@@ -156,8 +165,11 @@ func parseManifest(b []byte) (*index.LayerRecord, error) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		return nil, err
 	}
-	if m.Version != manifestVersion || m.ChunkHash != string(chunkid.Algorithm) {
+	if m.Version != manifestVersion && m.Version != manifestVersionRebuilt || m.ChunkHash != string(chunkid.Algorithm) {
 		return nil, fmt.Errorf("unsupported manifest version %d, chunk hash %q", m.Version, m.ChunkHash)
+	}
+	if (m.Version == manifestVersionRebuilt) != (m.Rebuild != nil || m.Tar != nil) {
+		return nil, fmt.Errorf("manifest version %d with rebuild %v and tar %v", m.Version, m.Rebuild != nil, m.Tar != nil)
 	}
 	if err := ParseLayerDigest(m.Digest); err != nil {
 		return nil, err

@@ -3,6 +3,7 @@ package cache
 import (
 	"bytes"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,6 +95,25 @@ func TestGoldenTarManifest(t *testing.T) {
 	}
 	if back.Size != 350 || back.Tar == nil || back.Tar.Size != 350 || len(back.Tar.Meta) != 1 || back.Tar.Meta[0] != lr.Tar.Meta[0] || len(back.Recipe) != 2 {
 		t.Errorf("stored manifest parses as %+v", back)
+	}
+	// A gzip of that tar, rebuilt from it.
+	rebuilt := *lr
+	rebuilt.Digest, rebuilt.Size, rebuilt.MediaType = digest.FromString("tar.gz"), 120, "application/vnd.oci.image.layer.v1.tar+gzip"
+	rebuilt.Rebuild = []byte(`{"encoder":"go-gzip","version":"go1.26.8","level":6,"header":{"os":255}}`)
+	m, err = marshalManifest(&rebuilt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err = parseManifest(golden.Bytes(t, "rebuilt-tar-manifest.json", m))
+	if err != nil || back.Size != 120 || back.RawSize() != 350 || back.Tar == nil || string(back.Rebuild) != string(rebuilt.Rebuild) {
+		t.Errorf("stored rebuilt tar manifest parses as %+v, %v", back, err)
+	}
+	// A cairn from before these fields sees version 2 and skips it; a
+	// version 1 manifest with them is refused.
+	if old := strings.Replace(string(m), `"version":2`, `"version":1`, 1); old == string(m) {
+		t.Error("a rebuilt tar's manifest is not version 2")
+	} else if _, err := parseManifest([]byte(old)); err == nil {
+		t.Error("a version 1 manifest with rebuild and tar fields was accepted")
 	}
 	for _, bad := range []index.TarLayout{{Size: 299, Meta: lr.Tar.Meta}, {Size: 361, Meta: lr.Tar.Meta}} {
 		lr.Tar, lr.Size = &bad, bad.Size

@@ -793,7 +793,10 @@ func (c *Cache) reindexManifest(ctx context.Context, repo string, d digest.Diges
 	if lr.Size > MaxManifestSize {
 		return fmt.Errorf("%w: manifest of %d bytes", ErrInvalidArgument, lr.Size)
 	}
-	rc := c.chunks.NewReader(ctx, lr.Recipe, 0, lr.Size)
+	rc, err := c.blobReader(ctx, lr, 0, lr.Size) // a manifest can look like a tar and be stored split
+	if err != nil {
+		return err
+	}
 	b, err := io.ReadAll(rc)
 	rc.Close()
 	if err != nil {

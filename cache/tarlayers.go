@@ -125,15 +125,72 @@ func (c *Cache) rawReader(ctx context.Context, lr *index.LayerRecord, offset, n 
 	}, offset)
 	if err != nil {
 		meta.Close()
-		return nil, fmt.Errorf("%w: layer %s: %w", ErrDataLoss, lr.Digest, err)
+		if errors.Is(err, tarsplit.ErrFormat) {
+			return nil, fmt.Errorf("%w: layer %s: %w", ErrDataLoss, lr.Digest, err)
+		}
+		return nil, fmt.Errorf("layer %s: %w", lr.Digest, err)
 	}
-	tr.r = &io.LimitedReader{R: dataLoss{j, lr.Digest}, N: n}
+	tr.r = &exactJoin{j: j, d: lr.Digest, want: n, toEnd: offset+n == lr.Tar.Size, content: contentSize}
 	return tr, nil
+}
+
+// exactJoin is the join, checked: it must yield exactly want bytes, and a
+// read to the tar's end must pass the whole content stream; a malformed
+// meta stream is data loss (its chunks were verified, so the stored layer
+// itself is wrong).
+type exactJoin struct {
+	j       *tarsplit.Joiner
+	d       digest.Digest
+	want    int64
+	got     int64
+	toEnd   bool
+	content int64
+}
+
+func (e *exactJoin) Read(p []byte) (int, error) {
+	if e.got == e.want {
+		if !e.toEnd {
+			return 0, io.EOF
+		}
+		// The tar's end: the join must end here too, having used every
+		// byte of content.
+		var one [1]byte
+		k, err := e.j.Read(one[:])
+		switch {
+		case k > 0:
+			return 0, fmt.Errorf("%w: layer %s: the join runs past the layer's %d bytes", ErrDataLoss, e.d, e.want)
+		case err != io.EOF:
+			return 0, e.wrap(err)
+		case e.j.ContentRead() != e.content:
+			return 0, fmt.Errorf("%w: layer %s: the join uses %d bytes of content, %d stored", ErrDataLoss, e.d, e.j.ContentRead(), e.content)
+		}
+		e.toEnd = false
+		return 0, io.EOF
+	}
+	if int64(len(p)) > e.want-e.got {
+		p = p[:e.want-e.got]
+	}
+	n, err := e.j.Read(p)
+	e.got += int64(n)
+	if err == io.EOF && e.got < e.want {
+		return n, fmt.Errorf("%w: layer %s: the join ends after %d bytes of %d", ErrDataLoss, e.d, e.got, e.want)
+	}
+	if err == io.EOF {
+		err = nil // the check at the end comes with the next Read
+	}
+	return n, e.wrap(err)
+}
+
+func (e *exactJoin) wrap(err error) error {
+	if err != nil && err != io.EOF && errors.Is(err, tarsplit.ErrFormat) {
+		return fmt.Errorf("%w: layer %s: %w", ErrDataLoss, e.d, err)
+	}
+	return err
 }
 
 // joinedReader is a split tar joined back; Close stops both chunk readers.
 type joinedReader struct {
-	r             *io.LimitedReader
+	r             *exactJoin
 	meta, content io.ReadCloser
 }
 
@@ -169,21 +226,6 @@ func (t *joinedReader) WriteTo(w io.Writer) (int64, error) {
 			return total, err
 		}
 	}
-}
-
-// dataLoss reports a malformed meta stream as data loss: its chunks were
-// verified, so the stored layer itself is wrong.
-type dataLoss struct {
-	r io.Reader
-	d digest.Digest
-}
-
-func (dl dataLoss) Read(p []byte) (int, error) {
-	n, err := dl.r.Read(p)
-	if err != nil && err != io.EOF && errors.Is(err, tarsplit.ErrFormat) {
-		err = fmt.Errorf("%w: layer %s: %w", ErrDataLoss, dl.d, err)
-	}
-	return n, err
 }
 
 // openTar reads n bytes from offset of a split tar: the two streams

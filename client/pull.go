@@ -107,8 +107,9 @@ func (c *Client) pullChunks(ctx context.Context, d digest.Digest, out *pullWrite
 	if err != nil {
 		werr := wrapErr(op, err)
 		if errors.Is(werr, ErrFailedPrecondition) {
-			// A compressed blob the server stores as its tar has no chunks
-			// of its own: stream it.
+			// A layer the server stores as parts (a compressed blob as its
+			// tar, a tar as its contents and headers apart) has no chunk
+			// list of its own bytes: stream it.
 			return c.pullStream(ctx, d, out, opts, res)
 		}
 		return werr

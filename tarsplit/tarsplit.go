@@ -32,6 +32,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 )
 
 // Version is the meta stream's format.
@@ -201,8 +202,13 @@ func (s *Splitter) step() {
 		}
 		return
 	}
-	_, err := s.tr.Next()
+	hdr, err := s.tr.Next()
 	switch {
+	case err == nil && sparse(hdr):
+		// archive/tar expands a sparse file's holes as it reads it, and
+		// a header may claim an exabyte of holes: read the rest of the
+		// stream as meta rather than the expanded file.
+		s.rest(nil)
 	case err == nil:
 		s.Entries++
 		s.inData = true
@@ -211,6 +217,20 @@ func (s *Splitter) step() {
 	default:
 		s.rest(err)
 	}
+}
+
+// sparse says whether hdr is a sparse file (GNU old format, or PAX GNU.sparse
+// records).
+func sparse(hdr *tar.Header) bool {
+	if hdr.Typeflag == tar.TypeGNUSparse {
+		return true
+	}
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return true
+		}
+	}
+	return false
 }
 
 // rest reads what remains of the source as meta, ends the meta stream and
@@ -294,7 +314,7 @@ func NewJoinerAt(meta io.Reader, open func(offset int64) (io.Reader, error), off
 	br := bufio.NewReaderSize(meta, 64<<10)
 	v, err := br.ReadByte()
 	if err != nil {
-		return nil, fmt.Errorf("%w: no version byte: %v", ErrFormat, err)
+		return nil, formatErr("no version byte", err)
 	}
 	if v != Version {
 		return nil, fmt.Errorf("%w: version %d", ErrFormat, v)
@@ -333,7 +353,7 @@ func (j *Joiner) read1(p []byte) (int, error) {
 			if j.skip > 0 {
 				k := min(j.skip, j.metaLeft)
 				if _, err := j.meta.Discard(int(k)); err != nil {
-					return 0, j.fail(fmt.Errorf("%w: meta ends inside a record: %v", ErrFormat, err))
+					return 0, j.fail(formatErr("meta ends inside a record", err))
 				}
 				j.skip -= k
 				j.metaLeft -= k
@@ -342,13 +362,16 @@ func (j *Joiner) read1(p []byte) (int, error) {
 			n, err := j.meta.Read(p[:min(int64(len(p)), j.metaLeft)])
 			j.metaLeft -= int64(n)
 			if n == 0 && err != nil {
-				return 0, j.fail(fmt.Errorf("%w: meta ends inside a record: %v", ErrFormat, err))
+				return 0, j.fail(formatErr("meta ends inside a record", err))
 			}
 			return n, nil
 		case j.needCount:
 			c, err := binary.ReadUvarint(j.meta)
-			if err != nil || c > 1<<62 {
-				return 0, j.fail(fmt.Errorf("%w: bad content length (%v)", ErrFormat, err))
+			if err != nil {
+				return 0, j.fail(formatErr("bad content length", err))
+			}
+			if c > 1<<62 {
+				return 0, j.fail(fmt.Errorf("%w: content length %d", ErrFormat, c))
 			}
 			j.contLeft, j.needCount = int64(c), false
 		case j.contLeft > 0:
@@ -387,12 +410,29 @@ func (j *Joiner) read1(p []byte) (int, error) {
 				j.err = io.EOF
 				return 0, io.EOF
 			}
-			if err != nil || m > maxMetaRecord {
-				return 0, j.fail(fmt.Errorf("%w: bad record length (%d, %v)", ErrFormat, m, err))
+			if err != nil {
+				return 0, j.fail(formatErr("bad record length", err))
+			}
+			if m > maxMetaRecord {
+				return 0, j.fail(fmt.Errorf("%w: record length %d", ErrFormat, m))
 			}
 			j.metaLeft, j.needCount = int64(m), true
 		}
 	}
+}
+
+// ContentRead is how many bytes of the content stream the join has passed
+// (read or skipped): at the tar's end, the content stream's whole length.
+func (j *Joiner) ContentRead() int64 { return j.contOff }
+
+// formatErr is a meta stream that ends too soon (ErrFormat), or the meta
+// stream's own reader failing, passed on as it is: a backend that is
+// unavailable is not a malformed stream.
+func formatErr(what string, err error) error {
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		return fmt.Errorf("%w: %s: %v", ErrFormat, what, err)
+	}
+	return fmt.Errorf("tarsplit: %s: %w", what, err)
 }
 
 func (j *Joiner) fail(err error) error {

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -303,4 +304,83 @@ func FuzzJoin(f *testing.F) {
 	f.Fuzz(func(t *testing.T, meta, content []byte) {
 		_, _ = Join(io.Discard, bytes.NewReader(meta), bytes.NewReader(content))
 	})
+}
+
+// A few KiB of tar that claims a sparse file of 2^62 bytes: archive/tar
+// would hand out its holes for a year. The split stops at the sparse
+// header and keeps the rest as meta.
+func TestSparseBomb(t *testing.T) {
+	pax := paxRecord("GNU.sparse.numblocks", "1") + paxRecord("GNU.sparse.map", "0,1") + paxRecord("GNU.sparse.size", "4611686018427387904")
+	var b []byte
+	b = append(b, rawHeader("PaxHeaders/f", 'x', int64(len(pax)))...)
+	b = append(b, padBlock([]byte(pax))...)
+	b = append(b, rawHeader("f", '0', 1)...)
+	b = append(b, padBlock([]byte("A"))...)
+	b = append(b, make([]byte, 1024)...)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		roundTrip(t, b)
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the split of a 3 KiB sparse bomb is still running after 30 s")
+	}
+}
+
+// rawHeader is a USTAR header block written by hand (archive/tar refuses
+// to write GNU.sparse records).
+func rawHeader(name string, typ byte, size int64) []byte {
+	b := make([]byte, 512)
+	copy(b[0:], name)
+	copy(b[100:], "0000644\x00")
+	copy(b[108:], "0000000\x00")
+	copy(b[116:], "0000000\x00")
+	copy(b[124:], fmt.Sprintf("%011o\x00", size))
+	copy(b[136:], "00000000000\x00")
+	b[156] = typ
+	copy(b[257:], "ustar\x00")
+	copy(b[263:], "00")
+	for i := 148; i < 156; i++ {
+		b[i] = ' '
+	}
+	var sum int
+	for _, c := range b {
+		sum += int(c)
+	}
+	copy(b[148:], fmt.Sprintf("%06o\x00 ", sum))
+	return b
+}
+
+func paxRecord(k, v string) string {
+	l := len(k) + len(v) + 3
+	for {
+		s := fmt.Sprint(l) + " " + k + "=" + v + "\n"
+		if len(s) == l {
+			return s
+		}
+		l = len(s)
+	}
+}
+
+func padBlock(b []byte) []byte {
+	if r := len(b) % 512; r != 0 {
+		b = append(b, make([]byte, 512-r)...)
+	}
+	return b
+}
+
+// A meta stream whose reader fails (an unavailable backend) is that
+// failure, not a malformed stream.
+func TestJoinPassesReadErrors(t *testing.T) {
+	b := writeTar(t, tar.FormatPAX, sampleEntries(time.Unix(1, 0)), true)
+	content, meta := split(t, b)
+	boom := errors.New("backend unavailable")
+	for _, at := range []int{0, 1, len(meta) / 2} {
+		_, err := Join(io.Discard, io.MultiReader(bytes.NewReader(meta[:at]), failing{boom}), bytes.NewReader(content))
+		if !errors.Is(err, boom) || errors.Is(err, ErrFormat) {
+			t.Errorf("meta failing at %d: %v; want the backend's error, not ErrFormat", at, err)
+		}
+	}
 }
