@@ -48,10 +48,22 @@ func (c *Cache) splitTar(ctx context.Context, sess *chunks.Session, r io.Reader,
 	os.Remove(spool.Name()) // gone with the file, whatever happens
 	defer spool.Close()
 	sp := tarsplit.NewSplitter(io.TeeReader(br, hc), spool)
-	content, err := c.chunkInto(ctx, sess, sp, PushOptions{Size: -1, MediaType: opts.MediaType, noDigest: true})
-	if err != nil {
-		return nil, err
+	// Files of 4 MiB and more are chunked alone: their chunks do not
+	// depend on what precedes them. Smaller files are cut content-defined
+	// together (a segment per file would drain the push pipeline once per
+	// file: at 1 MiB that cost a tenth of the push's speed).
+	segs := &segments{sp: sp, min: 4 * int64(c.params.Max)}
+	sp.OnEntry = segs.entry
+	var recipe []index.RecipeEntry
+	for !segs.done {
+		part, err := c.chunkInto(ctx, sess, segs, PushOptions{Size: -1, MediaType: opts.MediaType, noDigest: true})
+		if err != nil {
+			return nil, err
+		}
+		recipe = append(recipe, part.Recipe...)
+		segs.next()
 	}
+	content := &index.LayerRecord{Recipe: recipe}
 	// Every byte read is in exactly one of the two streams; anything else
 	// is a bug, and nothing is committed.
 	var contentBytes int64
@@ -87,6 +99,77 @@ func (c *Cache) splitTar(ctx context.Context, sess *chunks.Session, r io.Reader,
 	}
 	return &index.LayerRecord{Digest: got, Size: hc.n, MediaType: opts.MediaType, Created: time.Now().UTC(),
 		Recipe: content.Recipe, Tar: &index.TarLayout{Size: hc.n, Meta: meta.Recipe}}, nil
+}
+
+// segments reads the content stream in segments: a file of at least min
+// bytes is a segment of its own, the files between such files one more, so
+// that each is chunked apart and a large file's chunks do not depend on
+// what precedes it in the tar. Read returns io.EOF at the end of each
+// segment; next starts the following one; done is set at the stream's end.
+type segments struct {
+	sp    *tarsplit.Splitter
+	min   int64
+	pos   int64 // content bytes returned
+	from  int64 // where the current segment starts
+	held  []byte
+	eof   bool  // the current segment is over
+	done  bool  // the content stream is over
+	start bool  // a large file starts with the bytes just read
+	end   int64 // where the large file being read ends (0: none)
+}
+
+// entry is the splitter's OnEntry: a file's data comes next.
+func (s *segments) entry(offset, size int64) {
+	if size >= s.min {
+		s.start, s.end = true, offset+size
+	}
+}
+
+func (s *segments) Read(p []byte) (int, error) {
+	if s.eof || s.done {
+		return 0, io.EOF
+	}
+	if len(s.held) > 0 {
+		n := copy(p, s.held)
+		s.held = s.held[n:]
+		s.pos += int64(n)
+		s.checkEnd()
+		return n, nil
+	}
+	if s.end > s.pos {
+		p = p[:min(int64(len(p)), s.end-s.pos)]
+	}
+	n, err := s.sp.Read(p)
+	if s.start {
+		// A large file begins with these bytes: end the segment before
+		// them (unless it is empty), and give them to the next.
+		s.start = false
+		if s.pos > s.from {
+			s.held = append(s.held[:0], p[:n]...)
+			s.eof = true
+			return 0, io.EOF
+		}
+	}
+	s.pos += int64(n)
+	s.checkEnd()
+	if err == io.EOF {
+		s.done = true
+	}
+	return n, err
+}
+
+// checkEnd ends the segment at the end of a large file.
+func (s *segments) checkEnd() {
+	if s.end > 0 && s.pos == s.end {
+		s.end = 0
+		s.eof = true
+	}
+}
+
+// next starts the following segment.
+func (s *segments) next() {
+	s.eof = false
+	s.from = s.pos
 }
 
 type hashCounter struct {

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"fmt"
@@ -266,5 +267,31 @@ func TestSplitTarWrongSize(t *testing.T) {
 		if !isErr(err, ErrDataLoss) {
 			t.Errorf("size %+d: read %d bytes of %d, %v; want ErrDataLoss", delta, len(got), len(data)+delta, err)
 		}
+	}
+}
+
+// A large file is chunked apart from what precedes it: the same large
+// file after other small files adds nothing but the small files and the
+// meta stream.
+func TestLargeFilesChunkedAlone(t *testing.T) {
+	big := genData(77, 5<<20)
+	mk := func(small []byte) []byte {
+		var b bytes.Buffer
+		tw := tar.NewWriter(&b)
+		for _, f := range []struct {
+			name string
+			data []byte
+		}{{"small", small}, {"big", big}, {"after", small}} {
+			tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.data)), ModTime: time.Unix(1, 0)})
+			tw.Write(f.data)
+		}
+		tw.Close()
+		return b.Bytes()
+	}
+	a, b := mk(genData(1, 9000)), mk(genData(2, 13000))
+	added, first := storedGrowth(t, false, a, b)
+	t.Logf("first tar stored %d; the second adds %d", first, added)
+	if added > 40<<10 {
+		t.Errorf("the second tar adds %d stored bytes: the large file's chunks depend on the small file before it", added)
 	}
 }

@@ -98,6 +98,11 @@ type Splitter struct {
 
 	MetaBytes, ContentBytes int64 // written so far
 	Entries                 int   // tar entries parsed
+
+	// OnEntry, if set, is called when an entry's data is about to be read:
+	// its offset in the content stream and its size in the archive. The
+	// next bytes Read returns are that entry's first.
+	OnEntry func(offset, size int64)
 }
 
 // NewSplitter splits r; the meta stream goes to meta.
@@ -212,6 +217,9 @@ func (s *Splitter) step() {
 	case err == nil:
 		s.Entries++
 		s.inData = true
+		if s.OnEntry != nil && hdr.Size > 0 {
+			s.OnEntry(s.ContentBytes+s.nCont, hdr.Size)
+		}
 	case errors.Is(err, io.EOF):
 		s.rest(nil)
 	default:
