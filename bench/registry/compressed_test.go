@@ -37,7 +37,7 @@ const (
 // the encoder).
 //
 //	CORPUS_DEBIAN=0 CORPUS_MODCACHE=full bench/corpus.sh ./corpus
-//	CAIRN_BENCH_COMPRESSED=1 CAIRN_CORPUS_DIR=./corpus go test ./bench/registry -run TestCompressedVsDistribution -count=1 -v -timeout 60m
+//	CAIRN_BENCH_COMPRESSED=1 CAIRN_CORPUS_DIR=$PWD/corpus go test ./bench/registry -run TestCompressedVsDistribution -count=1 -v -timeout 60m
 func TestCompressedVsDistribution(t *testing.T) {
 	if os.Getenv(envCompressed) == "" {
 		t.Skip("benchmark: set " + envCompressed + "=1 and " + envCorpus + " (see bench/corpus.sh)")
