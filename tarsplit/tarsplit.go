@@ -97,7 +97,6 @@ type Splitter struct {
 	scratch []byte
 
 	MetaBytes, ContentBytes int64 // written so far
-	Entries                 int   // tar entries parsed
 
 	// OnEntry, if set, is called when an entry's data is about to be read:
 	// its offset in the content stream and its size in the archive. The
@@ -203,7 +202,7 @@ func (s *Splitter) step() {
 		if err == io.EOF {
 			s.inData = false
 		} else if err != nil {
-			s.rest(err)
+			s.rest()
 		}
 		return
 	}
@@ -213,17 +212,16 @@ func (s *Splitter) step() {
 		// archive/tar expands a sparse file's holes as it reads it, and
 		// a header may claim an exabyte of holes: read the rest of the
 		// stream as meta rather than the expanded file.
-		s.rest(nil)
+		s.rest()
 	case err == nil:
-		s.Entries++
 		s.inData = true
 		if s.OnEntry != nil && hdr.Size > 0 {
 			s.OnEntry(s.ContentBytes+s.nCont, hdr.Size)
 		}
 	case errors.Is(err, io.EOF):
-		s.rest(nil)
+		s.rest()
 	default:
-		s.rest(err)
+		s.rest()
 	}
 }
 
@@ -241,10 +239,10 @@ func sparse(hdr *tar.Header) bool {
 	return false
 }
 
-// rest reads what remains of the source as meta, ends the meta stream and
-// the split. cause, if not nil, is why the tar reader stopped early: the
-// bytes are kept all the same.
-func (s *Splitter) rest(cause error) {
+// rest reads what remains of the source as meta (after the archive's end,
+// or where the tar reader stopped parsing: the bytes are kept all the
+// same), ends the meta stream and the split.
+func (s *Splitter) rest() {
 	var readErr error
 	if s.srcErr != nil {
 		readErr = s.srcErr
@@ -269,7 +267,6 @@ func (s *Splitter) rest(cause error) {
 		s.err = s.meta.Flush()
 	}
 	s.done = true
-	_ = cause
 }
 
 // Join writes the tar that a meta stream and its content stream were split
