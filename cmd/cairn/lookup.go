@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cairnbuild/cairn/client"
+	"github.com/cairnbuild/cairn/cmd/internal/sizeflag"
+	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
 )
 
 // chainOutput is `lookup --chain`'s --json result.
@@ -46,7 +49,12 @@ lines (heredocs, continuations):
     {"instruction": "RUN a \\\n  && b", "platform": "linux/amd64"}
 with the fields instruction, inputs_digest, platform and build_args.
 It prints one line per step (HIT with the layer, or MISS) and exits 0 when
-every step hit, 2 otherwise; "next" is the --parent for the first miss.`,
+every step hit, 2 otherwise; "next" is the --parent for the first miss.
+
+Limits: a line of the chain file is at most 1 MiB. A chain may be of any
+length: the server answers at most 1000 steps per call, so a longer chain
+is looked up in several calls, each starting on the "next" of the step
+before it.`,
 		Example: `  cairn lookup --instruction 'RUN apt-get update' --parent sha256:...
   cairn lookup --chain steps.txt --platform linux/amd64 --json`,
 		Args: cobra.NoArgs,
@@ -117,7 +125,7 @@ every step hit, 2 otherwise; "next" is the --parent for the first miss.`,
 			return err
 		}
 		defer done()
-		recs, err := c.LookupChain(ctx, parent, steps)
+		recs, err := lookupChain(ctx, c, parent, steps)
 		if err != nil {
 			return cf.fail(err)
 		}
@@ -160,6 +168,31 @@ every step hit, 2 otherwise; "next" is the --parent for the first miss.`,
 	return cmd
 }
 
+// lookupChain looks up a chain of any length. The server answers at most
+// cairnv1.MaxChainSteps steps per call, so a longer chain goes in several
+// calls, each on the "next" of the last step of the call before; it stops
+// at the first miss, as one call would.
+func lookupChain(ctx context.Context, c *client.Client, parent digest.Digest, steps []client.Step) ([]client.StepRecord, error) {
+	var recs []client.StepRecord
+	for start := 0; start < len(steps); {
+		batch := steps[start:min(len(steps), start+cairnv1.MaxChainSteps)]
+		got, err := c.LookupChain(ctx, parent, batch)
+		if err != nil {
+			if len(steps) > len(batch) {
+				err = fmt.Errorf("steps %d to %d of %d: %w", start+1, start+len(batch), len(steps), err)
+			}
+			return nil, err
+		}
+		recs = append(recs, got...)
+		if len(got) < len(batch) {
+			break
+		}
+		parent = got[len(got)-1].Next
+		start += len(batch)
+	}
+	return recs, nil
+}
+
 // parentName prints a parent for people: "" is scratch.
 func parentName(d digest.Digest) string {
 	if d == "" {
@@ -197,17 +230,27 @@ func printStepRecord(w io.Writer, rec client.StepRecord) error {
 	return tw.Flush()
 }
 
+// maxChainLine bounds a line of a chain file, in bytes.
+const maxChainLine = 1 << 20
+
 // parseChain reads a chain file: one instruction per line, optionally
 // after --inputs=, --platform= and --build-arg= options, or one JSON step
 // per line; platform is the default for steps that do not set one.
 func parseChain(r io.Reader, platform string) ([]client.Step, error) {
+	if err := checkUTF8("--platform", platform); err != nil {
+		return nil, err
+	}
 	var steps []client.Step
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for n := 1; sc.Scan(); n++ {
+	sc.Buffer(make([]byte, 64<<10), maxChainLine)
+	n := 1
+	for ; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
+		}
+		if err := checkUTF8(fmt.Sprintf("line %d", n), line); err != nil {
+			return nil, err
 		}
 		s := client.Step{Platform: platform}
 		if strings.HasPrefix(line, "{") {
@@ -249,6 +292,9 @@ func parseChain(r io.Reader, platform string) ([]client.Step, error) {
 		}
 		s.Instruction = line
 		steps = append(steps, s)
+	}
+	if errors.Is(sc.Err(), bufio.ErrTooLong) {
+		return nil, fmt.Errorf("line %d: longer than %s, the most a line of a chain may be", n, sizeflag.Format(maxChainLine))
 	}
 	return steps, sc.Err()
 }

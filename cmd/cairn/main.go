@@ -45,7 +45,8 @@ type app struct {
 }
 
 // newRootCmd builds the command tree. Subcommands are added here, one
-// constructor per file; then every flag gets its environment twin.
+// constructor per file; then errors in how a command is called get its
+// usage line (withUsage), and every flag gets its environment twin.
 func newRootCmd(a *app) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "cairn",
@@ -69,6 +70,7 @@ func newRootCmd(a *app) *cobra.Command {
 		newLsCmd(a),
 		newRmCmd(a),
 	)
+	withUsage(root)
 	envtwin.Install(root, a.getenv)
 	return root
 }

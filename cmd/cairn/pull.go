@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -62,7 +61,7 @@ in DIR are not downloaded again and the ones fetched are kept there.`,
 		} else {
 			// Write next to the target and rename, so that FILE is
 			// never a partial layer.
-			tmp, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".cairn-*")
+			tmp, err := createTempOutput(out)
 			if err != nil {
 				return err
 			}

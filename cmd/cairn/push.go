@@ -48,6 +48,9 @@ sent. With --instruction the push also records the step that made the layer
 		if err != nil {
 			return err
 		}
+		if err := checkUTF8("--media-type", mediaType); err != nil {
+			return err
+		}
 		record := sf.instruction != ""
 		if !record && (sf.parent != "" || sf.inputs != "" || len(sf.buildArgs) > 0 || diffID != "") {
 			return errors.New("--parent, --inputs, --build-arg and --diff-id describe a step: add --instruction to record one")

@@ -17,8 +17,11 @@ func newRmCmd(a *app) *cobra.Command {
 		Short: "Delete layers, or images of the registry, from the server",
 		Long: `Rm deletes what its arguments name, each one of:
 
-  sha256:<hex>        a layer: steps that produced it become misses; chunks
-                      no other layer uses are freed.
+  sha256:<hex>        a layer: its record and its references to its chunks
+                      go, and the steps that produced it become misses.
+                      Its chunks stay stored, even those no layer uses
+                      any more: garbage collection will reclaim their
+                      space, and it is not built yet.
   REPO:TAG            a tag of the server's OCI registry (cairn serve
                       --registry-listen): the tag goes, its manifest stays,
                       still reachable by digest and by its other tags.
@@ -161,6 +164,9 @@ const rmForms = "want a layer digest (sha256:<64 hex digits>), REPO:TAG or REPO@
 func parseRmTarget(s string) (rmTarget, error) {
 	if s == "" {
 		return rmTarget{}, fmt.Errorf("an empty argument: %s", rmForms)
+	}
+	if err := checkUTF8("argument", s); err != nil {
+		return rmTarget{}, err
 	}
 	if repo, ds, ok := strings.Cut(s, "@"); ok {
 		d, err := digest.Parse(ds)

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cairnbuild/cairn/cache"
+	"github.com/cairnbuild/cairn/cmd/internal/sizeflag"
 	"github.com/cairnbuild/cairn/cmd/internal/storage"
 	"github.com/cairnbuild/cairn/metrics"
 	"github.com/cairnbuild/cairn/registry"
@@ -84,7 +85,7 @@ this way commits nothing.`,
 	f.DurationVar(&cfg.storage.UploadIdleTimeout, "upload-idle-timeout", cache.DefaultUploadIdleTimeout, "abort a registry upload session whose client sent nothing for this long")
 	f.StringVar(&cfg.metricsListen, "metrics-listen", "", "Prometheus /metrics listen address, host:port (empty: no metrics endpoint)")
 	f.DurationVar(&cfg.gracePeriod, "grace-period", 30*time.Second, "on shutdown, how long calls in flight may take to finish")
-	f.StringVar(&cfg.maxRecvMsgSize, "max-recv-msg-size", "8MiB", "largest gRPC message accepted; above 4MiB, to fit the largest chunk")
+	f.StringVar(&cfg.maxRecvMsgSize, "max-recv-msg-size", "8MiB", "largest gRPC message accepted; at least 4100KiB, to fit the largest chunk (4MiB) and 4KiB around it")
 	f.DurationVar(&cfg.rpcTimeout, "rpc-timeout", server.DefaultUnaryTimeout, "longest a unary call may take, whatever the client's deadline")
 	f.DurationVar(&cfg.streamIdleTimeout, "stream-idle-timeout", server.DefaultStreamIdleTimeout, "fail an upload whose client sends nothing for this long")
 	f.IntVar(&cfg.maxTransfers, "max-transfers", server.DefaultMaxTransfers, "pushes, pulls and chunk transfers served at once; more wait (bounds memory)")
@@ -120,24 +121,20 @@ func (c *serveConfig) check() error {
 			}
 		}
 	}
-	mm, err := humanize.ParseBytes(c.maxManifest)
-	if err != nil || mm < 4<<10 || mm > cache.MaxManifestSize {
-		return fmt.Errorf("--max-manifest-size %q: want a size from 4KiB to %s", c.maxManifest, humanize.IBytes(cache.MaxManifestSize))
+	mm, err := sizeflag.Parse("--max-manifest-size", c.maxManifest, "16MiB", 4<<10, cache.MaxManifestSize)
+	if err != nil {
+		return err
 	}
-	c.maxManifestBytes = int64(mm)
+	c.maxManifestBytes = mm
 	if c.storage.MaxUploads < 1 || c.storage.UploadIdleTimeout <= 0 {
 		return errors.New("--max-uploads and --upload-idle-timeout must be positive")
 	}
 	if c.gracePeriod < 0 {
 		return fmt.Errorf("--grace-period %v: negative", c.gracePeriod)
 	}
-	n, err := humanize.ParseBytes(c.maxRecvMsgSize)
+	n, err := sizeflag.Parse("--max-recv-msg-size", c.maxRecvMsgSize, "8MiB", cache.MaxChunkSize+4<<10, 1<<30)
 	if err != nil {
-		return fmt.Errorf("--max-recv-msg-size %q: want a size like 8MiB: %v", c.maxRecvMsgSize, err)
-	}
-	if min := uint64(cache.MaxChunkSize + 4<<10); n < min || n > 1<<30 {
-		return fmt.Errorf("--max-recv-msg-size %s: want %s to 1GiB (the largest chunk is %s)",
-			c.maxRecvMsgSize, humanize.IBytes(min), humanize.IBytes(cache.MaxChunkSize))
+		return fmt.Errorf("%w (a message holds a chunk of up to %s and 4KiB around it)", err, sizeflag.Format(cache.MaxChunkSize))
 	}
 	c.maxRecvBytes = int(n)
 	if c.rpcTimeout <= 0 || c.streamIdleTimeout <= 0 {

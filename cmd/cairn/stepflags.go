@@ -1,6 +1,9 @@
 package main
 
 import (
+	"fmt"
+	"unicode/utf8"
+
 	"github.com/opencontainers/go-digest"
 	"github.com/spf13/cobra"
 
@@ -41,10 +44,40 @@ func (f *stepFlags) step() (client.Step, error) {
 	if err != nil {
 		return client.Step{}, err
 	}
+	if err := checkUTF8("--instruction", f.instruction); err != nil {
+		return client.Step{}, err
+	}
+	if err := checkUTF8("--platform", f.platform); err != nil {
+		return client.Step{}, err
+	}
+	for _, b := range f.buildArgs {
+		if err := checkUTF8("--build-arg", b); err != nil {
+			return client.Step{}, err
+		}
+	}
 	return client.Step{
 		Instruction:  f.instruction,
 		InputsDigest: inputs,
 		Platform:     f.platform,
 		BuildArgs:    f.buildArgs,
 	}, nil
+}
+
+// checkUTF8 refuses a value that is not valid UTF-8, naming what it came
+// from (a flag, a line of a file): the strings of the API's messages must
+// be, and gRPC would otherwise fail with a marshaling error that names
+// nothing the user gave.
+func checkUTF8(what, v string) error {
+	if utf8.ValidString(v) {
+		return nil
+	}
+	i := 0
+	for i < len(v) {
+		r, size := utf8.DecodeRuneInString(v[i:])
+		if r == utf8.RuneError && size <= 1 {
+			break
+		}
+		i += size
+	}
+	return fmt.Errorf("%s %q is not valid UTF-8 (byte %#02x at offset %d)", what, v, v[i], i)
 }

@@ -11,13 +11,16 @@ import (
 	"github.com/cairnbuild/cairn/backend"
 )
 
+// Their messages carry no "cache: " prefix: every error of the core says
+// which operation failed ("cache: record step: invalid argument: ..."),
+// so a prefix here would repeat it.
 var (
 	// ErrNotFound reports a layer, chunk or step the cache does not hold.
-	ErrNotFound = errors.New("cache: not found")
+	ErrNotFound = errors.New("not found")
 	// ErrInvalidArgument reports bad input: a malformed or unsupported
 	// digest, a truncated stream, a malformed chunk list, an oversized value.
 	// Nothing was changed.
-	ErrInvalidArgument = errors.New("cache: invalid argument")
+	ErrInvalidArgument = errors.New("invalid argument")
 	// ErrDigestMismatch reports data that does not hash to the digest it was
 	// declared with. Nothing was committed. It is also an ErrInvalidArgument.
 	ErrDigestMismatch error = digestMismatch{}
@@ -25,36 +28,36 @@ var (
 	// size. Nothing was committed. It is also an ErrInvalidArgument.
 	ErrSizeMismatch = fmt.Errorf("%w: size mismatch", ErrInvalidArgument)
 	// ErrOutOfRange reports a read offset beyond the end of a layer.
-	ErrOutOfRange = errors.New("cache: offset out of range")
+	ErrOutOfRange = errors.New("offset out of range")
 	// ErrFailedPrecondition reports a request the cache's state does not
 	// allow yet: a commit that names a chunk not uploaded, a step record for
 	// a layer not committed.
-	ErrFailedPrecondition = errors.New("cache: failed precondition")
+	ErrFailedPrecondition = errors.New("failed precondition")
 	// ErrDataLoss reports stored data that is missing or fails verification,
 	// or an index value that does not decode. The cache never returns wrong
 	// bytes in its place.
-	ErrDataLoss = errors.New("cache: data loss")
+	ErrDataLoss = errors.New("data loss")
 	// ErrUnavailable reports a backend or index that cannot serve right now
 	// (backend.ErrUnavailable is translated to it); retrying may help.
-	ErrUnavailable = errors.New("cache: unavailable")
+	ErrUnavailable = errors.New("unavailable")
 	// ErrResourceExhausted reports a request larger than the cache accepts
 	// in one piece (for example a layer with more chunks than one index
 	// transaction can hold).
-	ErrResourceExhausted = errors.New("cache: resource exhausted")
+	ErrResourceExhausted = errors.New("resource exhausted")
 	// ErrClosed reports a call on a closed Cache. It is also ErrUnavailable.
 	ErrClosed error = closedError{}
 )
 
 type digestMismatch struct{}
 
-func (digestMismatch) Error() string { return "cache: digest mismatch" }
+func (digestMismatch) Error() string { return "digest mismatch" }
 
 // Is makes ErrDigestMismatch match ErrInvalidArgument too.
 func (digestMismatch) Is(target error) bool { return target == ErrInvalidArgument }
 
 type closedError struct{}
 
-func (closedError) Error() string { return "cache: closed" }
+func (closedError) Error() string { return "closed" }
 
 // Is makes ErrClosed match ErrUnavailable too.
 func (closedError) Is(target error) bool { return target == ErrUnavailable }

@@ -17,7 +17,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dustin/go-humanize"
 	"github.com/spf13/pflag"
 
 	"github.com/cairnbuild/cairn/backend"
@@ -25,6 +24,7 @@ import (
 	"github.com/cairnbuild/cairn/backend/retry"
 	"github.com/cairnbuild/cairn/backend/s3"
 	"github.com/cairnbuild/cairn/cache"
+	"github.com/cairnbuild/cairn/cmd/internal/sizeflag"
 	"github.com/cairnbuild/cairn/metrics"
 )
 
@@ -149,18 +149,18 @@ func (c *Config) Check() error {
 		return fmt.Errorf("--concurrency %d: want at least 1", c.Concurrency)
 	}
 	if c.MaxExpanded != "" {
-		n, err := humanize.ParseBytes(c.MaxExpanded)
-		if err != nil || n < 1<<20 || n > 1<<50 {
-			return fmt.Errorf("--max-expanded-size %q: want a size of at least 1MiB", c.MaxExpanded)
+		n, err := sizeflag.Parse("--max-expanded-size", c.MaxExpanded, "64GiB", 1<<20, 1<<50)
+		if err != nil {
+			return err
 		}
-		c.maxExpanded = int64(n)
+		c.maxExpanded = n
 	}
 	if c.RebuiltCache != "" {
-		n, err := humanize.ParseBytes(c.RebuiltCache)
-		if err != nil || n > 1<<50 {
-			return fmt.Errorf("--rebuilt-cache-size %q: want a size, or 0 for none", c.RebuiltCache)
+		n, err := sizeflag.Parse("--rebuilt-cache-size", c.RebuiltCache, "4GiB", 0, 1<<50)
+		if err != nil {
+			return err
 		}
-		c.rebuiltCacheMax = int64(n)
+		c.rebuiltCacheMax = n
 	}
 	return nil
 }
