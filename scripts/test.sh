@@ -9,6 +9,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/tools.sh
 
+# The race detector needs cgo, and cgo a C compiler: say so before the
+# tools are built, not half an hour later.
+cc=$(go env CC)
+if [ "$(go env CGO_ENABLED)" != 1 ] || ! command -v "${cc%% *}" >/dev/null 2>&1; then
+  echo "go test -race needs cgo and a C compiler ($cc), not found here: install one (Debian: apt-get install gcc libc6-dev, as .ci/run does)" >&2
+  exit 1
+fi
+
 install_buf
 install_staticcheck
 # The registry clients the e2e tests drive: crane, the OCI conformance
