@@ -108,12 +108,12 @@ func TestBenchReuseCLIErrors(t *testing.T) {
 }
 
 func TestBenchParseSize(t *testing.T) {
-	for in, want := range map[string]int64{"4096": 4096, "64K": 64 << 10, "256KiB": 256 << 10, "1M": 1 << 20, "4g": 4 << 30, "1MB": 1 << 20} {
+	for in, want := range map[string]int64{"4096": 4096, "64K": 64 << 10, "256KiB": 256 << 10, "1M": 1 << 20, "4g": 4 << 30, "1MB": 1 << 20, "4 MiB": 4 << 20, "4 m": 4 << 20} {
 		if got, err := parseSize(in); err != nil || got != want {
 			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"", "x", "-1", "1.5M"} {
+	for _, in := range []string{"", "x", "-1", "1.5M", " MiB", "4 4M"} {
 		if _, err := parseSize(in); err == nil {
 			t.Errorf("parseSize(%q): want an error", in)
 		}

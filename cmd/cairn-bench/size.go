@@ -27,7 +27,7 @@ func parseSizes(s string) ([]int, error) {
 	return out, nil
 }
 
-// parseSize reads a size like 4096, 64K, 256KiB, 1M, 4G. Units are binary
+// parseSize reads a size like 4096, 64K, 256KiB, 4 MiB, 1M, 4G. Units are binary
 // whether or not the i is there (unlike humanize.ParseBytes, for which 1M
 // is 10^6): the sizes here are chunk averages and layer sizes, powers of
 // two in practice.
@@ -46,7 +46,7 @@ func parseSize(s string) (int64, error) {
 			mult = 1 << 40
 		}
 		if mult != 1 {
-			t = t[:len(t)-1]
+			t = strings.TrimSpace(t[:len(t)-1]) // "4 MiB" as well as "4MiB"
 		}
 	}
 	n, err := strconv.ParseInt(t, 10, 64)
