@@ -46,6 +46,11 @@ var (
 	ErrResourceExhausted = errors.New("resource exhausted")
 	// ErrServer: any other failure reported by the server.
 	ErrServer = errors.New("server error")
+	// ErrIdle: a Pull or Push waited for the server longer than its idle
+	// timeout (IdleOptions.Timeout) with no data moving, and gave up. The
+	// server may be overloaded or unreachable; the error says what the
+	// call waited for.
+	ErrIdle = errors.New("no data from the server")
 )
 
 // Error is the error returned for a failed RPC. It keeps the server's

@@ -32,13 +32,17 @@ type PullOptions struct {
 	ChunkCacheDir string
 	// Progress, if set, is called with the number of bytes written so far.
 	Progress func(done int64)
+	// Idle watches the pull while it waits for the server (see
+	// IdleOptions); zero watches nothing.
+	Idle IdleOptions
 }
 
 // Pull writes the layer d, or the range opts asks for, to w. A whole layer
 // is checked against d as it is written; if it does not match, Pull fails
 // with ErrDataLoss after writing, so w must treat its content as
 // unverified until Pull returns nil. A missing layer is ErrNotFound; an
-// offset past the end is ErrOutOfRange.
+// offset past the end is ErrOutOfRange; a wait for the server longer than
+// opts.Idle allows is ErrIdle.
 func (c *Client) Pull(ctx context.Context, d digest.Digest, w io.Writer, opts PullOptions) (PullResult, error) {
 	if err := checkDigest("pull", d); err != nil {
 		return PullResult{}, err
@@ -54,12 +58,16 @@ func (c *Client) Pull(ctx context.Context, d digest.Digest, w io.Writer, opts Pu
 		verify = d.Verifier()
 		out.verify = verify
 	}
+	ctx, wd := watch(ctx, opts.Idle)
+	defer wd.stop()
+	p := puller{c: c, wd: wd, what: "pulling " + d.String()}
 	var err error
 	if opts.ChunkCacheDir != "" {
-		err = c.pullChunks(ctx, d, out, opts, &res)
+		err = p.pullChunks(ctx, d, out, opts, &res)
 	} else {
-		err = c.pullStream(ctx, d, out, opts, &res)
+		err = p.pullStream(ctx, d, out, opts, &res)
 	}
+	err = wd.explain(ctx, err)
 	res.BytesWritten = out.n
 	if err != nil {
 		return res, err
@@ -70,21 +78,33 @@ func (c *Client) Pull(ctx context.Context, d digest.Digest, w io.Writer, opts Pu
 	return res, nil
 }
 
+// puller is one Pull: the client, and the watchdog over its waits for the
+// server.
+type puller struct {
+	c    *Client
+	wd   *watchdog
+	what string // what the pull waits for, for the watchdog
+}
+
 // pullStream reads the range with PullLayer.
-func (c *Client) pullStream(ctx context.Context, d digest.Digest, out *pullWriter, opts PullOptions, res *PullResult) error {
+func (p puller) pullStream(ctx context.Context, d digest.Digest, out *pullWriter, opts PullOptions, res *PullResult) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	op := "pull " + d.String()
-	stream, err := c.layers.PullLayer(ctx, &cairnv1.PullLayerRequest{
+	endWait := p.wd.begin(p.what)
+	stream, err := p.c.layers.PullLayer(ctx, &cairnv1.PullLayerRequest{
 		Digest: d.String(),
 		Offset: opts.Offset,
 		Length: max(opts.Length, 0),
 	})
+	endWait()
 	if err != nil {
 		return wrapErr(op, err)
 	}
 	for {
+		endWait := p.wd.begin(p.what)
 		msg, err := stream.Recv()
+		endWait()
 		if err == io.EOF {
 			return nil
 		}
@@ -100,17 +120,19 @@ func (c *Client) pullStream(ctx context.Context, d digest.Digest, out *pullWrite
 
 // pullChunks reads the range chunk by chunk, from the chunk cache
 // directory where it can and from the server where it must.
-func (c *Client) pullChunks(ctx context.Context, d digest.Digest, out *pullWriter, opts PullOptions, res *PullResult) error {
+func (p puller) pullChunks(ctx context.Context, d digest.Digest, out *pullWriter, opts PullOptions, res *PullResult) error {
 	op := "pull " + d.String()
 	dir := chunkDir{root: opts.ChunkCacheDir}
-	resp, err := c.layers.GetLayerChunks(ctx, &cairnv1.GetLayerChunksRequest{Digest: d.String()})
+	endWait := p.wd.begin(p.what)
+	resp, err := p.c.layers.GetLayerChunks(ctx, &cairnv1.GetLayerChunksRequest{Digest: d.String()})
+	endWait()
 	if err != nil {
 		werr := wrapErr(op, err)
 		if errors.Is(werr, ErrFailedPrecondition) {
 			// A layer the server stores as parts (a compressed blob as its
 			// tar, a tar as its contents and headers apart) has no chunk
 			// list of its own bytes: stream it.
-			return c.pullStream(ctx, d, out, opts, res)
+			return p.pullStream(ctx, d, out, opts, res)
 		}
 		return werr
 	}
@@ -165,30 +187,30 @@ func (c *Client) pullChunks(ctx context.Context, d digest.Digest, out *pullWrite
 			}
 			missing = append(missing, p.id)
 		}
-		if err := c.fetchChunks(ctx, op, dir, missing, res); err != nil {
+		if err := p.fetchChunks(ctx, op, dir, missing, res); err != nil {
 			return err
 		}
-		for _, p := range win {
-			data, ok, err := dir.get(p.id)
+		for _, pt := range win {
+			data, ok, err := dir.get(pt.id)
 			if err != nil {
 				return fmt.Errorf("%s: %w", op, err)
 			}
 			if !ok {
 				// Damaged, or removed by someone else since: fetch it
 				// again, once.
-				if err := c.fetchChunks(ctx, op, dir, []digest.Digest{p.id}, res); err != nil {
+				if err := p.fetchChunks(ctx, op, dir, []digest.Digest{pt.id}, res); err != nil {
 					return err
 				}
-				if data, ok, err = dir.get(p.id); err != nil || !ok {
-					return fmt.Errorf("%s: chunk %s: %w", op, p.id, errors.Join(err, errors.New("not kept in the chunk cache directory")))
+				if data, ok, err = dir.get(pt.id); err != nil || !ok {
+					return fmt.Errorf("%s: chunk %s: %w", op, pt.id, errors.Join(err, errors.New("not kept in the chunk cache directory")))
 				}
-			} else if !contains(missing, p.id) {
+			} else if !contains(missing, pt.id) {
 				res.ChunksCached++
 			}
-			if int64(len(data)) != p.size {
-				return &Error{Op: op, Message: fmt.Sprintf("chunk %s has %d bytes, the recipe says %d", p.id, len(data), p.size), kind: ErrDataLoss}
+			if int64(len(data)) != pt.size {
+				return &Error{Op: op, Message: fmt.Sprintf("chunk %s has %d bytes, the recipe says %d", pt.id, len(data), pt.size), kind: ErrDataLoss}
 			}
-			if _, err := out.Write(data[p.from:p.to]); err != nil {
+			if _, err := out.Write(data[pt.from:pt.to]); err != nil {
 				return fmt.Errorf("%s: write: %w", op, err)
 			}
 		}
@@ -198,7 +220,7 @@ func (c *Client) pullChunks(ctx context.Context, d digest.Digest, out *pullWrite
 
 // fetchChunks downloads ids with GetChunks, verifies each and stores it in
 // dir.
-func (c *Client) fetchChunks(ctx context.Context, op string, dir chunkDir, ids []digest.Digest, res *PullResult) error {
+func (p puller) fetchChunks(ctx context.Context, op string, dir chunkDir, ids []digest.Digest, res *PullResult) error {
 	if len(ids) == 0 {
 		return nil
 	}
@@ -208,12 +230,16 @@ func (c *Client) fetchChunks(ctx context.Context, op string, dir chunkDir, ids [
 	for i, id := range ids {
 		req.Digests[i] = id.String()
 	}
-	stream, err := c.layers.GetChunks(ctx, req, grpc.MaxCallRecvMsgSize(maxRecvMsgBytes))
+	endWait := p.wd.begin(p.what)
+	stream, err := p.c.layers.GetChunks(ctx, req, grpc.MaxCallRecvMsgSize(maxRecvMsgBytes))
+	endWait()
 	if err != nil {
 		return wrapErr(op, err)
 	}
 	for i := 0; ; i++ {
+		endWait := p.wd.begin(p.what)
 		msg, err := stream.Recv()
+		endWait()
 		if err == io.EOF {
 			if i != len(ids) {
 				return &Error{Op: op, Message: fmt.Sprintf("server sent %d of %d chunks", i, len(ids)), kind: ErrServer}

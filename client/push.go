@@ -45,6 +45,9 @@ type PushOptions struct {
 	// WindowBytes bounds the memory for chunk data in flight; 0 means
 	// DefaultWindowBytes. It is raised to at least two batches.
 	WindowBytes int
+	// Idle watches the push while it waits for the server (see
+	// IdleOptions); zero watches nothing. Reading r does not count.
+	Idle IdleOptions
 }
 
 // batch is a run of consecutive chunks whose bytes sit in one buffer.
@@ -74,15 +77,24 @@ func (b *batch) data(r chunkRef) []byte { return b.buf[r.offset : r.offset+r.siz
 // If the push fails, no layer is committed (chunks already uploaded stay on
 // the server unreferenced until its garbage collection, or until a retry
 // uses them). A failure ends the push as soon as the Read in progress on r
-// returns: Push never returns while it may still read r.
+// returns: Push never returns while it may still read r. A wait for the
+// server longer than opts.Idle allows is ErrIdle.
 func (c *Client) Push(ctx context.Context, r io.Reader, opts PushOptions) (PushResult, error) {
+	ctx, wd := watch(ctx, opts.Idle)
+	defer wd.stop()
+	res, err := c.push(ctx, wd, r, opts)
+	return res, wd.explain(ctx, err)
+}
+
+// push is Push under the watchdog wd.
+func (c *Client) push(ctx context.Context, wd *watchdog, r io.Reader, opts PushOptions) (PushResult, error) {
 	if opts.ExpectedDigest != "" {
 		if err := opts.ExpectedDigest.Validate(); err != nil {
 			return PushResult{}, fmt.Errorf("push: expected digest %q: %w: %v", opts.ExpectedDigest, ErrInvalidArgument, err)
 		}
 	}
 	if rs, ok := r.(io.ReadSeeker); ok {
-		if res, stored, err := c.pushStored(ctx, rs, opts); err != nil || stored {
+		if res, stored, err := c.pushStored(ctx, wd, rs, opts); err != nil || stored {
 			return res, err
 		}
 	}
@@ -90,7 +102,7 @@ func (c *Client) Push(ctx context.Context, r io.Reader, opts PushOptions) (PushR
 	// (pushstream.go).
 	r, isCompressed := peekCompressed(r)
 	if isCompressed {
-		return c.pushStream(ctx, r, opts)
+		return c.pushStream(ctx, wd, r, opts)
 	}
 	window := opts.WindowBytes
 	if window <= 0 {
@@ -163,7 +175,7 @@ func (c *Client) Push(ctx context.Context, r io.Reader, opts PushOptions) (PushR
 	})
 	// The uploader: ask which chunks are missing, send those.
 	g.Go(func() error {
-		up := uploader{c: c, ctx: gctx, sent: make(map[digest.Digest]struct{})}
+		up := uploader{c: c, ctx: gctx, wd: wd, sent: make(map[digest.Digest]struct{})}
 		for b := range full {
 			if err := up.batch(b); err != nil {
 				return err
@@ -189,11 +201,13 @@ func (c *Client) Push(ctx context.Context, r io.Reader, opts PushOptions) (PushR
 		return PushResult{}, &Error{Op: "push", Message: fmt.Sprintf("read %d bytes, expected %d (truncated input?); nothing committed",
 			total, opts.Size), kind: ErrInvalidArgument}
 	}
+	endWait := wd.begin("committing " + layer.String())
 	resp, err := c.layers.CommitLayer(ctx, &cairnv1.CommitLayerRequest{
 		Digest:    layer.String(),
 		MediaType: opts.MediaType,
 		Chunks:    recipe,
 	})
+	endWait()
 	if err != nil {
 		return PushResult{}, wrapErr("push: commit", err)
 	}
@@ -206,6 +220,7 @@ func (c *Client) Push(ctx context.Context, r io.Reader, opts PushOptions) (PushR
 type uploader struct {
 	c      *Client
 	ctx    context.Context
+	wd     *watchdog
 	stream cairnv1.LayerService_PutChunksClient
 	// sent holds the chunks this push uploaded already: a chunk repeated
 	// within a layer goes once even if the server cannot know it yet.
@@ -230,7 +245,9 @@ func (u *uploader) batch(b *batch) error {
 	if len(ids) == 0 {
 		return nil
 	}
+	endWait := u.wd.begin("asking which chunks the server lacks")
 	resp, err := u.c.layers.FindMissingChunks(u.ctx, &cairnv1.FindMissingChunksRequest{Digests: ids})
+	endWait()
 	if err != nil {
 		return wrapErr("push: find missing chunks", err)
 	}
@@ -256,6 +273,7 @@ func (u *uploader) batch(b *batch) error {
 }
 
 func (u *uploader) put(id digest.Digest, data []byte) error {
+	defer u.wd.begin("sending chunks")()
 	if u.stream == nil {
 		s, err := u.c.layers.PutChunks(u.ctx)
 		if err != nil {
@@ -280,6 +298,7 @@ func (u *uploader) close() error {
 	if u.stream == nil {
 		return nil
 	}
+	defer u.wd.begin("the server stores the chunks")()
 	_, err := u.stream.CloseAndRecv()
 	return wrapErr("push: put chunks", err)
 }

@@ -30,10 +30,13 @@ const streamPieceBytes = 1 << 20
 // it, stores and deduplicates its content, and keeps the compressed bytes
 // only if no encoder it knows reproduces them. Compressed bytes hardly
 // deduplicate as chunks, so sending them whole costs little.
-func (c *Client) pushStream(ctx context.Context, r io.Reader, opts PushOptions) (PushResult, error) {
+func (c *Client) pushStream(ctx context.Context, wd *watchdog, r io.Reader, opts PushOptions) (PushResult, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	const sending = "sending the layer"
+	endWait := wd.begin(sending)
 	stream, err := c.layers.PushLayer(ctx)
+	endWait()
 	if err != nil {
 		return PushResult{}, wrapErr("push", err)
 	}
@@ -41,7 +44,10 @@ func (c *Client) pushStream(ctx context.Context, r io.Reader, opts PushOptions) 
 	if opts.Size > 0 {
 		hdr.SizeBytes = &opts.Size
 	}
-	if err := stream.Send(&cairnv1.PushLayerRequest{Content: &cairnv1.PushLayerRequest_Header{Header: hdr}}); err != nil {
+	endWait = wd.begin(sending)
+	err = stream.Send(&cairnv1.PushLayerRequest{Content: &cairnv1.PushLayerRequest_Header{Header: hdr}})
+	endWait()
+	if err != nil {
 		_, rerr := stream.CloseAndRecv()
 		return PushResult{}, wrapErr("push", errors.Join(err, rerr))
 	}
@@ -54,7 +60,10 @@ func (c *Client) pushStream(ctx context.Context, r io.Reader, opts PushOptions) 
 			if opts.Progress != nil {
 				opts.Progress(total)
 			}
-			if err := stream.Send(&cairnv1.PushLayerRequest{Content: &cairnv1.PushLayerRequest_Data{Data: buf[:n]}}); err != nil {
+			endWait := wd.begin(sending)
+			err := stream.Send(&cairnv1.PushLayerRequest{Content: &cairnv1.PushLayerRequest_Data{Data: buf[:n]}})
+			endWait()
+			if err != nil {
 				// The server ended the stream: its status says why.
 				_, serr := stream.CloseAndRecv()
 				if serr == nil {
@@ -70,7 +79,9 @@ func (c *Client) pushStream(ctx context.Context, r io.Reader, opts PushOptions) 
 			return PushResult{}, fmt.Errorf("push: read: %w", rerr) // cancel aborts the stream: nothing committed
 		}
 	}
+	endWait = wd.begin("the server stores the layer")
 	resp, err := stream.CloseAndRecv()
+	endWait()
 	if err != nil {
 		return PushResult{}, wrapErr("push", err)
 	}

@@ -35,7 +35,7 @@ const hashBuffer = 1 << 20
 // back where it started and the caller pushes as usual; so it is when rs
 // cannot seek (a pipe), or anything goes wrong here (the usual push meets
 // the same error and reports it).
-func (c *Client) pushStored(ctx context.Context, rs io.ReadSeeker, opts PushOptions) (res PushResult, ok bool, err error) {
+func (c *Client) pushStored(ctx context.Context, wd *watchdog, rs io.ReadSeeker, opts PushOptions) (res PushResult, ok bool, err error) {
 	start, err := rs.Seek(0, io.SeekCurrent)
 	if err != nil {
 		return PushResult{}, false, nil // not seekable
@@ -57,7 +57,10 @@ func (c *Client) pushStored(ctx context.Context, rs io.ReadSeeker, opts PushOpti
 	if len(ids) == 0 {
 		return rewind()
 	}
+	const checking = "checking whether the server has the layer"
+	endWait := wd.begin(checking)
 	resp, err := c.layers.FindMissingChunks(ctx, &cairnv1.FindMissingChunksRequest{Digests: ids})
+	endWait()
 	if err != nil || len(resp.GetMissingDigests()) > 0 {
 		return rewind()
 	}
@@ -94,7 +97,9 @@ func (c *Client) pushStored(ctx context.Context, rs io.ReadSeeker, opts PushOpti
 	if (opts.ExpectedDigest != "" && layer != opts.ExpectedDigest) || (opts.Size > 0 && total != opts.Size) {
 		return rewind() // the usual push reports it, with the same checks
 	}
+	endWait = wd.begin(checking)
 	info, err := c.Stat(ctx, layer)
+	endWait()
 	if err != nil || info.Size != total {
 		return rewind()
 	}

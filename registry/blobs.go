@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/cairnbuild/cairn/cache"
+	"github.com/cairnbuild/cairn/transfer"
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 )
@@ -107,6 +109,13 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) {
 		w.WriteHeader(status)
 		return
 	}
+	release, err := h.transfers.Acquire(r.Context(), transfer.Host(r.RemoteAddr))
+	if err != nil {
+		hd.Del("Content-Length")
+		h.writeError(w, r, err, aboutBlob)
+		return
+	}
+	defer release()
 	rc, _, err := h.store.OpenBlob(r.Context(), rt.name, d, off, n)
 	if err != nil {
 		hd.Del("Content-Length")
@@ -114,6 +123,7 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) {
 		return
 	}
 	defer rc.Close()
+	out := h.sendBody(w)
 	var body io.Reader = rc
 	if status == http.StatusOK && r.Method == http.MethodGet && info.Rebuilt == "" && info.Size >= minZstdEncoding {
 		// A client that accepts zstd (containerd 2 does) gets an
@@ -129,9 +139,10 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) {
 				hd.Set("Content-Encoding", "zstd")
 				hd.Set("Etag", `"`+string(d)+`+zstd"`)
 				w.WriteHeader(status)
-				n, err := copyZstd(w, br)
+				n, err := copyZstd(out, br)
 				h.metrics.addOut(n)
 				if err != nil {
+					h.logStall(r, err)
 					// A chunked response ends cleanly when the handler
 					// returns: abort the connection instead, so the client
 					// sees a broken transfer, never a shorter blob.
@@ -142,7 +153,7 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) {
 		}
 	}
 	w.WriteHeader(status)
-	h.metrics.addOut(copyOut(w, body))
+	h.copyOut(out, r, body)
 }
 
 // minZstdEncoding is the smallest blob served zstd-encoded: below it the
@@ -190,13 +201,53 @@ func copyZstd(w io.Writer, r io.Reader) (int64, error) {
 	return n, zw.Close()
 }
 
-// copyOut streams a blob to the client. Once the status is sent, a failure
-// can only cut the response short: the client sees fewer bytes than
-// Content-Length and retries; it never gets wrong bytes, since the reader
-// verifies every chunk.
-func copyOut(w io.Writer, r io.Reader) int64 {
-	n, _ := io.Copy(w, r)
-	return n
+// copyOut streams a blob or manifest to the client and counts it. Once the
+// status is sent, a failure can only cut the response short: the client
+// sees fewer bytes than Content-Length and retries; it never gets wrong
+// bytes, since the reader verifies every chunk.
+func (h *Handler) copyOut(w io.Writer, r *http.Request, body io.Reader) {
+	n, err := io.Copy(w, body)
+	h.metrics.addOut(n)
+	h.logStall(r, err)
+}
+
+// idleWriter writes a response body with a write deadline that moves
+// forward as writes succeed: a client that stops reading (or a connection
+// that died without a FIN) fails the write after the send idle timeout,
+// instead of holding the blob's reader, its transfer slot and a goroutine
+// for good. It bounds the time without progress, not the response's
+// length. (net/http clears the deadline after the response, before the
+// connection's next request.)
+type idleWriter struct {
+	w    io.Writer
+	rc   *http.ResponseController
+	idle time.Duration
+	last time.Time // when the deadline was last moved
+}
+
+// sendBody returns w with the send idle deadline.
+func (h *Handler) sendBody(w http.ResponseWriter) *idleWriter {
+	return &idleWriter{w: w, rc: http.NewResponseController(w), idle: h.sendIdle}
+}
+
+func (iw *idleWriter) Write(p []byte) (int, error) {
+	// As idleReader: move the deadline every quarter of the idle time at
+	// most (and at most once a second).
+	if now := time.Now(); now.Sub(iw.last) > min(iw.idle/4, time.Second) {
+		if err := iw.rc.SetWriteDeadline(now.Add(iw.idle)); err == nil {
+			iw.last = now
+		}
+	}
+	return iw.w.Write(p)
+}
+
+// logStall logs a download cut by the send idle timeout: the client's
+// trouble, at Info, so that an operator can tell who holds transfers up.
+func (h *Handler) logStall(r *http.Request, err error) {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		h.log.Info("registry: client stalled", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr,
+			"err", err)
+	}
 }
 
 func (h *Handler) deleteBlob(w http.ResponseWriter, r *http.Request, rt route) {

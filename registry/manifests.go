@@ -27,7 +27,7 @@ func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	defer rc.Close()
 	manifestHeaders(w, info)
 	w.WriteHeader(http.StatusOK)
-	h.metrics.addOut(copyOut(w, rc))
+	h.copyOut(h.sendBody(w), r, rc)
 }
 
 func manifestHeaders(w http.ResponseWriter, info cache.ManifestInfo) {

@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/cairnbuild/cairn/cache"
+	"github.com/cairnbuild/cairn/transfer"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -77,19 +78,37 @@ type Options struct {
 	// BodyIdleTimeout fails an upload request whose client sends nothing
 	// for this long; zero means DefaultBodyIdleTimeout.
 	BodyIdleTimeout time.Duration
+	// SendIdleTimeout cuts a blob or manifest download whose client reads
+	// nothing for this long (the connection's write deadline, moved on as
+	// writes succeed): its reader and transfer slot are freed, and it is
+	// logged as a stalled client. Zero means DefaultSendIdleTimeout.
+	SendIdleTimeout time.Duration
+	// Transfers, if set, bounds the blob downloads (GET) served at once,
+	// in total and per client (the request's remote IP address; see
+	// package transfer): more wait for a slot. cmd/cairn gives the
+	// registry the gRPC server's limiter, so that one bound covers both.
+	// Nil means no bound. Uploads are bounded by the core's upload
+	// sessions (cache.Options.MaxUploads), manifests are small.
+	Transfers *transfer.Limiter
 }
 
 // DefaultBodyIdleTimeout is Options.BodyIdleTimeout's default, as the gRPC
 // server's stream idle timeout.
 const DefaultBodyIdleTimeout = time.Minute
 
+// DefaultSendIdleTimeout is Options.SendIdleTimeout's default, as the gRPC
+// server's send idle timeout.
+const DefaultSendIdleTimeout = time.Minute
+
 // Handler serves the Distribution API under /v2/.
 type Handler struct {
-	store    Store
-	maxMan   int64
-	bodyIdle time.Duration
-	log      *slog.Logger
-	metrics  *Metrics
+	store     Store
+	maxMan    int64
+	bodyIdle  time.Duration
+	sendIdle  time.Duration
+	transfers *transfer.Limiter
+	log       *slog.Logger
+	metrics   *Metrics
 }
 
 // New returns a Handler over store.
@@ -103,7 +122,11 @@ func New(store Store, opts Options) *Handler {
 	if opts.BodyIdleTimeout <= 0 {
 		opts.BodyIdleTimeout = DefaultBodyIdleTimeout
 	}
-	return &Handler{store: store, maxMan: opts.MaxManifestSize, log: opts.Logger, bodyIdle: opts.BodyIdleTimeout}
+	if opts.SendIdleTimeout <= 0 {
+		opts.SendIdleTimeout = DefaultSendIdleTimeout
+	}
+	return &Handler{store: store, maxMan: opts.MaxManifestSize, log: opts.Logger, bodyIdle: opts.BodyIdleTimeout,
+		sendIdle: opts.SendIdleTimeout, transfers: opts.Transfers}
 }
 
 // route is a parsed request path.

@@ -17,6 +17,12 @@
 // grpc.Server with its limits, keepalive policy and interceptors;
 // metrics.go holds the RPC metrics.
 //
+// Data-carrying calls (pushes, pulls, chunk streams, commits) each hold a
+// slot of a transfer.Limiter while they run, one client (peer IP address)
+// at most a share of them; a stream whose client stops sending
+// (StreamIdleTimeout) or reading (SendIdleTimeout) is ended, which frees
+// its slot, and logged as a stalled client.
+//
 // Data travels in bounded messages: pushes are piped from Recv into
 // cache.Push as they arrive (never buffered whole), pulls are cut into
 // messages of at most cairnv1.MaxDataMessageBytes from one reused buffer,

@@ -30,6 +30,9 @@ var (
 	// errStreamIdle is the cause of a stream's context when the client sent
 	// nothing for longer than Options.StreamIdleTimeout.
 	errStreamIdle = errors.New("no message from the client within the idle timeout")
+	// errSendIdle is the cause of a download's context when the client took
+	// nothing for longer than Options.SendIdleTimeout: it stopped reading.
+	errSendIdle = errors.New("the client read nothing within the send idle timeout")
 )
 
 // fieldError names the request field an edge error is about; toStatus puts
@@ -81,7 +84,7 @@ func classify(err error) (codes.Code, string) {
 	switch {
 	// The cause of a cancelled stream first: it explains the context error
 	// that follows from it.
-	case errors.Is(err, errStreamIdle):
+	case errors.Is(err, errStreamIdle), errors.Is(err, errSendIdle):
 		return codes.DeadlineExceeded, cairnv1.ReasonStreamIdle
 	case errors.Is(err, errInvalidDigest):
 		return codes.InvalidArgument, cairnv1.ReasonInvalidDigest
@@ -111,15 +114,29 @@ func classify(err error) (codes.Code, string) {
 }
 
 // withCause replaces err by the cause of ctx's cancellation when that cause
-// is one of ours (the idle timeout), so the client learns why.
+// is one of ours (an idle timeout), so the client learns why.
 func withCause(ctx context.Context, err error) error {
 	if err == nil {
 		return nil
 	}
-	if cause := context.Cause(ctx); cause != nil && errors.Is(cause, errStreamIdle) {
+	if cause := context.Cause(ctx); cause != nil && (errors.Is(cause, errStreamIdle) || errors.Is(cause, errSendIdle)) {
 		return cause
 	}
 	return err
+}
+
+// statusReason returns the cairn ErrorInfo reason of a status error, or "".
+func statusReason(err error) string {
+	st, ok := status.FromError(err)
+	if !ok {
+		return ""
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == cairnv1.ErrorDomain {
+			return info.GetReason()
+		}
+	}
+	return ""
 }
 
 // parseDigest validates a digest from the wire. An empty string is an

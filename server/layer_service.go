@@ -9,10 +9,12 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc/peer"
 
 	"github.com/cairnbuild/cairn/cache"
 	"github.com/cairnbuild/cairn/chunkid"
 	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
+	"github.com/cairnbuild/cairn/transfer"
 )
 
 const (
@@ -36,35 +38,38 @@ var pullBufs = sync.Pool{New: func() any {
 // ChunkStore and a StatsSource.
 type layerService struct {
 	cairnv1.UnimplementedLayerServiceServer
-	layers LayerStore
-	chunks ChunkStore
-	stats  StatsSource
-	m      *rpcMetrics
-	idle   time.Duration // Options.StreamIdleTimeout
+	layers   LayerStore
+	chunks   ChunkStore
+	stats    StatsSource
+	m        *rpcMetrics
+	idle     time.Duration // Options.StreamIdleTimeout
+	sendIdle time.Duration // Options.SendIdleTimeout
 
-	// transfers holds a token per data-carrying call in progress
-	// (Options.MaxTransfers).
-	transfers chan struct{}
+	// transfers hands out a slot per data-carrying call in progress
+	// (Options.MaxTransfers, MaxTransfersPerClient).
+	transfers *transfer.Limiter
 	// walks holds a token per GetStats walking the index: one at a time,
 	// so that a burst of stats calls cannot fill the server with walks.
 	walks chan struct{}
 }
 
-// acquire waits for a transfer slot; the caller calls release when done.
-// A call whose context ends first fails with the context's error.
-func (s *layerService) acquire(ctx context.Context) error {
-	select {
-	case s.transfers <- struct{}{}:
-		s.m.transfer(1)
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+// acquire waits for a transfer slot for the call's client (its peer's IP
+// address); the caller calls the returned release when done. A call whose
+// context ends first fails with the context's error.
+func (s *layerService) acquire(ctx context.Context) (release func(), err error) {
+	client := "unknown"
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		client = transfer.Host(p.Addr.String())
 	}
-}
-
-func (s *layerService) release() {
-	<-s.transfers
-	s.m.transfer(-1)
+	rel, err := s.transfers.Acquire(ctx, client)
+	if err != nil {
+		return nil, err
+	}
+	s.m.transfer(1)
+	return func() {
+		rel()
+		s.m.transfer(-1)
+	}, nil
 }
 
 // recvIdle receives the next message of a client stream. If none arrives
@@ -91,6 +96,28 @@ func recvIdle[T any](ctx context.Context, s *layerService, cancel context.Cancel
 		return nil, errStreamIdle
 	case <-ctx.Done():
 		return nil, context.Cause(ctx)
+	}
+}
+
+// sendIdle sends one message of a server stream. If the transport does
+// not take it within the send idle timeout (the client stopped reading and
+// flow control is full), it cancels ctx with errSendIdle and returns that
+// error. The Send left behind returns once the handler has returned (gRPC
+// cancels the stream then), so callers must return on any error, and must
+// not reuse what the message points to after an idle timeout.
+func sendIdle(ctx context.Context, s *layerService, cancel context.CancelCauseFunc, send func() error) error {
+	ch := make(chan error, 1)
+	go func() { ch <- send() }()
+	t := time.NewTimer(s.sendIdle)
+	defer t.Stop()
+	select {
+	case err := <-ch:
+		return err
+	case <-t.C:
+		cancel(errSendIdle)
+		return errSendIdle
+	case <-ctx.Done():
+		return context.Cause(ctx)
 	}
 }
 
@@ -126,10 +153,11 @@ func (s *layerService) PushLayer(stream cairnv1.LayerService_PushLayerServer) er
 	if err := checkMediaType("header.media_type", h.GetMediaType()); err != nil {
 		return toStatus(err)
 	}
-	if err := s.acquire(ctx); err != nil {
+	release, err := s.acquire(ctx)
+	if err != nil {
 		return toStatus(withCause(ctx, err))
 	}
-	defer s.release()
+	defer release()
 
 	pr, pw := io.Pipe()
 	pumped := make(chan struct{})
@@ -174,9 +202,11 @@ func (s *layerService) pump(ctx context.Context, cancel context.CancelCauseFunc,
 	}
 }
 
-// PullLayer implements cairnv1.LayerServiceServer.
+// PullLayer implements cairnv1.LayerServiceServer. A client that stops
+// reading for the send idle timeout loses the call (see sendIdle).
 func (s *layerService) PullLayer(req *cairnv1.PullLayerRequest, stream cairnv1.LayerService_PullLayerServer) error {
-	ctx := stream.Context()
+	ctx, cancel := context.WithCancelCause(stream.Context())
+	defer cancel(nil)
 	d, err := parseDigest("digest", req.GetDigest(), false)
 	if err != nil {
 		return toStatus(err)
@@ -191,10 +221,11 @@ func (s *layerService) PullLayer(req *cairnv1.PullLayerRequest, stream cairnv1.L
 	case length == 0:
 		length = -1 // to the end
 	}
-	if err := s.acquire(ctx); err != nil {
+	release, err := s.acquire(ctx)
+	if err != nil {
 		return toStatus(err)
 	}
-	defer s.release()
+	defer release()
 	rc, info, err := s.layers.Open(ctx, d, req.GetOffset(), length)
 	if err != nil {
 		return toStatus(err)
@@ -202,21 +233,29 @@ func (s *layerService) PullLayer(req *cairnv1.PullLayerRequest, stream cairnv1.L
 	defer rc.Close()
 
 	bufp := pullBufs.Get().(*[]byte)
-	defer pullBufs.Put(bufp)
+	reuse := true
+	defer func() {
+		if reuse {
+			pullBufs.Put(bufp)
+		}
+	}()
 	buf := *bufp
 	resp := &cairnv1.PullLayerResponse{Layer: layerToProto(info)}
 	for {
 		n, rerr := io.ReadFull(rc, buf)
 		if rerr != nil && rerr != io.EOF && rerr != io.ErrUnexpectedEOF {
-			return toStatus(rerr)
+			return toStatus(withCause(ctx, rerr))
 		}
 		// The first message goes out even if empty: it carries the info.
 		if n > 0 || resp.Layer != nil {
 			resp.Data = buf[:n]
 			// SendMsg has encoded the message when it returns, so buf can
 			// be refilled.
-			if err := stream.Send(resp); err != nil {
-				return err
+			if err := sendIdle(ctx, s, cancel, func() error { return stream.Send(resp) }); err != nil {
+				// A Send abandoned by sendIdle may still read buf: leave
+				// it to the garbage collector.
+				reuse = false
+				return toStatus(withCause(ctx, err))
 			}
 			s.m.addSent(n)
 			resp.Layer = nil
@@ -296,10 +335,11 @@ func (s *layerService) FindMissingChunks(ctx context.Context, req *cairnv1.FindM
 func (s *layerService) PutChunks(stream cairnv1.LayerService_PutChunksServer) error {
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)
-	if err := s.acquire(ctx); err != nil {
+	release, err := s.acquire(ctx)
+	if err != nil {
 		return toStatus(err)
 	}
-	defer s.release()
+	defer release()
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(putChunksParallel)
 	// The stream's chunks go to packs together; not under ctx, which fail
@@ -372,10 +412,11 @@ func (s *layerService) CommitLayer(ctx context.Context, req *cairnv1.CommitLayer
 		}
 		refs[i] = cache.ChunkRef{ID: id, Size: c.GetSizeBytes()}
 	}
-	if err := s.acquire(ctx); err != nil {
+	release, err := s.acquire(ctx)
+	if err != nil {
 		return nil, toStatus(err)
 	}
-	defer s.release()
+	defer release()
 	info, err := s.chunks.Commit(ctx, d, req.GetMediaType(), refs)
 	if err != nil {
 		return nil, toStatus(err)
@@ -406,18 +447,20 @@ func (s *layerService) GetLayerChunks(ctx context.Context, req *cairnv1.GetLayer
 
 // GetChunks implements cairnv1.LayerServiceServer. It reads up to
 // getChunksReadAhead chunks ahead of the one it sends, and sends them in the
-// order requested.
+// order requested. A client that stops reading for the send idle timeout
+// loses the call (see sendIdle).
 func (s *layerService) GetChunks(req *cairnv1.GetChunksRequest, stream cairnv1.LayerService_GetChunksServer) error {
 	ids, err := parseChunkDigests("digests", req.GetDigests(), cairnv1.MaxChunksPerRequest)
 	if err != nil {
 		return toStatus(err)
 	}
-	ctx, cancel := context.WithCancel(stream.Context())
-	defer cancel() // ends the reads still running when a send fails
-	if err := s.acquire(ctx); err != nil {
+	ctx, cancel := context.WithCancelCause(stream.Context())
+	defer cancel(nil) // ends the reads still running when a send fails
+	release, err := s.acquire(ctx)
+	if err != nil {
 		return toStatus(err)
 	}
-	defer s.release()
+	defer release()
 
 	type result struct {
 		data []byte
@@ -443,11 +486,11 @@ func (s *layerService) GetChunks(req *cairnv1.GetChunksRequest, stream cairnv1.L
 			start(next)
 		}
 		if r.err != nil {
-			return toStatus(r.err)
+			return toStatus(withCause(ctx, r.err))
 		}
 		resp.Digest, resp.Data = id.String(), r.data
-		if err := stream.Send(resp); err != nil {
-			return err
+		if err := sendIdle(ctx, s, cancel, func() error { return stream.Send(resp) }); err != nil {
+			return toStatus(withCause(ctx, err))
 		}
 		s.m.addSent(len(r.data))
 	}

@@ -16,12 +16,14 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
 	"github.com/cairnbuild/cairn/cache"
 	"github.com/cairnbuild/cairn/metrics"
 	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
+	"github.com/cairnbuild/cairn/transfer"
 )
 
 // Defaults for Options fields left zero.
@@ -38,6 +40,10 @@ const (
 	// whose client sends nothing for this long, so a stalled builder does
 	// not hold a push open forever.
 	DefaultStreamIdleTimeout = time.Minute
+	// DefaultSendIdleTimeout fails a download (PullLayer, GetChunks) whose
+	// client takes nothing for this long, so that a reader that stopped
+	// reading does not hold a transfer slot forever.
+	DefaultSendIdleTimeout = time.Minute
 	// DefaultMaxConcurrentStreams bounds the calls in flight on one
 	// connection; with the per-call buffers it bounds memory per client.
 	DefaultMaxConcurrentStreams = 128
@@ -69,6 +75,13 @@ type Options struct {
 	// StreamIdleTimeout fails a client stream whose client sends nothing for
 	// this long.
 	StreamIdleTimeout time.Duration
+	// SendIdleTimeout fails a server stream (a download) whose client takes
+	// nothing for this long: a message the server cannot hand to the
+	// transport (the client stopped reading and flow control is full) for
+	// that long cancels the call (DeadlineExceeded, ReasonStreamIdle),
+	// which frees its transfer slot, and the call is logged as a stalled
+	// client.
+	SendIdleTimeout time.Duration
 	// MaxConcurrentStreams bounds the calls in flight per connection.
 	MaxConcurrentStreams uint32
 	// MaxTransfers bounds the data-carrying calls running at once over all
@@ -76,13 +89,29 @@ type Options struct {
 	// MaxRecvMsgSize and the cache's Concurrency it bounds the server's
 	// memory.
 	MaxTransfers int
+	// MaxTransfersPerClient bounds the transfer slots one client holds at
+	// once, so that one client cannot take them all; its further calls wait
+	// for one of its own slots. Zero means transfer.DefaultShare (half of
+	// MaxTransfers, at least 1); MaxTransfers or more means no per-client
+	// bound. A client is the peer's IP address: until the server
+	// authenticates clients, every process of one host (all loopback
+	// clients among them) and every client behind one proxy count as one
+	// client, so stalled readers on one host are freed by SendIdleTimeout,
+	// not by this share.
+	MaxTransfersPerClient int
+	// Transfers, if set, is the transfer limiter to use instead of one made
+	// from MaxTransfers and MaxTransfersPerClient (which are then ignored),
+	// so that several fronts (cmd/cairn gives the registry the same one)
+	// share one bound.
+	Transfers *transfer.Limiter
 	// Registerer receives the RPC metrics (see metrics.go) and the step
 	// hit and miss counts (New decorates the Store's StepCache with
 	// metrics.Steps); nil disables them.
 	Registerer prometheus.Registerer
 	// Logger receives failed calls that point at the server (Internal,
 	// DataLoss, Unavailable: Error and Warn), calls the client cancelled
-	// (Info, "client cancelled") and recovered panics; nil discards.
+	// (Info, "client cancelled"), calls ended by an idle timeout (Info,
+	// "client stalled") and recovered panics; nil discards.
 	Logger *slog.Logger
 }
 
@@ -119,8 +148,14 @@ func New(st Store, opts Options) (*Server, error) {
 	if opts.MaxConcurrentStreams == 0 {
 		opts.MaxConcurrentStreams = DefaultMaxConcurrentStreams
 	}
+	if opts.SendIdleTimeout <= 0 {
+		opts.SendIdleTimeout = DefaultSendIdleTimeout
+	}
 	if opts.MaxTransfers <= 0 {
 		opts.MaxTransfers = DefaultMaxTransfers
+	}
+	if opts.Transfers == nil {
+		opts.Transfers = transfer.New(opts.MaxTransfers, opts.MaxTransfersPerClient)
 	}
 	log := opts.Logger
 	if log == nil {
@@ -165,7 +200,7 @@ func New(st Store, opts Options) (*Server, error) {
 	)
 	cairnv1.RegisterCacheServiceServer(gs, &cacheService{steps: steps})
 	cairnv1.RegisterLayerServiceServer(gs, &layerService{layers: st, chunks: st, stats: st, m: m,
-		idle: opts.StreamIdleTimeout, transfers: make(chan struct{}, opts.MaxTransfers), walks: make(chan struct{}, 1)})
+		idle: opts.StreamIdleTimeout, sendIdle: opts.SendIdleTimeout, transfers: opts.Transfers, walks: make(chan struct{}, 1)})
 	cairnv1.RegisterRegistryServiceServer(gs, &registryService{images: st})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
@@ -273,6 +308,17 @@ func (l *callLogger) done(ctx context.Context, method string, err error) {
 			msg = "cancelled by shutdown"
 		}
 		l.log.Info(msg, "method", method, "code", code.String(), "err", err)
+		return
+	}
+	if code == codes.DeadlineExceeded && statusReason(err) == cairnv1.ReasonStreamIdle {
+		// The client stopped sending (an upload) or reading (a download):
+		// its trouble, not the server's; logged so that an operator can
+		// tell who holds transfers up.
+		attrs := []any{"method", method, "err", err}
+		if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+			attrs = append(attrs, "peer", p.Addr.String())
+		}
+		l.log.Info("client stalled", attrs...)
 		return
 	}
 	switch code {

@@ -26,6 +26,17 @@ const defaultServer = "127.0.0.1:7070"
 // defaultRegistry is where `cairn serve` serves the registry API.
 const defaultRegistry = "127.0.0.1:5000"
 
+// defaultIdleTimeout is --idle-timeout's default: a pull or push that gets
+// no data from the server for this long gives up. Long enough for a call
+// queued behind a busy server's transfers (the server's own idle timeouts
+// are a minute); short enough that a dead server or network does not hold
+// a build for good.
+const defaultIdleTimeout = 5 * time.Minute
+
+// idleNotice is how often a pull or push waiting for the server says so on
+// stderr (or at half of --idle-timeout, if that is sooner).
+const idleNotice = 30 * time.Second
+
 // clientFlags are the flags every client subcommand takes.
 type clientFlags struct {
 	a          *app
@@ -33,6 +44,7 @@ type clientFlags struct {
 	timeout    time.Duration
 	json       bool
 	noProgress bool
+	idle       time.Duration // --idle-timeout, for the commands that add it
 }
 
 // addClientFlags registers --server, --timeout, --json and (when progress
@@ -47,6 +59,37 @@ func addClientFlags(a *app, cmd *cobra.Command, progress bool) *clientFlags {
 		fs.BoolVar(&f.noProgress, "no-progress", false, "no progress bar, even on a terminal")
 	}
 	return f
+}
+
+// addIdleFlag registers --idle-timeout, for the commands that move layer
+// data (pull, push).
+func (f *clientFlags) addIdleFlag(cmd *cobra.Command) {
+	cmd.Flags().DurationVar(&f.idle, "idle-timeout", defaultIdleTimeout,
+		"give up when the server sends or takes no data for this long, saying what it waited for (0: wait forever, reporting the wait every 30s)")
+}
+
+// idleOptions watches a pull or push: while it waits for the server it
+// says so on stderr every idleNotice (or half of --idle-timeout), and it
+// fails after --idle-timeout without data.
+func (f *clientFlags) idleOptions() client.IdleOptions {
+	every := idleNotice
+	if f.idle > 0 {
+		every = min(every, f.idle/2)
+	}
+	return client.IdleOptions{Timeout: f.idle, NoticeEvery: every, Notice: func(what string, waited time.Duration) {
+		fmt.Fprintf(f.a.stderr, "cairn: waiting for the server: no data for %v while %s\n", waited, what)
+	}}
+}
+
+// statContext bounds a call made before a watched pull, whose answer only
+// helps (the size, for the progress bar): it never waits longer than a
+// notice period, or --idle-timeout if shorter.
+func (f *clientFlags) statContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	d := idleNotice
+	if f.idle > 0 {
+		d = min(d, f.idle)
+	}
+	return context.WithTimeout(ctx, d)
 }
 
 // connect applies --timeout to ctx and dials --server. The caller calls
@@ -75,7 +118,11 @@ func (f *clientFlags) fail(err error) error {
 		return &exitError{code: exitMiss, err: err}
 	case errors.Is(err, client.ErrNotFound):
 		return &exitError{code: exitNotFound, err: err}
-	case errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, client.ErrIdle):
+		return fmt.Errorf("%w (is the server at %s overloaded, or the network down? raise --idle-timeout or CAIRN_IDLE_TIMEOUT, 0 waits forever)", err, f.server)
+	case errors.Is(err, context.DeadlineExceeded) && f.timeout > 0:
+		// Without --timeout, the deadline was the server's (its idle
+		// timeouts, its cap on a call), and the error says which.
 		return fmt.Errorf("%w (timed out after %s; raise --timeout or CAIRN_TIMEOUT)", err, f.timeout)
 	case errors.Is(err, client.ErrUnavailable):
 		return fmt.Errorf("%w\n(is `cairn serve` running at %s? point --server or CAIRN_SERVER at it)", err, f.server)

@@ -24,13 +24,18 @@ func newPullCmd(a *app) *cobra.Command {
 		Long: `Pull downloads the layer DIGEST to FILE, or to stdout with "-o -". A
 whole layer is verified against its digest; FILE appears only once the
 download is complete and verified. With --chunk-cache DIR, chunks already
-in DIR are not downloaded again and the ones fetched are kept there.`,
+in DIR are not downloaded again and the ones fetched are kept there.
+
+While the server sends nothing, pull says so on stderr every 30s, and it
+gives up after --idle-timeout without data (a consumer of stdout that
+stops reading does not count).`,
 		Example: `  cairn pull sha256:... -o layer.tar
   cairn pull sha256:... -o - | tar -t
   cairn pull sha256:... -o layer.tar --chunk-cache ~/.cache/cairn/chunks`,
 		Args: cobra.ExactArgs(1),
 	}
 	cf := addClientFlags(a, cmd, true)
+	cf.addIdleFlag(cmd)
 	fs := cmd.Flags()
 	fs.StringVarP(&out, "output", "o", "", `where to write the layer: a file, or "-" for stdout (required)`)
 	fs.Int64Var(&offset, "offset", 0, "first byte to read")
@@ -85,7 +90,10 @@ in DIR are not downloaded again and the ones fetched are kept there.`,
 		defer done()
 
 		total := int64(-1)
-		if info, err := c.Stat(ctx, d); err == nil {
+		sctx, scancel := cf.statContext(ctx)
+		info, err := c.Stat(sctx, d)
+		scancel()
+		if err == nil {
 			total = max(info.Size-offset, 0)
 			if limit > 0 {
 				total = min(total, limit)
@@ -97,6 +105,7 @@ in DIR are not downloaded again and the ones fetched are kept there.`,
 			Length:        limit,
 			ChunkCacheDir: chunkCache,
 			Progress:      progress,
+			Idle:          cf.idleOptions(),
 		})
 		finish()
 		if err == nil {

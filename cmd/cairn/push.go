@@ -27,13 +27,18 @@ func newPushCmd(a *app) *cobra.Command {
 		Long: `Push uploads a layer from FILE, or from stdin with "-", and prints its
 digest. The layer is chunked here and only the chunks the server lacks are
 sent. With --instruction the push also records the step that made the layer
-(see "cairn record"), so a later "cairn lookup" with the same step hits.`,
+(see "cairn record"), so a later "cairn lookup" with the same step hits.
+
+While the server takes or answers nothing, push says so on stderr every
+30s, and it gives up after --idle-timeout without data (a slow stdin does
+not count).`,
 		Example: `  cairn push layer.tar
   tar -cf - ./rootfs | cairn push -
   cairn push layer.tar --instruction 'RUN make' --parent sha256:... --json`,
 		Args: cobra.ExactArgs(1),
 	}
 	cf := addClientFlags(a, cmd, true)
+	cf.addIdleFlag(cmd)
 	sf := addStepFlags(cmd)
 	fs := cmd.Flags()
 	fs.StringVar(&expect, "expect", "", "fail unless the layer has this digest (nothing is committed then)")
@@ -89,6 +94,7 @@ sent. With --instruction the push also records the step that made the layer
 			Size:           size,
 			MediaType:      mediaType,
 			Progress:       progress,
+			Idle:           cf.idleOptions(),
 		})
 		finish()
 		if err != nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/cairnbuild/cairn/metrics"
 	"github.com/cairnbuild/cairn/registry"
 	"github.com/cairnbuild/cairn/server"
+	"github.com/cairnbuild/cairn/transfer"
 )
 
 // serveConfig is everything `cairn serve` is told, from flags and their
@@ -41,7 +42,9 @@ type serveConfig struct {
 	maxRecvBytes      int
 	rpcTimeout        time.Duration
 	streamIdleTimeout time.Duration
+	sendIdleTimeout   time.Duration
 	maxTransfers      int
+	maxPerClient      int // 0: transfer.DefaultShare(maxTransfers)
 }
 
 func newServeCmd(a *app) *cobra.Command {
@@ -88,7 +91,9 @@ this way commits nothing.`,
 	f.StringVar(&cfg.maxRecvMsgSize, "max-recv-msg-size", "8MiB", "largest gRPC message accepted; at least 4100KiB, to fit the largest chunk (4MiB) and 4KiB around it")
 	f.DurationVar(&cfg.rpcTimeout, "rpc-timeout", server.DefaultUnaryTimeout, "longest a unary call may take, whatever the client's deadline")
 	f.DurationVar(&cfg.streamIdleTimeout, "stream-idle-timeout", server.DefaultStreamIdleTimeout, "fail an upload whose client sends nothing for this long")
-	f.IntVar(&cfg.maxTransfers, "max-transfers", server.DefaultMaxTransfers, "pushes, pulls and chunk transfers served at once; more wait (bounds memory)")
+	f.DurationVar(&cfg.sendIdleTimeout, "send-idle-timeout", server.DefaultSendIdleTimeout, "fail a download (gRPC or registry) whose client reads nothing for this long, freeing its transfer slot")
+	f.IntVar(&cfg.maxTransfers, "max-transfers", server.DefaultMaxTransfers, "pushes, pulls, chunk transfers and registry blob downloads served at once; more wait (bounds memory)")
+	f.IntVar(&cfg.maxPerClient, "max-transfers-per-client", 0, "transfers one client (IP address; all of this host's loopback clients are one) may run at once; more wait (0: half of --max-transfers)")
 	return cmd
 }
 
@@ -137,11 +142,14 @@ func (c *serveConfig) check() error {
 		return fmt.Errorf("%w (a message holds a chunk of up to %s and 4KiB around it)", err, sizeflag.Format(cache.MaxChunkSize))
 	}
 	c.maxRecvBytes = int(n)
-	if c.rpcTimeout <= 0 || c.streamIdleTimeout <= 0 {
-		return errors.New("--rpc-timeout and --stream-idle-timeout must be positive")
+	if c.rpcTimeout <= 0 || c.streamIdleTimeout <= 0 || c.sendIdleTimeout <= 0 {
+		return errors.New("--rpc-timeout, --stream-idle-timeout and --send-idle-timeout must be positive")
 	}
 	if c.maxTransfers < 1 {
 		return fmt.Errorf("--max-transfers %d: want at least 1", c.maxTransfers)
+	}
+	if c.maxPerClient < 0 || c.maxPerClient > c.maxTransfers {
+		return fmt.Errorf("--max-transfers-per-client %d: want 1 to --max-transfers (%d), or 0 for half of it", c.maxPerClient, c.maxTransfers)
 	}
 	return nil
 }
@@ -169,11 +177,15 @@ func runServe(ctx context.Context, a *app, cfg *serveConfig) (err error) {
 	}()
 	reg.MustRegister(metrics.NewCacheCollector(c.Stats, 0, log), metrics.NewRebuildCollector(c.Rebuilds))
 
+	// One transfer bound for both fronts: gRPC transfers and registry blob
+	// downloads take their slots from it.
+	transfers := transfer.New(cfg.maxTransfers, cfg.maxPerClient)
 	srv, err := server.New(c, server.Options{
 		MaxRecvMsgSize:    cfg.maxRecvBytes,
 		UnaryTimeout:      cfg.rpcTimeout,
 		StreamIdleTimeout: cfg.streamIdleTimeout,
-		MaxTransfers:      cfg.maxTransfers,
+		SendIdleTimeout:   cfg.sendIdleTimeout,
+		Transfers:         transfers,
 		Registerer:        reg,
 		Logger:            log,
 	})
@@ -219,7 +231,8 @@ func runServe(ctx context.Context, a *app, cfg *serveConfig) (err error) {
 		if err != nil {
 			return err
 		}
-		h := registry.New(c, registry.Options{MaxManifestSize: cfg.maxManifestBytes, Logger: log}).WithMetrics(rm)
+		h := registry.New(c, registry.Options{MaxManifestSize: cfg.maxManifestBytes, Logger: log,
+			SendIdleTimeout: cfg.sendIdleTimeout, Transfers: transfers}).WithMetrics(rm)
 		// No WriteTimeout: a blob download may take long; idle and header
 		// timeouts bound a client that stops talking.
 		regSrv = &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
@@ -238,7 +251,8 @@ func runServe(ctx context.Context, a *app, cfg *serveConfig) (err error) {
 	}()
 	log.Info("cairn serving", "listen", lis.Addr().String(), "backend", st.Kind, "blobs", st.Blobs, "index", st.IndexDir,
 		"registry", registryDesc, "metrics", metricsDesc, "max_recv_msg_size", humanize.IBytes(uint64(cfg.maxRecvBytes)),
-		"grace_period", cfg.gracePeriod, "version", serveVersion())
+		"grace_period", cfg.gracePeriod, "max_transfers", transfers.Max(), "max_transfers_per_client", transfers.PerClient(),
+		"version", serveVersion())
 
 	var serveErr error
 	select {
