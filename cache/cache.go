@@ -48,6 +48,11 @@ type Options struct {
 	MaxUploads        int
 	MaxActiveUploads  int
 	UploadIdleTimeout time.Duration
+	// ScrubInterval, if positive, runs Verify in the background that long
+	// after Open and then again that long after each run ends, reading at
+	// most ScrubRate bytes a second (0: DefaultScrubRate).
+	ScrubInterval time.Duration
+	ScrubRate     int64
 	// PushSlotWait is how long a registry push waits for one of the
 	// MaxActiveUploads slots before it is refused; zero means
 	// DefaultPushSlotWait.
@@ -122,6 +127,8 @@ type Cache struct {
 	// while no delete runs and layerSeq is what it was when the layer was
 	// last seen in the index.
 	layerSeq atomic.Uint64
+	// rebuilds counts Reindex runs: a Verify that one overtakes stops.
+	rebuilds atomic.Uint64
 	deleting atomic.Int64
 
 	// beforeCommit, if set, runs just before a layer's index commit, when
@@ -177,6 +184,11 @@ func Open(ctx context.Context, opts Options) (*Cache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
+	idx.SetStepLayer(stepLayer)
+	if err := idx.LinkStepLayers(); err != nil {
+		idx.Close()
+		return nil, fmt.Errorf("cache: open: %w", err)
+	}
 	cs, err := chunks.New(chunks.Options{Index: idx, Backend: opts.Backend, MaxChunk: opts.Chunking.Max,
 		Concurrency: opts.Concurrency, Logger: log})
 	if err != nil {
@@ -215,7 +227,57 @@ func Open(ctx context.Context, opts Options) (*Cache, error) {
 		}
 	}
 	go c.janitor(c.stopJan)
+	if opts.ScrubInterval > 0 {
+		rate := opts.ScrubRate
+		if rate <= 0 {
+			rate = DefaultScrubRate
+		}
+		go c.scrub(opts.ScrubInterval, rate)
+	}
 	return c, nil
+}
+
+// DefaultScrubRate is the background scrub's read rate: 16 MiB/s reads a
+// terabyte in under a day, and leaves a disk or an S3 link almost all of
+// its bandwidth.
+const DefaultScrubRate = 16 << 20
+
+// scrub runs Verify every interval, at rate, until Close.
+func (c *Cache) scrub(interval time.Duration, rate int64) {
+	ctx, cancel := c.untilClose(context.Background())
+	defer cancel()
+	t := time.NewTimer(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rep, err := c.Verify(ctx, VerifyOptions{Rate: rate})
+		switch {
+		case err != nil && ctx.Err() == nil:
+			c.log.Warn("cache: background scrub failed", "err", err)
+		case len(rep.Quarantine) > 0 || len(rep.Problems) > 0:
+			c.log.Warn("cache: background scrub found damage", "newly quarantined", rep.Newly,
+				"quarantined", len(rep.Quarantine), "damaged layers", len(rep.Damaged), "problems", rep.Problems)
+		}
+		t.Reset(interval)
+	}
+}
+
+// untilClose returns ctx, also cancelled when Close begins, so that a long
+// walk (Verify) does not hold Close up.
+func (c *Cache) untilClose(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-c.stopJan:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }
 
 // Close flushes pending hit counts and access times and closes the index.

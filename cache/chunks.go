@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	_ "crypto/sha512" // sha512 layer digests
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -152,7 +153,7 @@ func (c *Cache) commitRecipe(ctx context.Context, d digest.Digest, mediaType str
 		ids[i] = ch.ID
 		lr.Size += ch.Size
 	}
-	if old, err := c.stat(d); err == nil {
+	if old, err := c.stat(d); err == nil && !old.Damaged() {
 		return old, nil
 	}
 	// Lease every chunk before checking that it is there: from here to
@@ -172,6 +173,11 @@ func (c *Cache) commitRecipe(ctx context.Context, d digest.Digest, mediaType str
 		}
 	}
 	if err := c.verifyRecipe(ctx, lr, d); err != nil {
+		if bad := c.idx.DamagedChunks(lr); errors.Is(err, ErrDataLoss) && len(bad) > 0 {
+			// The read found a stored copy bad and quarantined it: the
+			// client can heal it by uploading the chunk again.
+			return LayerInfo{}, fmt.Errorf("%w: chunk %s was damaged in the store and is quarantined: upload it again: %w", ErrFailedPrecondition, bad[0], err)
+		}
 		return LayerInfo{}, err
 	}
 	lr.Created = time.Now().UTC()

@@ -207,6 +207,7 @@ func parseManifest(b []byte) (*index.LayerRecord, error) {
 	return lr, nil
 }
 
+// layerInfo describes lr; DamagedChunks is left to Cache.info.
 func layerInfo(lr *index.LayerRecord, accessed time.Time) LayerInfo {
 	info := LayerInfo{Digest: lr.Digest, Size: lr.Size, StoredSize: lr.Stored, MediaType: lr.MediaType,
 		Chunks: len(lr.Recipe), Created: lr.Created, Accessed: accessed, SplitTar: lr.Tar != nil}
@@ -220,5 +221,12 @@ func layerInfo(lr *index.LayerRecord, accessed time.Time) LayerInfo {
 			info.Rebuilt = "unreadable spec"
 		}
 	}
+	return info
+}
+
+// info describes lr, with its quarantined chunks counted.
+func (c *Cache) info(lr *index.LayerRecord, accessed time.Time) LayerInfo {
+	info := layerInfo(lr, accessed)
+	info.DamagedChunks = len(c.idx.DamagedChunks(lr))
 	return info
 }

@@ -3,7 +3,10 @@ package cache
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
+
+	"github.com/cairnbuild/cairn/backend"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -14,7 +17,7 @@ func (c *Cache) stat(d digest.Digest) (LayerInfo, error) {
 	if err != nil {
 		return LayerInfo{}, err
 	}
-	return layerInfo(lr, accessed), nil
+	return c.info(lr, accessed), nil
 }
 
 // Stat returns layer d's record; ErrNotFound if it is not committed.
@@ -93,7 +96,7 @@ func (c *Cache) List(ctx context.Context, pageToken string, pageSize int) ([]Lay
 	}
 	out := make([]LayerInfo, len(entries))
 	for i, e := range entries {
-		out[i] = layerInfo(e.Record, e.Accessed)
+		out[i] = c.info(e.Record, e.Accessed)
 	}
 	var next string
 	if more {
@@ -105,8 +108,8 @@ func (c *Cache) List(ctx context.Context, pageToken string, pageSize int) ([]Lay
 // Delete removes layer d from the index and drops its chunk references;
 // its manifest leaves the backend after that. Chunk records (in their
 // packs) stay for the garbage collector, which trusts the reference
-// counts. Steps that produced d become misses. A missing layer is
-// ErrNotFound.
+// counts. The step records that name d are deleted with it. A missing
+// layer is ErrNotFound.
 func (c *Cache) Delete(ctx context.Context, d digest.Digest) error {
 	if err := c.begin(ctx); err != nil {
 		return fmt.Errorf("cache: delete %s: %w", d, err)
@@ -117,14 +120,24 @@ func (c *Cache) Delete(ctx context.Context, d digest.Digest) error {
 	}
 	c.deleting.Add(1) // the step memo checks layers in the index meanwhile
 	c.layerSeq.Add(1)
-	err := c.idx.DeleteLayer(d)
+	steps, err := c.idx.DeleteLayer(d)
 	c.layerSeq.Add(1)
 	c.deleting.Add(-1)
 	if err != nil {
 		return fmt.Errorf("cache: %w", err)
 	}
+	for _, k := range steps {
+		c.steps.forget(k)
+	}
 	if err := c.store.Delete(ctx, layerKey(d)); err != nil {
 		return fmt.Errorf("cache: delete %s: %w", d, backendErr("delete manifest", err))
+	}
+	// The steps' objects after the index entries: a crash in between
+	// leaves objects that Reindex skips, since their layer is gone.
+	for _, k := range steps {
+		if err := c.store.Delete(ctx, stepObjectKey(k)); err != nil && !errors.Is(err, backend.ErrNotFound) {
+			return fmt.Errorf("cache: delete %s: step %s: %w", d, k, backendErr("delete step record", err))
+		}
 	}
 	return nil
 }
@@ -139,6 +152,9 @@ type Stats struct {
 	// The registry's: repositories, tags and manifests (a manifest linked
 	// in two repositories counts twice).
 	Repositories, Tags, Manifests int64
+	// Quarantined counts chunks a read or a verify found bad, until a
+	// push supplies them again.
+	Quarantined int64
 }
 
 // Stats counts what the index holds. It walks the index: call it for

@@ -84,7 +84,7 @@ func (c *Cache) materialize(ctx context.Context, d digest.Digest) (LayerInfo, er
 		return LayerInfo{}, err
 	}
 	if old.Rebuild == nil {
-		return layerInfo(old, accessed), nil
+		return c.info(old, accessed), nil
 	}
 	rc, err := c.openRebuilt(ctx, old, 0, old.Size)
 	if err != nil {
@@ -118,5 +118,5 @@ func (c *Cache) materialize(ctx context.Context, d digest.Digest) (LayerInfo, er
 	}
 	sess.Committed()
 	c.log.Info("cache: materialized a compressed blob", "blob", d, "size", lr.Size)
-	return layerInfo(lr, accessed), nil
+	return c.info(lr, accessed), nil
 }

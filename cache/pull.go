@@ -51,7 +51,7 @@ func (c *Cache) openLocked(ctx context.Context, d digest.Digest, offset, length 
 	if err != nil {
 		return nil, LayerInfo{}, fmt.Errorf("cache: open: %w", err)
 	}
-	return rc, layerInfo(lr, accessed), nil
+	return rc, c.info(lr, accessed), nil
 }
 
 // blobReader reads n bytes from offset of the blob lr describes: its

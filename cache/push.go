@@ -36,7 +36,16 @@ type LayerInfo struct {
 	// SplitTar says the content is a tar stored as its files' contents and
 	// its metadata apart (package tarsplit).
 	SplitTar bool
+	// DamagedChunks counts the layer's chunks that are quarantined: a read
+	// found their stored copy bad (see index.DB.Quarantine). A damaged
+	// layer cannot be read whole; every existence check answers "absent"
+	// for it, so that the next push of it (or of any layer holding those
+	// chunks) stores good copies, and it is whole again.
+	DamagedChunks int
 }
+
+// Damaged reports whether some of the layer's chunks are quarantined.
+func (i LayerInfo) Damaged() bool { return i.DamagedChunks > 0 }
 
 // PushOptions qualify a Push.
 type PushOptions struct {
@@ -116,7 +125,7 @@ func (c *Cache) push(ctx context.Context, r io.Reader, opts PushOptions) (LayerI
 		r = io.LimitReader(r, opts.Size+1)
 	}
 	if opts.Expected != "" {
-		if info, err := c.stat(opts.Expected); err == nil {
+		if info, err := c.stat(opts.Expected); err == nil && !info.Damaged() {
 			return c.verifyStored(ctx, r, opts, info)
 		}
 	}
@@ -331,12 +340,12 @@ func (c *Cache) verifyStored(ctx context.Context, r io.Reader, opts PushOptions,
 // a layer only if every chunk it names is there), and the commit uses the
 // chunks it wrote. A layer that is already committed is returned as it is.
 func (c *Cache) commit(ctx context.Context, lr *index.LayerRecord, sess *chunks.Session) (LayerInfo, error) {
-	if old, err := c.stat(lr.Digest); err == nil {
+	if old, err := c.stat(lr.Digest); err == nil && !old.Damaged() {
 		if sess != nil {
 			sess.Committed() // the layer references its chunks: no touch needed
 		}
 		return old, nil
-	} else if !errors.Is(err, ErrNotFound) {
+	} else if err != nil && !errors.Is(err, ErrNotFound) {
 		return LayerInfo{}, err
 	}
 	m, err := marshalManifest(lr)
@@ -367,8 +376,18 @@ func (c *Cache) commit(ctx context.Context, lr *index.LayerRecord, sess *chunks.
 	if err != nil {
 		return LayerInfo{}, err
 	}
+	if res != lr && len(c.idx.DamagedChunks(res)) > 0 && len(c.idx.DamagedChunks(lr)) == 0 {
+		// The stored record of these bytes is damaged and this push's
+		// chunks did not heal it (another recipe: pushed by a client
+		// that chunks, or before tar splitting): the whole new recipe
+		// replaces it. Its manifest is already in the backend.
+		if err := c.idx.ReplaceLayer(res, lr, known); err != nil {
+			return LayerInfo{}, err
+		}
+		res = lr
+	}
 	if sess != nil {
 		sess.Committed()
 	}
-	return layerInfo(res, res.Created), nil
+	return c.info(res, res.Created), nil
 }

@@ -56,7 +56,35 @@ const packWindow = 64
 
 func (c *Cache) reindex(ctx context.Context) (err error) {
 	defer func() { c.partial = err != nil && c.idx.Interrupted() }()
+	c.rebuilds.Add(1)
 	c.steps.clear()
+	// The quarantine outlives the rebuild: a chunk found bad is condemned
+	// again if the rebuilt index names the same copy (from the same pack
+	// table), once the layers are restored (a commit refuses a quarantined
+	// chunk). A copy in another pack is a fresh one, unknown to be bad.
+	condemned, err := c.idx.QuarantinedAt()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			return
+		}
+		n := 0
+		for id, at := range condemned {
+			did, qerr := c.idx.Quarantine(id, at)
+			if qerr != nil {
+				err = qerr
+				return
+			}
+			if did {
+				n++
+			}
+		}
+		if n > 0 {
+			c.log.Warn("cache: reindex: chunks found bad before stay quarantined", "chunks", n)
+		}
+	}()
 	if err := c.idx.BeginRebuild(); err != nil {
 		return err
 	}

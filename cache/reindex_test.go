@@ -79,8 +79,10 @@ func testReindex(t *testing.T, store backend.Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The step of the deleted layer is not restored: 5 recorded, 1 gone.
-	before.Steps--
+	// The step of the deleted layer went with it (Delete), and stays gone.
+	if before.Steps != 4 {
+		t.Errorf("before Reindex: %d steps, want 4: the deleted layer's step should be gone", before.Steps)
+	}
 	if after != before {
 		t.Errorf("after Reindex: %+v, want %+v", after, before)
 	}

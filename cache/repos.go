@@ -174,7 +174,13 @@ func (c *Cache) statBlob(repo string, d digest.Digest) (BlobInfo, error) {
 	if !ok {
 		return BlobInfo{}, fmt.Errorf("%w: blob %s", ErrNotFound, d)
 	}
-	return c.stat(d)
+	info, err := c.stat(d)
+	if err == nil && info.Damaged() {
+		// Never answer "present" for what cannot be read: the client
+		// uploads the blob again, and that heals it.
+		return BlobInfo{}, fmt.Errorf("%w: blob %s is damaged (%d chunks quarantined) until it is pushed again", ErrNotFound, d, info.DamagedChunks)
+	}
+	return info, err
 }
 
 // OpenBlob reads length bytes (length < 0: to the end) of repo's blob d
@@ -446,7 +452,7 @@ func (c *Cache) putManifest(ctx context.Context, repo, ref, contentType string, 
 			return ManifestInfo{}, fmt.Errorf("%w: %s %s is not in repository %s", ErrManifestBlobUnknown, what, r.Digest, repo)
 		}
 	}
-	if _, err := c.stat(d); errors.Is(err, ErrNotFound) {
+	if info, err := c.stat(d); errors.Is(err, ErrNotFound) || (err == nil && info.Damaged()) {
 		if _, err := c.push(ctx, bytes.NewReader(b), PushOptions{Expected: d, Size: int64(len(b)), MediaType: m.MediaType}); err != nil {
 			return ManifestInfo{}, err
 		}

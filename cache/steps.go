@@ -3,19 +3,30 @@ package cache
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
 	"time"
 
+	"github.com/cairnbuild/cairn/backend"
 	"github.com/cairnbuild/cairn/cache/internal/index"
 	"github.com/cairnbuild/cairn/stepkey"
 	"github.com/opencontainers/go-digest"
 )
 
-// MaxConfigSize bounds a step record's config fragment.
-const MaxConfigSize = 64 << 10
+// Bounds of what a step record stores, so that a record takes at most
+// about 256 KiB (twice: the index and the backend): a config fragment of
+// 64 KiB, an instruction of 128 KiB after normalization (real Dockerfile
+// instructions, heredoc scripts included, are a few KiB), and build args
+// of 64 KiB together. Lookups accept the larger instructions stepkey
+// does; such steps are simply never recorded.
+const (
+	MaxConfigSize      = 64 << 10
+	MaxInstructionSize = 128 << 10
+	MaxBuildArgsSize   = 64 << 10
+)
 
 // MaxChainSteps bounds the steps of one LookupChain call.
 const MaxChainSteps = 1000
@@ -97,6 +108,98 @@ func unmarshalStep(b []byte) (StepRecord, error) {
 	return r, nil
 }
 
+// stepLayer returns the layer a stored step record names, "" for none or
+// for a record it cannot read (index.DB.SetStepLayer).
+func stepLayer(v []byte) digest.Digest {
+	var j struct {
+		Layer *struct {
+			Digest digest.Digest `json:"digest"`
+		} `json:"layer"`
+	}
+	if json.Unmarshal(v, &j) != nil || j.Layer == nil {
+		return ""
+	}
+	return j.Layer.Digest
+}
+
+// ListSteps returns up to pageSize step records in key order, after the
+// position pageToken names ("" for the first page), and the next page's
+// token ("" after the last). With layer set, only the records naming it.
+// Listing does not count as hits; Hits is what is stored.
+func (c *Cache) ListSteps(ctx context.Context, pageToken string, pageSize int, layer digest.Digest) ([]StepRecord, string, error) {
+	if err := c.begin(ctx); err != nil {
+		return nil, "", fmt.Errorf("cache: list steps: %w", err)
+	}
+	defer c.end()
+	if pageSize <= 0 {
+		pageSize = DefaultPageSize
+	}
+	pageSize = min(pageSize, MaxPageSize)
+	var after digest.Digest
+	if pageToken != "" {
+		b, err := base64.RawURLEncoding.DecodeString(pageToken)
+		if err != nil || ParseLayerDigest(digest.Digest(b)) != nil {
+			return nil, "", fmt.Errorf("cache: list steps: %w: bad page token", ErrInvalidArgument)
+		}
+		after = digest.Digest(b)
+	}
+	if layer != "" {
+		if err := ParseLayerDigest(layer); err != nil {
+			return nil, "", fmt.Errorf("cache: list steps: %w", err)
+		}
+	}
+	var out []StepRecord
+	more, err := c.idx.StepPage(after, layer, pageSize, func(key digest.Digest, v []byte, h index.Hits) error {
+		rec, err := unmarshalStep(v)
+		if err != nil {
+			return fmt.Errorf("%w: step %s: %w", ErrDataLoss, key, err)
+		}
+		rec.Hits, rec.LastHit = h.N, h.Last
+		out = append(out, rec)
+		return nil
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("cache: list steps: %w", err)
+	}
+	var next string
+	if more && len(out) > 0 {
+		next = base64.RawURLEncoding.EncodeToString([]byte(out[len(out)-1].Key))
+	}
+	return out, next, nil
+}
+
+// DeleteStep removes step key's record: the index entry, then the backend
+// object (a crash in between leaves an object that Reindex restores, as
+// if the delete had not happened). ErrNotFound if there is none.
+func (c *Cache) DeleteStep(ctx context.Context, key digest.Digest) error {
+	if err := c.begin(ctx); err != nil {
+		return fmt.Errorf("cache: delete step: %w", err)
+	}
+	defer c.end()
+	if err := ParseLayerDigest(key); err != nil {
+		return fmt.Errorf("cache: delete step: %w", err)
+	}
+	var layer digest.Digest
+	found, err := false, c.idx.View("read step", func(tx *index.Tx) (err error) {
+		_, err = tx.StepValue(key, func(v []byte) error { layer = stepLayer(v); return nil })
+		return err
+	})
+	if err == nil {
+		found, err = c.idx.DeleteStep(key, layer)
+	}
+	c.steps.forget(key)
+	if err != nil {
+		return fmt.Errorf("cache: delete step: %w", err)
+	}
+	if !found {
+		return fmt.Errorf("cache: delete step: step %s: %w", key, ErrNotFound)
+	}
+	if err := c.store.Delete(ctx, stepObjectKey(key)); err != nil && !errors.Is(err, backend.ErrNotFound) {
+		return fmt.Errorf("cache: delete step %s: %w", key, backendErr("delete step record", err))
+	}
+	return nil
+}
+
 // stepKey validates the inputs of a step operation and derives its key.
 func stepKey(parent digest.Digest, s stepkey.Step) (digest.Digest, stepkey.Step, error) {
 	n, err := s.Normalized()
@@ -133,6 +236,16 @@ func (c *Cache) recordStep(ctx context.Context, parent digest.Digest, s stepkey.
 	}
 	if len(config) > MaxConfigSize {
 		return StepRecord{}, fmt.Errorf("%w: config of %d bytes, at most %d", ErrInvalidArgument, len(config), MaxConfigSize)
+	}
+	if len(n.Instruction) > MaxInstructionSize {
+		return StepRecord{}, fmt.Errorf("%w: instruction of %d bytes, at most %d can be recorded", ErrInvalidArgument, len(n.Instruction), MaxInstructionSize)
+	}
+	args := 0
+	for _, a := range n.BuildArgs {
+		args += len(a)
+	}
+	if args > MaxBuildArgsSize {
+		return StepRecord{}, fmt.Errorf("%w: build args of %d bytes together, at most %d", ErrInvalidArgument, args, MaxBuildArgsSize)
 	}
 	rec := StepRecord{Key: key, Parent: parent, Step: n, Created: time.Now().UTC()}
 	if len(config) > 0 {

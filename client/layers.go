@@ -38,8 +38,8 @@ func (c *Client) List(ctx context.Context, pageToken string, pageSize int) ([]La
 	return out, resp.GetNextPageToken(), nil
 }
 
-// Delete removes a layer; a missing layer is ErrNotFound. Steps that
-// produced it become misses.
+// Delete removes a layer; a missing layer is ErrNotFound. The step
+// records that name it are deleted with it.
 func (c *Client) Delete(ctx context.Context, d digest.Digest) error {
 	if err := checkDigest("delete", d); err != nil {
 		return err
@@ -64,6 +64,8 @@ func layerInfo(l *cairnv1.Layer) LayerInfo {
 		StoredSize: l.GetStoredSizeBytes(),
 		MediaType:  l.GetMediaType(),
 		Chunks:     int(l.GetChunkCount()),
+
+		DamagedChunks: int(l.GetDamagedChunkCount()),
 	}
 	if t := l.GetCreateTime(); t != nil {
 		info.Created = t.AsTime()

@@ -100,7 +100,7 @@ func (c *Client) pushStored(ctx context.Context, wd *watchdog, rs io.ReadSeeker,
 	endWait = wd.begin(checking)
 	info, err := c.Stat(ctx, layer)
 	endWait()
-	if err != nil || info.Size != total {
+	if err != nil || info.Size != total || info.DamagedChunks > 0 { // damaged: push it again, to heal it
 		return rewind()
 	}
 	return PushResult{LayerInfo: info, ChunksTotal: info.Chunks}, true, nil

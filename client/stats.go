@@ -30,6 +30,9 @@ type Stats struct {
 	Repositories int64 `json:"repositories"`
 	Tags         int64 `json:"tags"`
 	Manifests    int64 `json:"manifests"`
+	// Quarantined counts chunks the server found bad (on a read or a
+	// verify) that no push has supplied again yet.
+	Quarantined int64 `json:"quarantined_chunks"`
 }
 
 // Stats returns the server's totals, in one call. The server walks its
@@ -50,6 +53,7 @@ func (c *Client) Stats(ctx context.Context) (Stats, error) {
 		Repositories: resp.GetRepositoryCount(),
 		Tags:         resp.GetTagCount(),
 		Manifests:    resp.GetManifestCount(),
+		Quarantined:  resp.GetQuarantinedChunkCount(),
 	}
 	if st.StoredBytes > 0 {
 		st.DedupRatio = float64(st.LogicalBytes) / float64(st.StoredBytes)

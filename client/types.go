@@ -15,6 +15,11 @@ type LayerInfo struct {
 	Chunks     int           `json:"chunks"`
 	Created    time.Time     `json:"created,omitzero"`
 	Accessed   time.Time     `json:"accessed,omitzero"`
+	// DamagedChunks counts the layer's chunks the server found bad and
+	// quarantined: the layer cannot be pulled whole until a push supplies
+	// them again (Push does, since the server then reports the layer
+	// absent).
+	DamagedChunks int `json:"damaged_chunks,omitempty"`
 }
 
 // PushResult is what Push did.

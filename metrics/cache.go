@@ -29,6 +29,8 @@ type StatsFunc func(ctx context.Context) (cache.Stats, error)
 //   - cairn_stored_bytes: the compressed bytes of all chunks the index knows.
 //   - cairn_dedup_ratio: logical over stored bytes (0 while nothing is
 //     stored).
+//   - cairn_quarantined_chunks: chunks a read or a verify found bad that
+//     no push has supplied again (alert on it above 0).
 //
 // A walk's result is reused for Interval; a walk that fails is logged and
 // the gauges are left out of that scrape. It is safe for concurrent use.
@@ -37,7 +39,7 @@ type CacheCollector struct {
 	interval time.Duration
 	log      *slog.Logger
 
-	layers, chunks, steps, logical, stored, ratio *prometheus.Desc
+	layers, chunks, steps, logical, stored, ratio, quarantined *prometheus.Desc
 
 	mu   sync.Mutex
 	last cache.Stats
@@ -61,12 +63,14 @@ func NewCacheCollector(stats StatsFunc, interval time.Duration, log *slog.Logger
 		logical: prometheus.NewDesc("cairn_logical_bytes", "Sum of the sizes of all stored layers, as pushed.", nil, nil),
 		stored:  prometheus.NewDesc("cairn_stored_bytes", "Compressed bytes of all stored chunks (their records in packs, headers included).", nil, nil),
 		ratio:   prometheus.NewDesc("cairn_dedup_ratio", "Logical bytes over stored bytes (dedup and compression together).", nil, nil),
+		quarantined: prometheus.NewDesc("cairn_quarantined_chunks",
+			"Chunks whose stored copy a read or a verify found bad, until a push supplies them again.", nil, nil),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *CacheCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.layers, c.chunks, c.steps, c.logical, c.stored, c.ratio} {
+	for _, d := range []*prometheus.Desc{c.layers, c.chunks, c.steps, c.logical, c.stored, c.ratio, c.quarantined} {
 		ch <- d
 	}
 }
@@ -90,6 +94,7 @@ func (c *CacheCollector) Collect(ch chan<- prometheus.Metric) {
 		ratio = float64(s.LogicalBytes) / float64(s.StoredBytes)
 	}
 	gauge(c.ratio, ratio)
+	gauge(c.quarantined, float64(s.Quarantined))
 }
 
 // get returns the last walk's result if it is fresh, else walks again.

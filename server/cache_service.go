@@ -19,6 +19,7 @@ import (
 type cacheService struct {
 	cairnv1.UnimplementedCacheServiceServer
 	steps StepCache
+	admin StepAdmin
 }
 
 // LookupStep implements cairnv1.CacheServiceServer.

@@ -51,6 +51,11 @@ type layerService struct {
 	// walks holds a token per GetStats walking the index: one at a time,
 	// so that a burst of stats calls cannot fill the server with walks.
 	walks chan struct{}
+	// verifier runs VerifyStore; verifies holds a token per run, one at
+	// a time (not walks' token: a verify takes hours, a GetStats must not
+	// wait for it).
+	verifier StoreVerifier
+	verifies chan struct{}
 }
 
 // acquire waits for a transfer slot for the call's client (its peer's IP
@@ -513,27 +518,29 @@ func (s *layerService) GetStats(ctx context.Context, _ *cairnv1.GetStatsRequest)
 		return nil, toStatus(err)
 	}
 	return &cairnv1.GetStatsResponse{
-		LayerCount:       st.Layers,
-		ChunkCount:       st.Chunks,
-		StepCount:        st.Steps,
-		LogicalSizeBytes: st.LogicalBytes,
-		StoredSizeBytes:  st.StoredBytes,
-		UniqueSizeBytes:  st.UniqueBytes,
-		RepositoryCount:  st.Repositories,
-		TagCount:         st.Tags,
-		ManifestCount:    st.Manifests,
+		LayerCount:            st.Layers,
+		ChunkCount:            st.Chunks,
+		StepCount:             st.Steps,
+		LogicalSizeBytes:      st.LogicalBytes,
+		StoredSizeBytes:       st.StoredBytes,
+		UniqueSizeBytes:       st.UniqueBytes,
+		RepositoryCount:       st.Repositories,
+		TagCount:              st.Tags,
+		ManifestCount:         st.Manifests,
+		QuarantinedChunkCount: st.Quarantined,
 	}, nil
 }
 
 // layerToProto converts a cache.LayerInfo.
 func layerToProto(info cache.LayerInfo) *cairnv1.Layer {
 	return &cairnv1.Layer{
-		Digest:          info.Digest.String(),
-		SizeBytes:       info.Size,
-		StoredSizeBytes: info.StoredSize,
-		MediaType:       info.MediaType,
-		ChunkCount:      int64(info.Chunks),
-		CreateTime:      timestamp(info.Created),
-		AccessTime:      timestamp(info.Accessed),
+		Digest:            info.Digest.String(),
+		SizeBytes:         info.Size,
+		StoredSizeBytes:   info.StoredSize,
+		MediaType:         info.MediaType,
+		ChunkCount:        int64(info.Chunks),
+		CreateTime:        timestamp(info.Created),
+		AccessTime:        timestamp(info.Accessed),
+		DamagedChunkCount: int64(info.DamagedChunks),
 	}
 }

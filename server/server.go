@@ -70,7 +70,7 @@ type Options struct {
 	// fails with ResourceExhausted. It must be at least cache.MaxChunkSize
 	// plus framing, or PutChunks of large chunks cannot work.
 	MaxRecvMsgSize int
-	// UnaryTimeout caps the duration of every unary call.
+	// UnaryTimeout caps the duration of every unary call but VerifyStore.
 	UnaryTimeout time.Duration
 	// StreamIdleTimeout fails a client stream whose client sends nothing for
 	// this long.
@@ -198,9 +198,10 @@ func New(st Store, opts Options) (*Server, error) {
 		// return, so the cache is not closed under a push cleaning up.
 		grpc.WaitForHandlers(true),
 	)
-	cairnv1.RegisterCacheServiceServer(gs, &cacheService{steps: steps})
-	cairnv1.RegisterLayerServiceServer(gs, &layerService{layers: st, chunks: st, stats: st, m: m,
-		idle: opts.StreamIdleTimeout, sendIdle: opts.SendIdleTimeout, transfers: opts.Transfers, walks: make(chan struct{}, 1)})
+	cairnv1.RegisterCacheServiceServer(gs, &cacheService{steps: steps, admin: st})
+	cairnv1.RegisterLayerServiceServer(gs, &layerService{layers: st, chunks: st, stats: st, verifier: st, m: m,
+		idle: opts.StreamIdleTimeout, sendIdle: opts.SendIdleTimeout, transfers: opts.Transfers, walks: make(chan struct{}, 1),
+		verifies: make(chan struct{}, 1)})
 	cairnv1.RegisterRegistryServiceServer(gs, &registryService{images: st})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
@@ -250,7 +251,12 @@ func (s *Server) GRPCServer() *grpc.Server { return s.grpc }
 
 // timeoutInterceptor caps a unary call's deadline at d.
 func timeoutInterceptor(d time.Duration) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if info != nil && info.FullMethod == cairnv1.LayerService_VerifyStore_FullMethodName {
+			// Reads the whole store, at a bounded rate if asked: hours.
+			// The client's deadline (or cancel) still ends it.
+			return handler(ctx, req)
+		}
 		ctx, cancel := context.WithTimeout(ctx, d)
 		defer cancel()
 		return handler(ctx, req)

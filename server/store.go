@@ -87,6 +87,21 @@ type StepCache interface {
 	RecordStep(ctx context.Context, parent digest.Digest, s stepkey.Step, layer *cache.LayerRef, config []byte) (cache.StepRecord, error)
 }
 
+// StepAdmin manages step records: ListSteps and DeleteStep.
+type StepAdmin interface {
+	// ListSteps returns a page of step records in key order (only those
+	// naming layer, if it is not "") and the next page's token ("" after
+	// the last). A malformed token is cache.ErrInvalidArgument.
+	ListSteps(ctx context.Context, pageToken string, pageSize int, layer digest.Digest) ([]cache.StepRecord, string, error)
+	// DeleteStep removes step key's record; none is cache.ErrNotFound.
+	DeleteStep(ctx context.Context, key digest.Digest) error
+}
+
+// StoreVerifier checks stored data against the index: VerifyStore.
+type StoreVerifier interface {
+	Verify(ctx context.Context, opts cache.VerifyOptions) (cache.VerifyReport, error)
+}
+
 // StatsSource reports what the store holds: GetStats. One call may walk
 // the whole index.
 type StatsSource interface {
@@ -119,13 +134,17 @@ type ImageStore interface {
 //		server.LayerStore
 //		server.ChunkStore
 //		server.StepCache
+//		server.StepAdmin
+//		server.StoreVerifier
 //		server.StatsSource
 //		server.ImageStore
-//	}{c, c, myStepCache, c, c}, opts)
+//	}{c, c, myStepCache, c, c, c, c}, opts)
 type Store interface {
 	LayerStore
 	ChunkStore
 	StepCache
+	StepAdmin
+	StoreVerifier
 	StatsSource
 	ImageStore
 }

@@ -21,7 +21,8 @@ func newLsCmd(a *app) *cobra.Command {
 		Short: "List the layers on the server, or the images of its registry",
 		Long: `Ls lists the layers on the server: digest, size as pushed, stored size
 (compressed; chunks shared with other layers counted in full), chunks and
-creation time.
+creation time. A layer whose chunks the server found bad shows "(N DAMAGED)"
+after its chunk count: it cannot be pulled until a push heals it.
 
 With --images it lists the images of the server's OCI registry (cairn serve
 --registry-listen) instead, one row per tag, ordered by repository and tag:
@@ -77,7 +78,11 @@ manifests are not listed.`,
 			if !l.Created.IsZero() {
 				created = l.Created.Local().Format(time.DateTime)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", l.Digest, humanBytes(l.Size), humanBytes(l.StoredSize), l.Chunks, created)
+			chunks := fmt.Sprint(l.Chunks)
+			if l.DamagedChunks > 0 {
+				chunks += fmt.Sprintf(" (%d DAMAGED)", l.DamagedChunks)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", l.Digest, humanBytes(l.Size), humanBytes(l.StoredSize), chunks, created)
 		}
 		return tw.Flush()
 	}

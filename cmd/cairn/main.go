@@ -69,6 +69,8 @@ func newRootCmd(a *app) *cobra.Command {
 		newStatCmd(a),
 		newLsCmd(a),
 		newRmCmd(a),
+		newStepsCmd(a),
+		newVerifyCmd(a),
 	)
 	withUsage(root)
 	envtwin.Install(root, a.getenv)

@@ -18,7 +18,7 @@ func newRmCmd(a *app) *cobra.Command {
 		Long: `Rm deletes what its arguments name, each one of:
 
   sha256:<hex>        a layer: its record and its references to its chunks
-                      go, and the steps that produced it become misses.
+                      go, and so do the step records that name it.
                       Its chunks stay stored, even those no layer uses
                       any more: garbage collection will reclaim their
                       space, and it is not built yet.

@@ -80,6 +80,7 @@ this way commits nothing.`,
 	f := cmd.Flags()
 	cfg.storage.AddFlags(f)
 	cfg.storage.AddCompressedFlags(f)
+	cfg.storage.AddScrubFlags(f)
 	cfg.log.addFlags(f)
 	f.StringVar(&cfg.listen, "listen", defaultServer, "gRPC listen address, host:port")
 	f.StringVar(&cfg.registryListen, "registry-listen", defaultRegistry, "OCI Distribution (registry) API listen address, host:port (empty: no registry)")

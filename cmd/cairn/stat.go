@@ -48,6 +48,9 @@ chunks take stored (compressed, each chunk once) and the ratio of the two
 			fmt.Fprintf(tw, "stored\t%d (%s)\n", info.StoredSize, humanBytes(info.StoredSize))
 			fmt.Fprintf(tw, "media type\t%s\n", info.MediaType)
 			fmt.Fprintf(tw, "chunks\t%d\n", info.Chunks)
+			if info.DamagedChunks > 0 {
+				fmt.Fprintf(tw, "damaged\t%d chunks quarantined: pulls fail until a push of this layer (or of one holding those chunks) heals it\n", info.DamagedChunks)
+			}
 			if !info.Created.IsZero() {
 				fmt.Fprintf(tw, "created\t%s\n", info.Created.Local().Format(time.RFC3339))
 			}
@@ -79,6 +82,9 @@ chunks take stored (compressed, each chunk once) and the ratio of the two
 		fmt.Fprintf(tw, "logical\t%d (%s)\n", st.LogicalBytes, humanBytes(st.LogicalBytes))
 		fmt.Fprintf(tw, "unique\t%d (%s, distinct chunks uncompressed)\n", st.UniqueBytes, humanBytes(st.UniqueBytes))
 		fmt.Fprintf(tw, "stored\t%d (%s)\n", st.StoredBytes, humanBytes(st.StoredBytes))
+		if st.Quarantined > 0 {
+			fmt.Fprintf(tw, "quarantined\t%d chunks found bad (cairn verify lists the damaged layers; a push that has them heals them)\n", st.Quarantined)
+		}
 		if st.DedupRatio > 0 {
 			fmt.Fprintf(tw, "dedup\t%.2fx (logical / stored: deduplication and compression)\n", st.DedupRatio)
 		}

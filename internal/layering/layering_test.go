@@ -72,6 +72,11 @@ var rules = []rule{
 		forbid: []string{"./..."},
 	},
 	{
+		name:   "transfer (the slots shared by the gRPC and registry fronts) is pure: it imports nothing of ours",
+		from:   []string{"./transfer/..."},
+		forbid: []string{"./..."},
+	},
+	{
 		name:   "stepkey imports nothing of ours but chunkid, so that the client can compute step keys without the core",
 		from:   []string{"./stepkey/..."},
 		forbid: []string{"./..."},

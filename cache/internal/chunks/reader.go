@@ -106,6 +106,8 @@ func (s *Store) NewReader(ctx context.Context, recipe []index.RecipeEntry, offse
 				switch {
 				case err != nil:
 					rc.err = err
+				case !found[j] && s.idx.Quarantined(e.ID):
+					rc.err = fmt.Errorf("%w: chunk %s is damaged (quarantined) until a push supplies it again", cerr.ErrDataLoss, e.ID)
 				case !found[j]:
 					rc.err = fmt.Errorf("%w: chunk %s is missing from the index", cerr.ErrDataLoss, e.ID)
 				case infos[j].Size != e.Size:
@@ -190,17 +192,18 @@ func (s *Store) fetchRun(ctx context.Context, run []*runChunk) {
 		start, end := rc.ci.Off-lo, rc.ci.Off-lo+rc.ci.Stored
 		switch {
 		case err != nil && end > int64(got):
+			rerr := err
 			if errors.Is(err, pack.ErrShort) {
-				err = fmt.Errorf("%w: chunk %s: pack %s ends %d bytes into the record of %d", cerr.ErrDataLoss, rc.id, p, max(int64(got)-start, 0), rc.ci.Stored)
+				rerr = fmt.Errorf("%w: chunk %s: pack %s ends %d bytes into the record of %d", cerr.ErrDataLoss, rc.id, p, max(int64(got)-start, 0), rc.ci.Stored)
 			}
-			deliver(rc, nil, nil, err)
+			deliver(rc, nil, nil, s.condemn(rc.id, rc.ci, rerr))
 		case k == len(run)-1: // the last one here: the others run meanwhile
 			out, data, derr := s.decodeRecord(rc.id, rc.ci, (*bp)[start:end])
-			deliver(rc, out, data, derr)
+			deliver(rc, out, data, s.condemn(rc.id, rc.ci, derr))
 		default:
 			wg.Go(func() {
 				out, data, derr := s.decodeRecord(rc.id, rc.ci, (*bp)[start:end])
-				deliver(rc, out, data, derr)
+				deliver(rc, out, data, s.condemn(rc.id, rc.ci, derr))
 			})
 		}
 	}

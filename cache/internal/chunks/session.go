@@ -113,6 +113,12 @@ func (ss *Session) Ensure(ctx context.Context, id chunkid.ID, data []byte) error
 			case <-ctx.Done():
 				return ctx.Err()
 			}
+			if f.err == nil && ss.s.condemned(id, f.info) {
+				// A finished flight whose copy a read has since found
+				// bad: drop it and store the chunk again.
+				ss.s.flights.drop(id, f)
+				continue
+			}
 			if f.err == nil {
 				if ss.indexed { // its writer may be a push, which indexes with its commit
 					return ss.s.idx.AddChunks(f.info.Pack, []pack.Entry{{ID: id, Off: f.info.Off, Stored: f.info.Stored, Size: f.info.Size}})
@@ -416,6 +422,26 @@ func (fs *flights) finish(id chunkid.ID, f *flight, ci index.ChunkInfo, err erro
 		delete(fs.m, id)
 	}
 	close(f.done)
+}
+
+// drop takes finished flight f out of the map, so that the next session
+// to need the chunk writes it again.
+func (fs *flights) drop(id chunkid.ID, f *flight) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if fs.m[id] == f {
+		delete(fs.m, id)
+	}
+}
+
+// condemned reports whether ci is the copy of chunk id that a read found
+// bad (the chunk is quarantined and the index still names that copy).
+func (s *Store) condemned(id chunkid.ID, ci index.ChunkInfo) bool {
+	if !s.idx.Quarantined(id) {
+		return false
+	}
+	bad, _, err := s.idx.Chunk(id)
+	return err == nil && bad.Pack == ci.Pack && bad.Off == ci.Off
 }
 
 // leave drops ss from every flight it joined.

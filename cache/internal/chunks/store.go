@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cairnbuild/cairn/backend"
 	"github.com/cairnbuild/cairn/cache/internal/cerr"
@@ -65,9 +66,10 @@ type Store struct {
 
 	packTarget int
 
-	flights flights
-	leases  leases
-	hooks   Hooks
+	flights     flights
+	leases      leases
+	hooks       Hooks
+	quarantines atomic.Int64 // chunks condemned since New
 
 	// readers counts the goroutines of open recipe readers; Close cancels
 	// them.
@@ -110,6 +112,8 @@ type Hooks struct {
 	// WaitSlot: a session is about to wait for a pack slot (every one of
 	// its packsInFlight packs is being written) to store chunk id.
 	WaitSlot func(id chunkid.ID)
+	// Quarantined: a read found chunk id's copy bad and quarantined it.
+	Quarantined func(id chunkid.ID)
 }
 
 // SetHooks installs h. Call it before any session starts.
@@ -210,6 +214,9 @@ func (s *Store) ReadChunk(ctx context.Context, id chunkid.ID) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if !ok && s.idx.Quarantined(id) {
+		return nil, fmt.Errorf("%w: chunk %s is damaged (quarantined) until a push supplies it again", cerr.ErrDataLoss, id)
+	}
 	if !ok {
 		return nil, fmt.Errorf("chunk %s: %w", id, cerr.ErrNotFound)
 	}
@@ -235,12 +242,59 @@ func (s *Store) ReadRecord(ctx context.Context, id chunkid.ID, ci index.ChunkInf
 	defer s.compPool.Put(cp)
 	n, err := pack.ReadRange(ctx, s.store, ci.Pack, ci.Off, (*cp)[:ci.Stored])
 	if errors.Is(err, pack.ErrShort) {
-		return nil, nil, fmt.Errorf("%w: chunk %s: pack %s ends %d bytes into the record of %d", cerr.ErrDataLoss, id, ci.Pack, n, ci.Stored)
+		return nil, nil, s.condemn(id, ci, fmt.Errorf("%w: chunk %s: pack %s ends %d bytes into the record of %d", cerr.ErrDataLoss, id, ci.Pack, n, ci.Stored))
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("chunk %s: %w", id, err)
+		return nil, nil, s.condemn(id, ci, fmt.Errorf("chunk %s: %w", id, err))
 	}
-	return s.decodeRecord(id, ci, (*cp)[:ci.Stored])
+	bp, data, err := s.decodeRecord(id, ci, (*cp)[:ci.Stored])
+	return bp, data, s.condemn(id, ci, err)
+}
+
+// Quarantines counts the chunks this store quarantined since it opened.
+func (s *Store) Quarantines() int64 { return s.quarantines.Load() }
+
+// condemn quarantines chunk id (index.DB.Quarantine) if err says that its
+// copy at ci is bad (ErrDataLoss: it fails verification, or its pack is
+// short or gone), in the same step that found it: from then on the index
+// asks pushes for the chunk, and the first that has it heals it. Other
+// errors (an unavailable backend, a cancelled read) condemn nothing. It
+// returns err, saying what was done.
+func (s *Store) condemn(id chunkid.ID, ci index.ChunkInfo, err error) error {
+	if err == nil || !errors.Is(err, cerr.ErrDataLoss) {
+		return err
+	}
+	did, qerr := s.idx.Quarantine(id, ci)
+	if qerr != nil {
+		s.log.Warn("cache: could not quarantine a bad chunk", "chunk", id.String(), "err", qerr)
+		return err
+	}
+	if did {
+		s.quarantines.Add(1)
+		s.log.Warn("cache: chunk quarantined: its stored copy is bad; the next push that has it stores a good one",
+			"chunk", id.String(), "pack", ci.Pack.String(), "err", err)
+		if s.hooks.Quarantined != nil {
+			s.hooks.Quarantined(id)
+		}
+	}
+	return fmt.Errorf("%w (quarantined: pushing any layer that holds the chunk heals it)", err)
+}
+
+// CheckRecord decodes and verifies rec, chunk id's record as read from
+// where ci says, and quarantines the chunk if it is bad (see condemn).
+// The scrub reads whole packs and checks their records with it.
+func (s *Store) CheckRecord(id chunkid.ID, ci index.ChunkInfo, rec []byte) error {
+	bp, _, err := s.decodeRecord(id, ci, rec)
+	if err == nil {
+		s.dataPool.Put(bp)
+	}
+	return s.condemn(id, ci, err)
+}
+
+// Condemn quarantines chunk id, whose copy at ci is bad for the reason
+// err (wrapping ErrDataLoss), as a read that found it would.
+func (s *Store) Condemn(id chunkid.ID, ci index.ChunkInfo, err error) error {
+	return s.condemn(id, ci, err)
 }
 
 // decodeRecord checks a chunk record's header, decompresses it into a

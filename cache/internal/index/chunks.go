@@ -10,9 +10,14 @@ import (
 	"github.com/dgraph-io/badger/v4"
 )
 
-// Chunk reads c/<id>; found is false if the index has no such chunk.
+// Chunk reads c/<id>; found is false if the index has no such chunk or
+// no good copy of it (quarantined: ci then names the bad copy).
 func (tx *Tx) Chunk(id chunkid.ID) (ci ChunkInfo, found bool, err error) {
-	return getChunk(tx.txn, id)
+	ci, found, err = getChunk(tx.txn, id)
+	if found && tx.x.Quarantined(id) {
+		found = false
+	}
+	return ci, found, err
 }
 
 func getChunk(txn *badger.Txn, id chunkid.ID) (ci ChunkInfo, found bool, err error) {
@@ -27,7 +32,7 @@ func getChunk(txn *badger.Txn, id chunkid.ID) (ci ChunkInfo, found bool, err err
 }
 
 // Chunk reports whether the index knows chunk id (and so the backend holds
-// it), and where.
+// a good copy of it, as far as anyone has seen), and where.
 func (x *DB) Chunk(id chunkid.ID) (ci ChunkInfo, found bool, err error) {
 	err = x.View("look up chunk", func(tx *Tx) (err error) {
 		ci, found, err = tx.Chunk(id)
@@ -53,24 +58,43 @@ func (x *DB) Chunks(ids []chunkid.ID) (infos []ChunkInfo, found []bool, err erro
 }
 
 // AddChunks adds entries, with no references, for the chunks of pack p
-// just written, unless the index has them (from another pack).
+// just written, unless the index has them (from another pack). A
+// quarantined chunk takes its new copy from p and is healed.
 func (x *DB) AddChunks(p pack.ID, entries []pack.Entry) error {
 	now := time.Now().Unix()
-	return x.update("index chunks", func(txn *badger.Txn) error {
+	var healed []chunkid.ID
+	err := x.update("index chunks", func(txn *badger.Txn) error {
+		healed = healed[:0]
 		for _, e := range entries {
-			if _, ok, err := getChunk(txn, e.ID); err != nil || ok {
-				if err != nil {
+			ci := ChunkInfo{Size: e.Size, Stored: e.Stored, Added: now, Pack: p, Off: e.Off}
+			old, ok, err := getChunk(txn, e.ID)
+			if err != nil {
+				return err
+			}
+			if ok {
+				if old.Size != e.Size || (old.Pack == p && old.Off == e.Off) {
+					continue
+				}
+				if q, err := x.quarantinedIn(txn, e.ID); err != nil {
 					return err
+				} else if !q {
+					continue
+				}
+				if h, err := heal(txn, e.ID, ci, now); err != nil {
+					return err
+				} else if h {
+					healed = append(healed, e.ID)
 				}
 				continue
 			}
-			ci := ChunkInfo{Size: e.Size, Stored: e.Stored, Added: now, Pack: p, Off: e.Off}
 			if err := txn.Set(chunkKey(e.ID), ci.Encode()); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
+	x.syncQuarantine(healed...)
+	return err
 }
 
 // ForEachChunk calls fn for every chunk entry, in key order, in one
@@ -128,10 +152,16 @@ func (x *DB) DeleteChunks(ids []chunkid.ID, keep func(id chunkid.ID, ci ChunkInf
 			if err := txn.Delete(chunkKey(id)); err != nil {
 				return err
 			}
+			if err := txn.Delete(quarantineKey(id)); err != nil {
+				return err
+			}
 			gone = append(gone, id)
 		}
 		return nil
 	})
+	if err == nil {
+		x.syncQuarantine(gone...)
+	}
 	return gone, err
 }
 
@@ -162,7 +192,7 @@ func (x *DB) Touch(ids []chunkid.ID) (found []bool, err error) {
 				if err != nil {
 					return err
 				}
-				found[start+i] = ok
+				found[start+i] = ok && !x.Quarantined(id) // asked for again: a push heals it
 				if !ok || now-ci.Added < touchAge {
 					continue
 				}

@@ -36,6 +36,9 @@ type DB struct {
 	once    sync.Once
 	closed  atomic.Bool
 	lock    sync.RWMutex // held shared by flushes, exclusively by Close and Rebuild
+
+	q           quarantine
+	stepLayerFn func(v []byte) digest.Digest // see SetStepLayer
 }
 
 // flushInterval is how often hit counts and access times reach the index: a
@@ -67,6 +70,10 @@ func Open(dir string, log *slog.Logger) (*DB, error) {
 		pendAccess: make(map[digest.Digest]time.Time),
 		stop:       make(chan struct{}),
 		flushed:    make(chan struct{}),
+	}
+	if err := x.loadQuarantine(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open index %s: %w", dir, err)
 	}
 	go x.flushLoop()
 	return x, nil
@@ -223,11 +230,14 @@ func (x *DB) update(op string, fn func(txn *badger.Txn) error) error {
 
 // Tx is a read-only view of the index, for callers that read several
 // entries and need them to agree.
-type Tx struct{ txn *badger.Txn }
+type Tx struct {
+	txn *badger.Txn
+	x   *DB
+}
 
 // View runs fn in a read-only transaction.
 func (x *DB) View(op string, fn func(tx *Tx) error) error {
-	return translate(op, x.db.View(func(txn *badger.Txn) error { return fn(&Tx{txn}) }))
+	return translate(op, x.db.View(func(txn *badger.Txn) error { return fn(&Tx{txn, x}) }))
 }
 
 // get reads key into fn; found is false if there is no such key.

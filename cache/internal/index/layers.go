@@ -100,15 +100,20 @@ func (x *DB) CommitLayer(lr *LayerRecord, known map[chunkid.ID]ChunkInfo) (*Laye
 		return x.commitLayerBig(lr, known, counts)
 	}
 	var result *LayerRecord
+	var healed []chunkid.ID
+	defer func() { x.syncQuarantine(healed...) }()
 	err := x.update("commit layer "+string(lr.Digest), func(txn *badger.Txn) error {
-		result = nil
+		result, healed = nil, nil
 		if old, err := getLayer(txn, lr.Digest); err == nil {
 			result = old
-			return nil
+			// A re-push of a damaged layer: the chunks its session
+			// stored heal the quarantined ones.
+			healed, err = x.healKnown(txn, known)
+			return err
 		} else if !errors.Is(err, cerr.ErrNotFound) {
 			return err
 		}
-		stored, err := addRefs(txn, counts, known, nil)
+		stored, err := x.addRefs(txn, counts, known, nil, &healed)
 		if err != nil {
 			return err
 		}
@@ -119,15 +124,63 @@ func (x *DB) CommitLayer(lr *LayerRecord, known map[chunkid.ID]ChunkInfo) (*Laye
 	return result, err
 }
 
+// healKnown heals, inside txn, every quarantined chunk that known holds a
+// new copy of, and returns them.
+func (x *DB) healKnown(txn *badger.Txn, known map[chunkid.ID]ChunkInfo) ([]chunkid.ID, error) {
+	if x.q.n.Load() == 0 {
+		return nil, nil
+	}
+	var healed []chunkid.ID
+	now := time.Now().Unix()
+	for id, ci := range known {
+		if q, err := x.quarantinedIn(txn, id); err != nil {
+			return nil, err
+		} else if !q {
+			continue
+		}
+		if h, err := heal(txn, id, ci, now); err != nil {
+			return nil, err
+		} else if h {
+			healed = append(healed, id)
+		}
+	}
+	return healed, nil
+}
+
 // addRefs adds counts[id] references to each chunk of ids (all of counts if
 // ids is nil) and returns their stored bytes, each counted per reference.
-func addRefs(txn *badger.Txn, counts map[chunkid.ID]int64, known map[chunkid.ID]ChunkInfo, ids []chunkid.ID) (int64, error) {
+// A quarantined chunk must come with a new copy in known, which heals it
+// (appended to *healed).
+func (x *DB) addRefs(txn *badger.Txn, counts map[chunkid.ID]int64, known map[chunkid.ID]ChunkInfo, ids []chunkid.ID, healed *[]chunkid.ID) (int64, error) {
 	var total int64
 	now := time.Now().Unix()
 	add := func(id chunkid.ID, n int64) error {
 		ci, ok, err := getChunk(txn, id)
 		if err != nil {
 			return err
+		}
+		if ok {
+			if q, err := x.quarantinedIn(txn, id); err != nil {
+				return err
+			} else if q {
+				k, has := known[id]
+				h := false
+				if has {
+					if h, err = heal(txn, id, k, now); err != nil {
+						return err
+					}
+				}
+				if !h {
+					// Found bad after the push looked it up (it did not
+					// store it), or its copy is the condemned one: the
+					// client pushes again, and that push stores it.
+					return fmt.Errorf("%w: chunk %s was found damaged (quarantined) while this push ran: push again", cerr.ErrFailedPrecondition, id)
+				}
+				*healed = append(*healed, id)
+				if ci, _, err = getChunk(txn, id); err != nil {
+					return err
+				}
+			}
 		}
 		if !ok {
 			if ci, ok = known[id]; !ok {
@@ -193,10 +246,13 @@ func (x *DB) commitLayerBig(lr *LayerRecord, known map[chunkid.ID]ChunkInfo, cou
 	for start := 0; start < len(ids); start += x.maxTxnChunks() {
 		batch := ids[start:min(start+x.maxTxnChunks(), len(ids))]
 		var n int64
+		var healed []chunkid.ID
 		err := x.update(op, func(txn *badger.Txn) (err error) {
-			n, err = addRefs(txn, counts, known, batch)
+			healed = nil
+			n, err = x.addRefs(txn, counts, known, batch, &healed)
 			return err
 		})
+		x.syncQuarantine(healed...)
 		if err != nil {
 			x.undoRefs(ids[:start], counts)
 			return nil, err
@@ -265,10 +321,38 @@ func dropRef(txn *badger.Txn, id chunkid.ID, n int64) error {
 // transaction, or for a layer of more than MaxTxnChunks distinct chunks,
 // the record first and the references after it, so that a crash in between
 // leaves counts too high (chunks kept longer), never too low.
-func (x *DB) DeleteLayer(d digest.Digest) error {
+//
+// The step records that name d are deleted with it (in the same
+// transaction, or the first of them in batches before it); their keys are
+// returned, for the caller to delete their backend objects.
+func (x *DB) DeleteLayer(d digest.Digest) (steps []digest.Digest, err error) {
 	op := "delete " + string(d)
+	// A layer that many records name loses them in batches first, so that
+	// the last transaction stays small; a crash in between leaves the
+	// layer with fewer records, which is harmless.
+	for more := true; more; {
+		var batch []digest.Digest
+		err = x.update(op, func(txn *badger.Txn) (err error) {
+			batch, more = nil, false
+			keys := stepsOf(txn, d)
+			if len(keys) < x.stepBatch() {
+				return nil
+			}
+			if has, err := has(txn, layerKey(d)); err != nil || !has {
+				return err
+			}
+			more = true
+			batch, err = x.deleteSteps(txn, d, keys[:x.stepBatch()])
+			return err
+		})
+		if err != nil {
+			return steps, err
+		}
+		steps = append(steps, batch...)
+	}
+	nBatched := len(steps)
 	var big map[chunkid.ID]int64
-	err := x.update(op, func(txn *badger.Txn) error {
+	err = x.update(op, func(txn *badger.Txn) error {
 		big = nil
 		lr, err := getLayer(txn, d)
 		if err != nil {
@@ -288,13 +372,24 @@ func (x *DB) DeleteLayer(d digest.Digest) error {
 		if err := txn.Delete(accessKey(d)); err != nil {
 			return err
 		}
+		// The step records that name the layer go with it: a record
+		// that outlived its layer would hit again as soon as anyone
+		// pushed the same bytes, vouching for content no one recorded.
+		last, err := x.deleteSteps(txn, d, stepsOf(txn, d))
+		if err != nil {
+			return err
+		}
+		steps = append(steps[:nBatched:nBatched], last...)
 		return txn.Delete(layerKey(d))
 	})
 	if err != nil {
-		return err
+		return steps[:nBatched], err
 	}
 	x.pendMu.Lock()
 	delete(x.pendAccess, d)
+	for _, k := range steps {
+		delete(x.pendHits, k)
+	}
 	x.pendMu.Unlock()
 	if big != nil {
 		x.bigCommit.Lock()
@@ -304,10 +399,10 @@ func (x *DB) DeleteLayer(d digest.Digest) error {
 			ids = append(ids, id)
 		}
 		if err := x.dropRefs(ids, big); err != nil {
-			return fmt.Errorf("%s: drop references: %w", op, err)
+			return steps, fmt.Errorf("%s: drop references: %w", op, err)
 		}
 	}
-	return nil
+	return steps, nil
 }
 
 // LayerEntry is one layer of a listing: its record and last access.
@@ -364,6 +459,7 @@ type Stats struct {
 	// The registry's: repositories, tags and manifest links (a manifest
 	// linked in two repositories counts twice).
 	Repositories, Tags, Manifests int64
+	Quarantined                   int64 // chunks with no good copy (see Quarantine)
 }
 
 // Stats walks the whole index: call it every so often, not per request.
@@ -405,6 +501,8 @@ func (x *DB) Stats(ctx context.Context) (Stats, error) {
 				}
 			case bytes.HasPrefix(k, idxStep):
 				s.Steps++
+			case bytes.HasPrefix(k, idxQuarantine):
+				s.Quarantined++
 			case bytes.HasPrefix(k, idxRepo):
 				s.Repositories++
 			case bytes.HasPrefix(k, idxTag):
@@ -472,10 +570,13 @@ func (x *DB) ReplaceLayer(old, lr *LayerRecord, known map[chunkid.ID]ChunkInfo) 
 	for start := 0; start < len(newIDs); start += x.maxTxnChunks() {
 		batch := newIDs[start:min(start+x.maxTxnChunks(), len(newIDs))]
 		var n int64
+		var healed []chunkid.ID
 		err := x.update(op, func(txn *badger.Txn) (err error) {
-			n, err = addRefs(txn, newCounts, known, batch)
+			healed = nil
+			n, err = x.addRefs(txn, newCounts, known, batch, &healed)
 			return err
 		})
+		x.syncQuarantine(healed...)
 		if err != nil {
 			x.undoRefs(newIDs[:start], newCounts)
 			return err

@@ -40,7 +40,13 @@ func (x *DB) BeginRebuild() error {
 	if err != nil {
 		return translate("drop index", err)
 	}
+	if err := x.loadQuarantine(); err != nil { // empty now
+		return err
+	}
 	return x.update("write format", func(txn *badger.Txn) error {
+		if err := txn.Set(idxStepLayerMarker, nil); err != nil { // PutStep links what the rebuild writes
+			return err
+		}
 		return txn.Set(idxFormat, []byte(Format))
 	})
 }

@@ -11,6 +11,9 @@
 //	a/<layer digest string>             last access, varint Unix nanoseconds
 //	k/<step key digest string>          step record (opaque to this package)
 //	h/<step key digest string>          Hits
+//	q/<32 raw bytes of the chunk hash>  when the chunk was quarantined (see quarantine.go)
+//	s/<layer digest>/<step key>         empty: step records by the layer they name
+//	v/steps-by-layer                    empty: s/ entries exist for every step
 //
 // Changing an encoding in this file is a format change: the golden vectors
 // in testdata must change with it.
@@ -35,6 +38,12 @@ var (
 	idxStep   = []byte("k/")
 	idxHits   = []byte("h/")
 	idxAccess = []byte("a/")
+	// idxQuarantine marks chunks with no good copy: see quarantine.go.
+	idxQuarantine = []byte("q/")
+	idxStepLayer  = []byte("s/")
+	// idxStepLayerMarker says that every step record has its s/ entry
+	// (records written before s/ existed get theirs at Open).
+	idxStepLayerMarker = []byte("v/steps-by-layer")
 	// idxFormat holds Format: an index written by another version of the
 	// formats is refused with a clear error, not misread.
 	idxFormat = []byte("v/format")

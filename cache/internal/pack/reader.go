@@ -79,7 +79,12 @@ func readRange(ctx context.Context, store backend.Store, key string, off int64, 
 	}
 	defer rc.Close()
 	n, err := io.ReadFull(rc, buf)
-	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+	if errors.Is(err, backend.ErrUnavailable) {
+		// A body cut short by the network (S3 says so) is not a short
+		// pack: only a plain end of the object is.
+		return n, cerr.Backend("read "+key, err)
+	}
+	if err == io.ErrUnexpectedEOF || err == io.EOF {
 		return n, ErrShort
 	}
 	if err != nil {

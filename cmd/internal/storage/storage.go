@@ -120,6 +120,17 @@ type Config struct {
 	RebuiltCache    string // a size; 0 turns the rebuilt-blob cache off
 	maxExpanded     int64
 	rebuiltCacheMax int64
+
+	// The background scrub (serve sets them; see cache.Options).
+	ScrubInterval time.Duration
+	ScrubRate     string // bytes a second, a size
+	scrubRate     int64
+}
+
+// AddScrubFlags registers the flags of the background scrub: serve's.
+func (c *Config) AddScrubFlags(f *pflag.FlagSet) {
+	f.DurationVar(&c.ScrubInterval, "scrub-interval", 24*time.Hour, "verify every stored chunk in the background this long after start and after each run (0: never; cairn verify runs one now)")
+	f.StringVar(&c.ScrubRate, "scrub-rate", "16MiB", "bytes a second the background scrub reads, at most")
 }
 
 // AddCompressedFlags registers the flags of compressed blobs: serve's.
@@ -154,6 +165,16 @@ func (c *Config) Check() error {
 			return err
 		}
 		c.maxExpanded = n
+	}
+	if c.ScrubInterval < 0 {
+		return fmt.Errorf("--scrub-interval %v: must not be negative", c.ScrubInterval)
+	}
+	if c.ScrubRate != "" {
+		n, err := sizeflag.Parse("--scrub-rate", c.ScrubRate, "16MiB", 1<<10, 1<<40)
+		if err != nil {
+			return err
+		}
+		c.scrubRate = n
 	}
 	if c.RebuiltCache != "" {
 		n, err := sizeflag.Parse("--rebuilt-cache-size", c.RebuiltCache, "4GiB", 0, 1<<50)
@@ -211,7 +232,8 @@ func (c *Config) Open(ctx context.Context, log *slog.Logger, bm *metrics.Backend
 	}})
 	opts := cache.Options{Dir: st.IndexDir, Backend: blobs, Concurrency: c.Concurrency, Logger: log,
 		MaxUploads: c.MaxUploads, UploadIdleTimeout: c.UploadIdleTimeout,
-		KeepCompressed: c.KeepCompressed, PlainTars: c.PlainTars, MaxExpandedSize: c.maxExpanded}
+		KeepCompressed: c.KeepCompressed, PlainTars: c.PlainTars, MaxExpandedSize: c.maxExpanded,
+		ScrubInterval: c.ScrubInterval, ScrubRate: c.scrubRate}
 	if c.rebuiltCacheMax > 0 {
 		opts.RebuiltCacheDir, opts.RebuiltCacheSize = filepath.Join(c.Data, RebuiltSubdir), c.rebuiltCacheMax
 	} else {

@@ -539,6 +539,8 @@ type RecordStepRequest struct {
 	// default to the stored layer's, diff_id to digest.
 	Layer *LayerDescriptor `protobuf:"bytes,3,opt,name=layer,proto3" json:"layer,omitempty"`
 	// An opaque image-config fragment to return on hits, at most 64 KiB.
+	// The normalized instruction may be at most 256 KiB; larger records are
+	// refused with INVALID_ARGUMENT.
 	Config        []byte `protobuf:"bytes,4,opt,name=config,proto3" json:"config,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -648,6 +650,208 @@ func (x *RecordStepResponse) GetRecord() *StepRecord {
 	return nil
 }
 
+// ListStepsRequest is the request of CacheService.ListSteps.
+type ListStepsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most this many records; 0 means 100, more than 1000 means 1000.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of the previous page; empty for the first.
+	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// If set, only records whose layer has this digest.
+	LayerDigest   string `protobuf:"bytes,3,opt,name=layer_digest,json=layerDigest,proto3" json:"layer_digest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListStepsRequest) Reset() {
+	*x = ListStepsRequest{}
+	mi := &file_cairn_v1_cache_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListStepsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListStepsRequest) ProtoMessage() {}
+
+func (x *ListStepsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cairn_v1_cache_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListStepsRequest.ProtoReflect.Descriptor instead.
+func (*ListStepsRequest) Descriptor() ([]byte, []int) {
+	return file_cairn_v1_cache_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ListStepsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListStepsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListStepsRequest) GetLayerDigest() string {
+	if x != nil {
+		return x.LayerDigest
+	}
+	return ""
+}
+
+// ListStepsResponse is the response of CacheService.ListSteps.
+type ListStepsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The records, in key order.
+	Records []*StepRecord `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	// The token of the next page; empty after the last.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListStepsResponse) Reset() {
+	*x = ListStepsResponse{}
+	mi := &file_cairn_v1_cache_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListStepsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListStepsResponse) ProtoMessage() {}
+
+func (x *ListStepsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cairn_v1_cache_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListStepsResponse.ProtoReflect.Descriptor instead.
+func (*ListStepsResponse) Descriptor() ([]byte, []int) {
+	return file_cairn_v1_cache_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ListStepsResponse) GetRecords() []*StepRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+func (x *ListStepsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// DeleteStepRequest is the request of CacheService.DeleteStep.
+type DeleteStepRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The step key (StepRecord.key).
+	Key           string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteStepRequest) Reset() {
+	*x = DeleteStepRequest{}
+	mi := &file_cairn_v1_cache_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteStepRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteStepRequest) ProtoMessage() {}
+
+func (x *DeleteStepRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cairn_v1_cache_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteStepRequest.ProtoReflect.Descriptor instead.
+func (*DeleteStepRequest) Descriptor() ([]byte, []int) {
+	return file_cairn_v1_cache_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DeleteStepRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+// DeleteStepResponse is the response of CacheService.DeleteStep.
+type DeleteStepResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteStepResponse) Reset() {
+	*x = DeleteStepResponse{}
+	mi := &file_cairn_v1_cache_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteStepResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteStepResponse) ProtoMessage() {}
+
+func (x *DeleteStepResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cairn_v1_cache_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteStepResponse.ProtoReflect.Descriptor instead.
+func (*DeleteStepResponse) Descriptor() ([]byte, []int) {
+	return file_cairn_v1_cache_proto_rawDescGZIP(), []int{12}
+}
+
 var File_cairn_v1_cache_proto protoreflect.FileDescriptor
 
 const file_cairn_v1_cache_proto_rawDesc = "" +
@@ -699,13 +903,27 @@ const file_cairn_v1_cache_proto_rawDesc = "" +
 	"\x05layer\x18\x03 \x01(\v2\x19.cairn.v1.LayerDescriptorR\x05layer\x12\x16\n" +
 	"\x06config\x18\x04 \x01(\fR\x06config\"B\n" +
 	"\x12RecordStepResponse\x12,\n" +
-	"\x06record\x18\x01 \x01(\v2\x14.cairn.v1.StepRecordR\x06record2\xec\x01\n" +
+	"\x06record\x18\x01 \x01(\v2\x14.cairn.v1.StepRecordR\x06record\"q\n" +
+	"\x10ListStepsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\x12!\n" +
+	"\flayer_digest\x18\x03 \x01(\tR\vlayerDigest\"k\n" +
+	"\x11ListStepsResponse\x12.\n" +
+	"\arecords\x18\x01 \x03(\v2\x14.cairn.v1.StepRecordR\arecords\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"%\n" +
+	"\x11DeleteStepRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\"\x14\n" +
+	"\x12DeleteStepResponse2\xfb\x02\n" +
 	"\fCacheService\x12G\n" +
 	"\n" +
 	"LookupStep\x12\x1b.cairn.v1.LookupStepRequest\x1a\x1c.cairn.v1.LookupStepResponse\x12J\n" +
 	"\vLookupChain\x12\x1c.cairn.v1.LookupChainRequest\x1a\x1d.cairn.v1.LookupChainResponse\x12G\n" +
 	"\n" +
-	"RecordStep\x12\x1b.cairn.v1.RecordStepRequest\x1a\x1c.cairn.v1.RecordStepResponseB4Z2github.com/cairnbuild/cairn/proto/cairn/v1;cairnv1b\x06proto3"
+	"RecordStep\x12\x1b.cairn.v1.RecordStepRequest\x1a\x1c.cairn.v1.RecordStepResponse\x12D\n" +
+	"\tListSteps\x12\x1a.cairn.v1.ListStepsRequest\x1a\x1b.cairn.v1.ListStepsResponse\x12G\n" +
+	"\n" +
+	"DeleteStep\x12\x1b.cairn.v1.DeleteStepRequest\x1a\x1c.cairn.v1.DeleteStepResponseB4Z2github.com/cairnbuild/cairn/proto/cairn/v1;cairnv1b\x06proto3"
 
 var (
 	file_cairn_v1_cache_proto_rawDescOnce sync.Once
@@ -719,7 +937,7 @@ func file_cairn_v1_cache_proto_rawDescGZIP() []byte {
 	return file_cairn_v1_cache_proto_rawDescData
 }
 
-var file_cairn_v1_cache_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_cairn_v1_cache_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_cairn_v1_cache_proto_goTypes = []any{
 	(*Step)(nil),                  // 0: cairn.v1.Step
 	(*LayerDescriptor)(nil),       // 1: cairn.v1.LayerDescriptor
@@ -730,13 +948,17 @@ var file_cairn_v1_cache_proto_goTypes = []any{
 	(*LookupChainResponse)(nil),   // 6: cairn.v1.LookupChainResponse
 	(*RecordStepRequest)(nil),     // 7: cairn.v1.RecordStepRequest
 	(*RecordStepResponse)(nil),    // 8: cairn.v1.RecordStepResponse
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(*ListStepsRequest)(nil),      // 9: cairn.v1.ListStepsRequest
+	(*ListStepsResponse)(nil),     // 10: cairn.v1.ListStepsResponse
+	(*DeleteStepRequest)(nil),     // 11: cairn.v1.DeleteStepRequest
+	(*DeleteStepResponse)(nil),    // 12: cairn.v1.DeleteStepResponse
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
 }
 var file_cairn_v1_cache_proto_depIdxs = []int32{
 	0,  // 0: cairn.v1.StepRecord.step:type_name -> cairn.v1.Step
 	1,  // 1: cairn.v1.StepRecord.layer:type_name -> cairn.v1.LayerDescriptor
-	9,  // 2: cairn.v1.StepRecord.create_time:type_name -> google.protobuf.Timestamp
-	9,  // 3: cairn.v1.StepRecord.last_hit_time:type_name -> google.protobuf.Timestamp
+	13, // 2: cairn.v1.StepRecord.create_time:type_name -> google.protobuf.Timestamp
+	13, // 3: cairn.v1.StepRecord.last_hit_time:type_name -> google.protobuf.Timestamp
 	0,  // 4: cairn.v1.LookupStepRequest.step:type_name -> cairn.v1.Step
 	2,  // 5: cairn.v1.LookupStepResponse.record:type_name -> cairn.v1.StepRecord
 	0,  // 6: cairn.v1.LookupChainRequest.steps:type_name -> cairn.v1.Step
@@ -744,17 +966,22 @@ var file_cairn_v1_cache_proto_depIdxs = []int32{
 	0,  // 8: cairn.v1.RecordStepRequest.step:type_name -> cairn.v1.Step
 	1,  // 9: cairn.v1.RecordStepRequest.layer:type_name -> cairn.v1.LayerDescriptor
 	2,  // 10: cairn.v1.RecordStepResponse.record:type_name -> cairn.v1.StepRecord
-	3,  // 11: cairn.v1.CacheService.LookupStep:input_type -> cairn.v1.LookupStepRequest
-	5,  // 12: cairn.v1.CacheService.LookupChain:input_type -> cairn.v1.LookupChainRequest
-	7,  // 13: cairn.v1.CacheService.RecordStep:input_type -> cairn.v1.RecordStepRequest
-	4,  // 14: cairn.v1.CacheService.LookupStep:output_type -> cairn.v1.LookupStepResponse
-	6,  // 15: cairn.v1.CacheService.LookupChain:output_type -> cairn.v1.LookupChainResponse
-	8,  // 16: cairn.v1.CacheService.RecordStep:output_type -> cairn.v1.RecordStepResponse
-	14, // [14:17] is the sub-list for method output_type
-	11, // [11:14] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	2,  // 11: cairn.v1.ListStepsResponse.records:type_name -> cairn.v1.StepRecord
+	3,  // 12: cairn.v1.CacheService.LookupStep:input_type -> cairn.v1.LookupStepRequest
+	5,  // 13: cairn.v1.CacheService.LookupChain:input_type -> cairn.v1.LookupChainRequest
+	7,  // 14: cairn.v1.CacheService.RecordStep:input_type -> cairn.v1.RecordStepRequest
+	9,  // 15: cairn.v1.CacheService.ListSteps:input_type -> cairn.v1.ListStepsRequest
+	11, // 16: cairn.v1.CacheService.DeleteStep:input_type -> cairn.v1.DeleteStepRequest
+	4,  // 17: cairn.v1.CacheService.LookupStep:output_type -> cairn.v1.LookupStepResponse
+	6,  // 18: cairn.v1.CacheService.LookupChain:output_type -> cairn.v1.LookupChainResponse
+	8,  // 19: cairn.v1.CacheService.RecordStep:output_type -> cairn.v1.RecordStepResponse
+	10, // 20: cairn.v1.CacheService.ListSteps:output_type -> cairn.v1.ListStepsResponse
+	12, // 21: cairn.v1.CacheService.DeleteStep:output_type -> cairn.v1.DeleteStepResponse
+	17, // [17:22] is the sub-list for method output_type
+	12, // [12:17] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_cairn_v1_cache_proto_init() }
@@ -768,7 +995,7 @@ func file_cairn_v1_cache_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cairn_v1_cache_proto_rawDesc), len(file_cairn_v1_cache_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

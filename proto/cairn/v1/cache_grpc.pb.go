@@ -22,6 +22,8 @@ const (
 	CacheService_LookupStep_FullMethodName  = "/cairn.v1.CacheService/LookupStep"
 	CacheService_LookupChain_FullMethodName = "/cairn.v1.CacheService/LookupChain"
 	CacheService_RecordStep_FullMethodName  = "/cairn.v1.CacheService/RecordStep"
+	CacheService_ListSteps_FullMethodName   = "/cairn.v1.CacheService/ListSteps"
+	CacheService_DeleteStep_FullMethodName  = "/cairn.v1.CacheService/DeleteStep"
 )
 
 // CacheServiceClient is the client API for CacheService service.
@@ -51,6 +53,12 @@ type CacheServiceClient interface {
 	// hit never points at a layer that cannot be served. Recording the same
 	// step again replaces the record.
 	RecordStep(ctx context.Context, in *RecordStepRequest, opts ...grpc.CallOption) (*RecordStepResponse, error)
+	// ListSteps lists step records in key order, a page at a time, without
+	// counting as hits. With layer_digest set, only the records whose layer
+	// is that one.
+	ListSteps(ctx context.Context, in *ListStepsRequest, opts ...grpc.CallOption) (*ListStepsResponse, error)
+	// DeleteStep removes one step record (NOT_FOUND if there is none).
+	DeleteStep(ctx context.Context, in *DeleteStepRequest, opts ...grpc.CallOption) (*DeleteStepResponse, error)
 }
 
 type cacheServiceClient struct {
@@ -91,6 +99,26 @@ func (c *cacheServiceClient) RecordStep(ctx context.Context, in *RecordStepReque
 	return out, nil
 }
 
+func (c *cacheServiceClient) ListSteps(ctx context.Context, in *ListStepsRequest, opts ...grpc.CallOption) (*ListStepsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListStepsResponse)
+	err := c.cc.Invoke(ctx, CacheService_ListSteps_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cacheServiceClient) DeleteStep(ctx context.Context, in *DeleteStepRequest, opts ...grpc.CallOption) (*DeleteStepResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteStepResponse)
+	err := c.cc.Invoke(ctx, CacheService_DeleteStep_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CacheServiceServer is the server API for CacheService service.
 // All implementations must embed UnimplementedCacheServiceServer
 // for forward compatibility.
@@ -118,6 +146,12 @@ type CacheServiceServer interface {
 	// hit never points at a layer that cannot be served. Recording the same
 	// step again replaces the record.
 	RecordStep(context.Context, *RecordStepRequest) (*RecordStepResponse, error)
+	// ListSteps lists step records in key order, a page at a time, without
+	// counting as hits. With layer_digest set, only the records whose layer
+	// is that one.
+	ListSteps(context.Context, *ListStepsRequest) (*ListStepsResponse, error)
+	// DeleteStep removes one step record (NOT_FOUND if there is none).
+	DeleteStep(context.Context, *DeleteStepRequest) (*DeleteStepResponse, error)
 	mustEmbedUnimplementedCacheServiceServer()
 }
 
@@ -136,6 +170,12 @@ func (UnimplementedCacheServiceServer) LookupChain(context.Context, *LookupChain
 }
 func (UnimplementedCacheServiceServer) RecordStep(context.Context, *RecordStepRequest) (*RecordStepResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RecordStep not implemented")
+}
+func (UnimplementedCacheServiceServer) ListSteps(context.Context, *ListStepsRequest) (*ListStepsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListSteps not implemented")
+}
+func (UnimplementedCacheServiceServer) DeleteStep(context.Context, *DeleteStepRequest) (*DeleteStepResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteStep not implemented")
 }
 func (UnimplementedCacheServiceServer) mustEmbedUnimplementedCacheServiceServer() {}
 func (UnimplementedCacheServiceServer) testEmbeddedByValue()                      {}
@@ -212,6 +252,42 @@ func _CacheService_RecordStep_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CacheService_ListSteps_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListStepsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CacheServiceServer).ListSteps(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CacheService_ListSteps_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CacheServiceServer).ListSteps(ctx, req.(*ListStepsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CacheService_DeleteStep_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteStepRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CacheServiceServer).DeleteStep(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CacheService_DeleteStep_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CacheServiceServer).DeleteStep(ctx, req.(*DeleteStepRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // CacheService_ServiceDesc is the grpc.ServiceDesc for CacheService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -230,6 +306,14 @@ var CacheService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RecordStep",
 			Handler:    _CacheService_RecordStep_Handler,
+		},
+		{
+			MethodName: "ListSteps",
+			Handler:    _CacheService_ListSteps_Handler,
+		},
+		{
+			MethodName: "DeleteStep",
+			Handler:    _CacheService_DeleteStep_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -32,8 +32,9 @@ const (
 	// (ResourceExhausted). A message above the size limit fails with
 	// ResourceExhausted from gRPC itself, without an ErrorInfo.
 	ReasonResourceExhausted = "RESOURCE_EXHAUSTED"
-	// ReasonStreamIdle: the client sent nothing on a stream for longer than
-	// the server's idle timeout (DeadlineExceeded).
+	// ReasonStreamIdle: the client sent nothing on an upload stream, or
+	// read nothing of a download, for longer than the server's idle
+	// timeout (DeadlineExceeded).
 	ReasonStreamIdle = "STREAM_IDLE"
 	// ReasonCanceled: the call was canceled, by the client or by a server
 	// shutting down (Canceled).

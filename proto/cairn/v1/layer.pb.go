@@ -39,9 +39,15 @@ type Layer struct {
 	// When the layer was committed.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// When the layer was last read or committed again.
-	AccessTime    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=access_time,json=accessTime,proto3" json:"access_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	AccessTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=access_time,json=accessTime,proto3" json:"access_time,omitempty"`
+	// How many of the layer's chunks are quarantined: a read or a scrub found
+	// their stored copy bad. A damaged layer cannot be read whole until a push
+	// of it (or of any layer holding those chunks) supplies good copies;
+	// until then the server answers "absent" to every existence check for
+	// it, so clients push it again.
+	DamagedChunkCount int64 `protobuf:"varint,8,opt,name=damaged_chunk_count,json=damagedChunkCount,proto3" json:"damaged_chunk_count,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Layer) Reset() {
@@ -121,6 +127,13 @@ func (x *Layer) GetAccessTime() *timestamppb.Timestamp {
 		return x.AccessTime
 	}
 	return nil
+}
+
+func (x *Layer) GetDamagedChunkCount() int64 {
+	if x != nil {
+		return x.DamagedChunkCount
+	}
+	return 0
 }
 
 // ChunkRef names one chunk of a layer.
@@ -1366,8 +1379,11 @@ type GetStatsResponse struct {
 	// How many manifests the registry front holds, tagged or not; a manifest
 	// held by two repositories counts twice.
 	ManifestCount int64 `protobuf:"varint,9,opt,name=manifest_count,json=manifestCount,proto3" json:"manifest_count,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// How many chunks are quarantined: a read or VerifyStore found their
+	// stored copy bad, and no push has supplied them again yet.
+	QuarantinedChunkCount int64 `protobuf:"varint,10,opt,name=quarantined_chunk_count,json=quarantinedChunkCount,proto3" json:"quarantined_chunk_count,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *GetStatsResponse) Reset() {
@@ -1463,11 +1479,173 @@ func (x *GetStatsResponse) GetManifestCount() int64 {
 	return 0
 }
 
+func (x *GetStatsResponse) GetQuarantinedChunkCount() int64 {
+	if x != nil {
+		return x.QuarantinedChunkCount
+	}
+	return 0
+}
+
+// VerifyStoreRequest is the request of LayerService.VerifyStore.
+type VerifyStoreRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bytes read from the blob store per second, at most; 0 means no limit.
+	RateBytes     int64 `protobuf:"varint,1,opt,name=rate_bytes,json=rateBytes,proto3" json:"rate_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyStoreRequest) Reset() {
+	*x = VerifyStoreRequest{}
+	mi := &file_cairn_v1_layer_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyStoreRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyStoreRequest) ProtoMessage() {}
+
+func (x *VerifyStoreRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cairn_v1_layer_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyStoreRequest.ProtoReflect.Descriptor instead.
+func (*VerifyStoreRequest) Descriptor() ([]byte, []int) {
+	return file_cairn_v1_layer_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *VerifyStoreRequest) GetRateBytes() int64 {
+	if x != nil {
+		return x.RateBytes
+	}
+	return 0
+}
+
+// VerifyStoreResponse is the report of LayerService.VerifyStore.
+type VerifyStoreResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Packs read, and bytes read from them.
+	PackCount int64 `protobuf:"varint,1,opt,name=pack_count,json=packCount,proto3" json:"pack_count,omitempty"`
+	ReadBytes int64 `protobuf:"varint,2,opt,name=read_bytes,json=readBytes,proto3" json:"read_bytes,omitempty"`
+	// Chunk records checked (decompressed and hashed).
+	ChunkCount int64 `protobuf:"varint,3,opt,name=chunk_count,json=chunkCount,proto3" json:"chunk_count,omitempty"`
+	// Chunks this run quarantined.
+	NewlyQuarantinedCount int64 `protobuf:"varint,4,opt,name=newly_quarantined_count,json=newlyQuarantinedCount,proto3" json:"newly_quarantined_count,omitempty"`
+	// Every chunk quarantined after the run, found by it or before it.
+	QuarantinedChunks []string `protobuf:"bytes,5,rep,name=quarantined_chunks,json=quarantinedChunks,proto3" json:"quarantined_chunks,omitempty"`
+	// Layers with quarantined chunks.
+	DamagedLayers []string `protobuf:"bytes,6,rep,name=damaged_layers,json=damagedLayers,proto3" json:"damaged_layers,omitempty"`
+	// Keys of the step records whose layer is damaged.
+	DamagedSteps []string `protobuf:"bytes,7,rep,name=damaged_steps,json=damagedSteps,proto3" json:"damaged_steps,omitempty"`
+	// Everything else found wrong, one line each: unreadable pack tables,
+	// tables that disagree with the index, packs no index entry names.
+	Problems      []string `protobuf:"bytes,8,rep,name=problems,proto3" json:"problems,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyStoreResponse) Reset() {
+	*x = VerifyStoreResponse{}
+	mi := &file_cairn_v1_layer_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyStoreResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyStoreResponse) ProtoMessage() {}
+
+func (x *VerifyStoreResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cairn_v1_layer_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyStoreResponse.ProtoReflect.Descriptor instead.
+func (*VerifyStoreResponse) Descriptor() ([]byte, []int) {
+	return file_cairn_v1_layer_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *VerifyStoreResponse) GetPackCount() int64 {
+	if x != nil {
+		return x.PackCount
+	}
+	return 0
+}
+
+func (x *VerifyStoreResponse) GetReadBytes() int64 {
+	if x != nil {
+		return x.ReadBytes
+	}
+	return 0
+}
+
+func (x *VerifyStoreResponse) GetChunkCount() int64 {
+	if x != nil {
+		return x.ChunkCount
+	}
+	return 0
+}
+
+func (x *VerifyStoreResponse) GetNewlyQuarantinedCount() int64 {
+	if x != nil {
+		return x.NewlyQuarantinedCount
+	}
+	return 0
+}
+
+func (x *VerifyStoreResponse) GetQuarantinedChunks() []string {
+	if x != nil {
+		return x.QuarantinedChunks
+	}
+	return nil
+}
+
+func (x *VerifyStoreResponse) GetDamagedLayers() []string {
+	if x != nil {
+		return x.DamagedLayers
+	}
+	return nil
+}
+
+func (x *VerifyStoreResponse) GetDamagedSteps() []string {
+	if x != nil {
+		return x.DamagedSteps
+	}
+	return nil
+}
+
+func (x *VerifyStoreResponse) GetProblems() []string {
+	if x != nil {
+		return x.Problems
+	}
+	return nil
+}
+
 var File_cairn_v1_layer_proto protoreflect.FileDescriptor
 
 const file_cairn_v1_layer_proto_rawDesc = "" +
 	"\n" +
-	"\x14cairn/v1/layer.proto\x12\bcairn.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x02\n" +
+	"\x14cairn/v1/layer.proto\x12\bcairn.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x02\n" +
 	"\x05Layer\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x1d\n" +
 	"\n" +
@@ -1480,7 +1658,8 @@ const file_cairn_v1_layer_proto_rawDesc = "" +
 	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vaccess_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"accessTime\"A\n" +
+	"accessTime\x12.\n" +
+	"\x13damaged_chunk_count\x18\b \x01(\x03R\x11damagedChunkCount\"A\n" +
 	"\bChunkRef\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x1d\n" +
 	"\n" +
@@ -1547,7 +1726,7 @@ const file_cairn_v1_layer_proto_rawDesc = "" +
 	"\x11GetChunksResponse\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\"\x11\n" +
-	"\x0fGetStatsRequest\"\xe8\x02\n" +
+	"\x0fGetStatsRequest\"\xa0\x03\n" +
 	"\x10GetStatsResponse\x12\x1f\n" +
 	"\vlayer_count\x18\x01 \x01(\x03R\n" +
 	"layerCount\x12\x1f\n" +
@@ -1560,7 +1739,24 @@ const file_cairn_v1_layer_proto_rawDesc = "" +
 	"\x11unique_size_bytes\x18\x06 \x01(\x03R\x0funiqueSizeBytes\x12)\n" +
 	"\x10repository_count\x18\a \x01(\x03R\x0frepositoryCount\x12\x1b\n" +
 	"\ttag_count\x18\b \x01(\x03R\btagCount\x12%\n" +
-	"\x0emanifest_count\x18\t \x01(\x03R\rmanifestCount2\xcb\x06\n" +
+	"\x0emanifest_count\x18\t \x01(\x03R\rmanifestCount\x126\n" +
+	"\x17quarantined_chunk_count\x18\n" +
+	" \x01(\x03R\x15quarantinedChunkCount\"3\n" +
+	"\x12VerifyStoreRequest\x12\x1d\n" +
+	"\n" +
+	"rate_bytes\x18\x01 \x01(\x03R\trateBytes\"\xc3\x02\n" +
+	"\x13VerifyStoreResponse\x12\x1d\n" +
+	"\n" +
+	"pack_count\x18\x01 \x01(\x03R\tpackCount\x12\x1d\n" +
+	"\n" +
+	"read_bytes\x18\x02 \x01(\x03R\treadBytes\x12\x1f\n" +
+	"\vchunk_count\x18\x03 \x01(\x03R\n" +
+	"chunkCount\x126\n" +
+	"\x17newly_quarantined_count\x18\x04 \x01(\x03R\x15newlyQuarantinedCount\x12-\n" +
+	"\x12quarantined_chunks\x18\x05 \x03(\tR\x11quarantinedChunks\x12%\n" +
+	"\x0edamaged_layers\x18\x06 \x03(\tR\rdamagedLayers\x12#\n" +
+	"\rdamaged_steps\x18\a \x03(\tR\fdamagedSteps\x12\x1a\n" +
+	"\bproblems\x18\b \x03(\tR\bproblems2\x97\a\n" +
 	"\fLayerService\x12F\n" +
 	"\tPushLayer\x12\x1a.cairn.v1.PushLayerRequest\x1a\x1b.cairn.v1.PushLayerResponse(\x01\x12F\n" +
 	"\tPullLayer\x12\x1a.cairn.v1.PullLayerRequest\x1a\x1b.cairn.v1.PullLayerResponse0\x01\x12D\n" +
@@ -1573,7 +1769,8 @@ const file_cairn_v1_layer_proto_rawDesc = "" +
 	"\vCommitLayer\x12\x1c.cairn.v1.CommitLayerRequest\x1a\x1d.cairn.v1.CommitLayerResponse\x12S\n" +
 	"\x0eGetLayerChunks\x12\x1f.cairn.v1.GetLayerChunksRequest\x1a .cairn.v1.GetLayerChunksResponse\x12F\n" +
 	"\tGetChunks\x12\x1a.cairn.v1.GetChunksRequest\x1a\x1b.cairn.v1.GetChunksResponse0\x01\x12A\n" +
-	"\bGetStats\x12\x19.cairn.v1.GetStatsRequest\x1a\x1a.cairn.v1.GetStatsResponseB4Z2github.com/cairnbuild/cairn/proto/cairn/v1;cairnv1b\x06proto3"
+	"\bGetStats\x12\x19.cairn.v1.GetStatsRequest\x1a\x1a.cairn.v1.GetStatsResponse\x12J\n" +
+	"\vVerifyStore\x12\x1c.cairn.v1.VerifyStoreRequest\x1a\x1d.cairn.v1.VerifyStoreResponseB4Z2github.com/cairnbuild/cairn/proto/cairn/v1;cairnv1b\x06proto3"
 
 var (
 	file_cairn_v1_layer_proto_rawDescOnce sync.Once
@@ -1587,7 +1784,7 @@ func file_cairn_v1_layer_proto_rawDescGZIP() []byte {
 	return file_cairn_v1_layer_proto_rawDescData
 }
 
-var file_cairn_v1_layer_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_cairn_v1_layer_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_cairn_v1_layer_proto_goTypes = []any{
 	(*Layer)(nil),                     // 0: cairn.v1.Layer
 	(*ChunkRef)(nil),                  // 1: cairn.v1.ChunkRef
@@ -1614,11 +1811,13 @@ var file_cairn_v1_layer_proto_goTypes = []any{
 	(*GetChunksResponse)(nil),         // 22: cairn.v1.GetChunksResponse
 	(*GetStatsRequest)(nil),           // 23: cairn.v1.GetStatsRequest
 	(*GetStatsResponse)(nil),          // 24: cairn.v1.GetStatsResponse
-	(*timestamppb.Timestamp)(nil),     // 25: google.protobuf.Timestamp
+	(*VerifyStoreRequest)(nil),        // 25: cairn.v1.VerifyStoreRequest
+	(*VerifyStoreResponse)(nil),       // 26: cairn.v1.VerifyStoreResponse
+	(*timestamppb.Timestamp)(nil),     // 27: google.protobuf.Timestamp
 }
 var file_cairn_v1_layer_proto_depIdxs = []int32{
-	25, // 0: cairn.v1.Layer.create_time:type_name -> google.protobuf.Timestamp
-	25, // 1: cairn.v1.Layer.access_time:type_name -> google.protobuf.Timestamp
+	27, // 0: cairn.v1.Layer.create_time:type_name -> google.protobuf.Timestamp
+	27, // 1: cairn.v1.Layer.access_time:type_name -> google.protobuf.Timestamp
 	2,  // 2: cairn.v1.PushLayerRequest.header:type_name -> cairn.v1.PushLayerHeader
 	0,  // 3: cairn.v1.PushLayerResponse.layer:type_name -> cairn.v1.Layer
 	0,  // 4: cairn.v1.PullLayerResponse.layer:type_name -> cairn.v1.Layer
@@ -1639,19 +1838,21 @@ var file_cairn_v1_layer_proto_depIdxs = []int32{
 	19, // 19: cairn.v1.LayerService.GetLayerChunks:input_type -> cairn.v1.GetLayerChunksRequest
 	21, // 20: cairn.v1.LayerService.GetChunks:input_type -> cairn.v1.GetChunksRequest
 	23, // 21: cairn.v1.LayerService.GetStats:input_type -> cairn.v1.GetStatsRequest
-	4,  // 22: cairn.v1.LayerService.PushLayer:output_type -> cairn.v1.PushLayerResponse
-	6,  // 23: cairn.v1.LayerService.PullLayer:output_type -> cairn.v1.PullLayerResponse
-	8,  // 24: cairn.v1.LayerService.StatLayer:output_type -> cairn.v1.StatLayerResponse
-	10, // 25: cairn.v1.LayerService.ListLayers:output_type -> cairn.v1.ListLayersResponse
-	12, // 26: cairn.v1.LayerService.DeleteLayer:output_type -> cairn.v1.DeleteLayerResponse
-	14, // 27: cairn.v1.LayerService.FindMissingChunks:output_type -> cairn.v1.FindMissingChunksResponse
-	16, // 28: cairn.v1.LayerService.PutChunks:output_type -> cairn.v1.PutChunksResponse
-	18, // 29: cairn.v1.LayerService.CommitLayer:output_type -> cairn.v1.CommitLayerResponse
-	20, // 30: cairn.v1.LayerService.GetLayerChunks:output_type -> cairn.v1.GetLayerChunksResponse
-	22, // 31: cairn.v1.LayerService.GetChunks:output_type -> cairn.v1.GetChunksResponse
-	24, // 32: cairn.v1.LayerService.GetStats:output_type -> cairn.v1.GetStatsResponse
-	22, // [22:33] is the sub-list for method output_type
-	11, // [11:22] is the sub-list for method input_type
+	25, // 22: cairn.v1.LayerService.VerifyStore:input_type -> cairn.v1.VerifyStoreRequest
+	4,  // 23: cairn.v1.LayerService.PushLayer:output_type -> cairn.v1.PushLayerResponse
+	6,  // 24: cairn.v1.LayerService.PullLayer:output_type -> cairn.v1.PullLayerResponse
+	8,  // 25: cairn.v1.LayerService.StatLayer:output_type -> cairn.v1.StatLayerResponse
+	10, // 26: cairn.v1.LayerService.ListLayers:output_type -> cairn.v1.ListLayersResponse
+	12, // 27: cairn.v1.LayerService.DeleteLayer:output_type -> cairn.v1.DeleteLayerResponse
+	14, // 28: cairn.v1.LayerService.FindMissingChunks:output_type -> cairn.v1.FindMissingChunksResponse
+	16, // 29: cairn.v1.LayerService.PutChunks:output_type -> cairn.v1.PutChunksResponse
+	18, // 30: cairn.v1.LayerService.CommitLayer:output_type -> cairn.v1.CommitLayerResponse
+	20, // 31: cairn.v1.LayerService.GetLayerChunks:output_type -> cairn.v1.GetLayerChunksResponse
+	22, // 32: cairn.v1.LayerService.GetChunks:output_type -> cairn.v1.GetChunksResponse
+	24, // 33: cairn.v1.LayerService.GetStats:output_type -> cairn.v1.GetStatsResponse
+	26, // 34: cairn.v1.LayerService.VerifyStore:output_type -> cairn.v1.VerifyStoreResponse
+	23, // [23:35] is the sub-list for method output_type
+	11, // [11:23] is the sub-list for method input_type
 	11, // [11:11] is the sub-list for extension type_name
 	11, // [11:11] is the sub-list for extension extendee
 	0,  // [0:11] is the sub-list for field type_name
@@ -1673,7 +1874,7 @@ func file_cairn_v1_layer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cairn_v1_layer_proto_rawDesc), len(file_cairn_v1_layer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   25,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,7 @@ const (
 	LayerService_GetLayerChunks_FullMethodName    = "/cairn.v1.LayerService/GetLayerChunks"
 	LayerService_GetChunks_FullMethodName         = "/cairn.v1.LayerService/GetChunks"
 	LayerService_GetStats_FullMethodName          = "/cairn.v1.LayerService/GetStats"
+	LayerService_VerifyStore_FullMethodName       = "/cairn.v1.LayerService/VerifyStore"
 )
 
 // LayerServiceClient is the client API for LayerService service.
@@ -130,6 +131,12 @@ type LayerServiceClient interface {
 	// chunk and step counts and the logical and stored bytes at cairn serve's
 	// metrics port).
 	GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*GetStatsResponse, error)
+	// VerifyStore reads every pack in the blob store (at most rate_bytes per
+	// second) and checks every chunk record and pack table against the
+	// index. Chunks whose copy is bad, or whose pack is gone, are
+	// quarantined (see Layer.damaged_chunk_count); the response lists what
+	// is damaged. Reads of S3 packs are ranged, and no pack is read twice.
+	VerifyStore(ctx context.Context, in *VerifyStoreRequest, opts ...grpc.CallOption) (*VerifyStoreResponse, error)
 }
 
 type layerServiceClient struct {
@@ -274,6 +281,16 @@ func (c *layerServiceClient) GetStats(ctx context.Context, in *GetStatsRequest, 
 	return out, nil
 }
 
+func (c *layerServiceClient) VerifyStore(ctx context.Context, in *VerifyStoreRequest, opts ...grpc.CallOption) (*VerifyStoreResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VerifyStoreResponse)
+	err := c.cc.Invoke(ctx, LayerService_VerifyStore_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // LayerServiceServer is the server API for LayerService service.
 // All implementations must embed UnimplementedLayerServiceServer
 // for forward compatibility.
@@ -372,6 +389,12 @@ type LayerServiceServer interface {
 	// chunk and step counts and the logical and stored bytes at cairn serve's
 	// metrics port).
 	GetStats(context.Context, *GetStatsRequest) (*GetStatsResponse, error)
+	// VerifyStore reads every pack in the blob store (at most rate_bytes per
+	// second) and checks every chunk record and pack table against the
+	// index. Chunks whose copy is bad, or whose pack is gone, are
+	// quarantined (see Layer.damaged_chunk_count); the response lists what
+	// is damaged. Reads of S3 packs are ranged, and no pack is read twice.
+	VerifyStore(context.Context, *VerifyStoreRequest) (*VerifyStoreResponse, error)
 	mustEmbedUnimplementedLayerServiceServer()
 }
 
@@ -414,6 +437,9 @@ func (UnimplementedLayerServiceServer) GetChunks(*GetChunksRequest, grpc.ServerS
 }
 func (UnimplementedLayerServiceServer) GetStats(context.Context, *GetStatsRequest) (*GetStatsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetStats not implemented")
+}
+func (UnimplementedLayerServiceServer) VerifyStore(context.Context, *VerifyStoreRequest) (*VerifyStoreResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method VerifyStore not implemented")
 }
 func (UnimplementedLayerServiceServer) mustEmbedUnimplementedLayerServiceServer() {}
 func (UnimplementedLayerServiceServer) testEmbeddedByValue()                      {}
@@ -598,6 +624,24 @@ func _LayerService_GetStats_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _LayerService_VerifyStore_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VerifyStoreRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LayerServiceServer).VerifyStore(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LayerService_VerifyStore_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LayerServiceServer).VerifyStore(ctx, req.(*VerifyStoreRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // LayerService_ServiceDesc is the grpc.ServiceDesc for LayerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -632,6 +676,10 @@ var LayerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetStats",
 			Handler:    _LayerService_GetStats_Handler,
+		},
+		{
+			MethodName: "VerifyStore",
+			Handler:    _LayerService_VerifyStore_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

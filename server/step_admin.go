@@ -1,0 +1,41 @@
+package server
+
+import (
+	"context"
+	"fmt"
+
+	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
+)
+
+// ListSteps implements cairnv1.CacheServiceServer: a page of step records,
+// without counting hits.
+func (s *cacheService) ListSteps(ctx context.Context, req *cairnv1.ListStepsRequest) (*cairnv1.ListStepsResponse, error) {
+	if req.GetPageSize() < 0 {
+		return nil, toStatus(fieldErr("page_size", fmt.Errorf("%w: negative page size %d", errInvalidArgument, req.GetPageSize())))
+	}
+	layer, err := parseDigest("layer_digest", req.GetLayerDigest(), true)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	recs, next, err := s.admin.ListSteps(ctx, req.GetPageToken(), int(req.GetPageSize()), layer)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &cairnv1.ListStepsResponse{Records: make([]*cairnv1.StepRecord, len(recs)), NextPageToken: next}
+	for i, r := range recs {
+		resp.Records[i] = recordToProto(r)
+	}
+	return resp, nil
+}
+
+// DeleteStep implements cairnv1.CacheServiceServer.
+func (s *cacheService) DeleteStep(ctx context.Context, req *cairnv1.DeleteStepRequest) (*cairnv1.DeleteStepResponse, error) {
+	key, err := parseDigest("key", req.GetKey(), false)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if err := s.admin.DeleteStep(ctx, key); err != nil {
+		return nil, toStatus(err)
+	}
+	return &cairnv1.DeleteStepResponse{}, nil
+}
