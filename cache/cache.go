@@ -48,6 +48,10 @@ type Options struct {
 	MaxUploads        int
 	MaxActiveUploads  int
 	UploadIdleTimeout time.Duration
+	// GCInterval, if positive, runs a collection (GC with GCOptions) in
+	// the background that long after Open and after each run ends.
+	GCInterval time.Duration
+	GCOptions  GCOptions
 	// ScrubInterval, if positive, runs Verify in the background that long
 	// after Open and then again that long after each run ends, reading at
 	// most ScrubRate bytes a second (0: DefaultScrubRate).
@@ -127,8 +131,13 @@ type Cache struct {
 	// while no delete runs and layerSeq is what it was when the layer was
 	// last seen in the index.
 	layerSeq atomic.Uint64
-	// rebuilds counts Reindex runs: a Verify that one overtakes stops.
+	// rebuilds counts Reindex runs: a Verify or GC that one overtakes
+	// stops.
 	rebuilds atomic.Uint64
+	gcToken  chan struct{} // one collection at a time
+	gcHooks  gcHookSet
+	gcMu     sync.Mutex
+	gcStats  GCStats
 	deleting atomic.Int64
 
 	// beforeCommit, if set, runs just before a layer's index commit, when
@@ -197,7 +206,7 @@ func Open(ctx context.Context, opts Options) (*Cache, error) {
 	}
 	c := &Cache{idx: idx, chunks: cs, store: opts.Backend, params: opts.Chunking, conc: opts.Concurrency,
 		log: log, steps: newStepMemo(), stopJan: make(chan struct{}),
-		manifestBudget: semaphore.NewWeighted(manifestBudgetBytes)}
+		manifestBudget: semaphore.NewWeighted(manifestBudgetBytes), gcToken: make(chan struct{}, 1)}
 	c.keepCompressed, c.maxExpanded, c.spoolDir = opts.KeepCompressed, opts.MaxExpandedSize, opts.SpoolDir
 	c.plainTars = opts.PlainTars
 	if c.maxExpanded <= 0 {
@@ -227,6 +236,9 @@ func Open(ctx context.Context, opts Options) (*Cache, error) {
 		}
 	}
 	go c.janitor(c.stopJan)
+	if opts.GCInterval > 0 {
+		go c.collect(opts.GCInterval, opts.GCOptions)
+	}
 	if opts.ScrubInterval > 0 {
 		rate := opts.ScrubRate
 		if rate <= 0 {
@@ -264,6 +276,38 @@ func (c *Cache) scrub(interval time.Duration, rate int64) {
 		}
 		t.Reset(interval)
 	}
+}
+
+// collect runs GC every interval, until Close.
+func (c *Cache) collect(interval time.Duration, opts GCOptions) {
+	ctx, cancel := c.untilClose(context.Background())
+	defer cancel()
+	t := time.NewTimer(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		_, err := c.GC(ctx, opts)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			c.log.Warn("cache: background collection failed", "err", err)
+		}
+		t.Reset(interval)
+	}
+}
+
+// gcHookSet lets tests order a collection against other work.
+type gcHookSet struct {
+	// Planned: the plan is made, nothing is executed yet.
+	Planned func(*GCReport)
+	// BeforeDelete: pack p is about to be deleted (no session holds it,
+	// no entry names it).
+	BeforeDelete func(p pack.ID)
 }
 
 // untilClose returns ctx, also cancelled when Close begins, so that a long

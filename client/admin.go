@@ -2,8 +2,10 @@ package client
 
 import (
 	"context"
+	"time"
 
 	"github.com/opencontainers/go-digest"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
 )
@@ -76,4 +78,64 @@ func (c *Client) Verify(ctx context.Context, rate int64) (VerifyReport, error) {
 		rep.DamagedSteps = append(rep.DamagedSteps, digest.Digest(d))
 	}
 	return rep, nil
+}
+
+// GCOptions qualify a CollectGarbage. Zero durations mean the server's
+// defaults; NoGrace and NoPackGrace ask for none at all.
+type GCOptions struct {
+	DryRun       bool
+	Grace        time.Duration
+	NoGrace      bool
+	PackGrace    time.Duration
+	NoPackGrace  bool
+	RewriteRatio float64
+}
+
+// GCReport is a collection's plan and what it did.
+type GCReport struct {
+	Packs          int64         `json:"packs"`
+	Chunks         int64         `json:"chunks"`
+	LiveChunks     int64         `json:"live_chunks"`
+	DeadChunks     int64         `json:"dead_chunks"`
+	YoungChunks    int64         `json:"young_chunks"`
+	DeletePacks    int64         `json:"delete_packs"`
+	RewritePacks   int64         `json:"rewrite_packs"`
+	OrphanPacks    int64         `json:"orphan_packs"`
+	DuePacks       int64         `json:"due_packs"`
+	WaitingPacks   int64         `json:"waiting_packs"`
+	PlannedBytes   int64         `json:"planned_bytes"`
+	DeletedPacks   int64         `json:"deleted_packs"`
+	RewrittenPacks int64         `json:"rewritten_packs"`
+	MarkedPacks    int64         `json:"marked_packs"`
+	DeletedChunks  int64         `json:"deleted_chunks"`
+	MovedChunks    int64         `json:"moved_chunks"`
+	FreedBytes     int64         `json:"freed_bytes"`
+	Skipped        []string      `json:"skipped,omitempty"`
+	Duration       time.Duration `json:"duration_ns"`
+}
+
+// GC asks the server to collect garbage (or, with DryRun, only to plan).
+// It walks the whole index: call it without a short deadline.
+func (c *Client) GC(ctx context.Context, opts GCOptions) (GCReport, error) {
+	req := &cairnv1.CollectGarbageRequest{DryRun: opts.DryRun, RewriteRatio: opts.RewriteRatio}
+	if opts.NoGrace || opts.Grace > 0 {
+		req.Grace = durationpb.New(opts.Grace)
+	}
+	if opts.NoPackGrace || opts.PackGrace > 0 {
+		req.PackGrace = durationpb.New(opts.PackGrace)
+	}
+	resp, err := c.layers.CollectGarbage(ctx, req)
+	if err != nil {
+		return GCReport{}, wrapErr("gc", err)
+	}
+	return GCReport{
+		Packs: resp.GetPackCount(), Chunks: resp.GetChunkCount(), LiveChunks: resp.GetLiveChunkCount(),
+		DeadChunks: resp.GetDeadChunkCount(), YoungChunks: resp.GetYoungChunkCount(),
+		DeletePacks: resp.GetDeletePackCount(), RewritePacks: resp.GetRewritePackCount(),
+		OrphanPacks: resp.GetOrphanPackCount(), DuePacks: resp.GetDuePackCount(), WaitingPacks: resp.GetWaitingPackCount(),
+		PlannedBytes: resp.GetPlannedBytes(), DeletedPacks: resp.GetDeletedPackCount(),
+		RewrittenPacks: resp.GetRewrittenPackCount(), MarkedPacks: resp.GetMarkedPackCount(),
+		DeletedChunks: resp.GetDeletedChunkCount(), MovedChunks: resp.GetMovedChunkCount(),
+		FreedBytes: resp.GetFreedBytes(), Skipped: resp.GetSkipped(), Duration: resp.GetDuration().AsDuration(),
+	}, nil
 }

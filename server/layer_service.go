@@ -56,6 +56,8 @@ type layerService struct {
 	// wait for it).
 	verifier StoreVerifier
 	verifies chan struct{}
+	// collector runs CollectGarbage (one at a time: the cache queues them).
+	collector Collector
 }
 
 // acquire waits for a transfer slot for the call's client (its peer's IP

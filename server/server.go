@@ -70,7 +70,8 @@ type Options struct {
 	// fails with ResourceExhausted. It must be at least cache.MaxChunkSize
 	// plus framing, or PutChunks of large chunks cannot work.
 	MaxRecvMsgSize int
-	// UnaryTimeout caps the duration of every unary call but VerifyStore.
+	// UnaryTimeout caps the duration of every unary call but VerifyStore
+	// and CollectGarbage.
 	UnaryTimeout time.Duration
 	// StreamIdleTimeout fails a client stream whose client sends nothing for
 	// this long.
@@ -199,7 +200,7 @@ func New(st Store, opts Options) (*Server, error) {
 		grpc.WaitForHandlers(true),
 	)
 	cairnv1.RegisterCacheServiceServer(gs, &cacheService{steps: steps, admin: st})
-	cairnv1.RegisterLayerServiceServer(gs, &layerService{layers: st, chunks: st, stats: st, verifier: st, m: m,
+	cairnv1.RegisterLayerServiceServer(gs, &layerService{layers: st, chunks: st, stats: st, verifier: st, collector: st, m: m,
 		idle: opts.StreamIdleTimeout, sendIdle: opts.SendIdleTimeout, transfers: opts.Transfers, walks: make(chan struct{}, 1),
 		verifies: make(chan struct{}, 1)})
 	cairnv1.RegisterRegistryServiceServer(gs, &registryService{images: st})
@@ -252,9 +253,10 @@ func (s *Server) GRPCServer() *grpc.Server { return s.grpc }
 // timeoutInterceptor caps a unary call's deadline at d.
 func timeoutInterceptor(d time.Duration) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if info != nil && info.FullMethod == cairnv1.LayerService_VerifyStore_FullMethodName {
-			// Reads the whole store, at a bounded rate if asked: hours.
-			// The client's deadline (or cancel) still ends it.
+		if info != nil && (info.FullMethod == cairnv1.LayerService_VerifyStore_FullMethodName ||
+			info.FullMethod == cairnv1.LayerService_CollectGarbage_FullMethodName) {
+			// They walk the whole store: on a large one, hours. The
+			// client's deadline (or cancel) still ends them.
 			return handler(ctx, req)
 		}
 		ctx, cancel := context.WithTimeout(ctx, d)

@@ -102,6 +102,11 @@ type StoreVerifier interface {
 	Verify(ctx context.Context, opts cache.VerifyOptions) (cache.VerifyReport, error)
 }
 
+// Collector collects garbage: CollectGarbage.
+type Collector interface {
+	GC(ctx context.Context, opts cache.GCOptions) (cache.GCReport, error)
+}
+
 // StatsSource reports what the store holds: GetStats. One call may walk
 // the whole index.
 type StatsSource interface {
@@ -136,15 +141,17 @@ type ImageStore interface {
 //		server.StepCache
 //		server.StepAdmin
 //		server.StoreVerifier
+//		server.Collector
 //		server.StatsSource
 //		server.ImageStore
-//	}{c, c, myStepCache, c, c, c, c}, opts)
+//	}{c, c, myStepCache, c, c, c, c, c}, opts)
 type Store interface {
 	LayerStore
 	ChunkStore
 	StepCache
 	StepAdmin
 	StoreVerifier
+	Collector
 	StatsSource
 	ImageStore
 }

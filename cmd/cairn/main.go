@@ -71,6 +71,7 @@ func newRootCmd(a *app) *cobra.Command {
 		newRmCmd(a),
 		newStepsCmd(a),
 		newVerifyCmd(a),
+		newGCCmd(a),
 	)
 	withUsage(root)
 	envtwin.Install(root, a.getenv)

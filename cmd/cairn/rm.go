@@ -19,9 +19,9 @@ func newRmCmd(a *app) *cobra.Command {
 
   sha256:<hex>        a layer: its record and its references to its chunks
                       go, and so do the step records that name it.
-                      Its chunks stay stored, even those no layer uses
-                      any more: garbage collection will reclaim their
-                      space, and it is not built yet.
+                      The chunks no layer uses any more are freed by
+                      the next garbage collection (cairn gc, or cairn
+                      serve's background one).
   REPO:TAG            a tag of the server's OCI registry (cairn serve
                       --registry-listen): the tag goes, its manifest stays,
                       still reachable by digest and by its other tags.

@@ -210,11 +210,12 @@ func TestInvalidUTF8Named(t *testing.T) {
 	}
 }
 
-// TestRmHelpSaysWhatRmDoes: rm promises no space it does not free.
+// TestRmHelpSaysWhatRmDoes: rm promises no space it does not free: the
+// garbage collection (cairn gc) frees it.
 func TestRmHelpSaysWhatRmDoes(t *testing.T) {
 	r := runClientCLI(t, nil, nil, "rm", "--help")
-	if strings.Contains(r.stdout, "freed") || !strings.Contains(r.stdout, "garbage collection") {
-		t.Errorf("rm --help:\n%s\nwant no freed chunks promised, and garbage collection named", r.stdout)
+	if !strings.Contains(r.stdout, "freed by\n                      the next garbage collection") || !strings.Contains(r.stdout, "cairn gc") {
+		t.Errorf("rm --help:\n%s\nwant the space left to the garbage collection, and cairn gc named", r.stdout)
 	}
 }
 

@@ -81,6 +81,7 @@ this way commits nothing.`,
 	cfg.storage.AddFlags(f)
 	cfg.storage.AddCompressedFlags(f)
 	cfg.storage.AddScrubFlags(f)
+	cfg.storage.AddGCFlags(f)
 	cfg.log.addFlags(f)
 	f.StringVar(&cfg.listen, "listen", defaultServer, "gRPC listen address, host:port")
 	f.StringVar(&cfg.registryListen, "registry-listen", defaultRegistry, "OCI Distribution (registry) API listen address, host:port (empty: no registry)")
@@ -176,7 +177,7 @@ func runServe(ctx context.Context, a *app, cfg *serveConfig) (err error) {
 			err = cerr
 		}
 	}()
-	reg.MustRegister(metrics.NewCacheCollector(c.Stats, 0, log), metrics.NewRebuildCollector(c.Rebuilds))
+	reg.MustRegister(metrics.NewCacheCollector(c.Stats, 0, log), metrics.NewRebuildCollector(c.Rebuilds), metrics.NewGCCollector(c.GCStats))
 
 	// One transfer bound for both fronts: gRPC transfers and registry blob
 	// downloads take their slots from it.

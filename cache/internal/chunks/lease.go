@@ -3,6 +3,7 @@ package chunks
 import (
 	"sync"
 
+	"github.com/cairnbuild/cairn/cache/internal/pack"
 	"github.com/cairnbuild/cairn/chunkid"
 )
 
@@ -16,9 +17,35 @@ import (
 // taken until its deleting transaction is done, so either the lease comes
 // first and the collector spares the chunk, or the deletion comes first
 // and the session's lookup does not find the chunk and stores it again.
+//
+// Packs have a fence of their own: a session holds every pack it wrote
+// (from before the write, since the pack may exist from then on) and
+// every pack holding a chunk it learnt of from another session's flight,
+// until it ends. Until then it may make an index entry name the pack, so
+// the collector never deletes a held pack, even one that no entry names.
 type leases struct {
-	mu sync.Mutex
-	n  map[chunkid.ID]int32
+	mu    sync.Mutex
+	n     map[chunkid.ID]int32
+	packs map[pack.ID]int32
+}
+
+func (l *leases) holdPack(p pack.ID) {
+	l.mu.Lock()
+	if l.packs == nil {
+		l.packs = make(map[pack.ID]int32)
+	}
+	l.packs[p]++
+	l.mu.Unlock()
+}
+
+func (l *leases) releasePacks(ps []pack.ID) {
+	l.mu.Lock()
+	for _, p := range ps {
+		if l.packs[p]--; l.packs[p] <= 0 {
+			delete(l.packs, p)
+		}
+	}
+	l.mu.Unlock()
 }
 
 func (l *leases) take(id chunkid.ID) {
@@ -57,6 +84,15 @@ func (s *Store) Fence(fn func(leased func(chunkid.ID) bool) error) error {
 	s.leases.mu.Lock()
 	defer s.leases.mu.Unlock()
 	return fn(func(id chunkid.ID) bool { return s.leases.n[id] > 0 })
+}
+
+// FenceGC is Fence for a collector that deletes packs too: held reports
+// whether a session holds pack p (see leases).
+func (s *Store) FenceGC(fn func(leased func(chunkid.ID) bool, held func(pack.ID) bool) error) error {
+	s.leases.mu.Lock()
+	defer s.leases.mu.Unlock()
+	return fn(func(id chunkid.ID) bool { return s.leases.n[id] > 0 },
+		func(p pack.ID) bool { return s.leases.packs[p] > 0 })
 }
 
 // Leased returns how many chunks are leased now.

@@ -45,6 +45,7 @@ type Session struct {
 	held   map[chunkid.ID]*flight
 	known  map[chunkid.ID]index.ChunkInfo // chunks the session's commit may need that the index may lack
 	leased map[chunkid.ID]struct{}
+	packs  map[pack.ID]struct{} // packs the session holds (see leases)
 	// committed: a commit referenced the leased chunks (and touched
 	// them); Close need not touch them again.
 	committed bool
@@ -73,7 +74,7 @@ type openPack struct {
 func (s *Store) NewSession(ctx context.Context, indexed bool) *Session {
 	return &Session{s: s, ctx: ctx, indexed: indexed,
 		held: make(map[chunkid.ID]*flight), known: make(map[chunkid.ID]index.ChunkInfo),
-		leased: make(map[chunkid.ID]struct{}),
+		leased: make(map[chunkid.ID]struct{}), packs: make(map[pack.ID]struct{}),
 		tokens: make(chan struct{}, packsInFlight)}
 }
 
@@ -224,6 +225,7 @@ func (ss *Session) writePack(p *openPack) error {
 	}()
 	err := ss.failed()
 	if err == nil {
+		ss.holdPack(p.id) // before it may exist: until the session ends
 		var body []byte
 		body, err = pack.Seal(*p.buf, p.entries)
 		if err == nil {
@@ -297,8 +299,14 @@ func (ss *Session) Close() {
 		ids = append(ids, id)
 	}
 	ss.leased = nil
+	packs := make([]pack.ID, 0, len(ss.packs))
+	for p := range ss.packs {
+		packs = append(packs, p)
+	}
+	ss.packs = map[pack.ID]struct{}{}
 	committed := ss.committed
 	ss.heldMu.Unlock()
+	defer ss.s.leases.releasePacks(packs) // after the leases: see leases
 	if !committed && len(ids) > 0 {
 		if _, err := ss.s.idx.Touch(ids); err != nil {
 			ss.s.log.Warn("cache: touch leased chunks", "chunks", len(ids), "err", err)
@@ -324,9 +332,23 @@ func (ss *Session) setErr(err error) {
 }
 
 func (ss *Session) noteKnown(id chunkid.ID, ci index.ChunkInfo) {
+	ss.holdPack(ci.Pack) // the commit may name it
 	ss.heldMu.Lock()
 	ss.known[id] = ci
 	ss.heldMu.Unlock()
+}
+
+// holdPack holds pack p for the collector's fence until Close, once.
+func (ss *Session) holdPack(p pack.ID) {
+	ss.heldMu.Lock()
+	_, ok := ss.packs[p]
+	if !ok {
+		ss.packs[p] = struct{}{}
+	}
+	ss.heldMu.Unlock()
+	if !ok {
+		ss.s.leases.holdPack(p)
+	}
 }
 
 // Known returns the chunks this session wrote or waited for: the entries a
@@ -343,8 +365,9 @@ func (ss *Session) Known() map[chunkid.ID]index.ChunkInfo {
 // still open, so a session that starts later also skips the write: the
 // chunk is durable, and its index entry arrives with the first commit.
 type flights struct {
-	mu sync.Mutex
-	m  map[chunkid.ID]*flight
+	mu     sync.Mutex
+	m      map[chunkid.ID]*flight
+	leases *leases // a finished flight in m holds its pack (see leases)
 }
 
 type flight struct {
@@ -357,6 +380,18 @@ type flight struct {
 	owner  *Session  // the session writing it
 	pack   *openPack // the owner's pack holding it, once compressed
 	wanted bool      // another session waits: write its pack at once
+	// holding: the flight holds info.Pack while it is in the map, since
+	// a session that joins it may make an entry name that pack.
+	holding bool
+}
+
+// forget takes f, which is in the map under id, out of it; fs.mu is held.
+func (fs *flights) forget(id chunkid.ID, f *flight) {
+	delete(fs.m, id)
+	if f.holding {
+		f.holding = false
+		fs.leases.releasePacks([]pack.ID{f.info.Pack})
+	}
 }
 
 // packRef is a pack and the session that writes it.
@@ -421,6 +456,10 @@ func (fs *flights) finish(id chunkid.ID, f *flight, ci index.ChunkInfo, err erro
 	if err != nil && fs.m[id] == f {
 		delete(fs.m, id)
 	}
+	if err == nil && fs.m[id] == f && fs.leases != nil {
+		f.holding = true
+		fs.leases.holdPack(ci.Pack)
+	}
 	close(f.done)
 }
 
@@ -430,7 +469,7 @@ func (fs *flights) drop(id chunkid.ID, f *flight) {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	if fs.m[id] == f {
-		delete(fs.m, id)
+		fs.forget(id, f)
 	}
 }
 
@@ -453,7 +492,7 @@ func (fs *flights) leave(ss *Session) {
 	for id, f := range ss.held {
 		f.holders--
 		if f.holders == 0 && fs.m[id] == f {
-			delete(fs.m, id)
+			fs.forget(id, f)
 		}
 	}
 	ss.held = nil

@@ -102,6 +102,7 @@ func New(opts Options) (*Store, error) {
 		flights: flights{m: make(map[chunkid.ID]*flight)},
 		leases:  leases{n: make(map[chunkid.ID]int32)},
 	}
+	s.flights.leases = &s.leases
 	s.readersCtx, s.stopReaders = context.WithCancel(context.Background())
 	return s, nil
 }

@@ -14,6 +14,7 @@
 //	q/<32 raw bytes of the chunk hash>  when the chunk was quarantined (see quarantine.go)
 //	s/<layer digest>/<step key>         empty: step records by the layer they name
 //	v/steps-by-layer                    empty: s/ entries exist for every step
+//	g/<16 bytes of a pack ID>           when the pack was marked for deletion (see gc.go)
 //
 // Changing an encoding in this file is a format change: the golden vectors
 // in testdata must change with it.
@@ -41,6 +42,7 @@ var (
 	// idxQuarantine marks chunks with no good copy: see quarantine.go.
 	idxQuarantine = []byte("q/")
 	idxStepLayer  = []byte("s/")
+	idxPending    = []byte("g/")
 	// idxStepLayerMarker says that every step record has its s/ entry
 	// (records written before s/ existed get theirs at Open).
 	idxStepLayerMarker = []byte("v/steps-by-layer")

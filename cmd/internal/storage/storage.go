@@ -121,10 +121,20 @@ type Config struct {
 	maxExpanded     int64
 	rebuiltCacheMax int64
 
+	// The background collection (serve sets them; see cache.Options).
+	GCInterval, GCGrace, GCPackGrace time.Duration
+
 	// The background scrub (serve sets them; see cache.Options).
 	ScrubInterval time.Duration
 	ScrubRate     string // bytes a second, a size
 	scrubRate     int64
+}
+
+// AddGCFlags registers the flags of the background collection: serve's.
+func (c *Config) AddGCFlags(f *pflag.FlagSet) {
+	f.DurationVar(&c.GCInterval, "gc-interval", time.Hour, "collect garbage in the background this long after start and after each run (0: never; cairn gc runs one now)")
+	f.DurationVar(&c.GCGrace, "gc-grace", cache.DefaultGCGrace, "the background collection keeps unreferenced chunks touched within this period")
+	f.DurationVar(&c.GCPackGrace, "gc-pack-grace", cache.DefaultPackGrace, "the background collection deletes a marked pack this long after marking it")
 }
 
 // AddScrubFlags registers the flags of the background scrub: serve's.
@@ -165,6 +175,9 @@ func (c *Config) Check() error {
 			return err
 		}
 		c.maxExpanded = n
+	}
+	if c.GCInterval < 0 || c.GCGrace < 0 || c.GCPackGrace < 0 {
+		return fmt.Errorf("--gc-interval, --gc-grace and --gc-pack-grace must not be negative")
 	}
 	if c.ScrubInterval < 0 {
 		return fmt.Errorf("--scrub-interval %v: must not be negative", c.ScrubInterval)
@@ -233,7 +246,8 @@ func (c *Config) Open(ctx context.Context, log *slog.Logger, bm *metrics.Backend
 	opts := cache.Options{Dir: st.IndexDir, Backend: blobs, Concurrency: c.Concurrency, Logger: log,
 		MaxUploads: c.MaxUploads, UploadIdleTimeout: c.UploadIdleTimeout,
 		KeepCompressed: c.KeepCompressed, PlainTars: c.PlainTars, MaxExpandedSize: c.maxExpanded,
-		ScrubInterval: c.ScrubInterval, ScrubRate: c.scrubRate}
+		ScrubInterval: c.ScrubInterval, ScrubRate: c.scrubRate,
+		GCInterval: c.GCInterval, GCOptions: cache.GCOptions{Grace: noneIfZero(c.GCGrace), PackGrace: noneIfZero(c.GCPackGrace)}}
 	if c.rebuiltCacheMax > 0 {
 		opts.RebuiltCacheDir, opts.RebuiltCacheSize = filepath.Join(c.Data, RebuiltSubdir), c.rebuiltCacheMax
 	} else {
@@ -264,4 +278,12 @@ func (s *Store) Close() error {
 		err = fmt.Errorf("close blob store: %w", cerr)
 	}
 	return err
+}
+
+// noneIfZero maps a flag's 0 ("none") to cache.GCOptions' negative.
+func noneIfZero(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }

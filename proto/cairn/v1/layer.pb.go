@@ -9,6 +9,7 @@ package cairnv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -1641,11 +1642,284 @@ func (x *VerifyStoreResponse) GetProblems() []string {
 	return nil
 }
 
+// CollectGarbageRequest is the request of LayerService.CollectGarbage.
+type CollectGarbageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Plan and report only.
+	DryRun bool `protobuf:"varint,1,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// Unreferenced chunks touched within this period are kept. Unset means
+	// the server's default (one hour); zero means none.
+	Grace *durationpb.Duration `protobuf:"bytes,2,opt,name=grace,proto3" json:"grace,omitempty"`
+	// How long a marked pack waits before it is deleted. Unset means the
+	// server's default (15 minutes); zero means none.
+	PackGrace *durationpb.Duration `protobuf:"bytes,3,opt,name=pack_grace,json=packGrace,proto3" json:"pack_grace,omitempty"`
+	// A pack whose dead bytes are at least this share of it is rewritten.
+	// 0 means the server's default (0.5); above 1 turns rewriting off.
+	RewriteRatio  float64 `protobuf:"fixed64,4,opt,name=rewrite_ratio,json=rewriteRatio,proto3" json:"rewrite_ratio,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CollectGarbageRequest) Reset() {
+	*x = CollectGarbageRequest{}
+	mi := &file_cairn_v1_layer_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CollectGarbageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CollectGarbageRequest) ProtoMessage() {}
+
+func (x *CollectGarbageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cairn_v1_layer_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CollectGarbageRequest.ProtoReflect.Descriptor instead.
+func (*CollectGarbageRequest) Descriptor() ([]byte, []int) {
+	return file_cairn_v1_layer_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *CollectGarbageRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+func (x *CollectGarbageRequest) GetGrace() *durationpb.Duration {
+	if x != nil {
+		return x.Grace
+	}
+	return nil
+}
+
+func (x *CollectGarbageRequest) GetPackGrace() *durationpb.Duration {
+	if x != nil {
+		return x.PackGrace
+	}
+	return nil
+}
+
+func (x *CollectGarbageRequest) GetRewriteRatio() float64 {
+	if x != nil {
+		return x.RewriteRatio
+	}
+	return 0
+}
+
+// CollectGarbageResponse is the plan and what was done.
+type CollectGarbageResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The plan: packs in the store, chunk entries, and how many are live,
+	// dead, or unreferenced but kept for the grace period.
+	PackCount       int64 `protobuf:"varint,1,opt,name=pack_count,json=packCount,proto3" json:"pack_count,omitempty"`
+	ChunkCount      int64 `protobuf:"varint,2,opt,name=chunk_count,json=chunkCount,proto3" json:"chunk_count,omitempty"`
+	LiveChunkCount  int64 `protobuf:"varint,3,opt,name=live_chunk_count,json=liveChunkCount,proto3" json:"live_chunk_count,omitempty"`
+	DeadChunkCount  int64 `protobuf:"varint,4,opt,name=dead_chunk_count,json=deadChunkCount,proto3" json:"dead_chunk_count,omitempty"`
+	YoungChunkCount int64 `protobuf:"varint,5,opt,name=young_chunk_count,json=youngChunkCount,proto3" json:"young_chunk_count,omitempty"`
+	// Packs to delete (all dead), to rewrite (mostly dead), to mark (no
+	// entry names them) and due (marked a grace period ago); marked packs
+	// still waiting.
+	DeletePackCount  int64 `protobuf:"varint,6,opt,name=delete_pack_count,json=deletePackCount,proto3" json:"delete_pack_count,omitempty"`
+	RewritePackCount int64 `protobuf:"varint,7,opt,name=rewrite_pack_count,json=rewritePackCount,proto3" json:"rewrite_pack_count,omitempty"`
+	OrphanPackCount  int64 `protobuf:"varint,8,opt,name=orphan_pack_count,json=orphanPackCount,proto3" json:"orphan_pack_count,omitempty"`
+	DuePackCount     int64 `protobuf:"varint,9,opt,name=due_pack_count,json=duePackCount,proto3" json:"due_pack_count,omitempty"`
+	WaitingPackCount int64 `protobuf:"varint,10,opt,name=waiting_pack_count,json=waitingPackCount,proto3" json:"waiting_pack_count,omitempty"`
+	// The bytes the plan frees.
+	PlannedBytes int64 `protobuf:"varint,11,opt,name=planned_bytes,json=plannedBytes,proto3" json:"planned_bytes,omitempty"`
+	// What was done (zero on a dry run).
+	DeletedPackCount   int64 `protobuf:"varint,12,opt,name=deleted_pack_count,json=deletedPackCount,proto3" json:"deleted_pack_count,omitempty"`
+	RewrittenPackCount int64 `protobuf:"varint,13,opt,name=rewritten_pack_count,json=rewrittenPackCount,proto3" json:"rewritten_pack_count,omitempty"`
+	MarkedPackCount    int64 `protobuf:"varint,14,opt,name=marked_pack_count,json=markedPackCount,proto3" json:"marked_pack_count,omitempty"`
+	DeletedChunkCount  int64 `protobuf:"varint,15,opt,name=deleted_chunk_count,json=deletedChunkCount,proto3" json:"deleted_chunk_count,omitempty"`
+	MovedChunkCount    int64 `protobuf:"varint,16,opt,name=moved_chunk_count,json=movedChunkCount,proto3" json:"moved_chunk_count,omitempty"`
+	FreedBytes         int64 `protobuf:"varint,17,opt,name=freed_bytes,json=freedBytes,proto3" json:"freed_bytes,omitempty"`
+	// What the plan said and was not done, and why.
+	Skipped       []string             `protobuf:"bytes,18,rep,name=skipped,proto3" json:"skipped,omitempty"`
+	Duration      *durationpb.Duration `protobuf:"bytes,19,opt,name=duration,proto3" json:"duration,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CollectGarbageResponse) Reset() {
+	*x = CollectGarbageResponse{}
+	mi := &file_cairn_v1_layer_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CollectGarbageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CollectGarbageResponse) ProtoMessage() {}
+
+func (x *CollectGarbageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cairn_v1_layer_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CollectGarbageResponse.ProtoReflect.Descriptor instead.
+func (*CollectGarbageResponse) Descriptor() ([]byte, []int) {
+	return file_cairn_v1_layer_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *CollectGarbageResponse) GetPackCount() int64 {
+	if x != nil {
+		return x.PackCount
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetChunkCount() int64 {
+	if x != nil {
+		return x.ChunkCount
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetLiveChunkCount() int64 {
+	if x != nil {
+		return x.LiveChunkCount
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetDeadChunkCount() int64 {
+	if x != nil {
+		return x.DeadChunkCount
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetYoungChunkCount() int64 {
+	if x != nil {
+		return x.YoungChunkCount
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetDeletePackCount() int64 {
+	if x != nil {
+		return x.DeletePackCount
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetRewritePackCount() int64 {
+	if x != nil {
+		return x.RewritePackCount
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetOrphanPackCount() int64 {
+	if x != nil {
+		return x.OrphanPackCount
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetDuePackCount() int64 {
+	if x != nil {
+		return x.DuePackCount
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetWaitingPackCount() int64 {
+	if x != nil {
+		return x.WaitingPackCount
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetPlannedBytes() int64 {
+	if x != nil {
+		return x.PlannedBytes
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetDeletedPackCount() int64 {
+	if x != nil {
+		return x.DeletedPackCount
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetRewrittenPackCount() int64 {
+	if x != nil {
+		return x.RewrittenPackCount
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetMarkedPackCount() int64 {
+	if x != nil {
+		return x.MarkedPackCount
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetDeletedChunkCount() int64 {
+	if x != nil {
+		return x.DeletedChunkCount
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetMovedChunkCount() int64 {
+	if x != nil {
+		return x.MovedChunkCount
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetFreedBytes() int64 {
+	if x != nil {
+		return x.FreedBytes
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetSkipped() []string {
+	if x != nil {
+		return x.Skipped
+	}
+	return nil
+}
+
+func (x *CollectGarbageResponse) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
 var File_cairn_v1_layer_proto protoreflect.FileDescriptor
 
 const file_cairn_v1_layer_proto_rawDesc = "" +
 	"\n" +
-	"\x14cairn/v1/layer.proto\x12\bcairn.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x02\n" +
+	"\x14cairn/v1/layer.proto\x12\bcairn.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x02\n" +
 	"\x05Layer\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x1d\n" +
 	"\n" +
@@ -1756,7 +2030,37 @@ const file_cairn_v1_layer_proto_rawDesc = "" +
 	"\x12quarantined_chunks\x18\x05 \x03(\tR\x11quarantinedChunks\x12%\n" +
 	"\x0edamaged_layers\x18\x06 \x03(\tR\rdamagedLayers\x12#\n" +
 	"\rdamaged_steps\x18\a \x03(\tR\fdamagedSteps\x12\x1a\n" +
-	"\bproblems\x18\b \x03(\tR\bproblems2\x97\a\n" +
+	"\bproblems\x18\b \x03(\tR\bproblems\"\xc0\x01\n" +
+	"\x15CollectGarbageRequest\x12\x17\n" +
+	"\adry_run\x18\x01 \x01(\bR\x06dryRun\x12/\n" +
+	"\x05grace\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x05grace\x128\n" +
+	"\n" +
+	"pack_grace\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\tpackGrace\x12#\n" +
+	"\rrewrite_ratio\x18\x04 \x01(\x01R\frewriteRatio\"\xb1\x06\n" +
+	"\x16CollectGarbageResponse\x12\x1d\n" +
+	"\n" +
+	"pack_count\x18\x01 \x01(\x03R\tpackCount\x12\x1f\n" +
+	"\vchunk_count\x18\x02 \x01(\x03R\n" +
+	"chunkCount\x12(\n" +
+	"\x10live_chunk_count\x18\x03 \x01(\x03R\x0eliveChunkCount\x12(\n" +
+	"\x10dead_chunk_count\x18\x04 \x01(\x03R\x0edeadChunkCount\x12*\n" +
+	"\x11young_chunk_count\x18\x05 \x01(\x03R\x0fyoungChunkCount\x12*\n" +
+	"\x11delete_pack_count\x18\x06 \x01(\x03R\x0fdeletePackCount\x12,\n" +
+	"\x12rewrite_pack_count\x18\a \x01(\x03R\x10rewritePackCount\x12*\n" +
+	"\x11orphan_pack_count\x18\b \x01(\x03R\x0forphanPackCount\x12$\n" +
+	"\x0edue_pack_count\x18\t \x01(\x03R\fduePackCount\x12,\n" +
+	"\x12waiting_pack_count\x18\n" +
+	" \x01(\x03R\x10waitingPackCount\x12#\n" +
+	"\rplanned_bytes\x18\v \x01(\x03R\fplannedBytes\x12,\n" +
+	"\x12deleted_pack_count\x18\f \x01(\x03R\x10deletedPackCount\x120\n" +
+	"\x14rewritten_pack_count\x18\r \x01(\x03R\x12rewrittenPackCount\x12*\n" +
+	"\x11marked_pack_count\x18\x0e \x01(\x03R\x0fmarkedPackCount\x12.\n" +
+	"\x13deleted_chunk_count\x18\x0f \x01(\x03R\x11deletedChunkCount\x12*\n" +
+	"\x11moved_chunk_count\x18\x10 \x01(\x03R\x0fmovedChunkCount\x12\x1f\n" +
+	"\vfreed_bytes\x18\x11 \x01(\x03R\n" +
+	"freedBytes\x12\x18\n" +
+	"\askipped\x18\x12 \x03(\tR\askipped\x125\n" +
+	"\bduration\x18\x13 \x01(\v2\x19.google.protobuf.DurationR\bduration2\xec\a\n" +
 	"\fLayerService\x12F\n" +
 	"\tPushLayer\x12\x1a.cairn.v1.PushLayerRequest\x1a\x1b.cairn.v1.PushLayerResponse(\x01\x12F\n" +
 	"\tPullLayer\x12\x1a.cairn.v1.PullLayerRequest\x1a\x1b.cairn.v1.PullLayerResponse0\x01\x12D\n" +
@@ -1770,7 +2074,8 @@ const file_cairn_v1_layer_proto_rawDesc = "" +
 	"\x0eGetLayerChunks\x12\x1f.cairn.v1.GetLayerChunksRequest\x1a .cairn.v1.GetLayerChunksResponse\x12F\n" +
 	"\tGetChunks\x12\x1a.cairn.v1.GetChunksRequest\x1a\x1b.cairn.v1.GetChunksResponse0\x01\x12A\n" +
 	"\bGetStats\x12\x19.cairn.v1.GetStatsRequest\x1a\x1a.cairn.v1.GetStatsResponse\x12J\n" +
-	"\vVerifyStore\x12\x1c.cairn.v1.VerifyStoreRequest\x1a\x1d.cairn.v1.VerifyStoreResponseB4Z2github.com/cairnbuild/cairn/proto/cairn/v1;cairnv1b\x06proto3"
+	"\vVerifyStore\x12\x1c.cairn.v1.VerifyStoreRequest\x1a\x1d.cairn.v1.VerifyStoreResponse\x12S\n" +
+	"\x0eCollectGarbage\x12\x1f.cairn.v1.CollectGarbageRequest\x1a .cairn.v1.CollectGarbageResponseB4Z2github.com/cairnbuild/cairn/proto/cairn/v1;cairnv1b\x06proto3"
 
 var (
 	file_cairn_v1_layer_proto_rawDescOnce sync.Once
@@ -1784,7 +2089,7 @@ func file_cairn_v1_layer_proto_rawDescGZIP() []byte {
 	return file_cairn_v1_layer_proto_rawDescData
 }
 
-var file_cairn_v1_layer_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_cairn_v1_layer_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_cairn_v1_layer_proto_goTypes = []any{
 	(*Layer)(nil),                     // 0: cairn.v1.Layer
 	(*ChunkRef)(nil),                  // 1: cairn.v1.ChunkRef
@@ -1813,11 +2118,14 @@ var file_cairn_v1_layer_proto_goTypes = []any{
 	(*GetStatsResponse)(nil),          // 24: cairn.v1.GetStatsResponse
 	(*VerifyStoreRequest)(nil),        // 25: cairn.v1.VerifyStoreRequest
 	(*VerifyStoreResponse)(nil),       // 26: cairn.v1.VerifyStoreResponse
-	(*timestamppb.Timestamp)(nil),     // 27: google.protobuf.Timestamp
+	(*CollectGarbageRequest)(nil),     // 27: cairn.v1.CollectGarbageRequest
+	(*CollectGarbageResponse)(nil),    // 28: cairn.v1.CollectGarbageResponse
+	(*timestamppb.Timestamp)(nil),     // 29: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 30: google.protobuf.Duration
 }
 var file_cairn_v1_layer_proto_depIdxs = []int32{
-	27, // 0: cairn.v1.Layer.create_time:type_name -> google.protobuf.Timestamp
-	27, // 1: cairn.v1.Layer.access_time:type_name -> google.protobuf.Timestamp
+	29, // 0: cairn.v1.Layer.create_time:type_name -> google.protobuf.Timestamp
+	29, // 1: cairn.v1.Layer.access_time:type_name -> google.protobuf.Timestamp
 	2,  // 2: cairn.v1.PushLayerRequest.header:type_name -> cairn.v1.PushLayerHeader
 	0,  // 3: cairn.v1.PushLayerResponse.layer:type_name -> cairn.v1.Layer
 	0,  // 4: cairn.v1.PullLayerResponse.layer:type_name -> cairn.v1.Layer
@@ -1827,35 +2135,40 @@ var file_cairn_v1_layer_proto_depIdxs = []int32{
 	0,  // 8: cairn.v1.CommitLayerResponse.layer:type_name -> cairn.v1.Layer
 	0,  // 9: cairn.v1.GetLayerChunksResponse.layer:type_name -> cairn.v1.Layer
 	1,  // 10: cairn.v1.GetLayerChunksResponse.chunks:type_name -> cairn.v1.ChunkRef
-	3,  // 11: cairn.v1.LayerService.PushLayer:input_type -> cairn.v1.PushLayerRequest
-	5,  // 12: cairn.v1.LayerService.PullLayer:input_type -> cairn.v1.PullLayerRequest
-	7,  // 13: cairn.v1.LayerService.StatLayer:input_type -> cairn.v1.StatLayerRequest
-	9,  // 14: cairn.v1.LayerService.ListLayers:input_type -> cairn.v1.ListLayersRequest
-	11, // 15: cairn.v1.LayerService.DeleteLayer:input_type -> cairn.v1.DeleteLayerRequest
-	13, // 16: cairn.v1.LayerService.FindMissingChunks:input_type -> cairn.v1.FindMissingChunksRequest
-	15, // 17: cairn.v1.LayerService.PutChunks:input_type -> cairn.v1.PutChunksRequest
-	17, // 18: cairn.v1.LayerService.CommitLayer:input_type -> cairn.v1.CommitLayerRequest
-	19, // 19: cairn.v1.LayerService.GetLayerChunks:input_type -> cairn.v1.GetLayerChunksRequest
-	21, // 20: cairn.v1.LayerService.GetChunks:input_type -> cairn.v1.GetChunksRequest
-	23, // 21: cairn.v1.LayerService.GetStats:input_type -> cairn.v1.GetStatsRequest
-	25, // 22: cairn.v1.LayerService.VerifyStore:input_type -> cairn.v1.VerifyStoreRequest
-	4,  // 23: cairn.v1.LayerService.PushLayer:output_type -> cairn.v1.PushLayerResponse
-	6,  // 24: cairn.v1.LayerService.PullLayer:output_type -> cairn.v1.PullLayerResponse
-	8,  // 25: cairn.v1.LayerService.StatLayer:output_type -> cairn.v1.StatLayerResponse
-	10, // 26: cairn.v1.LayerService.ListLayers:output_type -> cairn.v1.ListLayersResponse
-	12, // 27: cairn.v1.LayerService.DeleteLayer:output_type -> cairn.v1.DeleteLayerResponse
-	14, // 28: cairn.v1.LayerService.FindMissingChunks:output_type -> cairn.v1.FindMissingChunksResponse
-	16, // 29: cairn.v1.LayerService.PutChunks:output_type -> cairn.v1.PutChunksResponse
-	18, // 30: cairn.v1.LayerService.CommitLayer:output_type -> cairn.v1.CommitLayerResponse
-	20, // 31: cairn.v1.LayerService.GetLayerChunks:output_type -> cairn.v1.GetLayerChunksResponse
-	22, // 32: cairn.v1.LayerService.GetChunks:output_type -> cairn.v1.GetChunksResponse
-	24, // 33: cairn.v1.LayerService.GetStats:output_type -> cairn.v1.GetStatsResponse
-	26, // 34: cairn.v1.LayerService.VerifyStore:output_type -> cairn.v1.VerifyStoreResponse
-	23, // [23:35] is the sub-list for method output_type
-	11, // [11:23] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	30, // 11: cairn.v1.CollectGarbageRequest.grace:type_name -> google.protobuf.Duration
+	30, // 12: cairn.v1.CollectGarbageRequest.pack_grace:type_name -> google.protobuf.Duration
+	30, // 13: cairn.v1.CollectGarbageResponse.duration:type_name -> google.protobuf.Duration
+	3,  // 14: cairn.v1.LayerService.PushLayer:input_type -> cairn.v1.PushLayerRequest
+	5,  // 15: cairn.v1.LayerService.PullLayer:input_type -> cairn.v1.PullLayerRequest
+	7,  // 16: cairn.v1.LayerService.StatLayer:input_type -> cairn.v1.StatLayerRequest
+	9,  // 17: cairn.v1.LayerService.ListLayers:input_type -> cairn.v1.ListLayersRequest
+	11, // 18: cairn.v1.LayerService.DeleteLayer:input_type -> cairn.v1.DeleteLayerRequest
+	13, // 19: cairn.v1.LayerService.FindMissingChunks:input_type -> cairn.v1.FindMissingChunksRequest
+	15, // 20: cairn.v1.LayerService.PutChunks:input_type -> cairn.v1.PutChunksRequest
+	17, // 21: cairn.v1.LayerService.CommitLayer:input_type -> cairn.v1.CommitLayerRequest
+	19, // 22: cairn.v1.LayerService.GetLayerChunks:input_type -> cairn.v1.GetLayerChunksRequest
+	21, // 23: cairn.v1.LayerService.GetChunks:input_type -> cairn.v1.GetChunksRequest
+	23, // 24: cairn.v1.LayerService.GetStats:input_type -> cairn.v1.GetStatsRequest
+	25, // 25: cairn.v1.LayerService.VerifyStore:input_type -> cairn.v1.VerifyStoreRequest
+	27, // 26: cairn.v1.LayerService.CollectGarbage:input_type -> cairn.v1.CollectGarbageRequest
+	4,  // 27: cairn.v1.LayerService.PushLayer:output_type -> cairn.v1.PushLayerResponse
+	6,  // 28: cairn.v1.LayerService.PullLayer:output_type -> cairn.v1.PullLayerResponse
+	8,  // 29: cairn.v1.LayerService.StatLayer:output_type -> cairn.v1.StatLayerResponse
+	10, // 30: cairn.v1.LayerService.ListLayers:output_type -> cairn.v1.ListLayersResponse
+	12, // 31: cairn.v1.LayerService.DeleteLayer:output_type -> cairn.v1.DeleteLayerResponse
+	14, // 32: cairn.v1.LayerService.FindMissingChunks:output_type -> cairn.v1.FindMissingChunksResponse
+	16, // 33: cairn.v1.LayerService.PutChunks:output_type -> cairn.v1.PutChunksResponse
+	18, // 34: cairn.v1.LayerService.CommitLayer:output_type -> cairn.v1.CommitLayerResponse
+	20, // 35: cairn.v1.LayerService.GetLayerChunks:output_type -> cairn.v1.GetLayerChunksResponse
+	22, // 36: cairn.v1.LayerService.GetChunks:output_type -> cairn.v1.GetChunksResponse
+	24, // 37: cairn.v1.LayerService.GetStats:output_type -> cairn.v1.GetStatsResponse
+	26, // 38: cairn.v1.LayerService.VerifyStore:output_type -> cairn.v1.VerifyStoreResponse
+	28, // 39: cairn.v1.LayerService.CollectGarbage:output_type -> cairn.v1.CollectGarbageResponse
+	27, // [27:40] is the sub-list for method output_type
+	14, // [14:27] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_cairn_v1_layer_proto_init() }
@@ -1874,7 +2187,7 @@ func file_cairn_v1_layer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cairn_v1_layer_proto_rawDesc), len(file_cairn_v1_layer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   27,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -31,6 +31,7 @@ const (
 	LayerService_GetChunks_FullMethodName         = "/cairn.v1.LayerService/GetChunks"
 	LayerService_GetStats_FullMethodName          = "/cairn.v1.LayerService/GetStats"
 	LayerService_VerifyStore_FullMethodName       = "/cairn.v1.LayerService/VerifyStore"
+	LayerService_CollectGarbage_FullMethodName    = "/cairn.v1.LayerService/CollectGarbage"
 )
 
 // LayerServiceClient is the client API for LayerService service.
@@ -137,6 +138,12 @@ type LayerServiceClient interface {
 	// quarantined (see Layer.damaged_chunk_count); the response lists what
 	// is damaged. Reads of S3 packs are ranged, and no pack is read twice.
 	VerifyStore(ctx context.Context, in *VerifyStoreRequest, opts ...grpc.CallOption) (*VerifyStoreResponse, error)
+	// CollectGarbage plans a garbage collection and, unless dry_run, runs it:
+	// packs whose chunks are all dead (unreferenced by any layer, untouched
+	// for the grace period, not in use by a push) are deleted, packs mostly
+	// dead are rewritten, and packs no index entry names are marked and
+	// deleted a second grace period later. One runs at a time.
+	CollectGarbage(ctx context.Context, in *CollectGarbageRequest, opts ...grpc.CallOption) (*CollectGarbageResponse, error)
 }
 
 type layerServiceClient struct {
@@ -291,6 +298,16 @@ func (c *layerServiceClient) VerifyStore(ctx context.Context, in *VerifyStoreReq
 	return out, nil
 }
 
+func (c *layerServiceClient) CollectGarbage(ctx context.Context, in *CollectGarbageRequest, opts ...grpc.CallOption) (*CollectGarbageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CollectGarbageResponse)
+	err := c.cc.Invoke(ctx, LayerService_CollectGarbage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // LayerServiceServer is the server API for LayerService service.
 // All implementations must embed UnimplementedLayerServiceServer
 // for forward compatibility.
@@ -395,6 +412,12 @@ type LayerServiceServer interface {
 	// quarantined (see Layer.damaged_chunk_count); the response lists what
 	// is damaged. Reads of S3 packs are ranged, and no pack is read twice.
 	VerifyStore(context.Context, *VerifyStoreRequest) (*VerifyStoreResponse, error)
+	// CollectGarbage plans a garbage collection and, unless dry_run, runs it:
+	// packs whose chunks are all dead (unreferenced by any layer, untouched
+	// for the grace period, not in use by a push) are deleted, packs mostly
+	// dead are rewritten, and packs no index entry names are marked and
+	// deleted a second grace period later. One runs at a time.
+	CollectGarbage(context.Context, *CollectGarbageRequest) (*CollectGarbageResponse, error)
 	mustEmbedUnimplementedLayerServiceServer()
 }
 
@@ -440,6 +463,9 @@ func (UnimplementedLayerServiceServer) GetStats(context.Context, *GetStatsReques
 }
 func (UnimplementedLayerServiceServer) VerifyStore(context.Context, *VerifyStoreRequest) (*VerifyStoreResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method VerifyStore not implemented")
+}
+func (UnimplementedLayerServiceServer) CollectGarbage(context.Context, *CollectGarbageRequest) (*CollectGarbageResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CollectGarbage not implemented")
 }
 func (UnimplementedLayerServiceServer) mustEmbedUnimplementedLayerServiceServer() {}
 func (UnimplementedLayerServiceServer) testEmbeddedByValue()                      {}
@@ -642,6 +668,24 @@ func _LayerService_VerifyStore_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _LayerService_CollectGarbage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CollectGarbageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LayerServiceServer).CollectGarbage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LayerService_CollectGarbage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LayerServiceServer).CollectGarbage(ctx, req.(*CollectGarbageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // LayerService_ServiceDesc is the grpc.ServiceDesc for LayerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -680,6 +724,10 @@ var LayerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "VerifyStore",
 			Handler:    _LayerService_VerifyStore_Handler,
+		},
+		{
+			MethodName: "CollectGarbage",
+			Handler:    _LayerService_CollectGarbage_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
