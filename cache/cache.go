@@ -237,14 +237,14 @@ func Open(ctx context.Context, opts Options) (*Cache, error) {
 	}
 	go c.janitor(c.stopJan)
 	if opts.GCInterval > 0 {
-		go c.collect(opts.GCInterval, opts.GCOptions)
+		go c.every(opts.GCInterval, func(ctx context.Context) { c.collect(ctx, opts.GCOptions) })
 	}
 	if opts.ScrubInterval > 0 {
 		rate := opts.ScrubRate
 		if rate <= 0 {
 			rate = DefaultScrubRate
 		}
-		go c.scrub(opts.ScrubInterval, rate)
+		go c.every(opts.ScrubInterval, func(ctx context.Context) { c.scrub(ctx, rate) })
 	}
 	return c, nil
 }
@@ -254,8 +254,9 @@ func Open(ctx context.Context, opts Options) (*Cache, error) {
 // its bandwidth.
 const DefaultScrubRate = 16 << 20
 
-// scrub runs Verify every interval, at rate, until Close.
-func (c *Cache) scrub(interval time.Duration, rate int64) {
+// every runs fn interval after Open and interval after each run ends,
+// with a context that Close cancels, until Close.
+func (c *Cache) every(interval time.Duration, fn func(ctx context.Context)) {
 	ctx, cancel := c.untilClose(context.Background())
 	defer cancel()
 	t := time.NewTimer(interval)
@@ -266,38 +267,27 @@ func (c *Cache) scrub(interval time.Duration, rate int64) {
 			return
 		case <-t.C:
 		}
-		rep, err := c.Verify(ctx, VerifyOptions{Rate: rate})
-		switch {
-		case err != nil && ctx.Err() == nil:
-			c.log.Warn("cache: background scrub failed", "err", err)
-		case len(rep.Quarantine) > 0 || len(rep.Problems) > 0:
-			c.log.Warn("cache: background scrub found damage", "newly quarantined", rep.Newly,
-				"quarantined", len(rep.Quarantine), "damaged layers", len(rep.Damaged), "problems", rep.Problems)
-		}
+		fn(ctx)
 		t.Reset(interval)
 	}
 }
 
-// collect runs GC every interval, until Close.
-func (c *Cache) collect(interval time.Duration, opts GCOptions) {
-	ctx, cancel := c.untilClose(context.Background())
-	defer cancel()
-	t := time.NewTimer(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		_, err := c.GC(ctx, opts)
-		if ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			c.log.Warn("cache: background collection failed", "err", err)
-		}
-		t.Reset(interval)
+// scrub is one background Verify, at rate.
+func (c *Cache) scrub(ctx context.Context, rate int64) {
+	rep, err := c.Verify(ctx, VerifyOptions{Rate: rate})
+	switch {
+	case err != nil && ctx.Err() == nil:
+		c.log.Warn("cache: background scrub failed", "err", err)
+	case len(rep.Quarantine) > 0 || len(rep.Problems) > 0:
+		c.log.Warn("cache: background scrub found damage", "newly quarantined", rep.Newly,
+			"quarantined", len(rep.Quarantine), "damaged layers", len(rep.Damaged), "problems", rep.Problems)
+	}
+}
+
+// collect is one background collection.
+func (c *Cache) collect(ctx context.Context, opts GCOptions) {
+	if _, err := c.GC(ctx, opts); err != nil && ctx.Err() == nil {
+		c.log.Warn("cache: background collection failed", "err", err)
 	}
 }
 

@@ -78,17 +78,9 @@ func (c *Cache) List(ctx context.Context, pageToken string, pageSize int) ([]Lay
 		return nil, "", fmt.Errorf("cache: list: %w", err)
 	}
 	defer c.end()
-	if pageSize <= 0 {
-		pageSize = DefaultPageSize
-	}
-	pageSize = min(pageSize, MaxPageSize)
-	var after digest.Digest
-	if pageToken != "" {
-		b, err := base64.RawURLEncoding.DecodeString(pageToken)
-		if err != nil || ParseLayerDigest(digest.Digest(b)) != nil {
-			return nil, "", fmt.Errorf("cache: list: %w: bad page token", ErrInvalidArgument)
-		}
-		after = digest.Digest(b)
+	after, pageSize, err := digestPage(pageToken, pageSize)
+	if err != nil {
+		return nil, "", fmt.Errorf("cache: list: %w", err)
 	}
 	entries, more, err := c.idx.ListLayers(after, pageSize)
 	if err != nil {
@@ -100,10 +92,30 @@ func (c *Cache) List(ctx context.Context, pageToken string, pageSize int) ([]Lay
 	}
 	var next string
 	if more {
-		next = base64.RawURLEncoding.EncodeToString([]byte(out[len(out)-1].Digest))
+		next = nextPageToken(out[len(out)-1].Digest)
 	}
 	return out, next, nil
 }
+
+// digestPage reads a page token of a listing in digest order (the digest
+// the previous page ended with) and bounds its size: pageSize <= 0 means
+// DefaultPageSize, above MaxPageSize means MaxPageSize.
+func digestPage(token string, pageSize int) (after digest.Digest, n int, err error) {
+	if pageSize <= 0 {
+		pageSize = DefaultPageSize
+	}
+	if token != "" {
+		b, err := base64.RawURLEncoding.DecodeString(token)
+		if err != nil || ParseLayerDigest(digest.Digest(b)) != nil {
+			return "", 0, fmt.Errorf("%w: bad page token", ErrInvalidArgument)
+		}
+		after = digest.Digest(b)
+	}
+	return after, min(pageSize, MaxPageSize), nil
+}
+
+// nextPageToken is the token of the page after the one that ended with d.
+func nextPageToken(d digest.Digest) string { return base64.RawURLEncoding.EncodeToString([]byte(d)) }
 
 // Delete removes layer d from the index and drops its chunk references;
 // its manifest leaves the backend after that. Chunk records (in their

@@ -3,7 +3,6 @@ package cache
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -123,25 +122,17 @@ func stepLayer(v []byte) digest.Digest {
 }
 
 // ListSteps returns up to pageSize step records in key order, after the
-// position pageToken names ("" for the first page), and the next page's
+// position token names ("" for the first page), and the next page's
 // token ("" after the last). With layer set, only the records naming it.
 // Listing does not count as hits; Hits is what is stored.
-func (c *Cache) ListSteps(ctx context.Context, pageToken string, pageSize int, layer digest.Digest) ([]StepRecord, string, error) {
+func (c *Cache) ListSteps(ctx context.Context, token string, pageSize int, layer digest.Digest) ([]StepRecord, string, error) {
 	if err := c.begin(ctx); err != nil {
 		return nil, "", fmt.Errorf("cache: list steps: %w", err)
 	}
 	defer c.end()
-	if pageSize <= 0 {
-		pageSize = DefaultPageSize
-	}
-	pageSize = min(pageSize, MaxPageSize)
-	var after digest.Digest
-	if pageToken != "" {
-		b, err := base64.RawURLEncoding.DecodeString(pageToken)
-		if err != nil || ParseLayerDigest(digest.Digest(b)) != nil {
-			return nil, "", fmt.Errorf("cache: list steps: %w: bad page token", ErrInvalidArgument)
-		}
-		after = digest.Digest(b)
+	after, pageSize, err := digestPage(token, pageSize)
+	if err != nil {
+		return nil, "", fmt.Errorf("cache: list steps: %w", err)
 	}
 	if layer != "" {
 		if err := ParseLayerDigest(layer); err != nil {
@@ -163,7 +154,7 @@ func (c *Cache) ListSteps(ctx context.Context, pageToken string, pageSize int, l
 	}
 	var next string
 	if more && len(out) > 0 {
-		next = base64.RawURLEncoding.EncodeToString([]byte(out[len(out)-1].Key))
+		next = nextPageToken(out[len(out)-1].Key)
 	}
 	return out, next, nil
 }
