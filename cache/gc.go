@@ -13,6 +13,7 @@ import (
 	"github.com/cairnbuild/cairn/cache/internal/index"
 	"github.com/cairnbuild/cairn/cache/internal/pack"
 	"github.com/cairnbuild/cairn/chunkid"
+	"github.com/opencontainers/go-digest"
 )
 
 // Garbage collection of chunks and packs.
@@ -67,6 +68,10 @@ type GCOptions struct {
 	// its records is rewritten. 0 means DefaultRewriteRate; above 1 turns
 	// rewriting off.
 	RewriteRatio float64
+	// StepMaxAge, if positive, deletes the step records neither recorded
+	// nor hit within it (a retention rule: a cache entry no build has
+	// used for that long), before the chunks are collected.
+	StepMaxAge time.Duration
 	// DryRun plans and reports, and changes nothing.
 	DryRun bool
 }
@@ -133,6 +138,10 @@ type GCReport struct {
 	Due          []pack.ID // marked over PackGrace ago, still unnamed: deleted now
 	Waiting      int       // marked packs whose second grace period runs
 	PlannedBytes int64     // what the plan frees: deleted packs' bytes and rewritten packs' dead bytes
+
+	// Step records neither recorded nor hit within StepMaxAge: deleted
+	// (counted only, on a dry run).
+	StaleSteps int64
 
 	// The execution.
 	DeletedPacks   int64
@@ -214,6 +223,11 @@ func (c *Cache) GCStats() GCStats {
 
 func (c *Cache) gc(ctx context.Context, opts GCOptions, rep *GCReport) error {
 	gen := c.rebuilds.Load()
+	if opts.StepMaxAge > 0 {
+		if err := c.dropStaleSteps(ctx, gen, rep.Start.Add(-opts.StepMaxAge), opts.DryRun, rep); err != nil {
+			return err
+		}
+	}
 	cutoff := rep.Start.Add(-opts.grace()).Unix()
 	if err := c.plan(ctx, gen, opts, cutoff, rep); err != nil {
 		return err
@@ -531,6 +545,46 @@ func (c *Cache) dropMarked(ctx context.Context, p pack.ID, rep *GCReport) error 
 	}
 	if deleted || named {
 		return c.idx.Unmark([]pack.ID{p})
+	}
+	return nil
+}
+
+// dropStaleSteps deletes (or, dry, counts) the step records recorded and
+// last hit before since, a page at a time. Hits still pending in memory
+// are flushed first, so a record hit a moment ago is not taken as stale.
+func (c *Cache) dropStaleSteps(ctx context.Context, gen uint64, since time.Time, dry bool, rep *GCReport) error {
+	if err := c.step(ctx, gen, c.idx.Flush); err != nil {
+		return err
+	}
+	var after digest.Digest
+	for more := true; more; {
+		var stale []digest.Digest
+		err := c.step(ctx, gen, func() (err error) {
+			more, err = c.idx.StepPage(after, "", MaxPageSize, func(key digest.Digest, v []byte, h index.Hits) error {
+				after = key
+				rec, err := unmarshalStep(v)
+				if err != nil {
+					return nil // cairn verify's to report; the lookup says DATA_LOSS
+				}
+				if rec.Created.Before(since) && h.Last.Before(since) {
+					stale = append(stale, key)
+				}
+				return nil
+			})
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		rep.StaleSteps += int64(len(stale))
+		if dry {
+			continue
+		}
+		for _, key := range stale {
+			if err := c.DeleteStep(ctx, key); err != nil && !errors.Is(err, ErrNotFound) {
+				return err
+			}
+		}
 	}
 	return nil
 }

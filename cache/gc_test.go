@@ -6,12 +6,14 @@ import (
 	"errors"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cairnbuild/cairn/backend"
 	"github.com/cairnbuild/cairn/backend/backendtest"
 	"github.com/cairnbuild/cairn/backend/mem"
 	"github.com/cairnbuild/cairn/cache/internal/index"
 	"github.com/cairnbuild/cairn/chunkid"
+	"github.com/cairnbuild/cairn/stepkey"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -328,5 +330,42 @@ func TestGCSparesPacksKnownFromAFlight(t *testing.T) {
 	second.Committed()
 	if got := pull(t, c, d, 0, -1); !bytes.Equal(got, data) {
 		t.Fatal("the layer committed from the flight's pack reads back other bytes")
+	}
+}
+
+// With StepMaxAge, a collection deletes the step records neither recorded
+// nor hit within it; a record hit since stays, and a dry run only counts.
+func TestGCDropsStaleSteps(t *testing.T) {
+	c, _ := newCache(t)
+	ctx := t.Context()
+	if _, err := c.RecordStep(ctx, "", stepkey.Step{Instruction: "RUN old"}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	used, err := c.RecordStep(ctx, "", stepkey.Step{Instruction: "RUN used"}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mid := time.Now()
+	for !time.Now().After(mid.Add(2 * time.Millisecond)) { // the hit comes strictly after mid
+	}
+	if _, err := c.LookupStep(ctx, "", stepkey.Step{Instruction: "RUN used"}); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := c.GC(ctx, GCOptions{StepMaxAge: time.Since(mid), DryRun: true})
+	if err != nil || rep.StaleSteps != 1 {
+		t.Fatalf("dry run: %d stale, %v; want 1", rep.StaleSteps, err)
+	}
+	if recs, _, _ := c.ListSteps(ctx, "", 0, ""); len(recs) != 2 {
+		t.Fatalf("the dry run deleted steps: %d left", len(recs))
+	}
+	if rep, err = c.GC(ctx, GCOptions{StepMaxAge: time.Since(mid)}); err != nil || rep.StaleSteps != 1 {
+		t.Fatalf("collection: %d stale, %v; want 1", rep.StaleSteps, err)
+	}
+	recs, _, err := c.ListSteps(ctx, "", 0, "")
+	if err != nil || len(recs) != 1 || recs[0].Key != used.Key {
+		t.Errorf("steps left: %+v, %v; want only %s", recs, err, used.Key)
+	}
+	if _, err := c.LookupStep(ctx, "", stepkey.Step{Instruction: "RUN old"}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("the stale step: %v, want a miss", err)
 	}
 }

@@ -89,6 +89,9 @@ type GCOptions struct {
 	PackGrace    time.Duration
 	NoPackGrace  bool
 	RewriteRatio float64
+	// StepMaxAge, if positive, deletes the step records neither recorded
+	// nor hit within it.
+	StepMaxAge time.Duration
 }
 
 // GCReport is a collection's plan and what it did.
@@ -112,6 +115,7 @@ type GCReport struct {
 	FreedBytes     int64         `json:"freed_bytes"`
 	Skipped        []string      `json:"skipped,omitempty"`
 	Duration       time.Duration `json:"duration_ns"`
+	StaleSteps     int64         `json:"stale_steps"`
 }
 
 // GC asks the server to collect garbage (or, with DryRun, only to plan).
@@ -123,6 +127,9 @@ func (c *Client) GC(ctx context.Context, opts GCOptions) (GCReport, error) {
 	}
 	if opts.NoPackGrace || opts.PackGrace > 0 {
 		req.PackGrace = durationpb.New(opts.PackGrace)
+	}
+	if opts.StepMaxAge > 0 {
+		req.StepMaxAge = durationpb.New(opts.StepMaxAge)
 	}
 	resp, err := c.layers.CollectGarbage(ctx, req)
 	if err != nil {
@@ -137,5 +144,6 @@ func (c *Client) GC(ctx context.Context, opts GCOptions) (GCReport, error) {
 		RewrittenPacks: resp.GetRewrittenPackCount(), MarkedPacks: resp.GetMarkedPackCount(),
 		DeletedChunks: resp.GetDeletedChunkCount(), MovedChunks: resp.GetMovedChunkCount(),
 		FreedBytes: resp.GetFreedBytes(), Skipped: resp.GetSkipped(), Duration: resp.GetDuration().AsDuration(),
+		StaleSteps: resp.GetStaleStepCount(),
 	}, nil
 }

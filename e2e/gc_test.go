@@ -107,4 +107,18 @@ func testGC(t *testing.T, b backendConfig) {
 	if r := s.cli(nil, "gc", "--grace", "0", "--pack-grace", "0"); r.code != 0 || strings.Contains(r.stdout, "skipped") {
 		t.Errorf("gc after the reindex: %v", r)
 	}
+	// Retention: step records no build used within --step-max-age go.
+	var stale struct {
+		StaleSteps int64 `json:"stale_steps"`
+	}
+	s.okJSON(&stale, nil, "gc", "--step-max-age", "1ns", "--dry-run")
+	if stale.StaleSteps != st2.Steps || st2.Steps == 0 {
+		t.Errorf("dry run with --step-max-age 1ns: %d stale of %d steps", stale.StaleSteps, st2.Steps)
+	}
+	s.okJSON(&stale, nil, "gc", "--step-max-age", "1ns")
+	s.want(exitMiss, nil, "lookup", "--instruction", "RUN keep")
+	s.okJSON(&st2, nil, "stat")
+	if st2.Steps != 0 {
+		t.Errorf("%d steps left after gc --step-max-age 1ns", st2.Steps)
+	}
 }

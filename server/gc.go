@@ -21,6 +21,12 @@ func (s *layerService) CollectGarbage(ctx context.Context, req *cairnv1.CollectG
 	if opts.PackGrace, err = gcDuration("pack_grace", req.GetPackGrace()); err != nil {
 		return nil, toStatus(err)
 	}
+	if a := req.GetStepMaxAge(); a != nil {
+		if err := a.CheckValid(); err != nil || a.AsDuration() < 0 {
+			return nil, toStatus(fieldErr("step_max_age", fmt.Errorf("%w: %v, want a duration of 0 or more", errInvalidArgument, a.AsDuration())))
+		}
+		opts.StepMaxAge = a.AsDuration()
+	}
 	if r := req.GetRewriteRatio(); r < 0 || r != r {
 		return nil, toStatus(fieldErr("rewrite_ratio", fmt.Errorf("%w: %v, want 0 (the default) or a share above 0", errInvalidArgument, r)))
 	}
@@ -48,6 +54,7 @@ func (s *layerService) CollectGarbage(ctx context.Context, req *cairnv1.CollectG
 		FreedBytes:         rep.FreedBytes,
 		Skipped:            rep.Skipped,
 		Duration:           durationpb.New(rep.Duration),
+		StaleStepCount:     rep.StaleSteps,
 	}, nil
 }
 

@@ -30,7 +30,9 @@ rewrite) are marked, and deleted --pack-grace later, since a reader may
 still be reading them. With --dry-run it prints the plan and changes
 nothing. cairn serve also collects in the background (--gc-interval).
 
-Layers are not deleted by gc: cairn rm deletes them.`,
+Layers are not deleted by gc: cairn rm deletes them. With --step-max-age,
+gc first deletes the step records no build has recorded or hit within
+that period (cairn serve: --step-max-age, off by default).`,
 		Example: `  cairn gc --dry-run
   cairn gc
   cairn gc --grace 0 --pack-grace 0   # when no push is under way`,
@@ -42,9 +44,10 @@ Layers are not deleted by gc: cairn rm deletes them.`,
 	f.DurationVar(&grace, "grace", time.Hour, "keep unreferenced chunks touched within this period (0: none)")
 	f.DurationVar(&packGrace, "pack-grace", 15*time.Minute, "delete a marked pack only this long after it was marked (0: at once)")
 	f.Float64Var(&opts.RewriteRatio, "rewrite-ratio", 0.5, "rewrite a pack whose dead bytes are at least this share of it (above 1: never)")
+	f.DurationVar(&opts.StepMaxAge, "step-max-age", 0, "first delete the step records neither recorded nor hit within this period, e.g. 720h (0: keep them)")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		if grace < 0 || packGrace < 0 {
-			return fmt.Errorf("--grace and --pack-grace must not be negative")
+		if grace < 0 || packGrace < 0 || opts.StepMaxAge < 0 {
+			return fmt.Errorf("--grace, --pack-grace and --step-max-age must not be negative")
 		}
 		if opts.RewriteRatio <= 0 {
 			return fmt.Errorf("--rewrite-ratio %v: want a share above 0", opts.RewriteRatio)
@@ -68,6 +71,9 @@ Layers are not deleted by gc: cairn rm deletes them.`,
 		fmt.Fprintf(tw, "packs\t%d: %d to delete, %d to rewrite, %d to mark, %d marked and due, %d marked and waiting\n",
 			rep.Packs, rep.DeletePacks, rep.RewritePacks, rep.OrphanPacks, rep.DuePacks, rep.WaitingPacks)
 		fmt.Fprintf(tw, "plan frees\t%s\n", humanBytes(rep.PlannedBytes))
+		if opts.StepMaxAge > 0 {
+			fmt.Fprintf(tw, "stale steps\t%d neither recorded nor hit within %v\n", rep.StaleSteps, opts.StepMaxAge)
+		}
 		if !opts.DryRun {
 			fmt.Fprintf(tw, "done\t%d packs deleted, %d rewritten, %d marked; %d chunks deleted, %d moved\n",
 				rep.DeletedPacks, rep.RewrittenPacks, rep.MarkedPacks, rep.DeletedChunks, rep.MovedChunks)

@@ -122,7 +122,7 @@ type Config struct {
 	rebuiltCacheMax int64
 
 	// The background collection (serve sets them; see cache.Options).
-	GCInterval, GCGrace, GCPackGrace time.Duration
+	GCInterval, GCGrace, GCPackGrace, StepMaxAge time.Duration
 
 	// The background scrub (serve sets them; see cache.Options).
 	ScrubInterval time.Duration
@@ -135,6 +135,7 @@ func (c *Config) AddGCFlags(f *pflag.FlagSet) {
 	f.DurationVar(&c.GCInterval, "gc-interval", time.Hour, "collect garbage in the background this long after start and after each run (0: never; cairn gc runs one now)")
 	f.DurationVar(&c.GCGrace, "gc-grace", cache.DefaultGCGrace, "the background collection keeps unreferenced chunks touched within this period")
 	f.DurationVar(&c.GCPackGrace, "gc-pack-grace", cache.DefaultPackGrace, "the background collection deletes a marked pack this long after marking it")
+	f.DurationVar(&c.StepMaxAge, "step-max-age", 0, "the background collection deletes step records neither recorded nor hit within this period, e.g. 720h (0: keep them)")
 }
 
 // AddScrubFlags registers the flags of the background scrub: serve's.
@@ -176,8 +177,8 @@ func (c *Config) Check() error {
 		}
 		c.maxExpanded = n
 	}
-	if c.GCInterval < 0 || c.GCGrace < 0 || c.GCPackGrace < 0 {
-		return fmt.Errorf("--gc-interval, --gc-grace and --gc-pack-grace must not be negative")
+	if c.GCInterval < 0 || c.GCGrace < 0 || c.GCPackGrace < 0 || c.StepMaxAge < 0 {
+		return fmt.Errorf("--gc-interval, --gc-grace, --gc-pack-grace and --step-max-age must not be negative")
 	}
 	if c.ScrubInterval < 0 {
 		return fmt.Errorf("--scrub-interval %v: must not be negative", c.ScrubInterval)
@@ -247,7 +248,7 @@ func (c *Config) Open(ctx context.Context, log *slog.Logger, bm *metrics.Backend
 		MaxUploads: c.MaxUploads, UploadIdleTimeout: c.UploadIdleTimeout,
 		KeepCompressed: c.KeepCompressed, PlainTars: c.PlainTars, MaxExpandedSize: c.maxExpanded,
 		ScrubInterval: c.ScrubInterval, ScrubRate: c.scrubRate,
-		GCInterval: c.GCInterval, GCOptions: cache.GCOptions{Grace: noneIfZero(c.GCGrace), PackGrace: noneIfZero(c.GCPackGrace)}}
+		GCInterval: c.GCInterval, GCOptions: cache.GCOptions{Grace: noneIfZero(c.GCGrace), PackGrace: noneIfZero(c.GCPackGrace), StepMaxAge: c.StepMaxAge}}
 	if c.rebuiltCacheMax > 0 {
 		opts.RebuiltCacheDir, opts.RebuiltCacheSize = filepath.Join(c.Data, RebuiltSubdir), c.rebuiltCacheMax
 	} else {

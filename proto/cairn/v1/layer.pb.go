@@ -1655,7 +1655,10 @@ type CollectGarbageRequest struct {
 	PackGrace *durationpb.Duration `protobuf:"bytes,3,opt,name=pack_grace,json=packGrace,proto3" json:"pack_grace,omitempty"`
 	// A pack whose dead bytes are at least this share of it is rewritten.
 	// 0 means the server's default (0.5); above 1 turns rewriting off.
-	RewriteRatio  float64 `protobuf:"fixed64,4,opt,name=rewrite_ratio,json=rewriteRatio,proto3" json:"rewrite_ratio,omitempty"`
+	RewriteRatio float64 `protobuf:"fixed64,4,opt,name=rewrite_ratio,json=rewriteRatio,proto3" json:"rewrite_ratio,omitempty"`
+	// If set and positive, step records neither recorded nor hit within it
+	// are deleted first (a retention rule).
+	StepMaxAge    *durationpb.Duration `protobuf:"bytes,5,opt,name=step_max_age,json=stepMaxAge,proto3" json:"step_max_age,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1718,6 +1721,13 @@ func (x *CollectGarbageRequest) GetRewriteRatio() float64 {
 	return 0
 }
 
+func (x *CollectGarbageRequest) GetStepMaxAge() *durationpb.Duration {
+	if x != nil {
+		return x.StepMaxAge
+	}
+	return nil
+}
+
 // CollectGarbageResponse is the plan and what was done.
 type CollectGarbageResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1746,10 +1756,13 @@ type CollectGarbageResponse struct {
 	MovedChunkCount    int64 `protobuf:"varint,16,opt,name=moved_chunk_count,json=movedChunkCount,proto3" json:"moved_chunk_count,omitempty"`
 	FreedBytes         int64 `protobuf:"varint,17,opt,name=freed_bytes,json=freedBytes,proto3" json:"freed_bytes,omitempty"`
 	// What the plan said and was not done, and why.
-	Skipped       []string             `protobuf:"bytes,18,rep,name=skipped,proto3" json:"skipped,omitempty"`
-	Duration      *durationpb.Duration `protobuf:"bytes,19,opt,name=duration,proto3" json:"duration,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Skipped  []string             `protobuf:"bytes,18,rep,name=skipped,proto3" json:"skipped,omitempty"`
+	Duration *durationpb.Duration `protobuf:"bytes,19,opt,name=duration,proto3" json:"duration,omitempty"`
+	// Step records older than step_max_age (deleted, or counted on a dry
+	// run).
+	StaleStepCount int64 `protobuf:"varint,20,opt,name=stale_step_count,json=staleStepCount,proto3" json:"stale_step_count,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CollectGarbageResponse) Reset() {
@@ -1915,6 +1928,13 @@ func (x *CollectGarbageResponse) GetDuration() *durationpb.Duration {
 	return nil
 }
 
+func (x *CollectGarbageResponse) GetStaleStepCount() int64 {
+	if x != nil {
+		return x.StaleStepCount
+	}
+	return 0
+}
+
 var File_cairn_v1_layer_proto protoreflect.FileDescriptor
 
 const file_cairn_v1_layer_proto_rawDesc = "" +
@@ -2030,13 +2050,15 @@ const file_cairn_v1_layer_proto_rawDesc = "" +
 	"\x12quarantined_chunks\x18\x05 \x03(\tR\x11quarantinedChunks\x12%\n" +
 	"\x0edamaged_layers\x18\x06 \x03(\tR\rdamagedLayers\x12#\n" +
 	"\rdamaged_steps\x18\a \x03(\tR\fdamagedSteps\x12\x1a\n" +
-	"\bproblems\x18\b \x03(\tR\bproblems\"\xc0\x01\n" +
+	"\bproblems\x18\b \x03(\tR\bproblems\"\xfd\x01\n" +
 	"\x15CollectGarbageRequest\x12\x17\n" +
 	"\adry_run\x18\x01 \x01(\bR\x06dryRun\x12/\n" +
 	"\x05grace\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x05grace\x128\n" +
 	"\n" +
 	"pack_grace\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\tpackGrace\x12#\n" +
-	"\rrewrite_ratio\x18\x04 \x01(\x01R\frewriteRatio\"\xb1\x06\n" +
+	"\rrewrite_ratio\x18\x04 \x01(\x01R\frewriteRatio\x12;\n" +
+	"\fstep_max_age\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"stepMaxAge\"\xdb\x06\n" +
 	"\x16CollectGarbageResponse\x12\x1d\n" +
 	"\n" +
 	"pack_count\x18\x01 \x01(\x03R\tpackCount\x12\x1f\n" +
@@ -2060,7 +2082,8 @@ const file_cairn_v1_layer_proto_rawDesc = "" +
 	"\vfreed_bytes\x18\x11 \x01(\x03R\n" +
 	"freedBytes\x12\x18\n" +
 	"\askipped\x18\x12 \x03(\tR\askipped\x125\n" +
-	"\bduration\x18\x13 \x01(\v2\x19.google.protobuf.DurationR\bduration2\xec\a\n" +
+	"\bduration\x18\x13 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12(\n" +
+	"\x10stale_step_count\x18\x14 \x01(\x03R\x0estaleStepCount2\xec\a\n" +
 	"\fLayerService\x12F\n" +
 	"\tPushLayer\x12\x1a.cairn.v1.PushLayerRequest\x1a\x1b.cairn.v1.PushLayerResponse(\x01\x12F\n" +
 	"\tPullLayer\x12\x1a.cairn.v1.PullLayerRequest\x1a\x1b.cairn.v1.PullLayerResponse0\x01\x12D\n" +
@@ -2137,38 +2160,39 @@ var file_cairn_v1_layer_proto_depIdxs = []int32{
 	1,  // 10: cairn.v1.GetLayerChunksResponse.chunks:type_name -> cairn.v1.ChunkRef
 	30, // 11: cairn.v1.CollectGarbageRequest.grace:type_name -> google.protobuf.Duration
 	30, // 12: cairn.v1.CollectGarbageRequest.pack_grace:type_name -> google.protobuf.Duration
-	30, // 13: cairn.v1.CollectGarbageResponse.duration:type_name -> google.protobuf.Duration
-	3,  // 14: cairn.v1.LayerService.PushLayer:input_type -> cairn.v1.PushLayerRequest
-	5,  // 15: cairn.v1.LayerService.PullLayer:input_type -> cairn.v1.PullLayerRequest
-	7,  // 16: cairn.v1.LayerService.StatLayer:input_type -> cairn.v1.StatLayerRequest
-	9,  // 17: cairn.v1.LayerService.ListLayers:input_type -> cairn.v1.ListLayersRequest
-	11, // 18: cairn.v1.LayerService.DeleteLayer:input_type -> cairn.v1.DeleteLayerRequest
-	13, // 19: cairn.v1.LayerService.FindMissingChunks:input_type -> cairn.v1.FindMissingChunksRequest
-	15, // 20: cairn.v1.LayerService.PutChunks:input_type -> cairn.v1.PutChunksRequest
-	17, // 21: cairn.v1.LayerService.CommitLayer:input_type -> cairn.v1.CommitLayerRequest
-	19, // 22: cairn.v1.LayerService.GetLayerChunks:input_type -> cairn.v1.GetLayerChunksRequest
-	21, // 23: cairn.v1.LayerService.GetChunks:input_type -> cairn.v1.GetChunksRequest
-	23, // 24: cairn.v1.LayerService.GetStats:input_type -> cairn.v1.GetStatsRequest
-	25, // 25: cairn.v1.LayerService.VerifyStore:input_type -> cairn.v1.VerifyStoreRequest
-	27, // 26: cairn.v1.LayerService.CollectGarbage:input_type -> cairn.v1.CollectGarbageRequest
-	4,  // 27: cairn.v1.LayerService.PushLayer:output_type -> cairn.v1.PushLayerResponse
-	6,  // 28: cairn.v1.LayerService.PullLayer:output_type -> cairn.v1.PullLayerResponse
-	8,  // 29: cairn.v1.LayerService.StatLayer:output_type -> cairn.v1.StatLayerResponse
-	10, // 30: cairn.v1.LayerService.ListLayers:output_type -> cairn.v1.ListLayersResponse
-	12, // 31: cairn.v1.LayerService.DeleteLayer:output_type -> cairn.v1.DeleteLayerResponse
-	14, // 32: cairn.v1.LayerService.FindMissingChunks:output_type -> cairn.v1.FindMissingChunksResponse
-	16, // 33: cairn.v1.LayerService.PutChunks:output_type -> cairn.v1.PutChunksResponse
-	18, // 34: cairn.v1.LayerService.CommitLayer:output_type -> cairn.v1.CommitLayerResponse
-	20, // 35: cairn.v1.LayerService.GetLayerChunks:output_type -> cairn.v1.GetLayerChunksResponse
-	22, // 36: cairn.v1.LayerService.GetChunks:output_type -> cairn.v1.GetChunksResponse
-	24, // 37: cairn.v1.LayerService.GetStats:output_type -> cairn.v1.GetStatsResponse
-	26, // 38: cairn.v1.LayerService.VerifyStore:output_type -> cairn.v1.VerifyStoreResponse
-	28, // 39: cairn.v1.LayerService.CollectGarbage:output_type -> cairn.v1.CollectGarbageResponse
-	27, // [27:40] is the sub-list for method output_type
-	14, // [14:27] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	30, // 13: cairn.v1.CollectGarbageRequest.step_max_age:type_name -> google.protobuf.Duration
+	30, // 14: cairn.v1.CollectGarbageResponse.duration:type_name -> google.protobuf.Duration
+	3,  // 15: cairn.v1.LayerService.PushLayer:input_type -> cairn.v1.PushLayerRequest
+	5,  // 16: cairn.v1.LayerService.PullLayer:input_type -> cairn.v1.PullLayerRequest
+	7,  // 17: cairn.v1.LayerService.StatLayer:input_type -> cairn.v1.StatLayerRequest
+	9,  // 18: cairn.v1.LayerService.ListLayers:input_type -> cairn.v1.ListLayersRequest
+	11, // 19: cairn.v1.LayerService.DeleteLayer:input_type -> cairn.v1.DeleteLayerRequest
+	13, // 20: cairn.v1.LayerService.FindMissingChunks:input_type -> cairn.v1.FindMissingChunksRequest
+	15, // 21: cairn.v1.LayerService.PutChunks:input_type -> cairn.v1.PutChunksRequest
+	17, // 22: cairn.v1.LayerService.CommitLayer:input_type -> cairn.v1.CommitLayerRequest
+	19, // 23: cairn.v1.LayerService.GetLayerChunks:input_type -> cairn.v1.GetLayerChunksRequest
+	21, // 24: cairn.v1.LayerService.GetChunks:input_type -> cairn.v1.GetChunksRequest
+	23, // 25: cairn.v1.LayerService.GetStats:input_type -> cairn.v1.GetStatsRequest
+	25, // 26: cairn.v1.LayerService.VerifyStore:input_type -> cairn.v1.VerifyStoreRequest
+	27, // 27: cairn.v1.LayerService.CollectGarbage:input_type -> cairn.v1.CollectGarbageRequest
+	4,  // 28: cairn.v1.LayerService.PushLayer:output_type -> cairn.v1.PushLayerResponse
+	6,  // 29: cairn.v1.LayerService.PullLayer:output_type -> cairn.v1.PullLayerResponse
+	8,  // 30: cairn.v1.LayerService.StatLayer:output_type -> cairn.v1.StatLayerResponse
+	10, // 31: cairn.v1.LayerService.ListLayers:output_type -> cairn.v1.ListLayersResponse
+	12, // 32: cairn.v1.LayerService.DeleteLayer:output_type -> cairn.v1.DeleteLayerResponse
+	14, // 33: cairn.v1.LayerService.FindMissingChunks:output_type -> cairn.v1.FindMissingChunksResponse
+	16, // 34: cairn.v1.LayerService.PutChunks:output_type -> cairn.v1.PutChunksResponse
+	18, // 35: cairn.v1.LayerService.CommitLayer:output_type -> cairn.v1.CommitLayerResponse
+	20, // 36: cairn.v1.LayerService.GetLayerChunks:output_type -> cairn.v1.GetLayerChunksResponse
+	22, // 37: cairn.v1.LayerService.GetChunks:output_type -> cairn.v1.GetChunksResponse
+	24, // 38: cairn.v1.LayerService.GetStats:output_type -> cairn.v1.GetStatsResponse
+	26, // 39: cairn.v1.LayerService.VerifyStore:output_type -> cairn.v1.VerifyStoreResponse
+	28, // 40: cairn.v1.LayerService.CollectGarbage:output_type -> cairn.v1.CollectGarbageResponse
+	28, // [28:41] is the sub-list for method output_type
+	15, // [15:28] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_cairn_v1_layer_proto_init() }
