@@ -1,0 +1,545 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/cairnbuild/cairn/backend"
+	"github.com/cairnbuild/cairn/client"
+)
+
+// TestGCKill is issue 15's crash point for the collector: `cairn serve` is
+// SIGKILLed at a random moment of a collection (`cairn gc --grace 0
+// --pack-grace 0 --rewrite-ratio 0.1`, a subprocess) 20 times, and after
+// each restart on the same data the server counts exactly the live layers,
+// every live layer pulls back with its digest and a verify of the whole
+// store finds nothing wrong.
+//
+// The store gives each collection real work: layers of incompressible
+// blocks, one pack per push. A "family" is x = {a, b, c}, then y1 = {a, d}
+// and y2 = {b, e}: removing x leaves x's pack partly dead (c) and the
+// collection rewrites it (then marks the old pack, and the next run
+// deletes it); removing a y later leaves the rewritten pack partly dead
+// again, or wholly. A "solo" layer removed leaves its pack wholly dead. It
+// starts with 40 layers (10 families, 10 solos) of which 15 are removed;
+// between rounds two families are pushed, their x removed and four older
+// live layers removed, so that every round has work.
+//
+// The kill comes after a delay drawn in [0, D]: D is at first the time an
+// uncut collection of the first store took on a copy of it, then that of
+// the last uncut one, a quarter longer after each cut one (the next run
+// has its leftovers to do). The test logs where each kill landed: during
+// the collection (the gc client's request went out and no answer came:
+// before any pack changed, after packs were deleted, after a rewrite wrote
+// a pack), before it (the client reached no server) or after it (the
+// client had its answer); fewer than a quarter during fails the test.
+// After the rounds, two uncut collections finish the job (a dry run then
+// plans nothing), every live layer pulls with cairn pull, cairn verify
+// passes, and `cairn reindex` leaves the layer, step and stored byte
+// counts as they were.
+//
+// The seed is logged; CAIRN_E2E_SEED=<seed> replays the same layers and
+// draws (kills land where timing puts them).
+func TestGCKill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("pushes some 300 MiB and kills the server 20 times (a minute per backend): full-size runs only")
+	}
+	seed := uint64(time.Now().UnixNano())
+	if v := os.Getenv("CAIRN_E2E_SEED"); v != "" {
+		var err error
+		if seed, err = strconv.ParseUint(v, 10, 64); err != nil {
+			t.Fatalf("CAIRN_E2E_SEED=%q: %v", v, err)
+		}
+	}
+	t.Logf("seed %d (replay with CAIRN_E2E_SEED=%d)", seed, seed)
+	for _, b := range backends(t) {
+		t.Run(b.name, func(t *testing.T) { testGCKill(t, b, seed) })
+	}
+}
+
+// gcKillRounds is the number of collections cut by a SIGKILL.
+const gcKillRounds = 20
+
+// gcLayer is a layer the test pushed.
+type gcLayer struct {
+	instruction string // the step recorded with it
+	path        string // its tar
+	digest      digest.Digest
+}
+
+// gcKill is the state of one backend's run.
+type gcKill struct {
+	t    *testing.T
+	s    *server
+	dir  string
+	seed uint64
+	r    *mrand.Rand
+	// blocks and layers made so far: each block's content is drawn from
+	// the seed and its number.
+	blocks, layers int
+	live           []*gcLayer
+	c              *client.Client // of the running server, if dialled
+}
+
+// gcArgs are the arguments of every collection the test runs: no grace
+// periods (no push runs beside them), and a low rewrite threshold so that
+// partly dead packs are rewritten.
+var gcArgs = []string{"gc", "--grace", "0", "--pack-grace", "0", "--rewrite-ratio", "0.1"}
+
+func testGCKill(t *testing.T, b backendConfig, seed uint64) {
+	start := time.Now()
+	g := &gcKill{t: t, s: startServer(t, b), dir: t.TempDir(), seed: seed, r: mrand.New(mrand.NewPCG(seed, 0))}
+	var xs, solos []*gcLayer
+	for range 10 {
+		x, ys := g.family()
+		xs = append(xs, x)
+		g.live = append(g.live, ys...)
+	}
+	for range 10 {
+		solos = append(solos, g.solo())
+	}
+	for _, l := range xs {
+		g.rm(l)
+	}
+	for _, l := range solos[:5] {
+		g.rm(l)
+	}
+	g.live = append(g.live, solos[5:]...)
+	t.Logf("store of %d layers pushed, %d removed, %d live, %d packs, in %v", g.layers, g.layers-len(g.live), len(g.live),
+		len(packs(t, g.s.blobStore())), time.Since(start).Round(time.Millisecond))
+
+	// The kill delays are drawn in [0, bound]: at first the time an
+	// uncut collection of this store takes, then that of the last round
+	// whose collection finished before the kill, a quarter longer after
+	// each cut one (whose leftovers the next one does besides its own).
+	bound := g.measure()
+	kills := map[string]int{}
+	for round := range gcKillRounds {
+		where, took := g.round(round, bound)
+		kills[where]++
+		switch {
+		case took > 0:
+			bound = took
+		case strings.HasPrefix(where, "during"):
+			bound += bound / 4
+		}
+		if t.Failed() {
+			t.Fatalf("round %d failed (seed %d); stopping", round, seed)
+		}
+		if round < gcKillRounds-1 {
+			g.churn()
+		}
+	}
+	inside := kills["during: planning"] + kills["during: deleting"] + kills["during: rewriting"]
+	t.Logf("%d kills: %d during a collection (%d with nothing changed yet, %d after a pack deleted, %d after a rewrite wrote a pack), %d before it (no server reached), %d after it",
+		gcKillRounds, inside, kills["during: planning"], kills["during: deleting"], kills["during: rewriting"], kills["before"], kills["after"])
+	if inside < gcKillRounds/4 {
+		t.Errorf("only %d of %d kills landed during a collection: the loop tests too little", inside, gcKillRounds)
+	}
+
+	// Two uncut runs finish the job: the first finishes what the cut ones
+	// planned and marks the packs it empties, the second deletes those.
+	s := g.s
+	var rep client.GCReport
+	for range 2 {
+		s.okJSON(&rep, nil, gcArgs...)
+		t.Logf("gc after the rounds: %s", gcSummary(rep))
+		if len(rep.Skipped) > 0 {
+			t.Errorf("gc after the rounds skipped: %q", rep.Skipped)
+		}
+	}
+	g.wantClean("after the rounds")
+	g.checkCLI("after the rounds")
+
+	// A reindex of what the collections left agrees with the index.
+	var st1, st2 client.Stats
+	s.okJSON(&st1, nil, "stat")
+	g.hangUp()
+	if err := s.stop(); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"reindex", "--data", s.dataDir}
+	if c := s.backend.s3; c != nil {
+		args = append(args, "--s3-endpoint", c.endpoint, "--s3-bucket", c.bucket, "--s3-insecure")
+	}
+	cmd := exec.Command(cairnBin, args...)
+	cmd.Env = s.serveEnv() // the S3 credentials
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("cairn reindex: %v\n%s", err, out)
+	}
+	s.start()
+	s.okJSON(&st2, nil, "stat")
+	if st1.Layers != st2.Layers || st1.Steps != st2.Steps || st1.StoredBytes != st2.StoredBytes {
+		t.Errorf("reindex after the collections: %+v, before %+v", st2, st1)
+	}
+	g.wantClean("after the reindex")
+	g.check("after the reindex")
+	t.Logf("done in %v", time.Since(start).Round(time.Millisecond))
+}
+
+// block returns a new block of 384 KiB to 1.25 MiB of incompressible
+// bytes and its file name.
+func (g *gcKill) block() (string, []byte) {
+	g.blocks++
+	n := 384<<10 + g.r.IntN(896<<10)
+	return fmt.Sprintf("block-%03d", g.blocks), seeded(g.seed^uint64(g.blocks)<<32, n)
+}
+
+// push pushes a tar of files with a step record, as cairn push
+// --instruction does (through the client library: a process start per
+// call would cost a third of the test's time), and returns the layer.
+func (g *gcKill) push(files map[string][]byte) *gcLayer {
+	g.t.Helper()
+	g.layers++
+	l := &gcLayer{instruction: fmt.Sprintf("RUN make layer-%03d", g.layers), path: filepath.Join(g.dir, fmt.Sprintf("layer-%03d.tar", g.layers))}
+	data := writeTar(g.t, l.path, files)
+	l.digest = digest.FromBytes(data)
+	ctx := context.Background()
+	c := g.client()
+	res, err := c.Push(ctx, bytes.NewReader(data), client.PushOptions{ExpectedDigest: l.digest, Size: int64(len(data))})
+	if err != nil {
+		g.t.Fatalf("push of %s: %v", l.path, err)
+	}
+	ref := &client.LayerRef{Digest: res.Digest, Size: res.Size, MediaType: res.MediaType}
+	if _, err := c.RecordStep(ctx, "", client.Step{Instruction: l.instruction}, ref, nil); err != nil {
+		g.t.Fatalf("recording the step of %s: %v", l.path, err)
+	}
+	return l
+}
+
+// client returns a client of the running server.
+func (g *gcKill) client() *client.Client {
+	g.t.Helper()
+	if g.c == nil {
+		c, err := client.Dial(context.Background(), g.s.addr)
+		if err != nil {
+			g.t.Fatal(err)
+		}
+		g.c = c
+	}
+	return g.c
+}
+
+// hangUp closes the client before the server goes.
+func (g *gcKill) hangUp() {
+	if g.c != nil {
+		g.c.Close()
+		g.c = nil
+	}
+}
+
+// family pushes x = {a, b, c}, then y1 = {a, d} and y2 = {b, e}. x's
+// pack holds a, b and c; y1's and y2's hold d and e (and the chunks where
+// a and b end, which differ from x's). Removing x leaves its pack partly
+// dead (c): it is rewritten into a pack of a and b, and removing y1 then
+// leaves that one partly dead (a): rewritten again.
+func (g *gcKill) family() (x *gcLayer, ys []*gcLayer) {
+	na, a := g.block()
+	nb, b := g.block()
+	nc, c := g.block()
+	nd, d := g.block()
+	ne, e := g.block()
+	x = g.push(map[string][]byte{na: a, nb: b, nc: c})
+	return x, []*gcLayer{g.push(map[string][]byte{na: a, nd: d}), g.push(map[string][]byte{nb: b, ne: e})}
+}
+
+func (g *gcKill) solo() *gcLayer {
+	na, a := g.block()
+	nb, b := g.block()
+	return g.push(map[string][]byte{na: a, nb: b})
+}
+
+// rm removes l, as cairn rm does, and drops it from the live layers.
+func (g *gcKill) rm(l *gcLayer) {
+	g.t.Helper()
+	if err := g.client().Delete(context.Background(), l.digest); err != nil {
+		g.t.Fatalf("rm %s (%s): %v", l.digest, l.instruction, err)
+	}
+	g.live = slices.DeleteFunc(g.live, func(m *gcLayer) bool { return m == l })
+}
+
+// churn gives the next round work: two new families whose x are removed
+// (rewrites), and four older live layers removed (a y leaves a rewritten
+// pack partly or wholly dead and frees its own; a solo frees its pack).
+func (g *gcKill) churn() {
+	var ys []*gcLayer
+	for range 2 {
+		x, fam := g.family()
+		g.rm(x)
+		ys = append(ys, fam...)
+	}
+	for range len(ys) {
+		g.rm(g.live[g.r.IntN(len(g.live))])
+	}
+	g.live = append(g.live, ys...)
+}
+
+// measure runs an uncut collection on a copy of the store (the index
+// directory, and the bucket on S3) and returns how long the gc client ran:
+// the bound of the kill delays.
+func (g *gcKill) measure() time.Duration {
+	t, s := g.t, g.s
+	g.hangUp()
+	if err := s.stop(); err != nil {
+		t.Fatal(err)
+	}
+	twin := &server{t: t, backend: s.backend, dataDir: t.TempDir()}
+	if err := os.CopyFS(twin.dataDir, os.DirFS(s.dataDir)); err != nil {
+		t.Fatal(err)
+	}
+	if c := s.backend.s3; c != nil {
+		cc := *c
+		cc.bucket = "cairn-e2e-" + randomHex(6)
+		twin.backend.s3 = &cc
+		copyObjects(t, s.blobStore(), twin.blobStore())
+	}
+	twin.start()
+	began := time.Now()
+	var rep client.GCReport
+	twin.okJSON(&rep, nil, gcArgs...)
+	took := time.Since(began)
+	if err := twin.stop(); err != nil {
+		t.Fatalf("the twin server: %v\n%s", err, twin.log.String())
+	}
+	s.start()
+	t.Logf("an uncut collection on a copy of the store: %v (%v in the server): %s", took.Round(time.Millisecond),
+		rep.Duration.Round(time.Millisecond), gcSummary(rep))
+	if rep.DeletedPacks == 0 || rep.RewrittenPacks == 0 {
+		t.Fatalf("the store gives the collection too little work: %s", gcSummary(rep))
+	}
+	return took
+}
+
+// copyObjects copies every object of src to dst.
+func copyObjects(t *testing.T, src, dst backend.Store) {
+	t.Helper()
+	ctx := context.Background()
+	err := src.List(ctx, "", func(info backend.Info) error {
+		rc, err := src.Open(ctx, info.Key, 0, -1)
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		return dst.Put(ctx, info.Key, rc, info.Size)
+	})
+	if err != nil {
+		t.Fatalf("copying the blob store: %v", err)
+	}
+}
+
+// round runs a collection, SIGKILLs the server after a delay drawn in
+// [0, bound], restarts it and checks the live layers. It returns where the
+// kill landed ("before", "during: planning", "during: deleting", "during:
+// rewriting" or "after" the collection) and, if the collection finished
+// before the kill, how long the gc client ran.
+func (g *gcKill) round(round int, bound time.Duration) (where string, took time.Duration) {
+	t, s := g.t, g.s
+	packsBefore := g.packKeys()
+	cmd := exec.Command(cairnBin, append(slices.Clone(gcArgs), "--json")...)
+	cmd.Env = append(os.Environ(), "CAIRN_SERVER="+s.addr)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	delay := time.Duration(g.r.Int64N(int64(bound) + 1))
+	began := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	var ended time.Time
+	go func() {
+		err := cmd.Wait()
+		ended = time.Now()
+		done <- err
+	}()
+	var gcErr error
+	finished := false
+	timer := time.NewTimer(delay) // the deliberate random delay
+	select {
+	case gcErr = <-done:
+		finished = true
+		timer.Stop()
+	case <-timer.C:
+	}
+	g.hangUp()
+	killServer(t, s)
+	if !finished {
+		select {
+		case gcErr = <-done:
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			t.Fatalf("round %d: cairn gc still running 30s after the server was killed", round)
+		}
+	}
+	packsAfter := g.packKeys()
+	deleted, written := 0, 0
+	for k := range packsBefore {
+		if !packsAfter[k] {
+			deleted++
+		}
+	}
+	for k := range packsAfter {
+		if !packsBefore[k] {
+			written++
+		}
+	}
+	var what string
+	switch {
+	case gcErr == nil:
+		var rep client.GCReport
+		if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
+			t.Fatalf("round %d: cairn gc --json: %v\n%s", round, err, stdout.String())
+		}
+		where, what, took = "after", gcSummary(rep), ended.Sub(began)
+	case finished:
+		t.Fatalf("round %d: cairn gc failed before the kill: %v\n%s", round, gcErr, stderr.String())
+	case strings.Contains(stderr.String(), "connection refused") || strings.Contains(stderr.String(), "server preface") ||
+		strings.Contains(stderr.String(), "write tcp"):
+		// No server, or one gone before it read the request.
+		where, what = "before", firstLine(stderr.String())
+		if deleted > 0 || written > 0 {
+			t.Errorf("round %d: the gc client found no server, yet the packs changed", round)
+		}
+	default: // the request went out, the answer never came
+		where, what = "during: planning", firstLine(stderr.String())
+		switch {
+		case written > 0:
+			where = "during: rewriting"
+		case deleted > 0:
+			where = "during: deleting"
+		}
+	}
+	t.Logf("round %2d: killed %v into [0, %v]: %s the collection (%s); packs: %d deleted, %d written",
+		round, delay.Round(time.Millisecond), bound.Round(time.Millisecond), where, what, deleted, written)
+	s.start()
+	g.check(fmt.Sprintf("round %d", round))
+	return where, took
+}
+
+// firstLine returns the first line of s.
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(strings.TrimSpace(s), "\n")
+	return line
+}
+
+// packKeys returns the keys of the packs in the blob store.
+func (g *gcKill) packKeys() map[string]bool {
+	keys := map[string]bool{}
+	for _, p := range packs(g.t, g.s.blobStore()) {
+		keys[p.Key] = true
+	}
+	return keys
+}
+
+// killServer sends SIGKILL to the server and waits for it to exit; it fails
+// the test unless the SIGKILL is what ended it.
+func killServer(t *testing.T, s *server) {
+	t.Helper()
+	s.cmd.Process.Signal(syscall.SIGKILL)
+	select {
+	case <-s.exited:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("cairn serve still running 30s after SIGKILL")
+	}
+	var ee *exec.ExitError
+	if errors.As(s.exitErr, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL {
+			return
+		}
+	}
+	t.Fatalf("cairn serve ended with %v, not by the test's SIGKILL:\n%s", s.exitErr, s.log.String())
+}
+
+// check fails the test unless the server counts the live layers, each
+// pulls back with its digest, and a verify of the whole store finds
+// nothing wrong. It uses the client library (the CLI costs a process start
+// per call); the last check uses the CLI.
+func (g *gcKill) check(when string) {
+	t := g.t
+	t.Helper()
+	ctx := context.Background()
+	c := g.client()
+	st, err := c.Stats(ctx)
+	if err != nil {
+		t.Fatalf("%s: stat: %v", when, err)
+	}
+	if st.Layers != int64(len(g.live)) {
+		t.Errorf("%s: the server counts %d layers, want the %d live", when, st.Layers, len(g.live))
+	}
+	for _, l := range g.live {
+		h := digest.SHA256.Digester()
+		if _, err := c.Pull(ctx, l.digest, h.Hash(), client.PullOptions{}); err != nil {
+			t.Errorf("%s: live layer %s (%s): %v", when, l.digest, l.instruction, err)
+		} else if h.Digest() != l.digest {
+			t.Errorf("%s: live layer %s (%s) pulled back with digest %s", when, l.digest, l.instruction, h.Digest())
+		}
+	}
+	rep, err := c.Verify(ctx, 0)
+	if err != nil {
+		t.Fatalf("%s: verify: %v", when, err)
+	}
+	if rep.NewlyQuarantined != 0 || len(rep.Quarantined) != 0 || len(rep.DamagedLayers) != 0 || len(rep.DamagedSteps) != 0 || len(rep.Problems) != 0 {
+		t.Errorf("%s: verify: %+v", when, rep)
+	}
+}
+
+// checkCLI is check through the CLI: cairn stat, cairn pull -o of every
+// live layer, cairn verify.
+func (g *gcKill) checkCLI(when string) {
+	t, s := g.t, g.s
+	t.Helper()
+	var st client.Stats
+	s.okJSON(&st, nil, "stat")
+	if st.Layers != int64(len(g.live)) {
+		t.Errorf("%s: the server counts %d layers, want the %d live", when, st.Layers, len(g.live))
+	}
+	out := filepath.Join(g.dir, "pulled")
+	for _, l := range g.live {
+		if r := s.cli(nil, "pull", l.digest.String(), "-o", out); r.code != 0 {
+			t.Errorf("%s: live layer %s (%s): %v", when, l.digest, l.instruction, r)
+			continue
+		}
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := digest.FromBytes(b); d != l.digest {
+			t.Errorf("%s: live layer %s (%s) pulled back as %d bytes with digest %s", when, l.digest, l.instruction, len(b), d)
+		}
+	}
+	if r := s.cli(nil, "verify"); r.code != 0 {
+		t.Errorf("%s: %v", when, r)
+	}
+}
+
+// wantClean fails the test unless a dry run plans nothing: no pack to
+// delete, rewrite, mark or delete after its mark, no dead chunk.
+func (g *gcKill) wantClean(when string) {
+	var plan client.GCReport
+	g.s.okJSON(&plan, nil, append(slices.Clone(gcArgs), "--dry-run")...)
+	if plan.DeletePacks != 0 || plan.RewritePacks != 0 || plan.OrphanPacks != 0 || plan.DuePacks != 0 ||
+		plan.WaitingPacks != 0 || plan.DeadChunks != 0 {
+		g.t.Errorf("dry run %s: %s; want nothing planned", when, gcSummary(plan))
+	}
+}
+
+// gcSummary is the gist of a collection's report.
+func gcSummary(r client.GCReport) string {
+	return fmt.Sprintf("%d packs, %d chunks (%d dead); plan: %d delete, %d rewrite, %d orphans, %d due, %d waiting; done: %d deleted, %d rewritten, %d marked, %d chunks moved, %d skipped",
+		r.Packs, r.Chunks, r.DeadChunks, r.DeletePacks, r.RewritePacks, r.OrphanPacks, r.DuePacks, r.WaitingPacks,
+		r.DeletedPacks, r.RewrittenPacks, r.MarkedPacks, r.MovedChunks, len(r.Skipped))
+}
