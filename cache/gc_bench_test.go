@@ -374,11 +374,11 @@ func (s *memSampler) stop() memPeaks {
 // the fs backend, in a cache that also holds BenchmarkGCPlan's store of
 // CAIRN_BENCH_GC_CHUNKS entries, with no collection running ("idle"),
 // with plans (GC dry runs, the mark) back to back in another goroutine
-// ("gc"), and with pacedMark's walk at a quarter of a core back to back
-// ("paced"). Issue 15 asks for at least 0.8× the idle throughput while a
+// ("gc"), and with plans paced as the background collection's are
+// (DefaultBackgroundPace, a quarter of a core) back to back ("paced"). Issue 15 asks for at least 0.8× the idle throughput while a
 // collection runs; on two cores the mark competes for CPU with the
 // transfer, and this measures what that costs, and what pacing the mark
-// would save. The gc and paced runs report their throughput as a share of
+// saves. The gc and paced runs report their throughput as a share of
 // the idle run's just before (x-idle; run with -count 1, several times,
 // so that each ratio compares neighbours in time on a shared machine) and
 // the wall time of the marks that completed meanwhile (s/mark; absent if
@@ -390,9 +390,14 @@ func BenchmarkPullDuringGC(b *testing.B) {
 	ctx := context.Background()
 
 	marks := map[string]func() error{
-		"idle":  nil,
-		"gc":    func() error { _, err := c.GC(ctx, gcBenchPlan); return err },
-		"paced": func() error { return pacedMark(c, 0.25) },
+		"idle": nil,
+		"gc":   func() error { _, err := c.GC(ctx, gcBenchPlan); return err },
+		"paced": func() error {
+			opts := gcBenchPlan
+			opts.Pace = DefaultBackgroundPace
+			_, err := c.GC(ctx, opts)
+			return err
+		},
 	}
 	// during runs fn's loop while mark runs back to back, and reports its
 	// throughput against the last idle run of the same transfer.
@@ -468,46 +473,4 @@ func BenchmarkPullDuringGC(b *testing.B) {
 			})
 		})
 	}
-}
-
-// pacedMark emulates a collector that paces its mark, which Cache.plan
-// does not: it lists the packs and walks the chunk entries as the plan
-// does, keeping the same per-pack counters and dead IDs, and after every
-// 4096 entries sleeps so that the walk takes duty of one core.
-func pacedMark(c *Cache, duty float64) error {
-	type counts struct {
-		live, dead int64
-		ids        []chunkid.ID
-	}
-	sizes := map[pack.ID]int64{}
-	if err := c.store.List(context.Background(), pack.Prefix, func(info backendInfo) error {
-		if p, ok := pack.IDFromKey(info.Key); ok {
-			sizes[p] = info.Size
-		}
-		return nil
-	}); err != nil {
-		return err
-	}
-	plans := map[pack.ID]*counts{}
-	cutoff := time.Now().Unix()
-	start, n := time.Now(), 0
-	return c.idx.ForEachChunk(func(id chunkid.ID, ci index.ChunkInfo) error {
-		pc := plans[ci.Pack]
-		if pc == nil {
-			pc = &counts{}
-			plans[ci.Pack] = pc
-		}
-		if ci.Refs > 0 || ci.Added > cutoff {
-			pc.live += ci.Stored
-		} else {
-			pc.dead += ci.Stored
-			pc.ids = append(pc.ids, id)
-		}
-		if n++; n%4096 == 0 {
-			busy := time.Since(start)
-			time.Sleep(time.Duration(float64(busy) * (1 - duty) / duty))
-			start = time.Now()
-		}
-		return nil
-	})
 }

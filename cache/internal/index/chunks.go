@@ -126,6 +126,53 @@ func (x *DB) ForEachChunk(fn func(id chunkid.ID, ci ChunkInfo) error) error {
 	})
 }
 
+// ChunkPage calls fn for up to n chunk entries in key order, those after
+// after (from the first if start), in one read-only transaction, and
+// returns the last id it visited and whether entries follow. A walk in
+// pages holds no transaction for long: the collector walks the index
+// this way, paced, beside the pushes.
+func (x *DB) ChunkPage(after chunkid.ID, start bool, n int, fn func(id chunkid.ID, ci ChunkInfo) error) (last chunkid.ID, more bool, err error) {
+	last = after
+	err = x.View("walk chunks", func(tx *Tx) error {
+		it := tx.txn.NewIterator(badger.IteratorOptions{Prefix: idxChunk})
+		defer it.Close()
+		if start {
+			it.Rewind()
+		} else {
+			it.Seek(chunkKey(after))
+			if it.ValidForPrefix(idxChunk) && string(it.Item().Key()) == string(chunkKey(after)) {
+				it.Next()
+			}
+		}
+		for k := 0; it.ValidForPrefix(idxChunk); it.Next() {
+			if k == n {
+				more = true
+				return nil
+			}
+			var id chunkid.ID
+			key := it.Item().Key()
+			if len(key) != len(idxChunk)+len(id) {
+				return fmt.Errorf("%w: bad chunk key %x", cerr.ErrDataLoss, key)
+			}
+			copy(id[:], key[len(idxChunk):])
+			var ci ChunkInfo
+			if err := it.Item().Value(func(v []byte) (err error) {
+				ci, err = DecodeChunkInfo(v)
+				return err
+			}); err != nil {
+				return fmt.Errorf("chunk %s: %w", id, err)
+			}
+			if err := fn(id, ci); err != nil {
+				return err
+			}
+			last = id
+			k++
+		}
+		return nil
+	})
+	return last, more, err
+}
+
 // SetChunkValue writes value under c/<id> as it is. It exists for tests
 // that plant corrupt or misleading entries; nothing else calls it.
 func (x *DB) SetChunkValue(id chunkid.ID, value []byte) error {

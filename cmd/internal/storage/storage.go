@@ -248,7 +248,8 @@ func (c *Config) Open(ctx context.Context, log *slog.Logger, bm *metrics.Backend
 		MaxUploads: c.MaxUploads, UploadIdleTimeout: c.UploadIdleTimeout,
 		KeepCompressed: c.KeepCompressed, PlainTars: c.PlainTars, MaxExpandedSize: c.maxExpanded,
 		ScrubInterval: c.ScrubInterval, ScrubRate: c.scrubRate,
-		GCInterval: c.GCInterval, GCOptions: cache.GCOptions{Grace: noneIfZero(c.GCGrace), PackGrace: noneIfZero(c.GCPackGrace), StepMaxAge: c.StepMaxAge}}
+		GCInterval: c.GCInterval, GCOptions: cache.GCOptions{Grace: noneIfZero(c.GCGrace), PackGrace: noneIfZero(c.GCPackGrace), StepMaxAge: c.StepMaxAge,
+			Pace: cache.DefaultBackgroundPace}}
 	if c.rebuiltCacheMax > 0 {
 		opts.RebuiltCacheDir, opts.RebuiltCacheSize = filepath.Join(c.Data, RebuiltSubdir), c.rebuiltCacheMax
 	} else {
