@@ -59,8 +59,8 @@ const (
 )
 
 // gcPage is how many chunk entries one step of the walk reads, in one
-// read transaction, under the cache's lock.
-const gcPage = 10000
+// read transaction, under the cache's lock. A variable for the tests.
+var gcPage = 10000
 
 // GCOptions qualify a collection.
 type GCOptions struct {

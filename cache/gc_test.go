@@ -65,6 +65,14 @@ func TestGCDeletesDeadPacks(t *testing.T) {
 	if err != nil || len(dry.Delete) == 0 || dry.PlannedBytes == 0 || dry.DeletedPacks != 0 {
 		t.Fatalf("dry run: %+v, %v", dry, err)
 	}
+	// The walk in pages of 3 entries, resting between them, plans the same.
+	defer func(n int) { gcPage = n }(gcPage)
+	gcPage = 3
+	paged, err := c.GC(ctx, GCOptions{Grace: -1, PackGrace: -1, DryRun: true, Pace: 0.5})
+	st, _ := c.Stats(ctx)
+	if err != nil || paged.Chunks != st.Chunks || paged.DeadChunks != dry.DeadChunks || len(paged.Delete) != len(dry.Delete) || paged.PlannedBytes != dry.PlannedBytes {
+		t.Fatalf("paged, paced dry run: %+v, %v; want the plan of %+v over %d chunks", paged, err, dry, st.Chunks)
+	}
 	if n, _ := countPacks(t, store); n != nBefore {
 		t.Fatalf("the dry run deleted packs: %d of %d left", n, nBefore)
 	}
