@@ -375,7 +375,7 @@ func (s *memSampler) stop() memPeaks {
 // CAIRN_BENCH_GC_CHUNKS entries, with no collection running ("idle"),
 // with plans (GC dry runs, the mark) back to back in another goroutine
 // ("gc"), and with plans paced as the background collection's are
-// (DefaultBackgroundPace, a quarter of a core) back to back ("paced"). Issue 15 asks for at least 0.8× the idle throughput while a
+// (DefaultBackgroundPace) back to back ("paced"). Issue 15 asks for at least 0.8× the idle throughput while a
 // collection runs; on two cores the mark competes for CPU with the
 // transfer, and this measures what that costs, and what pacing the mark
 // saves. The gc and paced runs report their throughput as a share of
