@@ -87,19 +87,7 @@ func testGC(t *testing.T, b backendConfig) {
 	// A reindex of what the collection left agrees with the index.
 	var st1, st2 client.Stats
 	s.okJSON(&st1, nil, "stat")
-	if err := s.stop(); err != nil {
-		t.Fatal(err)
-	}
-	args := []string{"reindex", "--data", s.dataDir}
-	if c := s.backend.s3; c != nil {
-		args = append(args, "--s3-endpoint", c.endpoint, "--s3-bucket", c.bucket, "--s3-insecure")
-	}
-	cmd := exec.Command(cairnBin, args...)
-	cmd.Env = s.serveEnv() // the S3 credentials
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("cairn reindex: %v\n%s", err, out)
-	}
-	s.start()
+	s.reindex()
 	s.okJSON(&st2, nil, "stat")
 	if st1.Layers != st2.Layers || st1.Steps != st2.Steps || st1.StoredBytes != st2.StoredBytes {
 		t.Errorf("reindex after gc: %+v, before %+v", st2, st1)
@@ -121,4 +109,23 @@ func testGC(t *testing.T, b backendConfig) {
 	if st2.Steps != 0 {
 		t.Errorf("%d steps left after gc --step-max-age 1ns", st2.Steps)
 	}
+}
+
+// reindex stops the server, runs cairn reindex on its data with its
+// storage flags and credentials, and starts it again.
+func (s *server) reindex() {
+	s.t.Helper()
+	if err := s.stop(); err != nil {
+		s.t.Fatal(err)
+	}
+	args := []string{"reindex", "--data", s.dataDir}
+	if c := s.backend.s3; c != nil {
+		args = append(args, "--s3-endpoint", c.endpoint, "--s3-bucket", c.bucket, "--s3-insecure")
+	}
+	cmd := exec.Command(cairnBin, args...)
+	cmd.Env = s.serveEnv() // the S3 credentials
+	if out, err := cmd.CombinedOutput(); err != nil {
+		s.t.Fatalf("cairn reindex: %v\n%s", err, out)
+	}
+	s.start()
 }

@@ -170,19 +170,7 @@ func testGCKill(t *testing.T, b backendConfig, seed uint64) {
 	var st1, st2 client.Stats
 	s.okJSON(&st1, nil, "stat")
 	g.hangUp()
-	if err := s.stop(); err != nil {
-		t.Fatal(err)
-	}
-	args := []string{"reindex", "--data", s.dataDir}
-	if c := s.backend.s3; c != nil {
-		args = append(args, "--s3-endpoint", c.endpoint, "--s3-bucket", c.bucket, "--s3-insecure")
-	}
-	cmd := exec.Command(cairnBin, args...)
-	cmd.Env = s.serveEnv() // the S3 credentials
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("cairn reindex: %v\n%s", err, out)
-	}
-	s.start()
+	s.reindex()
 	s.okJSON(&st2, nil, "stat")
 	if st1.Layers != st2.Layers || st1.Steps != st2.Steps || st1.StoredBytes != st2.StoredBytes {
 		t.Errorf("reindex after the collections: %+v, before %+v", st2, st1)

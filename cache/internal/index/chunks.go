@@ -105,18 +105,9 @@ func (x *DB) ForEachChunk(fn func(id chunkid.ID, ci ChunkInfo) error) error {
 		it := tx.txn.NewIterator(badger.IteratorOptions{Prefix: idxChunk})
 		defer it.Close()
 		for it.Rewind(); it.ValidForPrefix(idxChunk); it.Next() {
-			var id chunkid.ID
-			k := it.Item().Key()
-			if len(k) != len(idxChunk)+len(id) {
-				return fmt.Errorf("%w: bad chunk key %x", cerr.ErrDataLoss, k)
-			}
-			copy(id[:], k[len(idxChunk):])
-			var ci ChunkInfo
-			if err := it.Item().Value(func(v []byte) (err error) {
-				ci, err = DecodeChunkInfo(v)
+			id, ci, err := chunkItem(it.Item())
+			if err != nil {
 				return err
-			}); err != nil {
-				return fmt.Errorf("chunk %s: %w", id, err)
 			}
 			if err := fn(id, ci); err != nil {
 				return err
@@ -124,6 +115,22 @@ func (x *DB) ForEachChunk(fn func(id chunkid.ID, ci ChunkInfo) error) error {
 		}
 		return nil
 	})
+}
+
+// chunkItem decodes the chunk entry an iterator is at.
+func chunkItem(item *badger.Item) (id chunkid.ID, ci ChunkInfo, err error) {
+	k := item.Key()
+	if len(k) != len(idxChunk)+len(id) {
+		return id, ci, fmt.Errorf("%w: bad chunk key %x", cerr.ErrDataLoss, k)
+	}
+	copy(id[:], k[len(idxChunk):])
+	if err := item.Value(func(v []byte) (err error) {
+		ci, err = DecodeChunkInfo(v)
+		return err
+	}); err != nil {
+		return id, ci, fmt.Errorf("chunk %s: %w", id, err)
+	}
+	return id, ci, nil
 }
 
 // ChunkPage calls fn for up to n chunk entries in key order, those after
@@ -149,18 +156,9 @@ func (x *DB) ChunkPage(after chunkid.ID, start bool, n int, fn func(id chunkid.I
 				more = true
 				return nil
 			}
-			var id chunkid.ID
-			key := it.Item().Key()
-			if len(key) != len(idxChunk)+len(id) {
-				return fmt.Errorf("%w: bad chunk key %x", cerr.ErrDataLoss, key)
-			}
-			copy(id[:], key[len(idxChunk):])
-			var ci ChunkInfo
-			if err := it.Item().Value(func(v []byte) (err error) {
-				ci, err = DecodeChunkInfo(v)
+			id, ci, err := chunkItem(it.Item())
+			if err != nil {
 				return err
-			}); err != nil {
-				return fmt.Errorf("chunk %s: %w", id, err)
 			}
 			if err := fn(id, ci); err != nil {
 				return err
