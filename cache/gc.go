@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -311,9 +312,8 @@ func (c *Cache) plan(ctx context.Context, gen uint64, opts GCOptions, cutoff int
 			rep.YoungChunks++
 			pp.LiveBytes += ci.Stored
 			pp.LiveChunks++
-		default:
+		default: // DeadBytes comes from the pack's size, below
 			rep.DeadChunks++
-			pp.DeadBytes += ci.Stored
 			pp.DeadChunks++
 			pp.dead = append(pp.dead, id)
 		}
@@ -397,14 +397,7 @@ func (c *Cache) plan(ctx context.Context, gen uint64, opts GCOptions, cutoff int
 	return nil
 }
 
-func comparePacks(a, b pack.ID) int {
-	for i := range a {
-		if a[i] != b[i] {
-			return int(a[i]) - int(b[i])
-		}
-	}
-	return 0
-}
+func comparePacks(a, b pack.ID) int { return bytes.Compare(a[:], b[:]) }
 
 // dropDead deletes the entries of pp's dead chunks that are still dead,
 // inside the fence, and reports whether a session holds pp's pack.
@@ -623,7 +616,15 @@ func rest(ctx context.Context, busy time.Duration, pace float64) error {
 	if pace <= 0 || pace >= 1 {
 		return ctx.Err()
 	}
-	t := time.NewTimer(time.Duration(float64(busy) * (1/pace - 1)))
+	return sleep(ctx, time.Duration(float64(busy)*(1/pace-1)))
+}
+
+// sleep waits d, or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:

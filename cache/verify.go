@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -223,14 +224,7 @@ func (c *Cache) verify(ctx context.Context, opts VerifyOptions) (VerifyReport, e
 	return rep, nil
 }
 
-func compareIDs(a, b chunkid.ID) int {
-	for i := range a {
-		if a[i] != b[i] {
-			return int(a[i]) - int(b[i])
-		}
-	}
-	return 0
-}
+func compareIDs(a, b chunkid.ID) int { return bytes.Compare(a[:], b[:]) }
 
 // packCheck is what verifyPack found in one pack.
 type packCheck struct {
@@ -322,16 +316,5 @@ func (l *rateLimit) wait(ctx context.Context, n int64) error {
 	}
 	l.done += n
 	due := l.start.Add(time.Duration(float64(l.done) / float64(l.rate) * float64(time.Second)))
-	d := time.Until(due)
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return sleep(ctx, time.Until(due))
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	mrand "math/rand/v2"
 	"os"
@@ -438,18 +437,7 @@ func (g *gcKill) packKeys() map[string]bool {
 func killServer(t *testing.T, s *server) {
 	t.Helper()
 	s.cmd.Process.Signal(syscall.SIGKILL)
-	select {
-	case <-s.exited:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("cairn serve still running 30s after SIGKILL")
-	}
-	var ee *exec.ExitError
-	if errors.As(s.exitErr, &ee) {
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL {
-			return
-		}
-	}
-	t.Fatalf("cairn serve ended with %v, not by the test's SIGKILL:\n%s", s.exitErr, s.log.String())
+	waitKilled(t, s)
 }
 
 // check fails the test unless the server counts the live layers, each

@@ -730,8 +730,12 @@ func pushChunks(ctx context.Context, raw cairnv1.LayerServiceClient, l *loopLaye
 
 // waitKilled waits for the server to exit and fails the test unless the
 // test's SIGKILL is what ended it (not a crash of its own before).
-func (lp *killLoop) waitKilled() {
-	t, s := lp.t, lp.s
+func (lp *killLoop) waitKilled() { waitKilled(lp.t, lp.s) }
+
+// waitKilled waits for s to exit and fails t unless the test's SIGKILL
+// ended it.
+func waitKilled(t *testing.T, s *server) {
+	t.Helper()
 	select {
 	case <-s.exited:
 	case <-time.After(30 * time.Second):

@@ -53,20 +53,9 @@ manifests are not listed.`,
 		if images {
 			return lsImages(ctx, a, cf, c, limit)
 		}
-		layers := []client.LayerInfo{}
-		for token := ""; ; {
-			page, next, err := c.List(ctx, token, 0)
-			if err != nil {
-				return cf.fail(err)
-			}
-			layers = append(layers, page...)
-			if next == "" || (limit > 0 && len(layers) >= limit) {
-				break
-			}
-			token = next
-		}
-		if limit > 0 && len(layers) > limit {
-			layers = layers[:limit]
+		layers, err := allPages(limit, func(token string) ([]client.LayerInfo, string, error) { return c.List(ctx, token, 0) })
+		if err != nil {
+			return cf.fail(err)
 		}
 		if cf.json {
 			return cf.printJSON(layers)
@@ -117,4 +106,25 @@ func lsImages(ctx context.Context, a *app, cf *clientFlags, c *client.Client, li
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", img.Repository, img.Tag, img.Digest, humanBytes(img.Size), humanBytes(img.StoredSize))
 	}
 	return tw.Flush()
+}
+
+// allPages reads the pages of a listing until it has limit items (0: all)
+// and returns at most limit of them, never nil.
+func allPages[T any](limit int, page func(token string) ([]T, string, error)) ([]T, error) {
+	out := []T{}
+	for token := ""; ; {
+		items, next, err := page(token)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, items...)
+		if next == "" || (limit > 0 && len(out) >= limit) {
+			break
+		}
+		token = next
+	}
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+	}
+	return out, nil
 }

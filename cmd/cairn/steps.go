@@ -63,20 +63,9 @@ characters; --json has everything). Listing does not count as hits.`,
 			return err
 		}
 		defer done()
-		recs := []client.StepRecord{}
-		for token := ""; ; {
-			page, next, err := c.ListSteps(ctx, token, 0, d)
-			if err != nil {
-				return cf.fail(err)
-			}
-			recs = append(recs, page...)
-			if next == "" || (limit > 0 && len(recs) >= limit) {
-				break
-			}
-			token = next
-		}
-		if limit > 0 && len(recs) > limit {
-			recs = recs[:limit]
+		recs, err := allPages(limit, func(token string) ([]client.StepRecord, string, error) { return c.ListSteps(ctx, token, 0, d) })
+		if err != nil {
+			return cf.fail(err)
 		}
 		if cf.json {
 			return cf.printJSON(recs)
