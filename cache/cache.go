@@ -14,6 +14,7 @@ import (
 	"github.com/cairnbuild/cairn/cache/internal/index"
 	"github.com/cairnbuild/cairn/cache/internal/pack"
 	"github.com/cairnbuild/cairn/chunker"
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/semaphore"
 )
 
@@ -298,6 +299,12 @@ type gcHookSet struct {
 	// BeforeDelete: pack p is about to be deleted (no session holds it,
 	// no entry names it).
 	BeforeDelete func(p pack.ID)
+	// LayerDeleted: the layer-level collection deleted layer d from the
+	// index; its backend objects go next.
+	LayerDeleted func(d digest.Digest)
+	// LayersPlanned: the layer-level collection chose its candidates;
+	// none is deleted yet.
+	LayersPlanned func(candidates []digest.Digest)
 }
 
 // untilClose returns ctx, also cancelled when Close begins, so that a long

@@ -154,7 +154,9 @@ func (c *Cache) commitRecipe(ctx context.Context, d digest.Digest, mediaType str
 		lr.Size += ch.Size
 	}
 	if old, err := c.stat(d); err == nil && !old.Damaged() {
-		return old, nil
+		if found, err := c.hold(ctx, d, true); err != nil || found {
+			return old, err
+		}
 	}
 	// Lease every chunk before checking that it is there: from here to
 	// the commit, the collector must not take any of them away.

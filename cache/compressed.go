@@ -306,7 +306,7 @@ func (c *Cache) pushCompressed(ctx context.Context, r io.Reader, f recompress.Fo
 	if decErr == io.EOF {
 		content = bytes.NewReader(probe)
 	}
-	raw, sess, err := c.pushChunks(ctx, content, PushOptions{Size: -1, MediaType: uncompressedMediaType(opts.MediaType)})
+	raw, sess, err := c.pushChunks(ctx, content, PushOptions{Size: -1, MediaType: uncompressedMediaType(opts.MediaType), unrooted: opts.unrooted})
 	feed.wait()
 	fed = true
 	if errors.Is(err, errDecode) {
@@ -351,7 +351,7 @@ func (c *Cache) pushCompressed(ctx context.Context, r io.Reader, f recompress.Fo
 		return c.pushFallback(ctx, src, opts, f, why)
 	}
 	blob := &index.LayerRecord{Digest: got, Size: src.n, MediaType: opts.MediaType, Created: time.Now().UTC(),
-		Recipe: raw.Recipe, Tar: raw.Tar, Rebuild: specBytes}
+		Recipe: raw.Recipe, Tar: raw.Tar, Rebuild: specBytes, Unrooted: opts.unrooted}
 	info, err := c.commit(ctx, blob, sess)
 	if err != nil {
 		return LayerInfo{}, err

@@ -106,6 +106,12 @@ type layerManifest struct {
 	// Tar, on a tar stored split (package tarsplit), holds its meta
 	// stream's chunks and its size: Chunks are then the files' contents.
 	Tar *manifestTar `json:"tar,omitempty"`
+	// Unrooted: only the registry front holds the layer, so the garbage
+	// collector takes it once no tag, young manifest or step record
+	// reaches it (gc_roots.go). Absent on layers pushed through the gRPC
+	// API, and on every layer stored before the registry's collection:
+	// those are roots.
+	Unrooted bool `json:"unrooted,omitempty"`
 }
 
 type manifestTar struct {
@@ -128,7 +134,8 @@ const (
 
 func marshalManifest(lr *index.LayerRecord) ([]byte, error) {
 	m := layerManifest{Version: manifestVersion, Digest: lr.Digest, Size: lr.Size, MediaType: lr.MediaType,
-		Created: lr.Created, ChunkHash: string(chunkid.Algorithm), Chunks: make([]manifestChunk, len(lr.Recipe)), Rebuild: lr.Rebuild}
+		Created: lr.Created, ChunkHash: string(chunkid.Algorithm), Chunks: make([]manifestChunk, len(lr.Recipe)), Rebuild: lr.Rebuild,
+		Unrooted: lr.Unrooted}
 	for i, e := range lr.Recipe {
 		m.Chunks[i] = manifestChunk{Digest: hex.EncodeToString(e.ID[:]), Size: e.Size}
 	}
@@ -174,7 +181,7 @@ func parseManifest(b []byte) (*index.LayerRecord, error) {
 	if err := ParseLayerDigest(m.Digest); err != nil {
 		return nil, err
 	}
-	lr := &index.LayerRecord{Digest: m.Digest, Size: m.Size, MediaType: m.MediaType, Created: m.Created.UTC()}
+	lr := &index.LayerRecord{Digest: m.Digest, Size: m.Size, MediaType: m.MediaType, Created: m.Created.UTC(), Unrooted: m.Unrooted}
 	if m.Rebuild != nil {
 		if len(m.Rebuild) > index.MaxRebuildSpec {
 			return nil, fmt.Errorf("a rebuild spec of %d bytes", len(m.Rebuild))

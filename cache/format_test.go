@@ -3,6 +3,7 @@ package cache
 import (
 	"bytes"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -52,6 +53,33 @@ func TestGoldenManifest(t *testing.T) {
 	m, _ = marshalManifest(lr)
 	if _, err := parseManifest(m); err == nil {
 		t.Errorf("a manifest whose chunk sizes do not add up was accepted")
+	}
+}
+
+// A layer only the registry holds says so in its manifest, so that Reindex
+// keeps it collectable; a manifest without the field (every layer stored
+// before the field existed) is a root.
+func TestGoldenUnrootedManifest(t *testing.T) {
+	lr := goldenLayer()
+	lr.Unrooted = true
+	m, err := marshalManifest(lr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := parseManifest(golden.Bytes(t, "unrooted-manifest.json", m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !back.Unrooted {
+		t.Errorf("an unrooted layer's manifest parses as rooted")
+	}
+	stored, err := os.ReadFile("testdata/layer-manifest.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := parseManifest(stored)
+	if err != nil || old.Unrooted {
+		t.Errorf("a manifest without the field parses as unrooted=%v (%v), want a root", old != nil && old.Unrooted, err)
 	}
 }
 

@@ -87,6 +87,10 @@ type GCOptions struct {
 	// nor hit within it (a retention rule: a cache entry no build has
 	// used for that long), before the chunks are collected.
 	StepMaxAge time.Duration
+	// UntaggedMaxAge: a manifest no tag reaches is kept this long after
+	// its last push or pull (0 means DefaultUntaggedMaxAge, negative
+	// none); then it, and what only it reached, is collected.
+	UntaggedMaxAge time.Duration
 	// DryRun plans and reports, and changes nothing.
 	DryRun bool
 }
@@ -157,6 +161,13 @@ type GCReport struct {
 	// Step records neither recorded nor hit within StepMaxAge: deleted
 	// (counted only, on a dry run).
 	StaleSteps int64
+
+	// The layer-level collection (gc_roots.go): layers only the registry
+	// holds that nothing reaches, the manifests among all linked ones that
+	// no tag reaches and are past UntaggedMaxAge, and the layers deleted.
+	UnreachedLayers   int64
+	UntaggedManifests int64
+	DeletedLayers     int64
 
 	// The execution.
 	DeletedPacks   int64
@@ -242,6 +253,13 @@ func (c *Cache) gc(ctx context.Context, opts GCOptions, rep *GCReport) error {
 		if err := c.dropStaleSteps(ctx, gen, rep.Start.Add(-opts.StepMaxAge), opts.DryRun, rep); err != nil {
 			return err
 		}
+	}
+	// From here on, an existence answer about a layer this run could
+	// take writes its touch (see index.DB.SetCollecting).
+	c.idx.SetCollecting(rep.Start.Add(-opts.grace()))
+	defer c.idx.SetCollecting(time.Time{})
+	if err := c.collectUnreached(ctx, gen, opts, rep); err != nil {
+		return err
 	}
 	cutoff := rep.Start.Add(-opts.grace()).Unix()
 	if err := c.plan(ctx, gen, opts, cutoff, rep); err != nil {

@@ -59,6 +59,12 @@ type PushOptions struct {
 	// MediaType is recorded with the layer; "" means DefaultMediaType.
 	MediaType string
 
+	// unrooted marks a new layer as held by the registry front only: the
+	// collector takes it once nothing reaches it (gc_roots.go). Pushes
+	// through the gRPC API leave it false, and root the layer if it was
+	// there already.
+	unrooted bool
+
 	// noDigest skips hashing the stream: the streams of a split tar, whose
 	// digest is the tar's, computed as it is read. The record's Digest is
 	// then meaningless.
@@ -126,7 +132,16 @@ func (c *Cache) push(ctx context.Context, r io.Reader, opts PushOptions) (LayerI
 	}
 	if opts.Expected != "" {
 		if info, err := c.stat(opts.Expected); err == nil && !info.Damaged() {
-			return c.verifyStored(ctx, r, opts, info)
+			// Touched first, so that a collection keeps it while the
+			// stream is read; rooted only once the stream checks.
+			if found, err := c.hold(ctx, opts.Expected, false); err != nil {
+				return LayerInfo{}, err
+			} else if found {
+				if info, err = c.verifyStored(ctx, r, opts, info); err == nil && !opts.unrooted {
+					_, err = c.hold(ctx, opts.Expected, true)
+				}
+				return info, err
+			}
 		}
 	}
 	if !c.keepCompressed {
@@ -290,7 +305,8 @@ func (c *Cache) chunkInto(ctx context.Context, sess *chunks.Session, r io.Reader
 			return nil, err
 		}
 	}
-	return &index.LayerRecord{Digest: got, Size: total, MediaType: opts.MediaType, Created: time.Now().UTC(), Recipe: recipe}, nil
+	return &index.LayerRecord{Digest: got, Size: total, MediaType: opts.MediaType, Created: time.Now().UTC(), Recipe: recipe,
+		Unrooted: opts.unrooted}, nil
 }
 
 // nopHash is a hash that hashes nothing (PushOptions.noDigest).
@@ -341,10 +357,22 @@ func (c *Cache) verifyStored(ctx context.Context, r io.Reader, opts PushOptions,
 // chunks it wrote. A layer that is already committed is returned as it is.
 func (c *Cache) commit(ctx context.Context, lr *index.LayerRecord, sess *chunks.Session) (LayerInfo, error) {
 	if old, err := c.stat(lr.Digest); err == nil && !old.Damaged() {
-		if sess != nil {
-			sess.Committed() // the layer references its chunks: no touch needed
+		if found, err := c.hold(ctx, lr.Digest, !lr.Unrooted); err != nil {
+			return LayerInfo{}, err
+		} else if found {
+			if sess != nil {
+				sess.Committed() // the layer references its chunks: no touch needed
+			}
+			return old, nil
 		}
-		return old, nil
+		// A collection took it just now: stored anew below.
+	} else if err == nil && lr.Unrooted {
+		// A damaged layer pushed again: it keeps its root if it had one.
+		if un, err := c.idx.Unrooted(lr.Digest); err != nil {
+			return LayerInfo{}, err
+		} else if !un {
+			lr.Unrooted = false
+		}
 	} else if err != nil && !errors.Is(err, ErrNotFound) {
 		return LayerInfo{}, err
 	}
@@ -376,6 +404,12 @@ func (c *Cache) commit(ctx context.Context, lr *index.LayerRecord, sess *chunks.
 	if err != nil {
 		return LayerInfo{}, err
 	}
+	if res != lr && !lr.Unrooted {
+		// Another push committed it meanwhile, maybe the registry's.
+		if _, err := c.hold(ctx, lr.Digest, true); err != nil {
+			return LayerInfo{}, err
+		}
+	}
 	if res != lr && len(c.idx.DamagedChunks(res)) > 0 && len(c.idx.DamagedChunks(lr)) == 0 {
 		// The stored record of these bytes is damaged and this push's
 		// chunks did not heal it (another recipe: pushed by a client
@@ -390,4 +424,40 @@ func (c *Cache) commit(ctx context.Context, lr *index.LayerRecord, sess *chunks.
 		sess.Committed()
 	}
 	return c.info(res, res.Created), nil
+}
+
+// hold answers a push that committed layer d is there: it touches d in a
+// transaction that sees it, so that a running collection keeps it (see
+// index.DB.DeleteUnreached), and with root (a push through the gRPC API)
+// roots it: the layer's manifest is written without the unrooted mark
+// first, then the index's mark goes. found is false if d is not committed
+// (a collection took it just now): the caller stores it anew.
+func (c *Cache) hold(ctx context.Context, d digest.Digest, root bool) (found bool, err error) {
+	now := time.Now()
+	if root {
+		un, err := c.idx.Unrooted(d)
+		if err != nil {
+			return false, err
+		} else if !un {
+			return c.idx.HoldLayer(d, false, now)
+		}
+		if found, err := c.idx.HoldLayer(d, false, now); err != nil || !found {
+			return found, err
+		}
+		lr, _, err := c.idx.Layer(d)
+		if errors.Is(err, ErrNotFound) {
+			return false, nil
+		} else if err != nil {
+			return false, err
+		}
+		lr.Unrooted = false
+		m, err := marshalManifest(lr)
+		if err != nil {
+			return false, err
+		}
+		if err := c.store.Put(ctx, layerKey(d), bytes.NewReader(m), int64(len(m))); err != nil {
+			return false, backendErr("write manifest", err)
+		}
+	}
+	return c.idx.HoldLayer(d, root, now)
 }

@@ -180,6 +180,15 @@ func (c *Cache) statBlob(repo string, d digest.Digest) (BlobInfo, error) {
 		// uploads the blob again, and that heals it.
 		return BlobInfo{}, fmt.Errorf("%w: blob %s is damaged (%d chunks quarantined) until it is pushed again", ErrNotFound, d, info.DamagedChunks)
 	}
+	if err == nil {
+		// An existence answer (a HEAD, a mount's source, a GET): touched
+		// in a transaction that sees the layer, so that a collection
+		// never deletes what it has just reported present.
+		var found bool
+		if found, err = c.idx.HoldLayer(d, false, time.Now()); err == nil && !found {
+			err = fmt.Errorf("%w: blob %s", ErrNotFound, d)
+		}
+	}
 	return info, err
 }
 
@@ -223,7 +232,7 @@ func (c *Cache) PushBlob(ctx context.Context, repo string, r io.Reader, d digest
 	if err := c.acquirePush(ctx, nil); err != nil {
 		return BlobInfo{}, fmt.Errorf("cache: push blob: %w", err)
 	}
-	info, err := c.Push(ctx, r, PushOptions{Expected: d, Size: size, MediaType: UploadMediaType})
+	info, err := c.Push(ctx, r, PushOptions{Expected: d, Size: size, MediaType: UploadMediaType, unrooted: true})
 	c.releasePush()
 	if err != nil {
 		return BlobInfo{}, err
@@ -453,7 +462,7 @@ func (c *Cache) putManifest(ctx context.Context, repo, ref, contentType string, 
 		}
 	}
 	if info, err := c.stat(d); errors.Is(err, ErrNotFound) || (err == nil && info.Damaged()) {
-		if _, err := c.push(ctx, bytes.NewReader(b), PushOptions{Expected: d, Size: int64(len(b)), MediaType: m.MediaType}); err != nil {
+		if _, err := c.push(ctx, bytes.NewReader(b), PushOptions{Expected: d, Size: int64(len(b)), MediaType: m.MediaType, unrooted: true}); err != nil {
 			return ManifestInfo{}, err
 		}
 	} else if err != nil {
@@ -542,6 +551,12 @@ func (c *Cache) resolve(repo, ref string) (ManifestInfo, error) {
 	mr, err := c.idx.Manifest(repo, d)
 	if err != nil {
 		return ManifestInfo{}, err
+	}
+	// An existence answer: touched where it is seen (DeleteUnreached).
+	if found, err := c.idx.HoldLayer(d, false, time.Now()); err != nil {
+		return ManifestInfo{}, err
+	} else if !found {
+		return ManifestInfo{}, fmt.Errorf("%w: manifest %s", ErrNotFound, d)
 	}
 	return manifestInfo(d, mr), nil
 }

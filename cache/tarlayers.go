@@ -97,7 +97,7 @@ func (c *Cache) splitTar(ctx context.Context, sess *chunks.Session, r io.Reader,
 	if err != nil {
 		return nil, err
 	}
-	return &index.LayerRecord{Digest: got, Size: hc.n, MediaType: opts.MediaType, Created: time.Now().UTC(),
+	return &index.LayerRecord{Digest: got, Size: hc.n, MediaType: opts.MediaType, Created: time.Now().UTC(), Unrooted: opts.unrooted,
 		Recipe: content.Recipe, Tar: &index.TarLayout{Size: hc.n, Meta: meta.Recipe}}, nil
 }
 

@@ -374,7 +374,7 @@ func (u *Upload) start(ctx context.Context) error {
 	u.cancel, u.done = cancel, make(chan struct{})
 	go func() {
 		defer u.c.releasePush()
-		info, err := u.c.Push(pctx, u.feed, PushOptions{Size: -1, MediaType: UploadMediaType,
+		info, err := u.c.Push(pctx, u.feed, PushOptions{Size: -1, MediaType: UploadMediaType, unrooted: true,
 			finish: func(got digest.Digest, size int64) error {
 				select {
 				case want := <-u.want:
@@ -467,7 +467,7 @@ func (c *Cache) rehash(ctx context.Context, info LayerInfo, d digest.Digest) (La
 		return LayerInfo{}, err
 	}
 	alias := *lr
-	alias.Digest, alias.Created = d, time.Now().UTC()
+	alias.Digest, alias.Created, alias.Unrooted = d, time.Now().UTC(), true
 	return c.commit(ctx, &alias, nil)
 }
 

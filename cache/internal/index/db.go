@@ -28,8 +28,9 @@ type DB struct {
 	// faultAfter is the seam of the crash tests: when it is positive, it
 	// counts down one per write transaction, and the transaction that
 	// takes it to zero and every one after it fail without committing.
-	faultAfter atomic.Int64
-	txnChunks  atomic.Int64 // see SetMaxTxnChunks
+	faultAfter    atomic.Int64
+	txnChunks     atomic.Int64 // see SetMaxTxnChunks
+	collectCutoff atomic.Int64 // see SetCollecting
 
 	stop    chan struct{}
 	flushed chan struct{}

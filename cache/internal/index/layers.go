@@ -216,6 +216,13 @@ func putLayer(txn *badger.Txn, lr *LayerRecord) error {
 	if err := txn.Set(layerKey(lr.Digest), lr.Encode()); err != nil {
 		return err
 	}
+	if lr.Unrooted {
+		if err := txn.Set(unrootedKey(lr.Digest), nil); err != nil {
+			return err
+		}
+	} else if err := txn.Delete(unrootedKey(lr.Digest)); err != nil {
+		return err
+	}
 	return txn.Set(accessKey(lr.Digest), encodeTime(lr.Created))
 }
 
@@ -326,11 +333,20 @@ func dropRef(txn *badger.Txn, id chunkid.ID, n int64) error {
 // transaction, or the first of them in batches before it); their keys are
 // returned, for the caller to delete their backend objects.
 func (x *DB) DeleteLayer(d digest.Digest) (steps []digest.Digest, err error) {
+	steps, _, err = x.deleteLayer(d, nil)
+	return steps, err
+}
+
+// deleteLayer is DeleteLayer; guard, if not nil, is called in the deleting
+// transaction with the record and may keep the layer (false) or add to
+// the transaction. With a guard, step records are not deleted in batches
+// first (a collection's guard keeps layers that steps name).
+func (x *DB) deleteLayer(d digest.Digest, guard func(txn *badger.Txn, lr *LayerRecord) (bool, error)) (steps []digest.Digest, deleted bool, err error) {
 	op := "delete " + string(d)
 	// A layer that many records name loses them in batches first, so that
 	// the last transaction stays small; a crash in between leaves the
 	// layer with fewer records, which is harmless.
-	for more := true; more; {
+	for more := guard == nil; more; {
 		var batch []digest.Digest
 		err = x.update(op, func(txn *badger.Txn) (err error) {
 			batch, more = nil, false
@@ -346,18 +362,24 @@ func (x *DB) DeleteLayer(d digest.Digest) (steps []digest.Digest, err error) {
 			return err
 		})
 		if err != nil {
-			return steps, err
+			return steps, false, err
 		}
 		steps = append(steps, batch...)
 	}
 	nBatched := len(steps)
 	var big map[chunkid.ID]int64
 	err = x.update(op, func(txn *badger.Txn) error {
-		big = nil
+		big, deleted = nil, false
 		lr, err := getLayer(txn, d)
 		if err != nil {
 			return err
 		}
+		if guard != nil {
+			if ok, err := guard(txn, lr); err != nil || !ok {
+				return err
+			}
+		}
+		deleted = true
 		counts := make(map[chunkid.ID]int64, len(lr.Recipe))
 		lr.ChunkRefs(func(e RecipeEntry) { counts[e.ID]++ })
 		if len(counts) > x.maxTxnChunks() {
@@ -383,7 +405,10 @@ func (x *DB) DeleteLayer(d digest.Digest) (steps []digest.Digest, err error) {
 		return txn.Delete(layerKey(d))
 	})
 	if err != nil {
-		return steps[:nBatched], err
+		return steps[:nBatched], false, err
+	}
+	if !deleted {
+		return steps, false, nil
 	}
 	x.pendMu.Lock()
 	delete(x.pendAccess, d)
@@ -399,10 +424,10 @@ func (x *DB) DeleteLayer(d digest.Digest) (steps []digest.Digest, err error) {
 			ids = append(ids, id)
 		}
 		if err := x.dropRefs(ids, big); err != nil {
-			return steps, fmt.Errorf("%s: drop references: %w", op, err)
+			return steps, true, fmt.Errorf("%s: drop references: %w", op, err)
 		}
 	}
-	return steps, nil
+	return steps, true, nil
 }
 
 // LayerEntry is one layer of a listing: its record and last access.

@@ -115,6 +115,9 @@ func (x *DB) LinkBlob(repo string, d digest.Digest, now time.Time) error {
 		if err := ensureRepo(txn, repo, now); err != nil {
 			return err
 		}
+		if err := x.touchLayer(txn, d, now); err != nil { // see DeleteUnreached
+			return err
+		}
 		return txn.Set(linkKey(idxBlobLink, repo, string(d)), putUnix(now))
 	})
 }
@@ -168,8 +171,21 @@ func (x *DB) PutManifest(repo string, d digest.Digest, mr ManifestRecord, tags [
 		} else if !ok {
 			return fmt.Errorf("%w: manifest %s was deleted meanwhile", cerr.ErrFailedPrecondition, d)
 		}
+		// The manifest and what it references are touched here, in the
+		// transaction that sees them: a collection that planned to take
+		// one of them keeps it (DeleteUnreached).
+		if err := x.touchLayer(txn, d, now); err != nil {
+			return err
+		}
 		for _, r := range mr.Refs {
 			if !check(r) {
+				if ok, err := has(txn, layerKey(r.Digest)); err != nil {
+					return err
+				} else if ok {
+					if err := x.touchLayer(txn, r.Digest, now); err != nil {
+						return err
+					}
+				}
 				continue
 			}
 			prefix := idxBlobLink
@@ -189,6 +205,9 @@ func (x *DB) PutManifest(repo string, d digest.Digest, mr ManifestRecord, tags [
 					what = "manifest"
 				}
 				return fmt.Errorf("%w: %s %s is not in repository %s", cerr.ErrFailedPrecondition, what, r.Digest, repo)
+			}
+			if err := x.touchLayer(txn, r.Digest, now); err != nil {
+				return err
 			}
 		}
 		if err := ensureRepo(txn, repo, now); err != nil {

@@ -141,6 +141,10 @@ type LayerRecord struct {
 	// tarsplit): Recipe holds the files' contents, Tar.Meta everything
 	// else, and the two join into Tar.Size bytes.
 	Tar *TarLayout
+	// Unrooted: only the registry front holds the layer (see roots.go).
+	// Not part of the encoded record: the index keeps it as u/<digest>,
+	// the layer's manifest in the backend as a field.
+	Unrooted bool
 }
 
 // TarLayout is the meta stream of a tar stored split.

@@ -1,0 +1,242 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"time"
+
+	"github.com/cairnbuild/cairn/backend"
+	"github.com/cairnbuild/cairn/cache/internal/index"
+	"github.com/opencontainers/go-digest"
+)
+
+// The layer-level collection: what the registry front stored and nothing
+// reaches any more. It runs before the chunk-level collection (gc.go), so
+// that the chunks of the layers it deletes are reclaimed in the same run.
+//
+// Roots are layers pushed through the gRPC API (until cairn rm or the
+// quota evicts them), step records, and, per repository, tagged manifests,
+// manifests used (pushed or pulled) within UntaggedMaxAge, and manifests
+// whose bytes are themselves a root. The closure follows a manifest's
+// references (child manifests, config and layer blobs) and referrers (a
+// signature whose subject is reached is reached). A layer only the
+// registry holds (index.LayerRecord.Unrooted) that the closure misses, no
+// step record names, and no one created, touched or read within the
+// grace period is deleted with its links; the deleting transaction checks
+// all of that again (index.DB.DeleteUnreached), and every existence answer
+// touches the layer in the transaction that sees it, so a concurrent HEAD,
+// mount, manifest PUT or push either sees the layer gone or keeps it.
+
+// DefaultUntaggedMaxAge is how long a manifest no tag reaches stays by
+// default, counted from its last push or pull: BuildKit's cache exports
+// leave the previous manifest untagged on every export, and a day covers
+// a pull that resolved the tag just before it moved.
+const DefaultUntaggedMaxAge = 24 * time.Hour
+
+func (o GCOptions) untaggedMaxAge() time.Duration {
+	switch {
+	case o.UntaggedMaxAge == 0:
+		return DefaultUntaggedMaxAge
+	case o.UntaggedMaxAge < 0:
+		return 0
+	}
+	return o.UntaggedMaxAge
+}
+
+// gcRepoPage is how many repositories one read transaction lists.
+const gcRepoPage = 1000
+
+// reach is the registry's side of a collection's mark: the digests the
+// closure reaches, and the repositories that link each layer.
+type reach struct {
+	reached map[digest.Digest]bool
+	links   map[digest.Digest][]string
+}
+
+// markRegistry computes the closure of every repository's roots.
+func (c *Cache) markRegistry(ctx context.Context, gen uint64, opts GCOptions, rep *GCReport) (*reach, error) {
+	r := &reach{reached: map[digest.Digest]bool{}, links: map[digest.Digest][]string{}}
+	untaggedCutoff := rep.Start.Add(-opts.untaggedMaxAge())
+	var last string
+	for more := true; more; {
+		var repos []string
+		if err := c.step(ctx, gen, func() (err error) {
+			repos, more, err = c.idx.Repos(last, gcRepoPage)
+			return err
+		}); err != nil {
+			return nil, err
+		}
+		for _, repo := range repos {
+			last = repo
+			if err := c.markRepo(ctx, gen, repo, untaggedCutoff, r, rep); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return r, nil
+}
+
+func (c *Cache) markRepo(ctx context.Context, gen uint64, repo string, untaggedCutoff time.Time, r *reach, rep *GCReport) error {
+	manifests := map[digest.Digest]index.ManifestRecord{}
+	var tags []index.TagEntry
+	err := c.step(ctx, gen, func() (err error) {
+		if tags, _, err = c.idx.Tags(repo, "", 0); err != nil {
+			return err
+		}
+		return c.idx.RepoLinks(repo, func(d digest.Digest) error {
+			r.links[d] = append(r.links[d], repo)
+			return nil
+		}, func(d digest.Digest, mr index.ManifestRecord) error {
+			if ls := r.links[d]; len(ls) == 0 || ls[len(ls)-1] != repo {
+				r.links[d] = append(ls, repo)
+			}
+			manifests[d] = mr
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	reached := map[digest.Digest]bool{}
+	var queue []digest.Digest
+	add := func(d digest.Digest) {
+		if !reached[d] {
+			reached[d] = true
+			queue = append(queue, d)
+		}
+	}
+	for _, t := range tags {
+		add(t.Digest)
+	}
+	// Untagged manifests: kept while young, or while their bytes are a
+	// root of their own.
+	for d := range manifests {
+		if reached[d] {
+			continue
+		}
+		var young bool
+		err := c.step(ctx, gen, func() error {
+			used, err := c.idx.LastUse(d)
+			if errors.Is(err, ErrNotFound) {
+				return nil // the layer is gone: nothing to keep
+			} else if err != nil {
+				return err
+			}
+			if used.After(untaggedCutoff) {
+				young = true
+				return nil
+			}
+			un, err := c.idx.Unrooted(d)
+			young = !un
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		if young {
+			add(d)
+		} else {
+			rep.UntaggedManifests++
+		}
+	}
+	for len(queue) > 0 || len(manifests) > 0 {
+		for len(queue) > 0 {
+			d := queue[0]
+			queue = queue[1:]
+			for _, ref := range manifests[d].Refs {
+				add(ref.Digest)
+			}
+		}
+		// Referrers of what is reached are reached.
+		grew := false
+		for d, mr := range manifests {
+			if !reached[d] && mr.Subject != "" && reached[mr.Subject] {
+				add(d)
+				grew = true
+			}
+		}
+		if !grew {
+			break
+		}
+	}
+	for d := range reached {
+		r.reached[d] = true
+	}
+	return nil
+}
+
+// collectUnreached deletes the layers only the registry holds that nothing
+// reaches (see the comment at the top of this file).
+func (c *Cache) collectUnreached(ctx context.Context, gen uint64, opts GCOptions, rep *GCReport) error {
+	if err := c.step(ctx, gen, c.idx.Flush); err != nil { // access times of recent reads
+		return err
+	}
+	r, err := c.markRegistry(ctx, gen, opts, rep)
+	if err != nil {
+		return err
+	}
+	cutoff := rep.Start.Add(-opts.grace())
+	var candidates []digest.Digest
+	var after digest.Digest
+	for more := true; more; {
+		began := time.Now()
+		err := c.step(ctx, gen, func() (err error) {
+			after, more, err = c.idx.UnrootedPage(after, gcPage, func(d digest.Digest, stepNamed bool) error {
+				if !r.reached[d] && !stepNamed {
+					candidates = append(candidates, d)
+				}
+				return nil
+			})
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		if err := rest(ctx, time.Since(began), opts.Pace); err != nil {
+			return err
+		}
+	}
+	rep.UnreachedLayers = int64(len(candidates))
+	if opts.DryRun {
+		return nil
+	}
+	if c.gcHooks.LayersPlanned != nil {
+		c.gcHooks.LayersPlanned(candidates)
+	}
+	for _, d := range candidates {
+		repos := r.links[d]
+		var deleted bool
+		err := c.step(ctx, gen, func() (err error) {
+			c.deleting.Add(1)
+			c.layerSeq.Add(1)
+			deleted, err = c.idx.DeleteUnreached(d, cutoff, repos)
+			c.layerSeq.Add(1)
+			c.deleting.Add(-1)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		if !deleted {
+			continue
+		}
+		rep.DeletedLayers++
+		if c.gcHooks.LayerDeleted != nil {
+			c.gcHooks.LayerDeleted(d)
+		}
+		// The backend's objects after the index: a crash in between
+		// leaves objects Reindex skips (a link to a missing layer) or
+		// restores as an unrooted layer the next run takes again.
+		keys := []string{layerKey(d)}
+		for _, repo := range slices.Compact(repos) {
+			keys = append(keys, blobLinkKey(repo, d), manifestLinkKey(repo, d))
+		}
+		for _, k := range keys {
+			if err := c.store.Delete(ctx, k); err != nil && !errors.Is(err, backend.ErrNotFound) {
+				return backendErr("delete "+k, err)
+			}
+		}
+	}
+	return nil
+}
