@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"slices"
 	"time"
 
@@ -91,6 +92,14 @@ type GCOptions struct {
 	// its last push or pull (0 means DefaultUntaggedMaxAge, negative
 	// none); then it, and what only it reached, is collected.
 	UntaggedMaxAge time.Duration
+	// MaxSize, if positive, is the quota: when the packs hold more bytes,
+	// the least recently used roots are evicted (quota.go) until the
+	// bytes they alone hold, as estimated, bring the store under it;
+	// then the collection takes them.
+	MaxSize int64
+	// KeepTags: tags it matches are never evicted by the quota (nil:
+	// any tag may be).
+	KeepTags *regexp.Regexp
 	// DryRun plans and reports, and changes nothing.
 	DryRun bool
 }
@@ -168,6 +177,14 @@ type GCReport struct {
 	UnreachedLayers   int64
 	UntaggedManifests int64
 	DeletedLayers     int64
+
+	// The quota (quota.go): the packs' bytes when the run began, and the
+	// roots evicted (layers with their step records, manifests with their
+	// tags), with the bytes they alone held, as estimated.
+	StoredBytes      int64
+	EvictedLayers    int64
+	EvictedManifests int64
+	EvictedBytes     int64
 
 	// The execution.
 	DeletedPacks   int64
