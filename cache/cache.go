@@ -123,6 +123,11 @@ type Cache struct {
 	// (striped): each writes a backend object and then the index, and two
 	// of them on one key interleaved would leave the two disagreeing.
 	repoLocks [64]sync.Mutex
+	// pinned counts the registry's pushes in flight per digest, from the
+	// push of the bytes to the link that makes them reachable: the
+	// collection keeps a pinned layer (see pinLayer).
+	pinMu  sync.Mutex
+	pinned map[digest.Digest]int
 	// manifestBudget bounds the bytes of manifests being read at once
 	// (each PUT reserves its size limit): see manifestBudgetBytes.
 	manifestBudget *semaphore.Weighted

@@ -52,11 +52,23 @@ const gcRepoPage = 1000
 type reach struct {
 	reached map[digest.Digest]bool
 	links   map[digest.Digest][]string
+	// For the quota: every tagged manifest, and how many reached
+	// manifests reference each digest.
+	tagged []taggedManifest
+	refs   map[digest.Digest]int
+}
+
+// taggedManifest is a manifest of a repository and the tags naming it.
+type taggedManifest struct {
+	repo string
+	d    digest.Digest
+	tags []string
+	refs []index.Ref
 }
 
 // markRegistry computes the closure of every repository's roots.
 func (c *Cache) markRegistry(ctx context.Context, gen uint64, opts GCOptions, rep *GCReport) (*reach, error) {
-	r := &reach{reached: map[digest.Digest]bool{}, links: map[digest.Digest][]string{}}
+	r := &reach{reached: map[digest.Digest]bool{}, links: map[digest.Digest][]string{}, refs: map[digest.Digest]int{}}
 	untaggedCutoff := rep.Start.Add(-opts.untaggedMaxAge())
 	var last string
 	for more := true; more; {
@@ -162,6 +174,19 @@ func (c *Cache) markRepo(ctx context.Context, gen uint64, repo string, untaggedC
 	}
 	for d := range reached {
 		r.reached[d] = true
+		for _, ref := range manifests[d].Refs {
+			r.refs[ref.Digest]++
+		}
+	}
+	byDigest := map[digest.Digest]int{}
+	for _, t := range tags {
+		i, ok := byDigest[t.Digest]
+		if !ok {
+			i = len(r.tagged)
+			byDigest[t.Digest] = i
+			r.tagged = append(r.tagged, taggedManifest{repo: repo, d: t.Digest, refs: manifests[t.Digest].Refs})
+		}
+		r.tagged[i].tags = append(r.tagged[i].tags, t.Tag)
 	}
 	return nil
 }
@@ -176,7 +201,28 @@ func (c *Cache) collectUnreached(ctx context.Context, gen uint64, opts GCOptions
 	if err != nil {
 		return err
 	}
+	candidates, err := c.unreached(ctx, gen, opts, r)
+	if err != nil {
+		return err
+	}
+	rep.UnreachedLayers = int64(len(candidates))
+	if opts.DryRun {
+		return nil
+	}
+	if c.gcHooks.LayersPlanned != nil {
+		c.gcHooks.LayersPlanned(candidates)
+	}
 	cutoff := rep.Start.Add(-opts.grace())
+	for _, d := range candidates {
+		if err := c.deleteUnreached(ctx, gen, d, cutoff, r.links[d], rep); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unreached lists the unrooted layers r does not reach and no step names.
+func (c *Cache) unreached(ctx context.Context, gen uint64, opts GCOptions, r *reach) ([]digest.Digest, error) {
 	var candidates []digest.Digest
 	var after digest.Digest
 	for more := true; more; {
@@ -191,51 +237,45 @@ func (c *Cache) collectUnreached(ctx context.Context, gen uint64, opts GCOptions
 			return err
 		})
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if err := rest(ctx, time.Since(began), opts.Pace); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	rep.UnreachedLayers = int64(len(candidates))
-	if opts.DryRun {
-		return nil
+	return candidates, nil
+}
+
+// deleteUnreached deletes candidate d, which repos link, if the index
+// agrees it is still unreached and old enough (index.DB.DeleteUnreached),
+// then its backend objects.
+func (c *Cache) deleteUnreached(ctx context.Context, gen uint64, d digest.Digest, cutoff time.Time, repos []string, rep *GCReport) error {
+	var deleted bool
+	err := c.step(ctx, gen, func() (err error) {
+		c.deleting.Add(1)
+		c.layerSeq.Add(1)
+		deleted, err = c.idx.DeleteUnreached(d, cutoff, repos, c.isPinned)
+		c.layerSeq.Add(1)
+		c.deleting.Add(-1)
+		return err
+	})
+	if err != nil || !deleted {
+		return err
 	}
-	if c.gcHooks.LayersPlanned != nil {
-		c.gcHooks.LayersPlanned(candidates)
+	rep.DeletedLayers++
+	if c.gcHooks.LayerDeleted != nil {
+		c.gcHooks.LayerDeleted(d)
 	}
-	for _, d := range candidates {
-		repos := r.links[d]
-		var deleted bool
-		err := c.step(ctx, gen, func() (err error) {
-			c.deleting.Add(1)
-			c.layerSeq.Add(1)
-			deleted, err = c.idx.DeleteUnreached(d, cutoff, repos)
-			c.layerSeq.Add(1)
-			c.deleting.Add(-1)
-			return err
-		})
-		if err != nil {
-			return err
-		}
-		if !deleted {
-			continue
-		}
-		rep.DeletedLayers++
-		if c.gcHooks.LayerDeleted != nil {
-			c.gcHooks.LayerDeleted(d)
-		}
-		// The backend's objects after the index: a crash in between
-		// leaves objects Reindex skips (a link to a missing layer) or
-		// restores as an unrooted layer the next run takes again.
-		keys := []string{layerKey(d)}
-		for _, repo := range slices.Compact(repos) {
-			keys = append(keys, blobLinkKey(repo, d), manifestLinkKey(repo, d))
-		}
-		for _, k := range keys {
-			if err := c.store.Delete(ctx, k); err != nil && !errors.Is(err, backend.ErrNotFound) {
-				return backendErr("delete "+k, err)
-			}
+	// The backend's objects after the index: a crash in between leaves
+	// objects Reindex skips (a link to a missing layer) or restores as an
+	// unrooted layer the next run takes again.
+	keys := []string{layerKey(d)}
+	for _, repo := range slices.Compact(repos) {
+		keys = append(keys, blobLinkKey(repo, d), manifestLinkKey(repo, d))
+	}
+	for _, k := range keys {
+		if err := c.store.Delete(ctx, k); err != nil && !errors.Is(err, backend.ErrNotFound) {
+			return backendErr("delete "+k, err)
 		}
 	}
 	return nil

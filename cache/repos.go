@@ -232,6 +232,7 @@ func (c *Cache) PushBlob(ctx context.Context, repo string, r io.Reader, d digest
 	if err := c.acquirePush(ctx, nil); err != nil {
 		return BlobInfo{}, fmt.Errorf("cache: push blob: %w", err)
 	}
+	defer c.pinLayer(d)()
 	info, err := c.Push(ctx, r, PushOptions{Expected: d, Size: size, MediaType: UploadMediaType, unrooted: true})
 	c.releasePush()
 	if err != nil {
@@ -257,6 +258,7 @@ func (c *Cache) linkBlob(ctx context.Context, repo string, d digest.Digest) erro
 // CommitUpload ends upload u (see Upload.Commit) and links the blob into
 // repo.
 func (c *Cache) CommitUpload(ctx context.Context, repo string, u *Upload, d digest.Digest) (BlobInfo, error) {
+	defer c.pinLayer(d)()
 	info, err := u.Commit(ctx, d)
 	if err != nil {
 		return BlobInfo{}, err
@@ -461,6 +463,7 @@ func (c *Cache) putManifest(ctx context.Context, repo, ref, contentType string, 
 			return ManifestInfo{}, fmt.Errorf("%w: %s %s is not in repository %s", ErrManifestBlobUnknown, what, r.Digest, repo)
 		}
 	}
+	defer c.pinLayer(d)()
 	if info, err := c.stat(d); errors.Is(err, ErrNotFound) || (err == nil && info.Damaged()) {
 		if _, err := c.push(ctx, bytes.NewReader(b), PushOptions{Expected: d, Size: int64(len(b)), MediaType: m.MediaType, unrooted: true}); err != nil {
 			return ManifestInfo{}, err
@@ -937,4 +940,30 @@ func (c *Cache) imageCost(ctx context.Context, repo string, d digest.Digest) (Im
 		return nil
 	}
 	return img, walk(d, true)
+}
+
+// pinLayer keeps layer d from the collection until the returned function
+// is called: a registry push stores a layer unrooted and only then links
+// it, and a collection between the two would find it unreached. With a
+// grace period the layer's age keeps it too; without one, only this does.
+func (c *Cache) pinLayer(d digest.Digest) (unpin func()) {
+	c.pinMu.Lock()
+	if c.pinned == nil {
+		c.pinned = map[digest.Digest]int{}
+	}
+	c.pinned[d]++
+	c.pinMu.Unlock()
+	return func() {
+		c.pinMu.Lock()
+		if c.pinned[d]--; c.pinned[d] == 0 {
+			delete(c.pinned, d)
+		}
+		c.pinMu.Unlock()
+	}
+}
+
+func (c *Cache) isPinned(d digest.Digest) bool {
+	c.pinMu.Lock()
+	defer c.pinMu.Unlock()
+	return c.pinned[d] > 0
 }

@@ -190,7 +190,8 @@ func (tx *Tx) lastUse(d digest.Digest, lr *LayerRecord) (time.Time, error) {
 
 // DeleteUnreached deletes unrooted layer d if, inside the deleting
 // transaction, it is still unrooted, no step record names it, and it was
-// neither created, touched nor read after cutoff; with it go its links in
+// neither created, touched nor read after cutoff, and pinned (a push in
+// flight) says no; with it go its links in
 // repos (blob and manifest links, the manifest's referrer link and tags
 // naming it). It reports whether it deleted d.
 //
@@ -198,9 +199,9 @@ func (tx *Tx) lastUse(d digest.Digest, lr *LayerRecord) (time.Time, error) {
 // time in the transaction that sees d (HoldLayer, PutManifest, LinkBlob):
 // so either that transaction conflicts with this one and sees d gone, or
 // this one sees the touch and keeps d.
-func (x *DB) DeleteUnreached(d digest.Digest, cutoff time.Time, repos []string) (bool, error) {
+func (x *DB) DeleteUnreached(d digest.Digest, cutoff time.Time, repos []string, pinned func(digest.Digest) bool) (bool, error) {
 	guard := func(txn *badger.Txn, lr *LayerRecord) (bool, error) {
-		if ok, err := has(txn, unrootedKey(d)); err != nil || !ok {
+		if ok, err := has(txn, unrootedKey(d)); err != nil || !ok || pinned(d) {
 			return false, err
 		}
 		if len(stepsOf(txn, d)) > 0 {

@@ -1,0 +1,288 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"time"
+
+	"github.com/cairnbuild/cairn/backend"
+	"github.com/cairnbuild/cairn/cache/internal/index"
+	"github.com/cairnbuild/cairn/cache/internal/pack"
+	"github.com/cairnbuild/cairn/chunkid"
+	"github.com/opencontainers/go-digest"
+)
+
+// The quota (GCOptions.MaxSize). When the packs hold more bytes than the
+// quota, a collection first evicts roots, least recently used first, until
+// the bytes they alone hold, as estimated, bring the store under it; the
+// rest of the run (gc_roots.go, then gc.go) then takes what they held.
+//
+// The roots it evicts:
+//   - a tagged manifest of a repository, with its tags (unless KeepTags
+//     matches one): last used when it was last pushed or pulled;
+//   - a layer no tag reaches that the gRPC API pushed or a step record
+//     names, with those step records: last used when it was last pulled,
+//     pushed or hit through a step.
+//
+// Deduplication means deleting a root frees only what nothing else holds:
+// a layer's estimate is the stored bytes of the chunks all of whose
+// references are its own; a manifest's, its own bytes and those of the
+// blobs only it references (and nothing else roots). The estimate is
+// conservative where roots share chunks (neither counts them), so a run
+// may evict a little more than needed. What was used within the grace
+// period is never collected: a store written faster than that can stay
+// over its quota until the grace period has passed.
+
+// evictable is one root the quota may evict.
+type evictable struct {
+	used     time.Time
+	layer    digest.Digest   // a layer, or
+	manifest *taggedManifest // a tagged manifest
+}
+
+// evict runs the quota's part of a collection.
+func (c *Cache) evict(ctx context.Context, gen uint64, opts GCOptions, rep *GCReport) error {
+	var stored int64
+	if err := c.store.List(ctx, pack.Prefix, func(info backend.Info) error {
+		if _, ok := pack.IDFromKey(info.Key); ok {
+			stored += info.Size
+		}
+		return nil
+	}); err != nil {
+		return backendErr("list packs", err)
+	}
+	rep.StoredBytes = stored
+	if opts.MaxSize <= 0 || stored <= opts.MaxSize {
+		return nil
+	}
+	if err := c.step(ctx, gen, c.idx.Flush); err != nil { // last reads and hits
+		return err
+	}
+	// What must go is what layers reference beyond the quota: the rest
+	// of the packs' bytes is dead already (evicted by an earlier run and
+	// kept for the grace period, or waiting for a rewrite), and counting
+	// it would evict again what is on its way out.
+	var live int64
+	if err := c.step(ctx, gen, func() error {
+		s, err := c.idx.Stats(ctx)
+		live = s.ReferencedBytes
+		return err
+	}); err != nil {
+		return err
+	}
+	r, err := c.markRegistry(ctx, gen, opts, &GCReport{Start: rep.Start})
+	if err != nil {
+		return err
+	}
+	// Nor what only the registry holds and nothing reaches: the
+	// collection takes it once its grace period is over.
+	var pending int64
+	unreached, err := c.unreached(ctx, gen, opts, r)
+	if err != nil {
+		return err
+	}
+	for _, d := range unreached {
+		var n int64
+		if err := c.step(ctx, gen, func() (err error) {
+			n, err = c.exclusiveBytes(d)
+			return err
+		}); err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		pending += n
+	}
+	need := live - pending - opts.MaxSize
+	if need <= 0 {
+		return nil
+	}
+	stepUse, err := c.stepUse(ctx, gen)
+	if err != nil {
+		return err
+	}
+	var cands []evictable
+	for i := range r.tagged {
+		m := &r.tagged[i]
+		if opts.KeepTags != nil && slices.ContainsFunc(m.tags, opts.KeepTags.MatchString) {
+			continue
+		}
+		var used time.Time
+		err := c.step(ctx, gen, func() (err error) {
+			used, err = c.idx.LastUse(m.d)
+			return err
+		})
+		if errors.Is(err, ErrNotFound) {
+			continue
+		} else if err != nil {
+			return err
+		}
+		cands = append(cands, evictable{used: used, manifest: m})
+	}
+	var after digest.Digest
+	for more := true; more; {
+		var page []index.LayerEntry
+		if err := c.step(ctx, gen, func() (err error) {
+			page, more, err = c.idx.ListLayers(after, MaxPageSize)
+			return err
+		}); err != nil {
+			return err
+		}
+		for _, e := range page {
+			d := e.Record.Digest
+			after = d
+			if r.reached[d] {
+				continue
+			}
+			used, named := stepUse[d]
+			if !named {
+				var un bool
+				if err := c.step(ctx, gen, func() (err error) {
+					un, err = c.idx.Unrooted(d)
+					return err
+				}); err != nil {
+					return err
+				}
+				if un {
+					continue // not a root: the collection decides
+				}
+			}
+			used = latest(used, e.Accessed, e.Record.Created)
+			cands = append(cands, evictable{used: used, layer: d})
+		}
+	}
+	slices.SortFunc(cands, func(a, b evictable) int { return a.used.Compare(b.used) })
+	for _, e := range cands {
+		if rep.EvictedBytes >= need {
+			break
+		}
+		var est int64
+		err := c.step(ctx, gen, func() (err error) {
+			if e.layer != "" {
+				est, err = c.exclusiveBytes(e.layer)
+				return err
+			}
+			est, err = c.manifestExclusive(e.manifest, r)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		if opts.DryRun {
+			rep.EvictedBytes += est
+			continue
+		}
+		if e.layer != "" {
+			err = c.Delete(ctx, e.layer)
+			if err == nil {
+				rep.EvictedLayers++
+			}
+		} else {
+			err = c.step(ctx, gen, func() error { return c.deleteManifest(ctx, e.manifest.repo, string(e.manifest.d)) })
+			if err == nil {
+				rep.EvictedManifests++
+			}
+		}
+		switch {
+		case errors.Is(err, ErrNotFound): // gone meanwhile
+		case err != nil:
+			return err
+		default:
+			rep.EvictedBytes += est
+		}
+	}
+	c.log.Info("cache: over quota: evicted least recently used roots", "stored bytes", stored, "quota", opts.MaxSize,
+		"layers", rep.EvictedLayers, "manifests", rep.EvictedManifests, "estimated bytes", rep.EvictedBytes)
+	return nil
+}
+
+func latest(ts ...time.Time) time.Time {
+	var t time.Time
+	for _, u := range ts {
+		if u.After(t) {
+			t = u
+		}
+	}
+	return t
+}
+
+// stepUse maps every layer a step record names to the last time one of
+// them was recorded or hit.
+func (c *Cache) stepUse(ctx context.Context, gen uint64) (map[digest.Digest]time.Time, error) {
+	use := map[digest.Digest]time.Time{}
+	var after digest.Digest
+	for more := true; more; {
+		err := c.step(ctx, gen, func() (err error) {
+			more, err = c.idx.StepPage(after, "", MaxPageSize, func(key digest.Digest, v []byte, h index.Hits) error {
+				after = key
+				rec, err := unmarshalStep(v)
+				if err != nil || rec.Layer == nil {
+					return nil // cairn verify's to report; not a root of any layer
+				}
+				use[rec.Layer.Digest] = latest(use[rec.Layer.Digest], rec.Created, h.Last)
+				return nil
+			})
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return use, nil
+}
+
+// exclusiveBytes estimates what deleting layer d frees: the stored bytes of
+// its chunks that no other layer references.
+func (c *Cache) exclusiveBytes(d digest.Digest) (int64, error) {
+	lr, _, err := c.idx.Layer(d)
+	if err != nil {
+		return 0, err
+	}
+	counts := map[chunkid.ID]int64{}
+	lr.ChunkRefs(func(e index.RecipeEntry) { counts[e.ID]++ })
+	ids := make([]chunkid.ID, 0, len(counts))
+	for id := range counts {
+		ids = append(ids, id)
+	}
+	infos, found, err := c.idx.Chunks(ids)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for i, id := range ids {
+		if found[i] && infos[i].Refs <= counts[id] {
+			n += infos[i].Stored
+		}
+	}
+	return n, nil
+}
+
+// manifestExclusive estimates what evicting tagged manifest m frees: its
+// own bytes, and those of the blobs only it references, that nothing roots.
+func (c *Cache) manifestExclusive(m *taggedManifest, r *reach) (int64, error) {
+	n, err := c.exclusiveBytes(m.d)
+	if errors.Is(err, ErrNotFound) {
+		return 0, nil
+	} else if err != nil {
+		return 0, err
+	}
+	for _, ref := range m.refs {
+		if r.refs[ref.Digest] > 1 {
+			continue
+		}
+		un, err := c.idx.Unrooted(ref.Digest)
+		if err != nil || !un {
+			if err != nil {
+				return 0, err
+			}
+			continue
+		}
+		k, err := c.exclusiveBytes(ref.Digest)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		} else if err != nil {
+			return 0, err
+		}
+		n += k
+	}
+	return n, nil
+}
