@@ -92,6 +92,21 @@ type GCOptions struct {
 	// StepMaxAge, if positive, deletes the step records neither recorded
 	// nor hit within it.
 	StepMaxAge time.Duration
+	// UntaggedMaxAge, if positive, is how long a manifest no tag reaches
+	// is kept after its last push or pull; zero means the server's
+	// (cairn serve --untagged-max-age). NoUntaggedMaxAge keeps them no
+	// time at all.
+	UntaggedMaxAge   time.Duration
+	NoUntaggedMaxAge bool
+	// MaxSize, if positive, is the quota in bytes: least recently used
+	// layers and tagged manifests are evicted until the store is
+	// estimated to be under it. Zero means the server's (cairn serve
+	// --max-size), if any.
+	MaxSize int64
+	// KeepTags is a regular expression (Go RE2) of the tags the quota
+	// never evicts, matched against whole tags; empty means the server's
+	// (cairn serve --keep-tags).
+	KeepTags string
 }
 
 // GCReport is a collection's plan and what it did.
@@ -116,6 +131,18 @@ type GCReport struct {
 	Skipped        []string      `json:"skipped,omitempty"`
 	Duration       time.Duration `json:"duration_ns"`
 	StaleSteps     int64         `json:"stale_steps"`
+	// The layer-level collection: layers only the registry holds that
+	// nothing reaches, manifests no tag reaches past the untagged age,
+	// and the layers deleted (zero on a dry run).
+	UnreachedLayers   int64 `json:"unreached_layers"`
+	UntaggedManifests int64 `json:"untagged_manifests"`
+	DeletedLayers     int64 `json:"deleted_layers"`
+	// The quota: the packs' bytes when the run began, the roots evicted,
+	// and the bytes they alone held, as estimated.
+	StoredBytes      int64 `json:"stored_bytes"`
+	EvictedLayers    int64 `json:"evicted_layers"`
+	EvictedManifests int64 `json:"evicted_manifests"`
+	EvictedBytes     int64 `json:"evicted_bytes"`
 }
 
 // GC asks the server to collect garbage (or, with DryRun, only to plan).
@@ -131,6 +158,13 @@ func (c *Client) GC(ctx context.Context, opts GCOptions) (GCReport, error) {
 	if opts.StepMaxAge > 0 {
 		req.StepMaxAge = durationpb.New(opts.StepMaxAge)
 	}
+	switch {
+	case opts.NoUntaggedMaxAge:
+		req.UntaggedMaxAge = durationpb.New(0)
+	case opts.UntaggedMaxAge > 0:
+		req.UntaggedMaxAge = durationpb.New(opts.UntaggedMaxAge)
+	}
+	req.MaxSize, req.KeepTags = opts.MaxSize, opts.KeepTags
 	resp, err := c.layers.CollectGarbage(ctx, req)
 	if err != nil {
 		return GCReport{}, wrapErr("gc", err)
@@ -144,6 +178,10 @@ func (c *Client) GC(ctx context.Context, opts GCOptions) (GCReport, error) {
 		RewrittenPacks: resp.GetRewrittenPackCount(), MarkedPacks: resp.GetMarkedPackCount(),
 		DeletedChunks: resp.GetDeletedChunkCount(), MovedChunks: resp.GetMovedChunkCount(),
 		FreedBytes: resp.GetFreedBytes(), Skipped: resp.GetSkipped(), Duration: resp.GetDuration().AsDuration(),
-		StaleSteps: resp.GetStaleStepCount(),
+		StaleSteps:      resp.GetStaleStepCount(),
+		UnreachedLayers: resp.GetUnreachedLayerCount(), UntaggedManifests: resp.GetUntaggedManifestCount(),
+		DeletedLayers: resp.GetDeletedLayerCount(), StoredBytes: resp.GetStoredBytes(),
+		EvictedLayers: resp.GetEvictedLayerCount(), EvictedManifests: resp.GetEvictedManifestCount(),
+		EvictedBytes: resp.GetEvictedBytes(),
 	}, nil
 }

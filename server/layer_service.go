@@ -58,6 +58,9 @@ type layerService struct {
 	verifies chan struct{}
 	// collector runs CollectGarbage (one at a time: the cache queues them).
 	collector Collector
+	// gcDefaults fill what a CollectGarbage request leaves unset
+	// (Options.GCDefaults).
+	gcDefaults GCDefaults
 }
 
 // acquire waits for a transfer slot for the call's client (its peer's IP

@@ -109,6 +109,9 @@ type Options struct {
 	// hit and miss counts (New decorates the Store's StepCache with
 	// metrics.Steps); nil disables them.
 	Registerer prometheus.Registerer
+	// GCDefaults are the collection settings CollectGarbage applies where
+	// a request leaves them unset (the zero value: the cache's defaults).
+	GCDefaults GCDefaults
 	// Logger receives failed calls that point at the server (Internal,
 	// DataLoss, Unavailable: Error and Warn), calls the client cancelled
 	// (Info, "client cancelled"), calls ended by an idle timeout (Info,
@@ -200,7 +203,7 @@ func New(st Store, opts Options) (*Server, error) {
 		grpc.WaitForHandlers(true),
 	)
 	cairnv1.RegisterCacheServiceServer(gs, &cacheService{steps: steps, admin: st})
-	cairnv1.RegisterLayerServiceServer(gs, &layerService{layers: st, chunks: st, stats: st, verifier: st, collector: st, m: m,
+	cairnv1.RegisterLayerServiceServer(gs, &layerService{layers: st, chunks: st, stats: st, verifier: st, collector: st, gcDefaults: opts.GCDefaults, m: m,
 		idle: opts.StreamIdleTimeout, sendIdle: opts.SendIdleTimeout, transfers: opts.Transfers, walks: make(chan struct{}, 1),
 		verifies: make(chan struct{}, 1)})
 	cairnv1.RegisterRegistryServiceServer(gs, &registryService{images: st})

@@ -2,12 +2,14 @@ package main
 
 import (
 	"fmt"
+	"regexp"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/cairnbuild/cairn/client"
+	"github.com/cairnbuild/cairn/cmd/internal/sizeflag"
 )
 
 func newGCCmd(a *app) *cobra.Command {
@@ -15,27 +17,45 @@ func newGCCmd(a *app) *cobra.Command {
 		opts      client.GCOptions
 		grace     time.Duration
 		packGrace time.Duration
+		untagged  string // a duration; empty: the server's
+		maxSize   string // a size; empty or 0: the server's
 	)
 	cmd := &cobra.Command{
 		Use:   "gc [--dry-run]",
-		Short: "Reclaim the space of chunks no layer uses any more",
+		Short: "Reclaim the space of layers and chunks nothing uses any more",
 		Long: `Gc asks the server to collect garbage, online, beside pushes and pulls.
-A chunk is dead when no layer references it (cairn rm deleted the layers
-that did), nothing touched it for --grace (a push that found or uploaded
-it, and may still commit a layer naming it), and no push in progress
-uses it. Packs whose chunks are all dead are deleted; packs at least
---rewrite-ratio dead are rewritten (their live chunks copied to a new
-pack); packs that nothing names (left by failed pushes, or emptied by a
-rewrite) are marked, and deleted --pack-grace later, since a reader may
-still be reading them. With --dry-run it prints the plan and changes
-nothing. cairn serve also collects in the background (--gc-interval).
+cairn serve also collects in the background (--gc-interval). With
+--dry-run it prints the plan and changes nothing.
 
-Layers are not deleted by gc: cairn rm deletes them. With --step-max-age,
-gc first deletes the step records no build has recorded or hit within
-that period (cairn serve: --step-max-age, off by default).`,
+First the layers: a layer only the registry holds (pushed over the OCI
+API, not through cairn push) is deleted once nothing reaches it and
+nothing used it for --grace. The roots are step records, tagged
+manifests, manifests pushed or pulled within --untagged-max-age (the
+server's, a day by default, unless given here) and manifests whose own
+bytes are a root; a reached manifest reaches what it references and its
+referrers (signatures, attestations). Layers pushed through the gRPC API
+are roots themselves: they stay until cairn rm (or the quota) deletes
+them. With --step-max-age, the step records no build has recorded or hit
+within that period are deleted first.
+
+With a quota (--max-size here, else cairn serve's), when the packs hold
+more, the least recently used roots (layers pushed through the API, with
+their step records, and tagged manifests --keep-tags does not match) are
+evicted until the bytes they alone held, as estimated, bring the store
+under it. What was used within --grace is never taken, so a store
+written faster than that can stay over its quota.
+
+Then the chunks: a chunk is dead when no layer references it, nothing
+touched it for --grace (a push that found or uploaded it, and may still
+commit a layer naming it), and no push in progress uses it. Packs whose
+chunks are all dead are deleted; packs at least --rewrite-ratio dead are
+rewritten (their live chunks copied to a new pack); packs that nothing
+names (left by failed pushes, or emptied by a rewrite) are marked, and
+deleted --pack-grace later, since a reader may still be reading them.`,
 		Example: `  cairn gc --dry-run
   cairn gc
-  cairn gc --grace 0 --pack-grace 0   # when no push is under way`,
+  cairn gc --grace 0 --pack-grace 0   # when no push is under way
+  cairn gc --max-size 500GiB --keep-tags 'main|latest|v.*'`,
 		Args: cobra.NoArgs,
 	}
 	cf := addClientFlags(a, cmd, false)
@@ -45,12 +65,34 @@ that period (cairn serve: --step-max-age, off by default).`,
 	f.DurationVar(&packGrace, "pack-grace", 15*time.Minute, "delete a marked pack only this long after it was marked (0: at once)")
 	f.Float64Var(&opts.RewriteRatio, "rewrite-ratio", 0.5, "rewrite a pack whose dead bytes are at least this share of it (above 1: never)")
 	f.DurationVar(&opts.StepMaxAge, "step-max-age", 0, "first delete the step records neither recorded nor hit within this period, e.g. 720h (0: keep them)")
+	f.StringVar(&untagged, "untagged-max-age", "", "keep a registry manifest no tag reaches this long after its last push or pull, e.g. 72h (0: not at all; empty: the server's --untagged-max-age)")
+	f.StringVar(&maxSize, "max-size", "", "the quota: evict least recently used layers and tagged manifests until the store is estimated under this size, e.g. 500GiB (empty or 0: the server's --max-size)")
+	f.StringVar(&opts.KeepTags, "keep-tags", "", "tags the quota never evicts: a Go regular expression matching whole tags, e.g. 'main|latest|v.*' (empty: the server's --keep-tags)")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if grace < 0 || packGrace < 0 || opts.StepMaxAge < 0 {
 			return fmt.Errorf("--grace, --pack-grace and --step-max-age must not be negative")
 		}
 		if opts.RewriteRatio <= 0 {
 			return fmt.Errorf("--rewrite-ratio %v: want a share above 0", opts.RewriteRatio)
+		}
+		if untagged != "" {
+			d, err := time.ParseDuration(untagged)
+			if err != nil || d < 0 {
+				return fmt.Errorf("--untagged-max-age %q: want a duration of 0 or more, e.g. 72h", untagged)
+			}
+			opts.UntaggedMaxAge, opts.NoUntaggedMaxAge = d, d == 0
+		}
+		if maxSize != "" {
+			n, err := sizeflag.Parse("--max-size", maxSize, "500GiB", 0, 1<<60)
+			if err != nil {
+				return err
+			}
+			opts.MaxSize = n
+		}
+		if opts.KeepTags != "" {
+			if _, err := regexp.Compile(opts.KeepTags); err != nil {
+				return fmt.Errorf("--keep-tags %q is not a regular expression (Go RE2 syntax): %v", opts.KeepTags, err)
+			}
 		}
 		opts.Grace, opts.NoGrace = grace, grace == 0
 		opts.PackGrace, opts.NoPackGrace = packGrace, packGrace == 0
@@ -74,7 +116,17 @@ that period (cairn serve: --step-max-age, off by default).`,
 		if opts.StepMaxAge > 0 {
 			fmt.Fprintf(tw, "stale steps\t%d neither recorded nor hit within %v\n", rep.StaleSteps, opts.StepMaxAge)
 		}
-		if !opts.DryRun {
+		fmt.Fprintf(tw, "untagged manifests\t%d no tag reaches, unused for longer than the untagged age\n", rep.UntaggedManifests)
+		fmt.Fprintf(tw, "unreached layers\t%d only the registry holds, that nothing reaches\n", rep.UnreachedLayers)
+		fmt.Fprintf(tw, "stored\t%s in packs\n", humanBytes(rep.StoredBytes))
+		if opts.DryRun {
+			if rep.EvictedBytes > 0 {
+				fmt.Fprintf(tw, "quota\twould evict about %s the least recently used roots alone hold\n", humanBytes(rep.EvictedBytes))
+			}
+		} else {
+			fmt.Fprintf(tw, "evicted\t%d layers, %d tagged manifests: about %s they alone held\n",
+				rep.EvictedLayers, rep.EvictedManifests, humanBytes(rep.EvictedBytes))
+			fmt.Fprintf(tw, "deleted layers\t%d\n", rep.DeletedLayers)
 			fmt.Fprintf(tw, "done\t%d packs deleted, %d rewritten, %d marked; %d chunks deleted, %d moved\n",
 				rep.DeletedPacks, rep.RewrittenPacks, rep.MarkedPacks, rep.DeletedChunks, rep.MovedChunks)
 			fmt.Fprintf(tw, "freed\t%s (rewritten packs' share once their grace period is over)\n", humanBytes(rep.FreedBytes))

@@ -182,12 +182,14 @@ func runServe(ctx context.Context, a *app, cfg *serveConfig) (err error) {
 	// One transfer bound for both fronts: gRPC transfers and registry blob
 	// downloads take their slots from it.
 	transfers := transfer.New(cfg.maxTransfers, cfg.maxPerClient)
+	gc := cfg.storage.GCOptions()
 	srv, err := server.New(c, server.Options{
 		MaxRecvMsgSize:    cfg.maxRecvBytes,
 		UnaryTimeout:      cfg.rpcTimeout,
 		StreamIdleTimeout: cfg.streamIdleTimeout,
 		SendIdleTimeout:   cfg.sendIdleTimeout,
 		Transfers:         transfers,
+		GCDefaults:        server.GCDefaults{UntaggedMaxAge: gc.UntaggedMaxAge, MaxSize: gc.MaxSize, KeepTags: gc.KeepTags},
 		Registerer:        reg,
 		Logger:            log,
 	})

@@ -56,7 +56,7 @@ func TestTwinNamesInUse(t *testing.T) {
 	client := []string{"CAIRN_SERVER", "CAIRN_TIMEOUT"}
 	want := map[string][]string{
 		"cairn serve": append([]string{"CAIRN_LISTEN", "CAIRN_METRICS_LISTEN", "CAIRN_GRACE_PERIOD", "CAIRN_MAX_RECV_MSG_SIZE",
-			"CAIRN_RPC_TIMEOUT", "CAIRN_STREAM_IDLE_TIMEOUT", "CAIRN_MAX_TRANSFERS"}, storage...),
+			"CAIRN_RPC_TIMEOUT", "CAIRN_STREAM_IDLE_TIMEOUT", "CAIRN_MAX_TRANSFERS", "CAIRN_MAX_SIZE"}, storage...),
 		"cairn reindex": storage,
 		"cairn push":    append([]string{"CAIRN_NO_PROGRESS", "CAIRN_PLATFORM"}, client...),
 		"cairn pull":    append([]string{"CAIRN_NO_PROGRESS", "CAIRN_CHUNK_CACHE"}, client...),

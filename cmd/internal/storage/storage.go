@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -123,6 +124,11 @@ type Config struct {
 
 	// The background collection (serve sets them; see cache.Options).
 	GCInterval, GCGrace, GCPackGrace, StepMaxAge time.Duration
+	UntaggedMaxAge                               time.Duration
+	MaxSize                                      string // a size; 0: no quota
+	KeepTags                                     string // a regexp of whole tags; empty: none
+	maxSize                                      int64
+	keepTags                                     *regexp.Regexp
 
 	// The background scrub (serve sets them; see cache.Options).
 	ScrubInterval time.Duration
@@ -136,6 +142,9 @@ func (c *Config) AddGCFlags(f *pflag.FlagSet) {
 	f.DurationVar(&c.GCGrace, "gc-grace", cache.DefaultGCGrace, "the background collection keeps unreferenced chunks touched within this period")
 	f.DurationVar(&c.GCPackGrace, "gc-pack-grace", cache.DefaultPackGrace, "the background collection deletes a marked pack this long after marking it")
 	f.DurationVar(&c.StepMaxAge, "step-max-age", 0, "the background collection deletes step records neither recorded nor hit within this period, e.g. 720h (0: keep them)")
+	f.DurationVar(&c.UntaggedMaxAge, "untagged-max-age", cache.DefaultUntaggedMaxAge, "a collection keeps a registry manifest no tag reaches this long after its last push or pull (0: not at all)")
+	f.StringVar(&c.MaxSize, "max-size", "0", "the quota: when the packs hold more bytes, a collection evicts the least recently used layers and tagged manifests until it estimates the store under it, e.g. 500GiB (0: no quota)")
+	f.StringVar(&c.KeepTags, "keep-tags", "", "tags the quota never evicts: a Go regular expression matching whole tags, e.g. 'main|latest|v.*' (empty: none)")
 }
 
 // AddScrubFlags registers the flags of the background scrub: serve's.
@@ -177,8 +186,23 @@ func (c *Config) Check() error {
 		}
 		c.maxExpanded = n
 	}
-	if c.GCInterval < 0 || c.GCGrace < 0 || c.GCPackGrace < 0 || c.StepMaxAge < 0 {
-		return fmt.Errorf("--gc-interval, --gc-grace, --gc-pack-grace and --step-max-age must not be negative")
+	if c.GCInterval < 0 || c.GCGrace < 0 || c.GCPackGrace < 0 || c.StepMaxAge < 0 || c.UntaggedMaxAge < 0 {
+		return fmt.Errorf("--gc-interval, --gc-grace, --gc-pack-grace, --step-max-age and --untagged-max-age must not be negative")
+	}
+	if c.MaxSize != "" {
+		n, err := sizeflag.Parse("--max-size", c.MaxSize, "500GiB", 0, 1<<60)
+		if err != nil {
+			return err
+		}
+		c.maxSize = n
+	}
+	if c.KeepTags != "" {
+		// Alone first: "a)|(b" would compile once wrapped, meaning
+		// something else.
+		if _, err := regexp.Compile(c.KeepTags); err != nil {
+			return fmt.Errorf("--keep-tags %q is not a regular expression (Go RE2 syntax): %v", c.KeepTags, err)
+		}
+		c.keepTags = regexp.MustCompile("^(?:" + c.KeepTags + ")$")
 	}
 	if c.ScrubInterval < 0 {
 		return fmt.Errorf("--scrub-interval %v: must not be negative", c.ScrubInterval)
@@ -198,6 +222,15 @@ func (c *Config) Check() error {
 		c.rebuiltCacheMax = n
 	}
 	return nil
+}
+
+// GCOptions is the background collection's options, from the flags (after
+// Check). Serve gives the server the quota and retention among them, for
+// the collections cairn gc asks for.
+func (c *Config) GCOptions() cache.GCOptions {
+	return cache.GCOptions{Grace: noneIfZero(c.GCGrace), PackGrace: noneIfZero(c.GCPackGrace), StepMaxAge: c.StepMaxAge,
+		UntaggedMaxAge: noneIfZero(c.UntaggedMaxAge), MaxSize: c.maxSize, KeepTags: c.keepTags,
+		Pace: cache.DefaultBackgroundPace}
 }
 
 // Store is an open cache over its blob store. Close it when done.
@@ -248,8 +281,7 @@ func (c *Config) Open(ctx context.Context, log *slog.Logger, bm *metrics.Backend
 		MaxUploads: c.MaxUploads, UploadIdleTimeout: c.UploadIdleTimeout,
 		KeepCompressed: c.KeepCompressed, PlainTars: c.PlainTars, MaxExpandedSize: c.maxExpanded,
 		ScrubInterval: c.ScrubInterval, ScrubRate: c.scrubRate,
-		GCInterval: c.GCInterval, GCOptions: cache.GCOptions{Grace: noneIfZero(c.GCGrace), PackGrace: noneIfZero(c.GCPackGrace), StepMaxAge: c.StepMaxAge,
-			Pace: cache.DefaultBackgroundPace}}
+		GCInterval: c.GCInterval, GCOptions: c.GCOptions()}
 	if c.rebuiltCacheMax > 0 {
 		opts.RebuiltCacheDir, opts.RebuiltCacheSize = filepath.Join(c.Data, RebuiltSubdir), c.rebuiltCacheMax
 	} else {

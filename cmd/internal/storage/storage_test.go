@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/spf13/pflag"
+
+	"github.com/cairnbuild/cairn/cache"
 )
 
 // parse registers the storage flags on a fresh flag set and parses args.
@@ -94,6 +96,58 @@ func TestOpenFS(t *testing.T) {
 	for _, sub := range []string{IndexSubdir, BlobsSubdir} {
 		if _, err := os.Stat(filepath.Join(data, sub)); err != nil {
 			t.Errorf("%s: %v", sub, err)
+		}
+	}
+}
+
+// TestGCFlags: the quota and retention flags are checked and reach the
+// background collection's options.
+func TestGCFlags(t *testing.T) {
+	parseGC := func(t *testing.T, args ...string) *Config {
+		t.Helper()
+		var c Config
+		f := pflag.NewFlagSet("test", pflag.ContinueOnError)
+		c.AddFlags(f)
+		c.AddGCFlags(f)
+		if err := f.Parse(args); err != nil {
+			t.Fatal(err)
+		}
+		return &c
+	}
+	c := parseGC(t)
+	if err := c.Check(); err != nil {
+		t.Fatal(err)
+	}
+	o := c.GCOptions()
+	if o.UntaggedMaxAge != cache.DefaultUntaggedMaxAge || o.MaxSize != 0 || o.KeepTags != nil {
+		t.Errorf("defaults: untagged %v, max size %d, keep %v; want a day, no quota, none kept", o.UntaggedMaxAge, o.MaxSize, o.KeepTags)
+	}
+
+	c = parseGC(t, "--untagged-max-age", "0", "--max-size", "10GiB", "--keep-tags", "main|v.*")
+	if err := c.Check(); err != nil {
+		t.Fatal(err)
+	}
+	o = c.GCOptions()
+	if o.UntaggedMaxAge >= 0 || o.MaxSize != 10<<30 || o.KeepTags == nil {
+		t.Fatalf("set: untagged %v, max size %d, keep %v", o.UntaggedMaxAge, o.MaxSize, o.KeepTags)
+	}
+	for tag, want := range map[string]bool{"main": true, "v1.2": true, "mainline": false, "dev-v1": false} {
+		if o.KeepTags.MatchString(tag) != want {
+			t.Errorf("--keep-tags 'main|v.*': tag %q matched %v, want %v", tag, !want, want)
+		}
+	}
+
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--untagged-max-age", "-1h"}, "--untagged-max-age"},
+		{[]string{"--max-size", "lots"}, "--max-size"},
+		{[]string{"--keep-tags", "v(1"}, "--keep-tags"},
+		{[]string{"--keep-tags", "a)|(b"}, "--keep-tags"},
+	} {
+		if err := parseGC(t, tc.args...).Check(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: Check() = %v, want an error naming %s", tc.args, err, tc.want)
 		}
 	}
 }

@@ -1658,7 +1658,25 @@ type CollectGarbageRequest struct {
 	RewriteRatio float64 `protobuf:"fixed64,4,opt,name=rewrite_ratio,json=rewriteRatio,proto3" json:"rewrite_ratio,omitempty"`
 	// If set and positive, step records neither recorded nor hit within it
 	// are deleted first (a retention rule).
-	StepMaxAge    *durationpb.Duration `protobuf:"bytes,5,opt,name=step_max_age,json=stepMaxAge,proto3" json:"step_max_age,omitempty"`
+	StepMaxAge *durationpb.Duration `protobuf:"bytes,5,opt,name=step_max_age,json=stepMaxAge,proto3" json:"step_max_age,omitempty"`
+	// A manifest no tag reaches is kept this long after its last push or
+	// pull; then it, and what only it reached, is collected. Unset means the
+	// server's configured period (cairn serve --untagged-max-age, 24 hours
+	// by default); zero means none: untagged manifests are collected at
+	// once.
+	UntaggedMaxAge *durationpb.Duration `protobuf:"bytes,6,opt,name=untagged_max_age,json=untaggedMaxAge,proto3" json:"untagged_max_age,omitempty"`
+	// The quota in bytes: if the packs hold more, the least recently used
+	// roots (layers pushed through this API with their step records, tagged
+	// manifests keep_tags does not match) are evicted until the bytes they
+	// alone hold, as estimated, bring the store under it; then they are
+	// collected. 0 means the server's configured quota (cairn serve
+	// --max-size), if any; there is none by default. Negative is invalid.
+	MaxSize int64 `protobuf:"varint,7,opt,name=max_size,json=maxSize,proto3" json:"max_size,omitempty"`
+	// Tags the quota never evicts: a Go (RE2) regular expression that must
+	// match a whole tag (the server anchors it as ^(?:...)$), e.g.
+	// "main|latest|v.*". Empty means the server's configured pattern (cairn
+	// serve --keep-tags), if any.
+	KeepTags      string `protobuf:"bytes,8,opt,name=keep_tags,json=keepTags,proto3" json:"keep_tags,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1728,6 +1746,27 @@ func (x *CollectGarbageRequest) GetStepMaxAge() *durationpb.Duration {
 	return nil
 }
 
+func (x *CollectGarbageRequest) GetUntaggedMaxAge() *durationpb.Duration {
+	if x != nil {
+		return x.UntaggedMaxAge
+	}
+	return nil
+}
+
+func (x *CollectGarbageRequest) GetMaxSize() int64 {
+	if x != nil {
+		return x.MaxSize
+	}
+	return 0
+}
+
+func (x *CollectGarbageRequest) GetKeepTags() string {
+	if x != nil {
+		return x.KeepTags
+	}
+	return ""
+}
+
 // CollectGarbageResponse is the plan and what was done.
 type CollectGarbageResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1761,8 +1800,23 @@ type CollectGarbageResponse struct {
 	// Step records older than step_max_age (deleted, or counted on a dry
 	// run).
 	StaleStepCount int64 `protobuf:"varint,20,opt,name=stale_step_count,json=staleStepCount,proto3" json:"stale_step_count,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Layers only the registry holds that nothing reaches (no tag, no
+	// manifest used within untagged_max_age, no step record, no referrer).
+	UnreachedLayerCount int64 `protobuf:"varint,21,opt,name=unreached_layer_count,json=unreachedLayerCount,proto3" json:"unreached_layer_count,omitempty"`
+	// Manifests no tag reaches, past untagged_max_age.
+	UntaggedManifestCount int64 `protobuf:"varint,22,opt,name=untagged_manifest_count,json=untaggedManifestCount,proto3" json:"untagged_manifest_count,omitempty"`
+	// Layers deleted by the layer-level collection (zero on a dry run).
+	DeletedLayerCount int64 `protobuf:"varint,23,opt,name=deleted_layer_count,json=deletedLayerCount,proto3" json:"deleted_layer_count,omitempty"`
+	// The quota: the packs' bytes when the collection began.
+	StoredBytes int64 `protobuf:"varint,24,opt,name=stored_bytes,json=storedBytes,proto3" json:"stored_bytes,omitempty"`
+	// The quota: layers (with their step records) and tagged manifests
+	// (with their tags) evicted, least recently used first.
+	EvictedLayerCount    int64 `protobuf:"varint,25,opt,name=evicted_layer_count,json=evictedLayerCount,proto3" json:"evicted_layer_count,omitempty"`
+	EvictedManifestCount int64 `protobuf:"varint,26,opt,name=evicted_manifest_count,json=evictedManifestCount,proto3" json:"evicted_manifest_count,omitempty"`
+	// The quota: the bytes the evicted roots alone held, as estimated.
+	EvictedBytes  int64 `protobuf:"varint,27,opt,name=evicted_bytes,json=evictedBytes,proto3" json:"evicted_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CollectGarbageResponse) Reset() {
@@ -1935,6 +1989,55 @@ func (x *CollectGarbageResponse) GetStaleStepCount() int64 {
 	return 0
 }
 
+func (x *CollectGarbageResponse) GetUnreachedLayerCount() int64 {
+	if x != nil {
+		return x.UnreachedLayerCount
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetUntaggedManifestCount() int64 {
+	if x != nil {
+		return x.UntaggedManifestCount
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetDeletedLayerCount() int64 {
+	if x != nil {
+		return x.DeletedLayerCount
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetStoredBytes() int64 {
+	if x != nil {
+		return x.StoredBytes
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetEvictedLayerCount() int64 {
+	if x != nil {
+		return x.EvictedLayerCount
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetEvictedManifestCount() int64 {
+	if x != nil {
+		return x.EvictedManifestCount
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetEvictedBytes() int64 {
+	if x != nil {
+		return x.EvictedBytes
+	}
+	return 0
+}
+
 var File_cairn_v1_layer_proto protoreflect.FileDescriptor
 
 const file_cairn_v1_layer_proto_rawDesc = "" +
@@ -2050,7 +2153,7 @@ const file_cairn_v1_layer_proto_rawDesc = "" +
 	"\x12quarantined_chunks\x18\x05 \x03(\tR\x11quarantinedChunks\x12%\n" +
 	"\x0edamaged_layers\x18\x06 \x03(\tR\rdamagedLayers\x12#\n" +
 	"\rdamaged_steps\x18\a \x03(\tR\fdamagedSteps\x12\x1a\n" +
-	"\bproblems\x18\b \x03(\tR\bproblems\"\xfd\x01\n" +
+	"\bproblems\x18\b \x03(\tR\bproblems\"\xfa\x02\n" +
 	"\x15CollectGarbageRequest\x12\x17\n" +
 	"\adry_run\x18\x01 \x01(\bR\x06dryRun\x12/\n" +
 	"\x05grace\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x05grace\x128\n" +
@@ -2058,7 +2161,10 @@ const file_cairn_v1_layer_proto_rawDesc = "" +
 	"pack_grace\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\tpackGrace\x12#\n" +
 	"\rrewrite_ratio\x18\x04 \x01(\x01R\frewriteRatio\x12;\n" +
 	"\fstep_max_age\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\n" +
-	"stepMaxAge\"\xdb\x06\n" +
+	"stepMaxAge\x12C\n" +
+	"\x10untagged_max_age\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x0euntaggedMaxAge\x12\x19\n" +
+	"\bmax_size\x18\a \x01(\x03R\amaxSize\x12\x1b\n" +
+	"\tkeep_tags\x18\b \x01(\tR\bkeepTags\"\xa5\t\n" +
 	"\x16CollectGarbageResponse\x12\x1d\n" +
 	"\n" +
 	"pack_count\x18\x01 \x01(\x03R\tpackCount\x12\x1f\n" +
@@ -2083,7 +2189,14 @@ const file_cairn_v1_layer_proto_rawDesc = "" +
 	"freedBytes\x12\x18\n" +
 	"\askipped\x18\x12 \x03(\tR\askipped\x125\n" +
 	"\bduration\x18\x13 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12(\n" +
-	"\x10stale_step_count\x18\x14 \x01(\x03R\x0estaleStepCount2\xec\a\n" +
+	"\x10stale_step_count\x18\x14 \x01(\x03R\x0estaleStepCount\x122\n" +
+	"\x15unreached_layer_count\x18\x15 \x01(\x03R\x13unreachedLayerCount\x126\n" +
+	"\x17untagged_manifest_count\x18\x16 \x01(\x03R\x15untaggedManifestCount\x12.\n" +
+	"\x13deleted_layer_count\x18\x17 \x01(\x03R\x11deletedLayerCount\x12!\n" +
+	"\fstored_bytes\x18\x18 \x01(\x03R\vstoredBytes\x12.\n" +
+	"\x13evicted_layer_count\x18\x19 \x01(\x03R\x11evictedLayerCount\x124\n" +
+	"\x16evicted_manifest_count\x18\x1a \x01(\x03R\x14evictedManifestCount\x12#\n" +
+	"\revicted_bytes\x18\x1b \x01(\x03R\fevictedBytes2\xec\a\n" +
 	"\fLayerService\x12F\n" +
 	"\tPushLayer\x12\x1a.cairn.v1.PushLayerRequest\x1a\x1b.cairn.v1.PushLayerResponse(\x01\x12F\n" +
 	"\tPullLayer\x12\x1a.cairn.v1.PullLayerRequest\x1a\x1b.cairn.v1.PullLayerResponse0\x01\x12D\n" +
@@ -2161,38 +2274,39 @@ var file_cairn_v1_layer_proto_depIdxs = []int32{
 	30, // 11: cairn.v1.CollectGarbageRequest.grace:type_name -> google.protobuf.Duration
 	30, // 12: cairn.v1.CollectGarbageRequest.pack_grace:type_name -> google.protobuf.Duration
 	30, // 13: cairn.v1.CollectGarbageRequest.step_max_age:type_name -> google.protobuf.Duration
-	30, // 14: cairn.v1.CollectGarbageResponse.duration:type_name -> google.protobuf.Duration
-	3,  // 15: cairn.v1.LayerService.PushLayer:input_type -> cairn.v1.PushLayerRequest
-	5,  // 16: cairn.v1.LayerService.PullLayer:input_type -> cairn.v1.PullLayerRequest
-	7,  // 17: cairn.v1.LayerService.StatLayer:input_type -> cairn.v1.StatLayerRequest
-	9,  // 18: cairn.v1.LayerService.ListLayers:input_type -> cairn.v1.ListLayersRequest
-	11, // 19: cairn.v1.LayerService.DeleteLayer:input_type -> cairn.v1.DeleteLayerRequest
-	13, // 20: cairn.v1.LayerService.FindMissingChunks:input_type -> cairn.v1.FindMissingChunksRequest
-	15, // 21: cairn.v1.LayerService.PutChunks:input_type -> cairn.v1.PutChunksRequest
-	17, // 22: cairn.v1.LayerService.CommitLayer:input_type -> cairn.v1.CommitLayerRequest
-	19, // 23: cairn.v1.LayerService.GetLayerChunks:input_type -> cairn.v1.GetLayerChunksRequest
-	21, // 24: cairn.v1.LayerService.GetChunks:input_type -> cairn.v1.GetChunksRequest
-	23, // 25: cairn.v1.LayerService.GetStats:input_type -> cairn.v1.GetStatsRequest
-	25, // 26: cairn.v1.LayerService.VerifyStore:input_type -> cairn.v1.VerifyStoreRequest
-	27, // 27: cairn.v1.LayerService.CollectGarbage:input_type -> cairn.v1.CollectGarbageRequest
-	4,  // 28: cairn.v1.LayerService.PushLayer:output_type -> cairn.v1.PushLayerResponse
-	6,  // 29: cairn.v1.LayerService.PullLayer:output_type -> cairn.v1.PullLayerResponse
-	8,  // 30: cairn.v1.LayerService.StatLayer:output_type -> cairn.v1.StatLayerResponse
-	10, // 31: cairn.v1.LayerService.ListLayers:output_type -> cairn.v1.ListLayersResponse
-	12, // 32: cairn.v1.LayerService.DeleteLayer:output_type -> cairn.v1.DeleteLayerResponse
-	14, // 33: cairn.v1.LayerService.FindMissingChunks:output_type -> cairn.v1.FindMissingChunksResponse
-	16, // 34: cairn.v1.LayerService.PutChunks:output_type -> cairn.v1.PutChunksResponse
-	18, // 35: cairn.v1.LayerService.CommitLayer:output_type -> cairn.v1.CommitLayerResponse
-	20, // 36: cairn.v1.LayerService.GetLayerChunks:output_type -> cairn.v1.GetLayerChunksResponse
-	22, // 37: cairn.v1.LayerService.GetChunks:output_type -> cairn.v1.GetChunksResponse
-	24, // 38: cairn.v1.LayerService.GetStats:output_type -> cairn.v1.GetStatsResponse
-	26, // 39: cairn.v1.LayerService.VerifyStore:output_type -> cairn.v1.VerifyStoreResponse
-	28, // 40: cairn.v1.LayerService.CollectGarbage:output_type -> cairn.v1.CollectGarbageResponse
-	28, // [28:41] is the sub-list for method output_type
-	15, // [15:28] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	30, // 14: cairn.v1.CollectGarbageRequest.untagged_max_age:type_name -> google.protobuf.Duration
+	30, // 15: cairn.v1.CollectGarbageResponse.duration:type_name -> google.protobuf.Duration
+	3,  // 16: cairn.v1.LayerService.PushLayer:input_type -> cairn.v1.PushLayerRequest
+	5,  // 17: cairn.v1.LayerService.PullLayer:input_type -> cairn.v1.PullLayerRequest
+	7,  // 18: cairn.v1.LayerService.StatLayer:input_type -> cairn.v1.StatLayerRequest
+	9,  // 19: cairn.v1.LayerService.ListLayers:input_type -> cairn.v1.ListLayersRequest
+	11, // 20: cairn.v1.LayerService.DeleteLayer:input_type -> cairn.v1.DeleteLayerRequest
+	13, // 21: cairn.v1.LayerService.FindMissingChunks:input_type -> cairn.v1.FindMissingChunksRequest
+	15, // 22: cairn.v1.LayerService.PutChunks:input_type -> cairn.v1.PutChunksRequest
+	17, // 23: cairn.v1.LayerService.CommitLayer:input_type -> cairn.v1.CommitLayerRequest
+	19, // 24: cairn.v1.LayerService.GetLayerChunks:input_type -> cairn.v1.GetLayerChunksRequest
+	21, // 25: cairn.v1.LayerService.GetChunks:input_type -> cairn.v1.GetChunksRequest
+	23, // 26: cairn.v1.LayerService.GetStats:input_type -> cairn.v1.GetStatsRequest
+	25, // 27: cairn.v1.LayerService.VerifyStore:input_type -> cairn.v1.VerifyStoreRequest
+	27, // 28: cairn.v1.LayerService.CollectGarbage:input_type -> cairn.v1.CollectGarbageRequest
+	4,  // 29: cairn.v1.LayerService.PushLayer:output_type -> cairn.v1.PushLayerResponse
+	6,  // 30: cairn.v1.LayerService.PullLayer:output_type -> cairn.v1.PullLayerResponse
+	8,  // 31: cairn.v1.LayerService.StatLayer:output_type -> cairn.v1.StatLayerResponse
+	10, // 32: cairn.v1.LayerService.ListLayers:output_type -> cairn.v1.ListLayersResponse
+	12, // 33: cairn.v1.LayerService.DeleteLayer:output_type -> cairn.v1.DeleteLayerResponse
+	14, // 34: cairn.v1.LayerService.FindMissingChunks:output_type -> cairn.v1.FindMissingChunksResponse
+	16, // 35: cairn.v1.LayerService.PutChunks:output_type -> cairn.v1.PutChunksResponse
+	18, // 36: cairn.v1.LayerService.CommitLayer:output_type -> cairn.v1.CommitLayerResponse
+	20, // 37: cairn.v1.LayerService.GetLayerChunks:output_type -> cairn.v1.GetLayerChunksResponse
+	22, // 38: cairn.v1.LayerService.GetChunks:output_type -> cairn.v1.GetChunksResponse
+	24, // 39: cairn.v1.LayerService.GetStats:output_type -> cairn.v1.GetStatsResponse
+	26, // 40: cairn.v1.LayerService.VerifyStore:output_type -> cairn.v1.VerifyStoreResponse
+	28, // 41: cairn.v1.LayerService.CollectGarbage:output_type -> cairn.v1.CollectGarbageResponse
+	29, // [29:42] is the sub-list for method output_type
+	16, // [16:29] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_cairn_v1_layer_proto_init() }
