@@ -169,6 +169,11 @@ func (c *Cache) evict(ctx context.Context, gen uint64, opts GCOptions, rep *GCRe
 		}
 		if opts.DryRun {
 			rep.EvictedBytes += est
+			if e.layer != "" {
+				rep.EvictedLayers++
+			} else {
+				rep.EvictedManifests++
+			}
 			continue
 		}
 		if e.layer != "" {

@@ -121,7 +121,8 @@ deleted --pack-grace later, since a reader may still be reading them.`,
 		fmt.Fprintf(tw, "stored\t%s in packs\n", humanBytes(rep.StoredBytes))
 		if opts.DryRun {
 			if rep.EvictedBytes > 0 {
-				fmt.Fprintf(tw, "quota\twould evict about %s the least recently used roots alone hold\n", humanBytes(rep.EvictedBytes))
+				fmt.Fprintf(tw, "quota\twould evict %d layers, %d tagged manifests: about %s they alone hold\n",
+					rep.EvictedLayers, rep.EvictedManifests, humanBytes(rep.EvictedBytes))
 			}
 		} else {
 			fmt.Fprintf(tw, "evicted\t%d layers, %d tagged manifests: about %s they alone held\n",
