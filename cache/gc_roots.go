@@ -269,13 +269,36 @@ func (c *Cache) deleteUnreached(ctx context.Context, gen uint64, d digest.Digest
 	// The backend's objects after the index: a crash in between leaves
 	// objects Reindex skips (a link to a missing layer) or restores as an
 	// unrooted layer the next run takes again.
-	keys := []string{layerKey(d)}
-	for _, repo := range slices.Compact(repos) {
-		keys = append(keys, blobLinkKey(repo, d), manifestLinkKey(repo, d))
-	}
-	for _, k := range keys {
+	// A push of the same bytes since the index delete wrote its objects
+	// again: those stay. (A push racing these deletes can still lose its
+	// manifest object, which only Reindex reads: see the note in #15.)
+	del := func(k string) error {
 		if err := c.store.Delete(ctx, k); err != nil && !errors.Is(err, backend.ErrNotFound) {
 			return backendErr("delete "+k, err)
+		}
+		return nil
+	}
+	if _, _, err := c.idx.Layer(d); errors.Is(err, ErrNotFound) && !c.isPinned(d) {
+		if err := del(layerKey(d)); err != nil {
+			return err
+		}
+	}
+	for _, repo := range slices.Compact(repos) {
+		err := func() error {
+			defer c.lockRepo(repo).Unlock() // links are written under it
+			if ok, err := c.idx.BlobLinked(repo, d); err != nil || ok {
+				return err
+			}
+			if err := del(blobLinkKey(repo, d)); err != nil {
+				return err
+			}
+			if _, err := c.idx.Manifest(repo, d); err == nil || !errors.Is(err, ErrNotFound) {
+				return err
+			}
+			return del(manifestLinkKey(repo, d))
+		}()
+		if err != nil {
+			return err
 		}
 	}
 	return nil

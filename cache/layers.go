@@ -130,28 +130,42 @@ func (c *Cache) Delete(ctx context.Context, d digest.Digest) error {
 	if err := ParseLayerDigest(d); err != nil {
 		return fmt.Errorf("cache: delete: %w", err)
 	}
+	_, err := c.removeLayer(ctx, d, func() ([]digest.Digest, bool, error) {
+		steps, err := c.idx.DeleteLayer(d)
+		return steps, true, err
+	})
+	return err
+}
+
+// removeLayer deletes layer d from the index with del, then its manifest
+// and the objects of the step records del deleted with it; deleted says
+// whether del did.
+func (c *Cache) removeLayer(ctx context.Context, d digest.Digest, del func() ([]digest.Digest, bool, error)) (deleted bool, err error) {
 	c.deleting.Add(1) // the step memo checks layers in the index meanwhile
 	c.layerSeq.Add(1)
-	steps, err := c.idx.DeleteLayer(d)
+	steps, deleted, err := del()
 	c.layerSeq.Add(1)
 	c.deleting.Add(-1)
 	if err != nil {
-		return fmt.Errorf("cache: %w", err)
+		return false, fmt.Errorf("cache: %w", err)
+	}
+	if !deleted {
+		return false, nil
 	}
 	for _, k := range steps {
 		c.steps.forget(k)
 	}
 	if err := c.store.Delete(ctx, layerKey(d)); err != nil {
-		return fmt.Errorf("cache: delete %s: %w", d, backendErr("delete manifest", err))
+		return true, fmt.Errorf("cache: delete %s: %w", d, backendErr("delete manifest", err))
 	}
 	// The steps' objects after the index entries: a crash in between
 	// leaves objects that Reindex skips, since their layer is gone.
 	for _, k := range steps {
 		if err := c.store.Delete(ctx, stepObjectKey(k)); err != nil && !errors.Is(err, backend.ErrNotFound) {
-			return fmt.Errorf("cache: delete %s: step %s: %w", d, k, backendErr("delete step record", err))
+			return true, fmt.Errorf("cache: delete %s: step %s: %w", d, k, backendErr("delete step record", err))
 		}
 	}
-	return nil
+	return true, nil
 }
 
 // Stats summarise the cache.

@@ -151,6 +151,9 @@ func (c *Cache) evict(ctx context.Context, gen uint64, opts GCOptions, rep *GCRe
 		}
 	}
 	slices.SortFunc(cands, func(a, b evictable) int { return a.used.Compare(b.used) })
+	// What was used within the grace period is never evicted.
+	cutoff := rep.Start.Add(-opts.grace())
+	cands = slices.DeleteFunc(cands, func(e evictable) bool { return e.used.After(cutoff) })
 	for _, e := range cands {
 		if rep.EvictedBytes >= need {
 			break
@@ -177,7 +180,18 @@ func (c *Cache) evict(ctx context.Context, gen uint64, opts GCOptions, rep *GCRe
 			continue
 		}
 		if e.layer != "" {
-			err = c.Delete(ctx, e.layer)
+			// Checked again where it is deleted: used since the cutoff
+			// (a step recorded, a manifest PUT naming it), it stays.
+			var deleted bool
+			err = c.step(ctx, gen, func() (err error) {
+				deleted, err = c.removeLayer(ctx, e.layer, func() ([]digest.Digest, bool, error) {
+					return c.idx.DeleteUnused(e.layer, cutoff, c.isPinned)
+				})
+				return err
+			})
+			if err == nil && !deleted {
+				continue
+			}
 			if err == nil {
 				rep.EvictedLayers++
 			}

@@ -222,6 +222,20 @@ func (x *DB) DeleteUnreached(d digest.Digest, cutoff time.Time, repos []string, 
 	return deleted, err
 }
 
+// DeleteUnused deletes layer d, with the step records naming it, if inside
+// the deleting transaction it was neither created, touched nor read after
+// cutoff and pinned says no: the quota's eviction, which must not take what
+// an existence answer has just handed out.
+func (x *DB) DeleteUnused(d digest.Digest, cutoff time.Time, pinned func(digest.Digest) bool) (steps []digest.Digest, deleted bool, err error) {
+	return x.deleteLayer(d, func(txn *badger.Txn, lr *LayerRecord) (bool, error) {
+		if pinned(d) {
+			return false, nil
+		}
+		t, err := (&Tx{txn, x}).lastUse(d, lr)
+		return err == nil && !t.After(cutoff), err
+	})
+}
+
 // unlinkAll removes repo's blob and manifest links to d, the manifest's
 // referrer link and the tags naming it.
 func unlinkAll(txn *badger.Txn, repo string, d digest.Digest) error {

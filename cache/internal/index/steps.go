@@ -39,6 +39,13 @@ func (x *DB) PutStep(key digest.Digest, body []byte, layer digest.Digest) (Hits,
 			} else if !ok {
 				return fmt.Errorf("%w: layer %s was deleted meanwhile", cerr.ErrFailedPrecondition, layer)
 			}
+			// A step makes its layer a root: the touch is what a
+			// collection deleting the layer reads (DeleteUnreached's
+			// check of step records is an iterator, which Badger's
+			// conflict detection does not see).
+			if err := x.touchLayer(txn, layer, time.Now()); err != nil {
+				return err
+			}
 		}
 		if h, err = getHits(txn, key); err != nil {
 			return err
