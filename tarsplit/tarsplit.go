@@ -371,14 +371,11 @@ func (j *Joiner) read1(p []byte) (int, error) {
 			}
 			return n, nil
 		case j.needCount:
-			c, err := binary.ReadUvarint(j.meta)
+			c, err := readContentLen(j.meta)
 			if err != nil {
-				return 0, j.fail(formatErr("bad content length", err))
+				return 0, j.fail(err)
 			}
-			if c > 1<<62 {
-				return 0, j.fail(fmt.Errorf("%w: content length %d", ErrFormat, c))
-			}
-			j.contLeft, j.needCount = int64(c), false
+			j.contLeft, j.needCount = c, false
 		case j.contLeft > 0:
 			if j.skip > 0 {
 				k := min(j.skip, j.contLeft)
@@ -407,7 +404,7 @@ func (j *Joiner) read1(p []byte) (int, error) {
 				return n, nil
 			}
 		default:
-			m, err := binary.ReadUvarint(j.meta)
+			m, err := readMetaLen(j.meta)
 			if err == io.EOF {
 				if j.skip > 0 {
 					return 0, j.fail(fmt.Errorf("%w: offset past the end of the tar", ErrFormat))
@@ -416,12 +413,9 @@ func (j *Joiner) read1(p []byte) (int, error) {
 				return 0, io.EOF
 			}
 			if err != nil {
-				return 0, j.fail(formatErr("bad record length", err))
+				return 0, j.fail(err)
 			}
-			if m > maxMetaRecord {
-				return 0, j.fail(fmt.Errorf("%w: record length %d", ErrFormat, m))
-			}
-			j.metaLeft, j.needCount = int64(m), true
+			j.metaLeft, j.needCount = m, true
 		}
 	}
 }
@@ -430,11 +424,76 @@ func (j *Joiner) read1(p []byte) (int, error) {
 // (read or skipped): at the tar's end, the content stream's whole length.
 func (j *Joiner) ContentRead() int64 { return j.contOff }
 
+// readMetaLen reads a record's first field, the length of its meta: io.EOF
+// as it is where the meta stream ends between records (its proper end),
+// ErrFormat for a length that is not a uvarint or exceeds maxMetaRecord.
+func readMetaLen(r io.ByteReader) (int64, error) {
+	m, err := readUvarint(r)
+	if err == io.EOF {
+		return 0, io.EOF
+	}
+	if err != nil {
+		return 0, formatErr("bad record length", err)
+	}
+	if m > maxMetaRecord {
+		return 0, fmt.Errorf("%w: record length %d", ErrFormat, m)
+	}
+	return int64(m), nil
+}
+
+// maxContentRecord bounds a record's content count: far beyond any tar, and
+// small enough that the running sums of a join (offsets in the tar and in
+// the content stream) cannot overflow for a meta stream of sane length.
+const maxContentRecord = 1 << 62
+
+// readContentLen reads a record's last field, the count of content bytes
+// that follow its meta in the tar.
+func readContentLen(r io.ByteReader) (int64, error) {
+	c, err := readUvarint(r)
+	if err != nil {
+		return 0, formatErr("bad content length", err)
+	}
+	if c > maxContentRecord {
+		return 0, fmt.Errorf("%w: content length %d", ErrFormat, c)
+	}
+	return int64(c), nil
+}
+
+// errOverflow is a uvarint of more than 64 bits: formatErr makes it
+// ErrFormat.
+var errOverflow = errors.New("a uvarint overflows 64 bits")
+
+// readUvarint is binary.ReadUvarint with an error of its own for a uvarint
+// that overflows, so that formatErr can tell that malformed meta stream
+// from the reader's own failure (binary.ReadUvarint's is unexported).
+func readUvarint(r io.ByteReader) (uint64, error) {
+	var x uint64
+	var s uint
+	for i := range binary.MaxVarintLen64 {
+		b, err := r.ReadByte()
+		if err != nil {
+			if i > 0 && err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, err
+		}
+		if b < 0x80 {
+			if i == binary.MaxVarintLen64-1 && b > 1 {
+				return 0, errOverflow
+			}
+			return x | uint64(b)<<s, nil
+		}
+		x |= uint64(b&0x7f) << s
+		s += 7
+	}
+	return 0, errOverflow
+}
+
 // formatErr is a meta stream that ends too soon (ErrFormat), or the meta
 // stream's own reader failing, passed on as it is: a backend that is
 // unavailable is not a malformed stream.
 func formatErr(what string, err error) error {
-	if err == io.EOF || err == io.ErrUnexpectedEOF {
+	if err == io.EOF || err == io.ErrUnexpectedEOF || err == errOverflow {
 		return fmt.Errorf("%w: %s: %v", ErrFormat, what, err)
 	}
 	return fmt.Errorf("tarsplit: %s: %w", what, err)

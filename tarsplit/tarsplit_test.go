@@ -255,12 +255,15 @@ func TestJoinRefusesBadStreams(t *testing.T) {
 	b := writeTar(t, tar.FormatPAX, sampleEntries(time.Unix(1, 0)), true)
 	content, meta := split(t, b)
 	for name, tc := range map[string]struct{ meta, content []byte }{
-		"no version":      {nil, content},
-		"other version":   {append([]byte{2}, meta[1:]...), content},
-		"meta cut":        {meta[:len(meta)/2], content},
-		"content short":   {meta, content[:len(content)-1]},
-		"content long":    {meta, append(bytes.Clone(content), 'x')},
-		"huge record len": {append([]byte{1}, 0xff, 0xff, 0xff, 0xff, 0x0f), content},
+		"no version":            {nil, content},
+		"other version":         {append([]byte{2}, meta[1:]...), content},
+		"meta cut":              {meta[:len(meta)/2], content},
+		"content short":         {meta, content[:len(content)-1]},
+		"content long":          {meta, append(bytes.Clone(content), 'x')},
+		"huge record len":       {append([]byte{1}, 0xff, 0xff, 0xff, 0xff, 0x0f), content},
+		"record len overflows":  {append([]byte{1}, bytes.Repeat([]byte{0xff}, 10)...), content},
+		"content len overflows": {append([]byte{1, 0}, bytes.Repeat([]byte{0x80}, 11)...), content},
+		"huge content len":      {[]byte{1, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f}, content},
 	} {
 		_, err := Join(io.Discard, bytes.NewReader(tc.meta), bytes.NewReader(tc.content))
 		if !errors.Is(err, ErrFormat) {
