@@ -327,6 +327,20 @@ func NewJoinerAt(meta io.Reader, open func(offset int64) (io.Reader, error), off
 	return &Joiner{meta: br, open: open, skip: offset}, nil
 }
 
+// NewJoinerFrom is NewJoinerAt started at a checkpoint cp at or before
+// offset: meta is the meta stream from cp.Meta on (no version byte), and
+// the join skips only the meta between cp and offset. A range read near the
+// end of a tar of many small files would otherwise read, verify and
+// decompress megabytes of headers before its first byte. cp must come from
+// Checkpoints over the same meta stream: the Joiner cannot tell a
+// checkpoint that falls inside a record from one that does not.
+func NewJoinerFrom(meta io.Reader, open func(offset int64) (io.Reader, error), cp Checkpoint, offset int64) (*Joiner, error) {
+	if offset < cp.Tar || cp.Meta < 1 || cp.Content < 0 {
+		return nil, fmt.Errorf("tarsplit: join from offset %d at checkpoint %+v", offset, cp)
+	}
+	return &Joiner{meta: bufio.NewReaderSize(meta, 64<<10), open: open, contOff: cp.Content, skip: offset - cp.Tar}, nil
+}
+
 // Read fills p across as many records as fit: a read per file header or
 // small file would cost more than the join itself.
 func (j *Joiner) Read(p []byte) (int, error) {
@@ -501,5 +515,89 @@ func formatErr(what string, err error) error {
 
 func (j *Joiner) fail(err error) error {
 	j.err = err
+	return err
+}
+
+// Checkpoint is a place where a join can start: the start of a record (its
+// meta length), as offsets in the tar, in the meta stream as stored (the
+// version byte is its offset 0) and in the content stream.
+type Checkpoint struct {
+	Tar, Meta, Content int64
+}
+
+// Checkpoints walks a whole meta stream, version byte first, without its
+// content, and returns where a join can start: the stream's start, the
+// first record boundary at least every meta bytes after the previous
+// checkpoint, and last the stream's end (whose Tar and Content are the
+// tar's and the content stream's lengths). They are spaced by meta bytes,
+// not tar bytes, because meta is what a join from a checkpoint must read to
+// reach an offset: content before the offset is skipped unread.
+//
+// The walk is as strict as a Joiner: a meta stream a Joiner would refuse
+// is ErrFormat here too (as is one whose tar would be longer than 2^62
+// bytes, which no content stream could fill), and the meta reader's own
+// failure is passed on.
+func Checkpoints(meta io.Reader, every int64) ([]Checkpoint, error) {
+	r := &countingReader{br: bufio.NewReaderSize(meta, 64<<10)}
+	v, err := r.ReadByte()
+	if err != nil {
+		return nil, formatErr("no version byte", err)
+	}
+	if v != Version {
+		return nil, fmt.Errorf("%w: version %d", ErrFormat, v)
+	}
+	every = max(every, 1)
+	at := Checkpoint{Meta: r.n}
+	points := []Checkpoint{at}
+	for {
+		at.Meta = r.n
+		if at.Meta-points[len(points)-1].Meta >= every {
+			points = append(points, at)
+		}
+		m, err := readMetaLen(r)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		if err := r.discard(m); err != nil {
+			return nil, formatErr("meta ends inside a record", err)
+		}
+		c, err := readContentLen(r)
+		if err != nil {
+			return nil, err
+		}
+		if at.Tar+m+c > maxContentRecord || at.Content+c > maxContentRecord {
+			return nil, fmt.Errorf("%w: a tar of more than %d bytes", ErrFormat, int64(maxContentRecord))
+		}
+		at.Tar += m + c
+		at.Content += c
+	}
+	if points[len(points)-1] != at {
+		points = append(points, at)
+	}
+	return points, nil
+}
+
+// countingReader counts the bytes read from a meta stream: a record's
+// fields are uvarints that need not be of minimal length, so their length
+// is what was read, not what their values would encode to.
+type countingReader struct {
+	br *bufio.Reader
+	n  int64
+}
+
+func (r *countingReader) ReadByte() (byte, error) {
+	b, err := r.br.ReadByte()
+	if err == nil {
+		r.n++
+	}
+	return b, err
+}
+
+func (r *countingReader) discard(k int64) error {
+	d, err := r.br.Discard(int(k))
+	r.n += int64(d)
 	return err
 }
