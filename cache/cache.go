@@ -156,6 +156,7 @@ type Cache struct {
 	spoolDir       string
 	blobs          *blobcache.Cache // nil: no rebuilt-blob cache
 	rebuilt        rebuildCounters
+	checkpoints    checkpointCache // where range reads of split tars start
 
 	// mu is held shared by every operation and exclusively by Reindex.
 	mu      sync.RWMutex

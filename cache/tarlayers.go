@@ -184,8 +184,9 @@ func (hc *hashCounter) Write(p []byte) (int, error) {
 }
 
 // rawReader reads n bytes from offset of the bytes lr's chunks make: its
-// recipe, or a split tar joined back. Chunks are verified one by one; a
-// whole layer is checked against its digest by openLocked's caller.
+// recipe, or a split tar joined back (from a checkpoint near offset, for a
+// range far into a big one: tarcheckpoints.go). Chunks are verified one by
+// one; a whole layer is checked against its digest by openLocked's caller.
 func (c *Cache) rawReader(ctx context.Context, lr *index.LayerRecord, offset, n int64) (io.ReadCloser, error) {
 	if lr.Tar == nil {
 		return c.chunks.NewReader(ctx, lr.Recipe, offset, n), nil
@@ -197,24 +198,56 @@ func (c *Cache) rawReader(ctx context.Context, lr *index.LayerRecord, offset, n 
 	for _, e := range lr.Recipe {
 		contentSize += e.Size
 	}
-	meta := c.chunks.NewReader(ctx, lr.Tar.Meta, 0, metaSize)
-	tr := &joinedReader{meta: meta}
-	j, err := tarsplit.NewJoinerAt(meta, func(off int64) (io.Reader, error) {
+	toEnd := offset+n == lr.Tar.Size
+	// A range read that would walk more than a megabyte of meta to its
+	// offset starts at the last checkpoint before it instead, and reads
+	// either stream no further than the range needs; a whole read (offset
+	// 0) walks the streams from their start to their end, as it must.
+	from, to := tarsplit.Checkpoint{}, tarsplit.Checkpoint{Meta: metaSize, Content: contentSize}
+	if c.checkpoints.useCheckpoints(offset, metaSize) {
+		points, err := c.tarCheckpoints(ctx, lr, metaSize)
+		if err != nil {
+			return nil, joinErr(lr.Digest, err)
+		}
+		if points != nil {
+			from, to = joinSpan(points, offset, n, toEnd)
+			to.Content = min(to.Content, contentSize)
+		}
+	}
+	tr := &joinedReader{}
+	open := func(off int64) (io.Reader, error) {
 		if off > contentSize {
 			return nil, fmt.Errorf("%w: layer %s: its meta stream runs past its content", ErrDataLoss, lr.Digest)
 		}
-		tr.content = c.chunks.NewReader(ctx, lr.Recipe, off, contentSize-off)
+		tr.content = c.chunks.NewReader(ctx, lr.Recipe, off, max(to.Content-off, 0))
 		return tr.content, nil
-	}, offset)
-	if err != nil {
-		meta.Close()
-		if errors.Is(err, tarsplit.ErrFormat) {
-			return nil, fmt.Errorf("%w: layer %s: %w", ErrDataLoss, lr.Digest, err)
-		}
-		return nil, fmt.Errorf("layer %s: %w", lr.Digest, err)
 	}
-	tr.r = &exactJoin{j: j, d: lr.Digest, want: n, toEnd: offset+n == lr.Tar.Size, content: contentSize}
+	tr.meta = c.chunks.NewReader(ctx, lr.Tar.Meta, from.Meta, to.Meta-from.Meta)
+	meta := &countingReader{r: tr.meta, n: &c.checkpoints.metaRead}
+	var j *tarsplit.Joiner
+	var err error
+	if from.Meta == 0 {
+		j, err = tarsplit.NewJoinerAt(meta, open, offset)
+	} else {
+		j, err = tarsplit.NewJoinerFrom(meta, open, from, offset)
+	}
+	if err != nil {
+		tr.meta.Close()
+		return nil, joinErr(lr.Digest, err)
+	}
+	tr.r = &exactJoin{j: j, d: lr.Digest, want: n, toEnd: toEnd, content: contentSize}
 	return tr, nil
+}
+
+// joinErr is the error of a split tar's join that failed to start: a meta
+// stream that does not parse is data loss (its chunks were verified, so
+// the stored layer itself is wrong), anything else (a backend that fails)
+// is passed on.
+func joinErr(d digest.Digest, err error) error {
+	if errors.Is(err, tarsplit.ErrFormat) {
+		return fmt.Errorf("%w: layer %s: %w", ErrDataLoss, d, err)
+	}
+	return fmt.Errorf("layer %s: %w", d, err)
 }
 
 // exactJoin is the join, checked: it must yield exactly want bytes, and a

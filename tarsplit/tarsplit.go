@@ -327,6 +327,20 @@ func NewJoinerAt(meta io.Reader, open func(offset int64) (io.Reader, error), off
 	return &Joiner{meta: br, open: open, skip: offset}, nil
 }
 
+// NewJoinerFrom is NewJoinerAt started at a checkpoint cp at or before
+// offset: meta is the meta stream from cp.Meta on (no version byte), and
+// the join skips only the meta between cp and offset. A range read near the
+// end of a tar of many small files would otherwise read, verify and
+// decompress megabytes of headers before its first byte. cp must come from
+// Checkpoints over the same meta stream: the Joiner cannot tell a
+// checkpoint that falls inside a record from one that does not.
+func NewJoinerFrom(meta io.Reader, open func(offset int64) (io.Reader, error), cp Checkpoint, offset int64) (*Joiner, error) {
+	if offset < cp.Tar || cp.Meta < 1 || cp.Content < 0 {
+		return nil, fmt.Errorf("tarsplit: join from offset %d at checkpoint %+v", offset, cp)
+	}
+	return &Joiner{meta: bufio.NewReaderSize(meta, 64<<10), open: open, contOff: cp.Content, skip: offset - cp.Tar}, nil
+}
+
 // Read fills p across as many records as fit: a read per file header or
 // small file would cost more than the join itself.
 func (j *Joiner) Read(p []byte) (int, error) {
@@ -371,14 +385,11 @@ func (j *Joiner) read1(p []byte) (int, error) {
 			}
 			return n, nil
 		case j.needCount:
-			c, err := binary.ReadUvarint(j.meta)
+			c, err := readContentLen(j.meta)
 			if err != nil {
-				return 0, j.fail(formatErr("bad content length", err))
+				return 0, j.fail(err)
 			}
-			if c > 1<<62 {
-				return 0, j.fail(fmt.Errorf("%w: content length %d", ErrFormat, c))
-			}
-			j.contLeft, j.needCount = int64(c), false
+			j.contLeft, j.needCount = c, false
 		case j.contLeft > 0:
 			if j.skip > 0 {
 				k := min(j.skip, j.contLeft)
@@ -407,7 +418,7 @@ func (j *Joiner) read1(p []byte) (int, error) {
 				return n, nil
 			}
 		default:
-			m, err := binary.ReadUvarint(j.meta)
+			m, err := readMetaLen(j.meta)
 			if err == io.EOF {
 				if j.skip > 0 {
 					return 0, j.fail(fmt.Errorf("%w: offset past the end of the tar", ErrFormat))
@@ -416,12 +427,9 @@ func (j *Joiner) read1(p []byte) (int, error) {
 				return 0, io.EOF
 			}
 			if err != nil {
-				return 0, j.fail(formatErr("bad record length", err))
+				return 0, j.fail(err)
 			}
-			if m > maxMetaRecord {
-				return 0, j.fail(fmt.Errorf("%w: record length %d", ErrFormat, m))
-			}
-			j.metaLeft, j.needCount = int64(m), true
+			j.metaLeft, j.needCount = m, true
 		}
 	}
 }
@@ -430,11 +438,76 @@ func (j *Joiner) read1(p []byte) (int, error) {
 // (read or skipped): at the tar's end, the content stream's whole length.
 func (j *Joiner) ContentRead() int64 { return j.contOff }
 
+// readMetaLen reads a record's first field, the length of its meta: io.EOF
+// as it is where the meta stream ends between records (its proper end),
+// ErrFormat for a length that is not a uvarint or exceeds maxMetaRecord.
+func readMetaLen(r io.ByteReader) (int64, error) {
+	m, err := readUvarint(r)
+	if err == io.EOF {
+		return 0, io.EOF
+	}
+	if err != nil {
+		return 0, formatErr("bad record length", err)
+	}
+	if m > maxMetaRecord {
+		return 0, fmt.Errorf("%w: record length %d", ErrFormat, m)
+	}
+	return int64(m), nil
+}
+
+// maxContentRecord bounds a record's content count: far beyond any tar, and
+// small enough that the running sums of a join (offsets in the tar and in
+// the content stream) cannot overflow for a meta stream of sane length.
+const maxContentRecord = 1 << 62
+
+// readContentLen reads a record's last field, the count of content bytes
+// that follow its meta in the tar.
+func readContentLen(r io.ByteReader) (int64, error) {
+	c, err := readUvarint(r)
+	if err != nil {
+		return 0, formatErr("bad content length", err)
+	}
+	if c > maxContentRecord {
+		return 0, fmt.Errorf("%w: content length %d", ErrFormat, c)
+	}
+	return int64(c), nil
+}
+
+// errOverflow is a uvarint of more than 64 bits: formatErr makes it
+// ErrFormat.
+var errOverflow = errors.New("a uvarint overflows 64 bits")
+
+// readUvarint is binary.ReadUvarint with an error of its own for a uvarint
+// that overflows, so that formatErr can tell that malformed meta stream
+// from the reader's own failure (binary.ReadUvarint's is unexported).
+func readUvarint(r io.ByteReader) (uint64, error) {
+	var x uint64
+	var s uint
+	for i := range binary.MaxVarintLen64 {
+		b, err := r.ReadByte()
+		if err != nil {
+			if i > 0 && err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, err
+		}
+		if b < 0x80 {
+			if i == binary.MaxVarintLen64-1 && b > 1 {
+				return 0, errOverflow
+			}
+			return x | uint64(b)<<s, nil
+		}
+		x |= uint64(b&0x7f) << s
+		s += 7
+	}
+	return 0, errOverflow
+}
+
 // formatErr is a meta stream that ends too soon (ErrFormat), or the meta
 // stream's own reader failing, passed on as it is: a backend that is
 // unavailable is not a malformed stream.
 func formatErr(what string, err error) error {
-	if err == io.EOF || err == io.ErrUnexpectedEOF {
+	if err == io.EOF || err == io.ErrUnexpectedEOF || err == errOverflow {
 		return fmt.Errorf("%w: %s: %v", ErrFormat, what, err)
 	}
 	return fmt.Errorf("tarsplit: %s: %w", what, err)
@@ -442,5 +515,89 @@ func formatErr(what string, err error) error {
 
 func (j *Joiner) fail(err error) error {
 	j.err = err
+	return err
+}
+
+// Checkpoint is a place where a join can start: the start of a record (its
+// meta length), as offsets in the tar, in the meta stream as stored (the
+// version byte is its offset 0) and in the content stream.
+type Checkpoint struct {
+	Tar, Meta, Content int64
+}
+
+// Checkpoints walks a whole meta stream, version byte first, without its
+// content, and returns where a join can start: the stream's start, the
+// first record boundary at least every meta bytes after the previous
+// checkpoint, and last the stream's end (whose Tar and Content are the
+// tar's and the content stream's lengths). They are spaced by meta bytes,
+// not tar bytes, because meta is what a join from a checkpoint must read to
+// reach an offset: content before the offset is skipped unread.
+//
+// The walk is as strict as a Joiner: a meta stream a Joiner would refuse
+// is ErrFormat here too (as is one whose tar would be longer than 2^62
+// bytes, which no content stream could fill), and the meta reader's own
+// failure is passed on.
+func Checkpoints(meta io.Reader, every int64) ([]Checkpoint, error) {
+	r := &countingReader{br: bufio.NewReaderSize(meta, 64<<10)}
+	v, err := r.ReadByte()
+	if err != nil {
+		return nil, formatErr("no version byte", err)
+	}
+	if v != Version {
+		return nil, fmt.Errorf("%w: version %d", ErrFormat, v)
+	}
+	every = max(every, 1)
+	at := Checkpoint{Meta: r.n}
+	points := []Checkpoint{at}
+	for {
+		at.Meta = r.n
+		if at.Meta-points[len(points)-1].Meta >= every {
+			points = append(points, at)
+		}
+		m, err := readMetaLen(r)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		if err := r.discard(m); err != nil {
+			return nil, formatErr("meta ends inside a record", err)
+		}
+		c, err := readContentLen(r)
+		if err != nil {
+			return nil, err
+		}
+		if at.Tar+m+c > maxContentRecord || at.Content+c > maxContentRecord {
+			return nil, fmt.Errorf("%w: a tar of more than %d bytes", ErrFormat, int64(maxContentRecord))
+		}
+		at.Tar += m + c
+		at.Content += c
+	}
+	if points[len(points)-1] != at {
+		points = append(points, at)
+	}
+	return points, nil
+}
+
+// countingReader counts the bytes read from a meta stream: a record's
+// fields are uvarints that need not be of minimal length, so their length
+// is what was read, not what their values would encode to.
+type countingReader struct {
+	br *bufio.Reader
+	n  int64
+}
+
+func (r *countingReader) ReadByte() (byte, error) {
+	b, err := r.br.ReadByte()
+	if err == nil {
+		r.n++
+	}
+	return b, err
+}
+
+func (r *countingReader) discard(k int64) error {
+	d, err := r.br.Discard(int(k))
+	r.n += int64(d)
 	return err
 }

@@ -255,12 +255,15 @@ func TestJoinRefusesBadStreams(t *testing.T) {
 	b := writeTar(t, tar.FormatPAX, sampleEntries(time.Unix(1, 0)), true)
 	content, meta := split(t, b)
 	for name, tc := range map[string]struct{ meta, content []byte }{
-		"no version":      {nil, content},
-		"other version":   {append([]byte{2}, meta[1:]...), content},
-		"meta cut":        {meta[:len(meta)/2], content},
-		"content short":   {meta, content[:len(content)-1]},
-		"content long":    {meta, append(bytes.Clone(content), 'x')},
-		"huge record len": {append([]byte{1}, 0xff, 0xff, 0xff, 0xff, 0x0f), content},
+		"no version":            {nil, content},
+		"other version":         {append([]byte{2}, meta[1:]...), content},
+		"meta cut":              {meta[:len(meta)/2], content},
+		"content short":         {meta, content[:len(content)-1]},
+		"content long":          {meta, append(bytes.Clone(content), 'x')},
+		"huge record len":       {append([]byte{1}, 0xff, 0xff, 0xff, 0xff, 0x0f), content},
+		"record len overflows":  {append([]byte{1}, bytes.Repeat([]byte{0xff}, 10)...), content},
+		"content len overflows": {append([]byte{1, 0}, bytes.Repeat([]byte{0x80}, 11)...), content},
+		"huge content len":      {[]byte{1, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f}, content},
 	} {
 		_, err := Join(io.Discard, bytes.NewReader(tc.meta), bytes.NewReader(tc.content))
 		if !errors.Is(err, ErrFormat) {
@@ -383,4 +386,215 @@ func TestJoinPassesReadErrors(t *testing.T) {
 			t.Errorf("meta failing at %d: %v; want the backend's error, not ErrFormat", at, err)
 		}
 	}
+}
+
+// joinFrom joins the tar from offset, starting at checkpoint cp, with the
+// meta stream cut at metaEnd: what a range read does.
+func joinFrom(meta, content []byte, cp Checkpoint, metaEnd, offset int64) ([]byte, error) {
+	j, err := NewJoinerFrom(bytes.NewReader(meta[cp.Meta:metaEnd]), func(o int64) (io.Reader, error) {
+		if o > int64(len(content)) {
+			return nil, fmt.Errorf("content opened at %d of %d", o, len(content))
+		}
+		return bytes.NewReader(content[o:]), nil
+	}, cp, offset)
+	if err != nil {
+		return nil, err
+	}
+	return io.ReadAll(j)
+}
+
+// checkCheckpoints splits b, takes its checkpoints every `every` meta
+// bytes, checks where they are, and joins from each of them (from the
+// first, the last two and sample others of a longer list) at offsets
+// from the checkpoint itself to the next one's, to the tar's end and, with
+// the meta stream cut at a later checkpoint, to that checkpoint: each join
+// must be the tar's bytes from its offset exactly.
+func checkCheckpoints(t testing.TB, b []byte, every int64, rng *rand.Rand, sample int) []Checkpoint {
+	t.Helper()
+	content, meta := split(t, b)
+	points, err := Checkpoints(bytes.NewReader(meta), every)
+	if err != nil {
+		t.Fatalf("Checkpoints: %v", err)
+	}
+	if first := points[0]; first != (Checkpoint{Meta: 1}) {
+		t.Fatalf("first checkpoint %+v, want the stream's start", first)
+	}
+	if last, end := points[len(points)-1], (Checkpoint{int64(len(b)), int64(len(meta)), int64(len(content))}); last != end {
+		t.Fatalf("last checkpoint %+v, want the stream's end %+v", last, end)
+	}
+	for i := 1; i < len(points); i++ {
+		p, q := points[i-1], points[i]
+		if q.Tar < p.Tar || q.Content < p.Content || q.Meta <= p.Meta || q.Content-p.Content > q.Tar-p.Tar {
+			t.Fatalf("checkpoints %d and %d out of order: %+v, %+v", i-1, i, p, q)
+		}
+		if i < len(points)-1 && (q.Meta-p.Meta < every || q.Meta-p.Meta > every+maxMetaRecord+2*10) {
+			t.Fatalf("checkpoints %d and %d %d meta bytes apart, every %d", i-1, i, q.Meta-p.Meta, every)
+		}
+	}
+	tarLen, metaLen := int64(len(b)), int64(len(meta))
+	// Every checkpoint of a short list; of a long one (a join from each to
+	// the end would be quadratic) the first, the last two and sample others.
+	try := make([]int, len(points))
+	for i := range try {
+		try[i] = i
+	}
+	if len(try) > sample+3 {
+		rng.Shuffle(len(try)-3, func(i, j int) { try[i+1], try[j+1] = try[j+1], try[i+1] })
+		try = append(try[:sample+1], len(points)-2, len(points)-1)
+	}
+	for _, i := range try {
+		cp := points[i]
+		next := tarLen
+		if i+1 < len(points) {
+			next = points[i+1].Tar
+		}
+		offs := []int64{cp.Tar, min(cp.Tar+1, tarLen), max(next-1, cp.Tar), next}
+		for range 3 {
+			offs = append(offs, cp.Tar+rng.Int64N(next-cp.Tar+1))
+		}
+		for k, off := range offs {
+			if k == 0 || k == len(offs)-1 { // to the end: once at the checkpoint, once past it
+				got, err := joinFrom(meta, content, cp, metaLen, off)
+				if err != nil || !bytes.Equal(got, b[off:]) {
+					t.Fatalf("join from checkpoint %d %+v at %d: %d bytes, %v; want the tar's %d from there", i, cp, off, len(got), err, tarLen-off)
+				}
+			}
+			// Cut at a later checkpoint, the join ends there, exactly.
+			e := points[i+rng.IntN(min(len(points)-i, 4))]
+			if e.Tar < off {
+				continue
+			}
+			got, err := joinFrom(meta, content, cp, e.Meta, off)
+			if err != nil || !bytes.Equal(got, b[off:e.Tar]) {
+				t.Fatalf("join from %+v at %d, meta cut at %+v: %d bytes, %v; want %d", cp, off, e, len(got), err, e.Tar-off)
+			}
+		}
+	}
+	return points
+}
+
+// manySmallFiles is a tar of n small files (0 to 3 KiB, some with long
+// names in PAX records): a meta stream about as long as its content.
+func manySmallFiles(t testing.TB, n int) []byte {
+	rng := rand.New(rand.NewPCG(uint64(n), 2))
+	entries := make([]entry, n)
+	for i := range entries {
+		name := fmt.Sprintf("dir%d/file%d", i%37, i)
+		if i%50 == 0 {
+			name = strings.Repeat("long/", 30) + name
+		}
+		entries[i] = entry{hdr: tar.Header{Name: name, ModTime: time.Unix(int64(i), 0)}, data: text(uint64(i), rng.IntN(3<<10))}
+	}
+	return writeTar(t, tar.FormatPAX, entries, true)
+}
+
+// A join from any checkpoint, at any offset past it, is the tar's bytes
+// from that offset: real tars, odd ends, checkpoints dense and sparse.
+func TestJoinFromCheckpoints(t *testing.T) {
+	rng := rand.New(rand.NewPCG(13, 13))
+	tars := map[string][]byte{
+		"formats":     writeTar(t, tar.FormatPAX, sampleEntries(time.Unix(1700000000, 0)), true),
+		"gnu":         writeTar(t, tar.FormatGNU, sampleEntries(time.Unix(1700000000, 0)), true),
+		"small files": manySmallFiles(t, 1500),
+		"no end":      writeTar(t, tar.FormatPAX, sampleEntries(time.Unix(1, 0))[:3], false),
+		"garbage":     append(writeTar(t, tar.FormatPAX, sampleEntries(time.Unix(1, 0))[:3], true), text(8, 3<<20)...),
+		"not a tar":   text(9, 100000),
+		"empty":       {},
+	}
+	for name, b := range tars {
+		t.Run(name, func(t *testing.T) {
+			for _, every := range []int64{1, 700, 64 << 10, 1 << 30} {
+				points := checkCheckpoints(t, b, every, rng, 40)
+				t.Logf("every %d: %d checkpoints", every, len(points))
+			}
+		})
+	}
+}
+
+// A meta stream the join refuses, the checkpoint walk refuses as well, and
+// a meta reader's failure is that failure, not ErrFormat.
+func TestCheckpointsRefuseBadStreams(t *testing.T) {
+	b := writeTar(t, tar.FormatPAX, sampleEntries(time.Unix(1, 0)), true)
+	_, meta := split(t, b)
+	for name, m := range map[string][]byte{
+		"no version":            nil,
+		"other version":         append([]byte{2}, meta[1:]...),
+		"meta cut":              meta[:len(meta)/2],
+		"cut in a count":        {1, 0},
+		"huge record len":       {1, 0xff, 0xff, 0xff, 0xff, 0x0f},
+		"record len overflows":  append([]byte{1}, bytes.Repeat([]byte{0xff}, 10)...),
+		"content len overflows": append([]byte{1, 0}, bytes.Repeat([]byte{0x80}, 11)...),
+		"huge content len":      {1, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f},
+	} {
+		if _, err := Checkpoints(bytes.NewReader(m), 100); !errors.Is(err, ErrFormat) {
+			t.Errorf("%s: %v, want ErrFormat", name, err)
+		}
+	}
+	boom := errors.New("backend unavailable")
+	for _, at := range []int{0, 1, len(meta) / 2} {
+		_, err := Checkpoints(io.MultiReader(bytes.NewReader(meta[:at]), failing{boom}), 100)
+		if !errors.Is(err, boom) || errors.Is(err, ErrFormat) {
+			t.Errorf("meta failing at %d: %v; want the backend's error, not ErrFormat", at, err)
+		}
+	}
+	if _, err := NewJoinerFrom(bytes.NewReader(meta), nil, Checkpoint{Tar: 10, Meta: 1}, 9); err == nil {
+		t.Error("a join from a checkpoint past its offset started")
+	}
+}
+
+// Anything that splits joins back from any of its checkpoints, at any
+// offset.
+func FuzzJoinFromCheckpoint(f *testing.F) {
+	f.Add(writeTar(f, tar.FormatPAX, sampleEntries(time.Unix(1, 0))[:4], true), uint16(600), uint64(1))
+	f.Add(manySmallFiles(f, 12), uint16(1), uint64(2))
+	f.Add([]byte("not a tar"), uint16(0), uint64(3))
+	f.Fuzz(func(t *testing.T, b []byte, every uint16, seed uint64) {
+		checkCheckpoints(t, b, int64(every), rand.New(rand.NewPCG(seed, 0)), 6)
+	})
+}
+
+// The checkpoint walk and the join agree on any meta stream: the walk
+// refuses what the join refuses, and where the walk succeeds, the join over
+// that much content yields the tar length the walk found, and so does each
+// join from a checkpoint.
+func FuzzCheckpoints(f *testing.F) {
+	b := writeTar(f, tar.FormatPAX, sampleEntries(time.Unix(1, 0))[:4], true)
+	_, meta := split(f, b)
+	f.Add(meta, uint16(100))
+	f.Add([]byte{1, 0, 0x80, 0x00, 0x81, 0x00, 0x05}, uint16(1))
+	f.Add([]byte{1}, uint16(0))
+	f.Fuzz(func(t *testing.T, meta []byte, every uint16) {
+		points, err := Checkpoints(bytes.NewReader(meta), int64(every))
+		if err != nil {
+			if !errors.Is(err, ErrFormat) {
+				t.Fatalf("Checkpoints: %v, want ErrFormat", err)
+			}
+			if _, jerr := Join(io.Discard, bytes.NewReader(meta), bytes.NewReader(make([]byte, 1<<16))); jerr == nil {
+				t.Fatalf("the walk refuses the meta stream (%v), the join does not", err)
+			}
+			return
+		}
+		end := points[len(points)-1]
+		if end.Content > 1<<16 {
+			return // too much content to make up
+		}
+		content := make([]byte, end.Content)
+		for i := range content {
+			content[i] = byte(i)
+		}
+		var whole bytes.Buffer
+		if _, err := Join(&whole, bytes.NewReader(meta), bytes.NewReader(content)); err != nil {
+			t.Fatalf("the walk accepts the meta stream, the join does not: %v", err)
+		}
+		if int64(whole.Len()) != end.Tar || end.Meta != int64(len(meta)) {
+			t.Fatalf("the join gives %d bytes, the walk's end is %+v", whole.Len(), end)
+		}
+		for k := range min(len(points), 12) { // the first and last, and some between
+			cp := points[(len(points)-1)*k/max(min(len(points), 12)-1, 1)]
+			got, err := joinFrom(meta, content, cp, int64(len(meta)), cp.Tar)
+			if err != nil || !bytes.Equal(got, whole.Bytes()[cp.Tar:]) {
+				t.Fatalf("join from %+v: %d bytes, %v", cp, len(got), err)
+			}
+		}
+	})
 }
