@@ -148,8 +148,6 @@ func (c *Cache) markRepo(ctx context.Context, gen uint64, repo string, untaggedC
 		}
 		if young {
 			add(d)
-		} else {
-			rep.UntaggedManifests++
 		}
 	}
 	for len(queue) > 0 || len(manifests) > 0 {
@@ -170,6 +168,11 @@ func (c *Cache) markRepo(ctx context.Context, gen uint64, repo string, untaggedC
 		}
 		if !grew {
 			break
+		}
+	}
+	for d := range manifests {
+		if !reached[d] {
+			rep.UntaggedManifests++ // untagged, old, and no manifest kept reaches it
 		}
 	}
 	for d := range reached {
@@ -251,10 +254,11 @@ func (c *Cache) unreached(ctx context.Context, gen uint64, opts GCOptions, r *re
 // then its backend objects.
 func (c *Cache) deleteUnreached(ctx context.Context, gen uint64, d digest.Digest, cutoff time.Time, repos []string, rep *GCReport) error {
 	var deleted bool
+	var tags map[string][]string
 	err := c.step(ctx, gen, func() (err error) {
 		c.deleting.Add(1)
 		c.layerSeq.Add(1)
-		deleted, err = c.idx.DeleteUnreached(d, cutoff, repos, c.isPinned)
+		deleted, tags, err = c.idx.DeleteUnreached(d, cutoff, repos, c.isPinned)
 		c.layerSeq.Add(1)
 		c.deleting.Add(-1)
 		return err
@@ -294,6 +298,14 @@ func (c *Cache) deleteUnreached(ctx context.Context, gen uint64, d digest.Digest
 			}
 			if _, err := c.idx.Manifest(repo, d); err == nil || !errors.Is(err, ErrNotFound) {
 				return err
+			}
+			for _, t := range tags[repo] { // tags the index deleted with it
+				if got, err := c.idx.Resolve(repo, t); err == nil && got != d {
+					continue // pointed elsewhere since
+				}
+				if err := del(tagKey(repo, t)); err != nil {
+					return err
+				}
 			}
 			return del(manifestLinkKey(repo, d))
 		}()

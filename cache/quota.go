@@ -106,6 +106,9 @@ func (c *Cache) evict(ctx context.Context, gen uint64, opts GCOptions, rep *GCRe
 		if opts.KeepTags != nil && slices.ContainsFunc(m.tags, opts.KeepTags.MatchString) {
 			continue
 		}
+		if r.refs[m.d] > 0 {
+			continue // a child of a manifest that stays: its link must too
+		}
 		var used time.Time
 		err := c.step(ctx, gen, func() (err error) {
 			used, err = c.idx.LastUse(m.d)
@@ -196,7 +199,14 @@ func (c *Cache) evict(ctx context.Context, gen uint64, opts GCOptions, rep *GCRe
 				rep.EvictedLayers++
 			}
 		} else {
-			err = c.step(ctx, gen, func() error { return c.deleteManifest(ctx, e.manifest.repo, string(e.manifest.d)) })
+			var unlinked bool
+			err = c.step(ctx, gen, func() (err error) {
+				unlinked, err = c.evictManifest(ctx, e.manifest, cutoff)
+				return err
+			})
+			if err == nil && !unlinked {
+				continue
+			}
 			if err == nil {
 				rep.EvictedManifests++
 			}
@@ -304,4 +314,26 @@ func (c *Cache) manifestExclusive(m *taggedManifest, r *reach) (int64, error) {
 		n += k
 	}
 	return n, nil
+}
+
+// evictManifest deletes the planned tags of m that still name it and, if
+// nothing else keeps it (index.DB.EvictManifest), its link: index first,
+// then the backend's objects, under the repository's lock.
+func (c *Cache) evictManifest(ctx context.Context, m *taggedManifest, cutoff time.Time) (unlinked bool, err error) {
+	defer c.lockRepo(m.repo).Unlock()
+	tags, unlinked, err := c.idx.EvictManifest(m.repo, m.d, m.tags, cutoff)
+	if err != nil {
+		return false, err
+	}
+	for _, t := range tags {
+		if err := c.store.Delete(ctx, tagKey(m.repo, t)); err != nil && !errors.Is(err, backend.ErrNotFound) {
+			return unlinked, backendErr("delete tag", err)
+		}
+	}
+	if unlinked {
+		if err := c.store.Delete(ctx, manifestLinkKey(m.repo, m.d)); err != nil && !errors.Is(err, backend.ErrNotFound) {
+			return true, backendErr("delete manifest link", err)
+		}
+	}
+	return unlinked, nil
 }

@@ -2,8 +2,11 @@ package index
 
 import (
 	"bytes"
+	"errors"
+	"slices"
 	"time"
 
+	"github.com/cairnbuild/cairn/cache/internal/cerr"
 	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
 )
@@ -199,8 +202,9 @@ func (tx *Tx) lastUse(d digest.Digest, lr *LayerRecord) (time.Time, error) {
 // time in the transaction that sees d (HoldLayer, PutManifest, LinkBlob):
 // so either that transaction conflicts with this one and sees d gone, or
 // this one sees the touch and keeps d.
-func (x *DB) DeleteUnreached(d digest.Digest, cutoff time.Time, repos []string, pinned func(digest.Digest) bool) (bool, error) {
+func (x *DB) DeleteUnreached(d digest.Digest, cutoff time.Time, repos []string, pinned func(digest.Digest) bool) (deleted bool, tags map[string][]string, err error) {
 	guard := func(txn *badger.Txn, lr *LayerRecord) (bool, error) {
+		tags = nil
 		if ok, err := has(txn, unrootedKey(d)); err != nil || !ok || pinned(d) {
 			return false, err
 		}
@@ -212,14 +216,21 @@ func (x *DB) DeleteUnreached(d digest.Digest, cutoff time.Time, repos []string, 
 			return false, err
 		}
 		for _, repo := range repos {
-			if err := unlinkAll(txn, repo, d); err != nil {
+			ts, err := unlinkAll(txn, repo, d)
+			if err != nil {
 				return false, err
+			}
+			if len(ts) > 0 {
+				if tags == nil {
+					tags = map[string][]string{}
+				}
+				tags[repo] = ts
 			}
 		}
 		return true, txn.Delete(unrootedKey(d))
 	}
-	_, deleted, err := x.deleteLayer(d, guard)
-	return deleted, err
+	_, deleted, err = x.deleteLayer(d, guard)
+	return deleted, tags, err
 }
 
 // DeleteUnused deletes layer d, with the step records naming it, if inside
@@ -237,10 +248,10 @@ func (x *DB) DeleteUnused(d digest.Digest, cutoff time.Time, pinned func(digest.
 }
 
 // unlinkAll removes repo's blob and manifest links to d, the manifest's
-// referrer link and the tags naming it.
-func unlinkAll(txn *badger.Txn, repo string, d digest.Digest) error {
+// referrer link and the tags naming it, and returns those tags.
+func unlinkAll(txn *badger.Txn, repo string, d digest.Digest) ([]string, error) {
 	if err := txn.Delete(linkKey(idxBlobLink, repo, string(d))); err != nil {
-		return err
+		return nil, err
 	}
 	lk := linkKey(idxManLink, repo, string(d))
 	var mr ManifestRecord
@@ -249,33 +260,33 @@ func unlinkAll(txn *badger.Txn, repo string, d digest.Digest) error {
 		return err
 	})
 	if err != nil || !ok {
-		return err
+		return nil, err
 	}
 	if mr.Subject != "" {
 		if err := txn.Delete(linkKey(idxReferrer, repo, string(mr.Subject), string(d))); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	prefix := linkKey(idxTag, repo)
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
-	var tags [][]byte
+	var tags []string
 	for it.Rewind(); it.ValidForPrefix(prefix); it.Next() {
 		v, err := it.Item().ValueCopy(nil)
 		if err != nil {
 			it.Close()
-			return err
+			return nil, err
 		}
 		if bytes.Equal(v, []byte(d)) {
-			tags = append(tags, it.Item().KeyCopy(nil))
+			tags = append(tags, string(it.Item().Key()[len(prefix):]))
 		}
 	}
 	it.Close()
-	for _, k := range tags {
-		if err := txn.Delete(k); err != nil {
-			return err
+	for _, t := range tags {
+		if err := txn.Delete(linkKey(idxTag, repo, t)); err != nil {
+			return nil, err
 		}
 	}
-	return txn.Delete(lk)
+	return tags, txn.Delete(lk)
 }
 
 // hasPrefix reports whether any key starts with prefix.
@@ -284,4 +295,75 @@ func hasPrefix(txn *badger.Txn, prefix []byte) (bool, error) {
 	defer it.Close()
 	it.Rewind()
 	return it.ValidForPrefix(prefix), nil
+}
+
+// EvictManifest is the quota's eviction of manifest d of repo: inside one
+// transaction it deletes those of tags that still name d, then, if no
+// other tag names d, d's link (and its referrer link), and returns the
+// tags it deleted and whether the link went. A manifest used after cutoff
+// (pulled, or tagged: a PUT touches it) loses nothing; a tag pointed at d
+// since the plan keeps the link.
+func (x *DB) EvictManifest(repo string, d digest.Digest, tags []string, cutoff time.Time) (deleted []string, unlinked bool, err error) {
+	err = x.update("evict manifest "+string(d), func(txn *badger.Txn) error {
+		deleted, unlinked = nil, false
+		lr, err := getLayer(txn, d)
+		if err != nil && !errors.Is(err, cerr.ErrNotFound) {
+			return err
+		}
+		if lr != nil {
+			if t, err := (&Tx{txn, x}).lastUse(d, lr); err != nil || t.After(cutoff) {
+				return err // used since the plan: tags and all stay
+			}
+		}
+		for _, tag := range tags {
+			k := linkKey(idxTag, repo, tag)
+			var names bool
+			if _, err := get(txn, k, func(v []byte) error {
+				names = bytes.Equal(v, []byte(d))
+				return nil
+			}); err != nil {
+				return err
+			}
+			if names {
+				if err := txn.Delete(k); err != nil {
+					return err
+				}
+				deleted = append(deleted, tag)
+			}
+		}
+		prefix := linkKey(idxTag, repo)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		for it.Rewind(); it.ValidForPrefix(prefix); it.Next() {
+			var other bool
+			if err := it.Item().Value(func(v []byte) error {
+				other = bytes.Equal(v, []byte(d))
+				return nil
+			}); err != nil {
+				it.Close()
+				return err
+			}
+			if other && !slices.Contains(deleted, string(it.Item().Key()[len(prefix):])) {
+				it.Close()
+				return nil // another tag names it: the manifest stays
+			}
+		}
+		it.Close()
+		lk := linkKey(idxManLink, repo, string(d))
+		var mr ManifestRecord
+		ok, err := get(txn, lk, func(v []byte) (err error) {
+			mr, err = DecodeManifestRecord(v)
+			return err
+		})
+		if err != nil || !ok {
+			return err
+		}
+		if mr.Subject != "" {
+			if err := txn.Delete(linkKey(idxReferrer, repo, string(mr.Subject), string(d))); err != nil {
+				return err
+			}
+		}
+		unlinked = true
+		return txn.Delete(lk)
+	})
+	return deleted, unlinked, err
 }
