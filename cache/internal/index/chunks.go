@@ -229,6 +229,9 @@ func (x *DB) Touch(ids []chunkid.ID) (found []bool, err error) {
 	}
 	found = make([]bool, len(ids))
 	now := time.Now().Unix()
+	// While a collection runs, a touch is written whenever the entry is
+	// as old as its cutoff (see SetCollecting), a minute or not.
+	collecting := x.collectCutoff.Load() / int64(time.Second)
 	for start := 0; start < len(ids); start += x.maxTxnChunks() {
 		batch := ids[start:min(start+x.maxTxnChunks(), len(ids))]
 		err := x.update("touch chunks", func(txn *badger.Txn) error {
@@ -238,7 +241,7 @@ func (x *DB) Touch(ids []chunkid.ID) (found []bool, err error) {
 					return err
 				}
 				found[start+i] = ok && !x.Quarantined(id) // asked for again: a push heals it
-				if !ok || now-ci.Added < touchAge {
+				if !ok || (now-ci.Added < touchAge && ci.Added > collecting) {
 					continue
 				}
 				ci.Added = now
