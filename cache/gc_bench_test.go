@@ -174,10 +174,12 @@ func buildGCStore(b *testing.B, c *Cache, storeDir string, n int) gcBenchStore {
 				run = live[l*own:]
 			}
 			lr := &index.LayerRecord{
-				Digest:    digest.FromString(fmt.Sprintf("gc bench layer %d", l)),
+				Digest:    gcBenchLayer(l),
 				MediaType: "application/vnd.oci.image.layer.v1.tar",
 				Created:   created,
 				Recipe:    make([]index.RecipeEntry, 0, len(run)+gcBenchShared),
+				// Half the layers came through the registry.
+				Unrooted: l%2 == 0,
 			}
 			add := func(i int) {
 				lr.Recipe = append(lr.Recipe, index.RecipeEntry{ID: ids[i], Size: sizes[i]})
@@ -196,7 +198,67 @@ func buildGCStore(b *testing.B, c *Cache, storeDir string, n int) gcBenchStore {
 	if err := g.Wait(); err != nil {
 		b.Fatalf("commit the layers: %v", err)
 	}
+	buildGCRegistry(b, c, st.layers)
 	return st
+}
+
+func gcBenchLayer(l int) digest.Digest { return digest.FromString(fmt.Sprintf("gc bench layer %d", l)) }
+
+// gcBenchRepos is the number of repositories of the benchmarks' store.
+const gcBenchRepos = 100
+
+// buildGCRegistry gives the registry's layers (the even ones) to
+// gcBenchRepos repositories: linked, and referenced by image manifests of
+// five layers each, one tag a manifest, one manifest in ten untagged (and
+// young, so the plan keeps it: every chunk stays as the plan expects).
+// The manifests' own bytes are layers with no chunks.
+func buildGCRegistry(b *testing.B, c *Cache, layers int) {
+	b.Helper()
+	now := time.Now()
+	var g errgroup.Group
+	g.SetLimit(16)
+	for r := range gcBenchRepos {
+		g.Go(func() error {
+			repo := fmt.Sprintf("bench/app%d", r)
+			var refs []index.Ref
+			m := 0
+			flush := func() error {
+				md := digest.FromString(fmt.Sprintf("gc bench manifest %s %d", repo, m))
+				if _, err := c.idx.CommitLayer(&index.LayerRecord{Digest: md, MediaType: ociManifestType, Created: now, Unrooted: true}, nil); err != nil {
+					return err
+				}
+				var tags []string
+				if m%10 != 9 {
+					tags = []string{fmt.Sprintf("t%d", m)}
+				}
+				mr := index.ManifestRecord{MediaType: ociManifestType, Refs: refs}
+				if err := c.idx.PutManifest(repo, md, mr, tags, func(index.Ref) bool { return true }, now); err != nil {
+					return err
+				}
+				refs, m = nil, m+1
+				return nil
+			}
+			for l := 2 * r; l < layers; l += 2 * gcBenchRepos {
+				d := gcBenchLayer(l)
+				if err := c.idx.LinkBlob(repo, d, now); err != nil {
+					return err
+				}
+				refs = append(refs, index.Ref{Digest: d, Size: 1})
+				if len(refs) == 5 {
+					if err := flush(); err != nil {
+						return err
+					}
+				}
+			}
+			if len(refs) > 0 {
+				return flush()
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		b.Fatalf("build the repositories: %v", err)
+	}
 }
 
 // openGCBench opens a cache on the fs backend in a temporary directory
@@ -256,6 +318,9 @@ func BenchmarkGCPlan(b *testing.B) {
 	rep, err := c.GC(ctx, gcBenchPlan)
 	if err != nil {
 		b.Fatal(err)
+	}
+	if rep.UnreachedLayers != 0 {
+		b.Fatalf("plan: %d registry layers unreached, want none", rep.UnreachedLayers)
 	}
 	if rep.Chunks != int64(st.chunks) || rep.LiveChunks != int64(st.live) || rep.DeadChunks != int64(st.dead) ||
 		rep.Packs != int64(st.packs) || len(rep.Delete) != st.deletePacks || len(rep.Rewrite) != st.rewritePacks {
