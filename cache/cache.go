@@ -118,7 +118,14 @@ type Cache struct {
 
 	cutPool sync.Pool // *[]byte of 2 × params.Max: chunker buffers
 	steps   stepMemo
-	uploads uploads
+	// stepLocks serialise the writes of one step record; divergences
+	// counts the records refused since Open (see RecordStepIn).
+	stepLocks   stepLocks
+	divergences atomic.Int64
+	// stepWrite, if set, is called between a step record's check and its
+	// writes (tests of the lock around them).
+	stepWrite func()
+	uploads   uploads
 	// repoLocks serialize the registry's metadata writes per repository
 	// (striped): each writes a backend object and then the index, and two
 	// of them on one key interleaved would leave the two disagreeing.

@@ -169,6 +169,34 @@ func TestGoldenStep(t *testing.T) {
 	}
 }
 
+// A record of a namespace says so; its object and index entry live under
+// a key derived from the namespace and the step's key, pinned here too.
+func TestGoldenNamespacedStep(t *testing.T) {
+	r := goldenStep()
+	r.Namespace = "pr/1234"
+	b, err := r.marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := unmarshalStep(golden.Bytes(t, "step-record-namespaced.json", b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.Namespace != r.Namespace || back.Key != r.Key {
+		t.Errorf("stored step record parses as namespace %q key %s, want %q %s", back.Namespace, back.Key, r.Namespace, r.Key)
+	}
+	if got := golden.Bytes(t, "step-store-key.txt", []byte(stepObjectKey(back.storeKey())+"\n")); string(got) != stepObjectKey(back.storeKey())+"\n" {
+		t.Errorf("the store key of a namespaced record changed")
+	}
+	if stepStoreKey("", r.Key) != r.Key {
+		t.Errorf("the default namespace's records are not stored under their step key")
+	}
+	bad := bytes.Replace(b, []byte(`"pr/1234"`), []byte(`"../x"`), 1)
+	if _, err := unmarshalStep(bad); err == nil {
+		t.Errorf("a record with an invalid namespace parsed")
+	}
+}
+
 func FuzzManifest(f *testing.F) {
 	m, _ := marshalManifest(goldenLayer())
 	f.Add(m)

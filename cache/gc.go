@@ -622,7 +622,7 @@ func (c *Cache) dropStaleSteps(ctx context.Context, gen uint64, since time.Time,
 	}
 	var after digest.Digest
 	for more := true; more; {
-		var stale []digest.Digest
+		var stale []StepRecord
 		err := c.step(ctx, gen, func() (err error) {
 			more, err = c.idx.StepPage(after, "", MaxPageSize, func(key digest.Digest, v []byte, h index.Hits) error {
 				after = key
@@ -631,7 +631,7 @@ func (c *Cache) dropStaleSteps(ctx context.Context, gen uint64, since time.Time,
 					return nil // cairn verify's to report; the lookup says DATA_LOSS
 				}
 				if rec.Created.Before(since) && h.Last.Before(since) {
-					stale = append(stale, key)
+					stale = append(stale, rec)
 				}
 				return nil
 			})
@@ -644,8 +644,8 @@ func (c *Cache) dropStaleSteps(ctx context.Context, gen uint64, since time.Time,
 		if dry {
 			continue
 		}
-		for _, key := range stale {
-			if err := c.DeleteStep(ctx, key); err != nil && !errors.Is(err, ErrNotFound) {
+		for _, rec := range stale {
+			if err := c.DeleteStepIn(ctx, rec.Namespace, rec.Key); err != nil && !errors.Is(err, ErrNotFound) {
 				return err
 			}
 		}

@@ -170,7 +170,15 @@ func TestDeleteLayerManySteps(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// A record re-recorded with another layer leaves the first's list.
+	// A record replaced (deleted, recorded again) with another layer
+	// leaves the first's list.
+	if _, err := c.RecordStep(ctx, "", stepkey.Step{Instruction: "RUN true 3"}, &LayerRef{Digest: other.Digest}, nil); !errors.Is(err, ErrStepDiverged) {
+		t.Fatalf("a second record with another layer: %v, want ErrStepDiverged", err)
+	}
+	key, _, _ := stepKey("", stepkey.Step{Instruction: "RUN true 3"})
+	if err := c.DeleteStep(ctx, key); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := c.RecordStep(ctx, "", stepkey.Step{Instruction: "RUN true 3"}, &LayerRef{Digest: other.Digest}, nil); err != nil {
 		t.Fatal(err)
 	}

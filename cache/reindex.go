@@ -166,7 +166,7 @@ func (c *Cache) reindex(ctx context.Context) (err error) {
 			return err
 		}
 		rec, err := unmarshalStep(b)
-		if err != nil || stepObjectKey(rec.Key) != info.Key {
+		if err != nil || stepObjectKey(rec.storeKey()) != info.Key {
 			c.log.Warn("cache: reindex: skipping bad step record", "key", info.Key, "err", err)
 			return nil
 		}
@@ -174,7 +174,7 @@ func (c *Cache) reindex(ctx context.Context) (err error) {
 		if rec.Layer != nil {
 			layer = rec.Layer.Digest
 		}
-		if _, err := c.idx.PutStep(rec.Key, b, layer); errors.Is(err, ErrFailedPrecondition) {
+		if _, err := c.idx.PutStep(rec.storeKey(), b, layer); errors.Is(err, ErrFailedPrecondition) {
 			return nil // its layer was not restored
 		} else if err != nil {
 			return err

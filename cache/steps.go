@@ -40,15 +40,23 @@ type LayerRef struct {
 
 // StepRecord is the cached result of one build step.
 type StepRecord struct {
-	Key     digest.Digest // stepkey.Key(Parent, Step)
-	Parent  digest.Digest // chain ID below the step; "" is scratch
-	Step    stepkey.Step  // normalized
-	Layer   *LayerRef     // nil: the step makes no layer
-	Config  []byte        // opaque config fragment, at most MaxConfigSize
-	Created time.Time
-	Hits    uint64        // lookups that returned the record (lazily persisted)
-	LastHit time.Time     // zero if never hit
-	Next    digest.Digest // stepkey.Next(Parent, Key, DiffID): the parent of the following step
+	// Namespace holds the record: "" is the default one. A lookup
+	// searches an ordered list of namespaces; a record is written to one.
+	Namespace string
+	Key       digest.Digest // stepkey.Key(Parent, Step)
+	Parent    digest.Digest // chain ID below the step; "" is scratch
+	Step      stepkey.Step  // normalized
+	Layer     *LayerRef     // nil: the step makes no layer
+	Config    []byte        // opaque config fragment, at most MaxConfigSize
+	Created   time.Time
+	Hits      uint64        // lookups that returned the record (lazily persisted)
+	LastHit   time.Time     // zero if never hit
+	Next      digest.Digest // stepkey.Next(Parent, Key, DiffID): the parent of the following step
+	// Divergences counts the records refused for the same key and
+	// namespace because they named another layer (see RecordStepIn), and
+	// when the last one was.
+	Divergences    uint64
+	LastDivergence time.Time
 }
 
 // stepJSON is a step record's stored form, in the index (k/<key>) and the
@@ -56,6 +64,7 @@ type StepRecord struct {
 // never changes once written.
 type stepJSON struct {
 	Version      int           `json:"version"`
+	Namespace    string        `json:"namespace,omitempty"`
 	Key          digest.Digest `json:"key"`
 	Parent       digest.Digest `json:"parent,omitempty"`
 	Instruction  string        `json:"instruction"`
@@ -78,7 +87,7 @@ type layerJSON struct {
 const stepVersion = 1
 
 func (r *StepRecord) marshal() ([]byte, error) {
-	j := stepJSON{Version: stepVersion, Key: r.Key, Parent: r.Parent, Instruction: r.Step.Instruction,
+	j := stepJSON{Version: stepVersion, Namespace: r.Namespace, Key: r.Key, Parent: r.Parent, Instruction: r.Step.Instruction,
 		InputsDigest: r.Step.InputsDigest, Platform: r.Step.Platform, BuildArgs: r.Step.BuildArgs,
 		Config: r.Config, Created: r.Created, Next: r.Next}
 	if r.Layer != nil {
@@ -98,7 +107,10 @@ func unmarshalStep(b []byte) (StepRecord, error) {
 	if err := j.Key.Validate(); err != nil {
 		return StepRecord{}, fmt.Errorf("step record key: %w", err)
 	}
-	r := StepRecord{Key: j.Key, Parent: j.Parent, Step: stepkey.Step{Instruction: j.Instruction,
+	if err := ValidNamespace(j.Namespace); err != nil {
+		return StepRecord{}, fmt.Errorf("step record: %w", err)
+	}
+	r := StepRecord{Namespace: j.Namespace, Key: j.Key, Parent: j.Parent, Step: stepkey.Step{Instruction: j.Instruction,
 		InputsDigest: j.InputsDigest, Platform: j.Platform, BuildArgs: j.BuildArgs},
 		Config: j.Config, Created: j.Created.UTC(), Next: j.Next}
 	if j.Layer != nil {
@@ -154,22 +166,34 @@ func (c *Cache) ListSteps(ctx context.Context, token string, pageSize int, layer
 	}
 	var next string
 	if more && len(out) > 0 {
-		next = nextPageToken(out[len(out)-1].Key)
+		next = nextPageToken(out[len(out)-1].storeKey())
 	}
 	return out, next, nil
 }
 
-// DeleteStep removes step key's record: the index entry, then the backend
-// object (a crash in between leaves an object that Reindex restores, as
-// if the delete had not happened). ErrNotFound if there is none.
+// DeleteStep is DeleteStepIn the default namespace.
 func (c *Cache) DeleteStep(ctx context.Context, key digest.Digest) error {
+	return c.DeleteStepIn(ctx, "", key)
+}
+
+// DeleteStepIn removes step key's record of namespace ns: the index entry,
+// then the backend object (a crash in between leaves an object that
+// Reindex restores, as if the delete had not happened). ErrNotFound if
+// there is none. It is how an operator replaces a record: delete, then
+// record again.
+func (c *Cache) DeleteStepIn(ctx context.Context, ns string, stepKey digest.Digest) error {
 	if err := c.begin(ctx); err != nil {
 		return fmt.Errorf("cache: delete step: %w", err)
 	}
 	defer c.end()
-	if err := ParseLayerDigest(key); err != nil {
+	if err := ParseLayerDigest(stepKey); err != nil {
 		return fmt.Errorf("cache: delete step: %w", err)
 	}
+	if err := ValidNamespace(ns); err != nil {
+		return fmt.Errorf("cache: delete step: %w", err)
+	}
+	key := stepStoreKey(ns, stepKey)
+	defer c.stepLocks.lock(key).Unlock()
 	var layer digest.Digest
 	found, err := false, c.idx.View("read step", func(tx *index.Tx) (err error) {
 		_, err = tx.StepValue(key, func(v []byte) error { layer = stepLayer(v); return nil })
@@ -183,7 +207,7 @@ func (c *Cache) DeleteStep(ctx context.Context, key digest.Digest) error {
 		return fmt.Errorf("cache: delete step: %w", err)
 	}
 	if !found {
-		return fmt.Errorf("cache: delete step: step %s: %w", key, ErrNotFound)
+		return fmt.Errorf("cache: delete step: step %s: %w", stepKey, ErrNotFound)
 	}
 	if err := c.store.Delete(ctx, stepObjectKey(key)); err != nil && !errors.Is(err, backend.ErrNotFound) {
 		return fmt.Errorf("cache: delete step %s: %w", key, backendErr("delete step record", err))
@@ -204,23 +228,45 @@ func stepKey(parent digest.Digest, s stepkey.Step) (digest.Digest, stepkey.Step,
 	return key, n, nil
 }
 
-// RecordStep records that step s on top of parent produced layer (nil: no
-// layer) with the given config fragment. The layer must be committed (else
-// ErrFailedPrecondition). The record is written to the backend, then the
-// index; recording a step again replaces the record and keeps its hits.
+// ErrStepDiverged reports a step record refused because the namespace
+// already holds a record for the same key that names another layer (or
+// none): records are immutable, so that what a build once cached cannot be
+// replaced under the builds that use it. It is also ErrFailedPrecondition.
+var ErrStepDiverged = fmt.Errorf("%w: step diverged", ErrFailedPrecondition)
+
+// RecordStep is RecordStepIn the default namespace.
 func (c *Cache) RecordStep(ctx context.Context, parent digest.Digest, s stepkey.Step, layer *LayerRef, config []byte) (StepRecord, error) {
+	return c.RecordStepIn(ctx, "", parent, s, layer, config)
+}
+
+// RecordStepIn records in namespace ns that step s on top of parent
+// produced layer (nil: no layer) with the given config fragment. The layer
+// must be committed (else ErrFailedPrecondition). The record is written to
+// the backend, then the index. A record is immutable: recording the same
+// step with the same layer again returns the record there (config and
+// all); with another layer (or none where there was one) it is refused
+// with ErrStepDiverged and counted (StepRecord.Divergences, and
+// Cache.Divergences for metrics).
+func (c *Cache) RecordStepIn(ctx context.Context, ns string, parent digest.Digest, s stepkey.Step, layer *LayerRef, config []byte) (StepRecord, error) {
 	if err := c.begin(ctx); err != nil {
 		return StepRecord{}, fmt.Errorf("cache: record step: %w", err)
 	}
 	defer c.end()
-	rec, err := c.recordStep(ctx, parent, s, layer, config)
+	rec, err := c.recordStep(ctx, ns, parent, s, layer, config)
 	if err != nil {
 		return StepRecord{}, fmt.Errorf("cache: record step: %w", err)
 	}
 	return rec, nil
 }
 
-func (c *Cache) recordStep(ctx context.Context, parent digest.Digest, s stepkey.Step, layer *LayerRef, config []byte) (StepRecord, error) {
+// Divergences is the number of step records refused since Open because
+// their namespace held another layer for the same step.
+func (c *Cache) Divergences() int64 { return c.divergences.Load() }
+
+func (c *Cache) recordStep(ctx context.Context, ns string, parent digest.Digest, s stepkey.Step, layer *LayerRef, config []byte) (StepRecord, error) {
+	if err := ValidNamespace(ns); err != nil {
+		return StepRecord{}, err
+	}
 	key, n, err := stepKey(parent, s)
 	if err != nil {
 		return StepRecord{}, err
@@ -238,7 +284,7 @@ func (c *Cache) recordStep(ctx context.Context, parent digest.Digest, s stepkey.
 	if args > MaxBuildArgsSize {
 		return StepRecord{}, fmt.Errorf("%w: build args of %d bytes together, at most %d", ErrInvalidArgument, args, MaxBuildArgsSize)
 	}
-	rec := StepRecord{Key: key, Parent: parent, Step: n, Created: time.Now().UTC()}
+	rec := StepRecord{Namespace: ns, Key: key, Parent: parent, Step: n, Created: time.Now().UTC()}
 	if len(config) > 0 {
 		rec.Config = bytes.Clone(config)
 	}
@@ -275,11 +321,58 @@ func (c *Cache) recordStep(ctx context.Context, parent digest.Digest, s stepkey.
 	if err != nil {
 		return StepRecord{}, err
 	}
-	if err := c.store.Put(ctx, stepObjectKey(key), bytes.NewReader(b), int64(len(b))); err != nil {
+	sk := rec.storeKey()
+	defer c.stepLocks.lock(sk).Unlock()
+	// The record there, if any, decides: the same layer is this record
+	// already; another is a divergence.
+	var old StepRecord
+	var found bool
+	err = c.idx.View("read step", func(tx *index.Tx) error {
+		var decodeErr error
+		found, err = tx.StepValue(sk, func(v []byte) error {
+			old, decodeErr = unmarshalStep(v)
+			return decodeErr
+		})
+		if decodeErr != nil {
+			return fmt.Errorf("%w: step %s: %w", ErrDataLoss, key, decodeErr)
+		}
+		if err != nil || !found {
+			return err
+		}
+		h, err := tx.Hits(sk)
+		old.Hits, old.LastHit = h.N, h.Last
+		return err
+	})
+	if err != nil {
+		return StepRecord{}, err
+	}
+	if found {
+		var oldLayer digest.Digest
+		if old.Layer != nil {
+			oldLayer = old.Layer.Digest
+		}
+		if oldLayer == layerDigest {
+			return old, nil
+		}
+		d, err := c.idx.Diverged(sk, time.Now().UTC())
+		if err != nil {
+			return StepRecord{}, err
+		}
+		c.divergences.Add(1)
+		c.steps.forget(sk) // lookups show the count
+		c.log.Warn("cache: step record refused: the namespace holds another layer for this step", "namespace", ns, "key", key,
+			"recorded layer", oldLayer, "refused layer", layerDigest, "divergences", d.N)
+		return StepRecord{}, fmt.Errorf("%w: step %s in namespace %q names layer %s, not %s (%d divergences)",
+			ErrStepDiverged, key, ns, describeLayer(oldLayer), describeLayer(layerDigest), d.N)
+	}
+	if c.stepWrite != nil {
+		c.stepWrite()
+	}
+	if err := c.store.Put(ctx, stepObjectKey(sk), bytes.NewReader(b), int64(len(b))); err != nil {
 		return StepRecord{}, backendErr("write step record", err)
 	}
-	h, err := c.idx.PutStep(key, b, layerDigest)
-	c.steps.forget(key) // after the write: see stepMemo
+	h, err := c.idx.PutStep(sk, b, layerDigest)
+	c.steps.forget(sk) // after the write: see stepMemo
 	if err != nil {
 		return StepRecord{}, err
 	}
@@ -287,51 +380,86 @@ func (c *Cache) recordStep(ctx context.Context, parent digest.Digest, s stepkey.
 	return rec, nil
 }
 
-// LookupStep returns the record of step s on top of parent. A miss is
+func describeLayer(d digest.Digest) string {
+	if d == "" {
+		return "no layer"
+	}
+	return string(d)
+}
+
+// LookupStep is LookupStepIn the default namespace.
+func (c *Cache) LookupStep(ctx context.Context, parent digest.Digest, s stepkey.Step) (StepRecord, error) {
+	return c.LookupStepIn(ctx, nil, parent, s)
+}
+
+// LookupStepIn returns the record of step s on top of parent in the first
+// of namespaces that holds one (none: the default namespace). A miss is
 // ErrNotFound, with the step's key in the record returned (so that a
 // caller can show or reuse it without deriving it again); so is a record
 // whose layer has been deleted. A record looked up before, whose layer no
 // delete can have touched since, is answered from memory (see stepMemo).
-func (c *Cache) LookupStep(ctx context.Context, parent digest.Digest, s stepkey.Step) (StepRecord, error) {
+func (c *Cache) LookupStepIn(ctx context.Context, namespaces []string, parent digest.Digest, s stepkey.Step) (StepRecord, error) {
 	if err := c.begin(ctx); err != nil {
 		return StepRecord{}, fmt.Errorf("cache: lookup step: %w", err)
 	}
 	defer c.end()
+	nss, err := validNamespaces(namespaces)
+	if err != nil {
+		return StepRecord{}, fmt.Errorf("cache: lookup step: %w", err)
+	}
 	key, _, err := stepKey(parent, s)
 	if err != nil {
 		return StepRecord{}, fmt.Errorf("cache: lookup step: %w", err)
 	}
-	if rec, ok := c.memoHit(key); ok {
+	for i, ns := range nss {
+		sk := stepStoreKey(ns, key)
+		if i == 0 { // see LookupChainIn
+			if rec, ok := c.memoHit(sk); ok {
+				return rec, nil
+			}
+		}
+		seq, gen, keep := c.memoStart()
+		var rec StepRecord
+		err = c.idx.View("lookup step", func(tx *index.Tx) (err error) {
+			rec, err = c.getStep(tx, sk)
+			return err
+		})
+		if errors.Is(err, ErrNotFound) {
+			continue
+		} else if err != nil {
+			return StepRecord{Key: key}, fmt.Errorf("cache: lookup step: %w", err)
+		}
+		c.hit(&rec)
+		if keep {
+			c.steps.put(sk, rec, seq, gen)
+		}
 		return rec, nil
 	}
-	seq, gen, keep := c.memoStart()
-	var rec StepRecord
-	err = c.idx.View("lookup step", func(tx *index.Tx) (err error) {
-		rec, err = c.getStep(tx, key)
-		return err
-	})
-	if err != nil {
-		return StepRecord{Key: key}, fmt.Errorf("cache: lookup step: %w", err)
-	}
-	c.hit(&rec)
-	if keep {
-		c.steps.put(key, rec, seq, gen)
-	}
-	return rec, nil
+	return StepRecord{Key: key}, fmt.Errorf("cache: lookup step: step %s: %w", key, ErrNotFound)
 }
 
-// LookupChain walks steps from base: each step's parent is the Next of the
-// record before it. It returns the records of the longest prefix that is
-// cached (none: an empty slice). Every step is normalized before any index
-// read; steps answered from memory need none, the rest are read in one
-// index transaction.
+// LookupChain is LookupChainIn the default namespace.
 func (c *Cache) LookupChain(ctx context.Context, base digest.Digest, steps []stepkey.Step) ([]StepRecord, error) {
+	return c.LookupChainIn(ctx, nil, base, steps)
+}
+
+// LookupChainIn walks steps from base: each step's parent is the Next of
+// the record before it, found in the first of namespaces that holds one
+// (none: the default namespace). It returns the records of the longest
+// prefix that is cached (none: an empty slice). Every step is normalized
+// before any index read; steps answered from memory need none, the rest
+// are read in one index transaction.
+func (c *Cache) LookupChainIn(ctx context.Context, namespaces []string, base digest.Digest, steps []stepkey.Step) ([]StepRecord, error) {
 	if err := c.begin(ctx); err != nil {
 		return nil, fmt.Errorf("cache: lookup chain: %w", err)
 	}
 	defer c.end()
 	if len(steps) > MaxChainSteps {
 		return nil, fmt.Errorf("cache: lookup chain: %w: %d steps, at most %d", ErrInvalidArgument, len(steps), MaxChainSteps)
+	}
+	nss, err := validNamespaces(namespaces)
+	if err != nil {
+		return nil, fmt.Errorf("cache: lookup chain: %w", err)
 	}
 	normal := make([]stepkey.Step, len(steps))
 	for i, s := range steps {
@@ -343,12 +471,15 @@ func (c *Cache) LookupChain(ctx context.Context, base digest.Digest, steps []ste
 	}
 	var out []StepRecord
 	parent := base
+	// From memory while it answers: only the first namespace's record can
+	// be taken from it (one a later namespace holds may be shadowed by a
+	// record of an earlier one that only the index has).
 	for len(out) < len(normal) {
 		key, err := stepkey.NormalizedKey(parent, normal[len(out)])
 		if err != nil {
 			return nil, fmt.Errorf("cache: lookup chain: step %d: %w: %w", len(out), ErrInvalidArgument, err)
 		}
-		rec, ok := c.memoHit(key)
+		rec, ok := c.memoHit(stepStoreKey(nss[0], key))
 		if !ok {
 			break
 		}
@@ -360,22 +491,27 @@ func (c *Cache) LookupChain(ctx context.Context, base digest.Digest, steps []ste
 	}
 	seq, gen, keep := c.memoStart()
 	var read []StepRecord
-	err := c.idx.View("lookup chain", func(tx *index.Tx) error {
+	err = c.idx.View("lookup chain", func(tx *index.Tx) error {
 		read = read[:0]
 		parent := parent
+	steps:
 		for i := len(out); i < len(normal); i++ {
 			key, err := stepkey.NormalizedKey(parent, normal[i])
 			if err != nil {
 				return fmt.Errorf("step %d: %w: %w", i, ErrInvalidArgument, err)
 			}
-			rec, err := c.getStep(tx, key)
-			if errors.Is(err, ErrNotFound) {
-				return nil
-			} else if err != nil {
-				return err
+			for _, ns := range nss {
+				rec, err := c.getStep(tx, stepStoreKey(ns, key))
+				if errors.Is(err, ErrNotFound) {
+					continue
+				} else if err != nil {
+					return err
+				}
+				read = append(read, rec)
+				parent = rec.Next
+				continue steps
 			}
-			read = append(read, rec)
-			parent = rec.Next
+			return nil // a miss in every namespace ends the chain
 		}
 		return nil
 	})
@@ -385,7 +521,7 @@ func (c *Cache) LookupChain(ctx context.Context, base digest.Digest, steps []ste
 	for i := range read {
 		c.hit(&read[i])
 		if keep {
-			c.steps.put(read[i].Key, read[i], seq, gen)
+			c.steps.put(read[i].storeKey(), read[i], seq, gen)
 		}
 	}
 	return append(out, read...), nil
@@ -428,6 +564,11 @@ func (c *Cache) getStep(tx *index.Tx, key digest.Digest) (StepRecord, error) {
 		return StepRecord{}, err
 	}
 	rec.Hits, rec.LastHit = h.N, h.Last
+	d, err := tx.Divergences(key)
+	if err != nil {
+		return StepRecord{}, err
+	}
+	rec.Divergences, rec.LastDivergence = d.N, d.Last
 	return rec, nil
 }
 
@@ -435,7 +576,7 @@ func (c *Cache) getStep(tx *index.Tx, key digest.Digest) (StepRecord, error) {
 // what rec says.
 func (c *Cache) hit(rec *StepRecord) {
 	now := time.Now().UTC()
-	p := c.idx.Hit(rec.Key, now)
+	p := c.idx.Hit(rec.storeKey(), now)
 	rec.Hits += p.N
 	rec.LastHit = now
 }

@@ -147,7 +147,18 @@ func TestStepMemoFollowsDeletesAndRecords(t *testing.T) {
 		if chain, err := c.LookupChain(ctx, "", []stepkey.Step{step}); err != nil || len(chain) != 1 || chain[0].Hits != hits+1 {
 			t.Fatalf("round %d: chain: %d records, %v (hits %d, want %d)", round, len(chain), err, chain[0].Hits, hits+1)
 		}
-		// A new record for the key: seen at once.
+		// A new record for the key (the old one deleted: records are
+		// immutable): seen at once.
+		if _, err := c.RecordStep(ctx, "", step, &LayerRef{Digest: l2.Digest}, nil); !errors.Is(err, ErrStepDiverged) {
+			t.Fatalf("round %d: a record over another: %v, want ErrStepDiverged", round, err)
+		}
+		if rec, err := c.LookupStep(ctx, "", step); err != nil || rec.Layer.Digest != l1.Digest || rec.Divergences == 0 {
+			t.Fatalf("round %d: after a refused record: %+v (%d divergences), %v; want layer %s", round, rec.Layer, rec.Divergences, err, l1.Digest)
+		}
+		key, _, _ := stepKey("", step)
+		if err := c.DeleteStep(ctx, key); err != nil {
+			t.Fatal(err)
+		}
 		if _, err := c.RecordStep(ctx, "", step, &LayerRef{Digest: l2.Digest}, nil); err != nil {
 			t.Fatal(err)
 		}

@@ -136,7 +136,7 @@ func stepsOf(txn *badger.Txn, layer digest.Digest) []digest.Digest {
 
 // deleteStep removes step key's record, hits and layer link.
 func deleteStep(txn *badger.Txn, key, layer digest.Digest) error {
-	for _, k := range [][]byte{stepKey(key), hitsKey(key)} {
+	for _, k := range [][]byte{stepKey(key), hitsKey(key), divergeKey(key)} {
 		if err := txn.Delete(k); err != nil {
 			return err
 		}
