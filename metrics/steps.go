@@ -15,9 +15,9 @@ import (
 // that looks up steps declares (server.StepCache has the same methods), and
 // *cache.Cache implements.
 type StepCache interface {
-	LookupStep(ctx context.Context, parent digest.Digest, s stepkey.Step) (cache.StepRecord, error)
-	LookupChain(ctx context.Context, base digest.Digest, steps []stepkey.Step) ([]cache.StepRecord, error)
-	RecordStep(ctx context.Context, parent digest.Digest, s stepkey.Step, layer *cache.LayerRef, config []byte) (cache.StepRecord, error)
+	LookupStepIn(ctx context.Context, namespaces []string, parent digest.Digest, s stepkey.Step) (cache.StepRecord, error)
+	LookupChainIn(ctx context.Context, namespaces []string, base digest.Digest, steps []stepkey.Step) ([]cache.StepRecord, error)
+	RecordStepIn(ctx context.Context, namespace string, parent digest.Digest, s stepkey.Step, layer *cache.LayerRef, config []byte) (cache.StepRecord, error)
 }
 
 // Steps holds the step-lookup counters. Wrap decorates a StepCache with
@@ -73,9 +73,9 @@ type countedSteps struct {
 	m     *Steps
 }
 
-// LookupStep counts a hit, or a miss for cache.ErrNotFound.
-func (s *countedSteps) LookupStep(ctx context.Context, parent digest.Digest, step stepkey.Step) (cache.StepRecord, error) {
-	rec, err := s.inner.LookupStep(ctx, parent, step)
+// LookupStepIn counts a hit, or a miss for cache.ErrNotFound.
+func (s *countedSteps) LookupStepIn(ctx context.Context, namespaces []string, parent digest.Digest, step stepkey.Step) (cache.StepRecord, error) {
+	rec, err := s.inner.LookupStepIn(ctx, namespaces, parent, step)
 	switch {
 	case err == nil:
 		s.m.hit.Inc()
@@ -85,9 +85,9 @@ func (s *countedSteps) LookupStep(ctx context.Context, parent digest.Digest, ste
 	return rec, err
 }
 
-// LookupChain counts each hit, and one miss if the walk stopped early.
-func (s *countedSteps) LookupChain(ctx context.Context, base digest.Digest, steps []stepkey.Step) ([]cache.StepRecord, error) {
-	recs, err := s.inner.LookupChain(ctx, base, steps)
+// LookupChainIn counts each hit, and one miss if the walk stopped early.
+func (s *countedSteps) LookupChainIn(ctx context.Context, namespaces []string, base digest.Digest, steps []stepkey.Step) ([]cache.StepRecord, error) {
+	recs, err := s.inner.LookupChainIn(ctx, namespaces, base, steps)
 	if err != nil {
 		return recs, err
 	}
@@ -100,7 +100,7 @@ func (s *countedSteps) LookupChain(ctx context.Context, base digest.Digest, step
 	return recs, nil
 }
 
-// RecordStep delegates; records are not lookups.
-func (s *countedSteps) RecordStep(ctx context.Context, parent digest.Digest, step stepkey.Step, layer *cache.LayerRef, config []byte) (cache.StepRecord, error) {
-	return s.inner.RecordStep(ctx, parent, step, layer, config)
+// RecordStepIn delegates; records are not lookups.
+func (s *countedSteps) RecordStepIn(ctx context.Context, namespace string, parent digest.Digest, step stepkey.Step, layer *cache.LayerRef, config []byte) (cache.StepRecord, error) {
+	return s.inner.RecordStepIn(ctx, namespace, parent, step, layer, config)
 }

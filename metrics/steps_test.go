@@ -26,7 +26,7 @@ type fakeSteps struct {
 
 var errIndexDown = fmt.Errorf("index: %w", cache.ErrUnavailable)
 
-func (f *fakeSteps) LookupStep(_ context.Context, _ digest.Digest, s stepkey.Step) (cache.StepRecord, error) {
+func (f *fakeSteps) LookupStepIn(_ context.Context, _ []string, _ digest.Digest, s stepkey.Step) (cache.StepRecord, error) {
 	switch {
 	case s.Instruction == "FAIL":
 		return cache.StepRecord{}, errIndexDown
@@ -36,7 +36,7 @@ func (f *fakeSteps) LookupStep(_ context.Context, _ digest.Digest, s stepkey.Ste
 	return cache.StepRecord{}, fmt.Errorf("step: %w", cache.ErrNotFound)
 }
 
-func (f *fakeSteps) LookupChain(_ context.Context, _ digest.Digest, steps []stepkey.Step) ([]cache.StepRecord, error) {
+func (f *fakeSteps) LookupChainIn(_ context.Context, _ []string, _ digest.Digest, steps []stepkey.Step) ([]cache.StepRecord, error) {
 	var out []cache.StepRecord
 	for _, s := range steps {
 		if s.Instruction == "FAIL" {
@@ -50,7 +50,7 @@ func (f *fakeSteps) LookupChain(_ context.Context, _ digest.Digest, steps []step
 	return out, nil
 }
 
-func (f *fakeSteps) RecordStep(_ context.Context, _ digest.Digest, s stepkey.Step, _ *cache.LayerRef, _ []byte) (cache.StepRecord, error) {
+func (f *fakeSteps) RecordStepIn(_ context.Context, _ string, _ digest.Digest, s stepkey.Step, _ *cache.LayerRef, _ []byte) (cache.StepRecord, error) {
 	f.recorded++
 	f.cached[s.Instruction] = true
 	return cache.StepRecord{Step: s}, nil
@@ -71,47 +71,47 @@ func TestStepsCountsHitsAndMisses(t *testing.T) {
 		call      func(StepCache) error
 		hit, miss float64
 	}{
-		{"a hit", func(s StepCache) error { _, err := s.LookupStep(ctx, "", steps("RUN a")[0]); return err }, 1, 0},
+		{"a hit", func(s StepCache) error { _, err := s.LookupStepIn(ctx, nil, "", steps("RUN a")[0]); return err }, 1, 0},
 		{"a miss is a miss, and still the store's ErrNotFound", func(s StepCache) error {
-			_, err := s.LookupStep(ctx, "", steps("RUN x")[0])
+			_, err := s.LookupStepIn(ctx, nil, "", steps("RUN x")[0])
 			if !errors.Is(err, cache.ErrNotFound) {
 				return fmt.Errorf("got %v, want the miss passed through", err)
 			}
 			return nil
 		}, 0, 1},
 		{"a failed lookup counts neither", func(s StepCache) error {
-			if _, err := s.LookupStep(ctx, "", steps("FAIL")[0]); !errors.Is(err, cache.ErrUnavailable) {
+			if _, err := s.LookupStepIn(ctx, nil, "", steps("FAIL")[0]); !errors.Is(err, cache.ErrUnavailable) {
 				return fmt.Errorf("got %v, want the failure passed through", err)
 			}
 			return nil
 		}, 0, 0},
 		{"a chain counts each hit and the miss that ends it", func(s StepCache) error {
-			recs, err := s.LookupChain(ctx, "", steps("RUN a", "RUN b", "RUN x", "RUN a"))
+			recs, err := s.LookupChainIn(ctx, nil, "", steps("RUN a", "RUN b", "RUN x", "RUN a"))
 			if len(recs) != 2 {
 				return fmt.Errorf("%d records, want 2", len(recs))
 			}
 			return err
 		}, 2, 1},
 		{"a chain cached to its end has no miss", func(s StepCache) error {
-			_, err := s.LookupChain(ctx, "", steps("RUN a", "RUN b"))
+			_, err := s.LookupChainIn(ctx, nil, "", steps("RUN a", "RUN b"))
 			return err
 		}, 2, 0},
 		{"a chain that misses at once", func(s StepCache) error {
-			_, err := s.LookupChain(ctx, "", steps("RUN x", "RUN a"))
+			_, err := s.LookupChainIn(ctx, nil, "", steps("RUN x", "RUN a"))
 			return err
 		}, 0, 1},
 		{"an empty chain counts nothing", func(s StepCache) error {
-			_, err := s.LookupChain(ctx, "", nil)
+			_, err := s.LookupChainIn(ctx, nil, "", nil)
 			return err
 		}, 0, 0},
 		{"a failed chain counts nothing", func(s StepCache) error {
-			if _, err := s.LookupChain(ctx, "", steps("RUN a", "FAIL")); !errors.Is(err, cache.ErrUnavailable) {
+			if _, err := s.LookupChainIn(ctx, nil, "", steps("RUN a", "FAIL")); !errors.Is(err, cache.ErrUnavailable) {
 				return fmt.Errorf("got %v, want the failure passed through", err)
 			}
 			return nil
 		}, 0, 0},
 		{"a record is no lookup", func(s StepCache) error {
-			_, err := s.RecordStep(ctx, "", steps("RUN c")[0], nil, nil)
+			_, err := s.RecordStepIn(ctx, "", "", steps("RUN c")[0], nil, nil)
 			return err
 		}, 0, 0},
 	}
@@ -144,10 +144,10 @@ func TestStepsDelegates(t *testing.T) {
 	}
 	inner := &fakeSteps{cached: map[string]bool{}}
 	s := m.Wrap(inner)
-	if _, err := s.RecordStep(ctx, "", steps("RUN c")[0], nil, nil); err != nil || inner.recorded != 1 {
+	if _, err := s.RecordStepIn(ctx, "", "", steps("RUN c")[0], nil, nil); err != nil || inner.recorded != 1 {
 		t.Fatalf("RecordStep: %v, %d records reached the store; want 1", err, inner.recorded)
 	}
-	rec, err := s.LookupStep(ctx, "", steps("RUN c")[0])
+	rec, err := s.LookupStepIn(ctx, nil, "", steps("RUN c")[0])
 	if err != nil || rec.Step.Instruction != "RUN c" {
 		t.Fatalf("LookupStep after RecordStep: %+v, %v", rec, err)
 	}
@@ -167,7 +167,7 @@ func TestStepsShareOneRegistry(t *testing.T) {
 		if err != nil {
 			t.Fatalf("NewSteps #%d: %v", i+1, err)
 		}
-		if _, err := m.Wrap(inner).LookupStep(ctx, "", steps("RUN a")[0]); err != nil {
+		if _, err := m.Wrap(inner).LookupStepIn(ctx, nil, "", steps("RUN a")[0]); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -32,7 +32,11 @@ func (s *cacheService) LookupStep(ctx context.Context, req *cairnv1.LookupStepRe
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	rec, err := s.steps.LookupStep(ctx, parent, step)
+	nss, err := namespacesFromProto(req.GetNamespaces())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	rec, err := s.steps.LookupStepIn(ctx, nss, parent, step)
 	if errors.Is(err, cache.ErrNotFound) {
 		// A miss carries the step's key, derived once by the store.
 		key := rec.Key
@@ -68,7 +72,11 @@ func (s *cacheService) LookupChain(ctx context.Context, req *cairnv1.LookupChain
 	if len(steps) == 0 {
 		return resp, nil
 	}
-	recs, err := s.steps.LookupChain(ctx, base, steps)
+	nss, err := namespacesFromProto(req.GetNamespaces())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	recs, err := s.steps.LookupChainIn(ctx, nss, base, steps)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -101,7 +109,10 @@ func (s *cacheService) RecordStep(ctx context.Context, req *cairnv1.RecordStepRe
 	if n := len(req.GetConfig()); n > cache.MaxConfigSize {
 		return nil, toStatus(fieldErr("config", fmt.Errorf("%w: %d bytes, at most %d", errInvalidArgument, n, cache.MaxConfigSize)))
 	}
-	rec, err := s.steps.RecordStep(ctx, parent, step, layer, req.GetConfig())
+	if err := cache.ValidNamespace(req.GetNamespace()); err != nil {
+		return nil, toStatus(fieldErr("namespace", err))
+	}
+	rec, err := s.steps.RecordStepIn(ctx, req.GetNamespace(), parent, step, layer, req.GetConfig())
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -154,11 +165,14 @@ func recordToProto(r cache.StepRecord) *cairnv1.StepRecord {
 			Platform:     r.Step.Platform,
 			BuildArgs:    r.Step.BuildArgs,
 		},
-		Config:      r.Config,
-		CreateTime:  timestamp(r.Created),
-		HitCount:    r.Hits,
-		LastHitTime: timestamp(r.LastHit),
-		NextParent:  r.Next.String(),
+		Config:             r.Config,
+		CreateTime:         timestamp(r.Created),
+		HitCount:           r.Hits,
+		LastHitTime:        timestamp(r.LastHit),
+		NextParent:         r.Next.String(),
+		Namespace:          r.Namespace,
+		DivergenceCount:    r.Divergences,
+		LastDivergenceTime: timestamp(r.LastDivergence),
 	}
 	if r.Layer != nil {
 		diffID := r.Layer.DiffID
@@ -181,4 +195,18 @@ func timestamp(t time.Time) *timestamppb.Timestamp {
 		return nil
 	}
 	return timestamppb.New(t)
+}
+
+// namespacesFromProto checks a lookup's namespaces: at most
+// cache.MaxNamespaces, each valid; none means the default namespace.
+func namespacesFromProto(nss []string) ([]string, error) {
+	if len(nss) > cache.MaxNamespaces {
+		return nil, fieldErr("namespaces", fmt.Errorf("%w: %d namespaces, at most %d", errInvalidArgument, len(nss), cache.MaxNamespaces))
+	}
+	for i, ns := range nss {
+		if err := cache.ValidNamespace(ns); err != nil {
+			return nil, fieldErr(fmt.Sprintf("namespaces[%d]", i), err)
+		}
+	}
+	return nss, nil
 }

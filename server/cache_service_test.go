@@ -133,3 +133,43 @@ func TestStepBadInput(t *testing.T) {
 	_, err = e.steps.RecordStep(ctx, &cairnv1.RecordStepRequest{Step: good, Layer: &cairnv1.LayerDescriptor{}})
 	wantStatus(t, err, codes.InvalidArgument, cairnv1.ReasonInvalidDigest, "layer.digest")
 }
+
+// Namespaces over the API: a pull request's record is no hit for main; a
+// second record with another layer is STEP_DIVERGED and counted; bad
+// namespaces are INVALID_ARGUMENT.
+func TestStepNamespaces(t *testing.T) {
+	e := newEnv(t, Options{})
+	ctx := context.Background()
+	run := &cairnv1.Step{Instruction: "RUN make"}
+	a, b := randomData(61, 20<<10), randomData(62, 20<<10)
+	e.pushSimple(t, a)
+	e.pushSimple(t, b)
+	la := &cairnv1.LayerDescriptor{Digest: digest.FromBytes(a).String()}
+	lb := &cairnv1.LayerDescriptor{Digest: digest.FromBytes(b).String()}
+	if _, err := e.steps.RecordStep(ctx, &cairnv1.RecordStepRequest{Step: run, Layer: la, Namespace: "pr/7"}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := e.steps.LookupStep(ctx, &cairnv1.LookupStepRequest{Step: run, Namespaces: []string{"main"}}); err != nil || r.GetHit() {
+		t.Fatalf("main's lookup: %v, %v; want a miss", r, err)
+	}
+	r, err := e.steps.LookupStep(ctx, &cairnv1.LookupStepRequest{Step: run, Namespaces: []string{"pr/7", "main"}})
+	if err != nil || !r.GetHit() || r.GetRecord().GetNamespace() != "pr/7" {
+		t.Fatalf("the pull request's lookup: %v, %v", r, err)
+	}
+	_, err = e.steps.RecordStep(ctx, &cairnv1.RecordStepRequest{Step: run, Layer: lb, Namespace: "pr/7"})
+	wantStatus(t, err, codes.FailedPrecondition, cairnv1.ReasonStepDiverged, "")
+	r, err = e.steps.LookupStep(ctx, &cairnv1.LookupStepRequest{Step: run, Namespaces: []string{"pr/7"}})
+	if err != nil || r.GetRecord().GetLayer().GetDigest() != la.GetDigest() || r.GetRecord().GetDivergenceCount() != 1 {
+		t.Fatalf("after the divergence: %v, %v", r, err)
+	}
+	_, err = e.steps.LookupStep(ctx, &cairnv1.LookupStepRequest{Step: run, Namespaces: []string{"Main"}})
+	wantStatus(t, err, codes.InvalidArgument, cairnv1.ReasonInvalidArgument, "")
+	_, err = e.steps.RecordStep(ctx, &cairnv1.RecordStepRequest{Step: run, Layer: la, Namespace: "../x"})
+	wantStatus(t, err, codes.InvalidArgument, cairnv1.ReasonInvalidArgument, "")
+	if _, err := e.steps.DeleteStep(ctx, &cairnv1.DeleteStepRequest{Key: r.GetKey(), Namespace: "pr/7"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.steps.RecordStep(ctx, &cairnv1.RecordStepRequest{Step: run, Layer: lb, Namespace: "pr/7"}); err != nil {
+		t.Fatalf("recording after a delete: %v", err)
+	}
+}

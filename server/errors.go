@@ -97,6 +97,8 @@ func classify(err error) (codes.Code, string) {
 		return codes.NotFound, cairnv1.ReasonNotFound
 	case errors.Is(err, cache.ErrOutOfRange):
 		return codes.OutOfRange, cairnv1.ReasonOutOfRange
+	case errors.Is(err, cache.ErrStepDiverged):
+		return codes.FailedPrecondition, cairnv1.ReasonStepDiverged
 	case errors.Is(err, cache.ErrFailedPrecondition):
 		return codes.FailedPrecondition, cairnv1.ReasonFailedPrecondition
 	case errors.Is(err, cache.ErrDataLoss):

@@ -238,7 +238,7 @@ func wantCode(t *testing.T, err error, codes ...codes.Code) {
 // wrapped in cache.ErrDataLoss, then the operation).
 type corruptStore struct{ *cache.Cache }
 
-func (corruptStore) LookupStep(_ context.Context, parent digest.Digest, s stepkey.Step) (cache.StepRecord, error) {
+func (corruptStore) LookupStepIn(_ context.Context, _ []string, parent digest.Digest, s stepkey.Step) (cache.StepRecord, error) {
 	key, _ := stepkey.Key(parent, s)
 	return cache.StepRecord{}, fmt.Errorf("cache: lookup step: %w", fmt.Errorf("%w: step %s: %w", cache.ErrDataLoss, key,
 		errors.New("invalid character 'x' looking for beginning of value")))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/cairnbuild/cairn/cache"
 	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
 )
 
@@ -34,7 +35,10 @@ func (s *cacheService) DeleteStep(ctx context.Context, req *cairnv1.DeleteStepRe
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	if err := s.admin.DeleteStep(ctx, key); err != nil {
+	if err := cache.ValidNamespace(req.GetNamespace()); err != nil {
+		return nil, toStatus(fieldErr("namespace", err))
+	}
+	if err := s.admin.DeleteStepIn(ctx, req.GetNamespace(), key); err != nil {
 		return nil, toStatus(err)
 	}
 	return &cairnv1.DeleteStepResponse{}, nil

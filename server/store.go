@@ -77,14 +77,14 @@ type StepCache interface {
 	// LookupStep returns the record of step s on top of parent; a miss
 	// (never recorded, or its layer is gone) is cache.ErrNotFound, a
 	// malformed step cache.ErrInvalidArgument.
-	LookupStep(ctx context.Context, parent digest.Digest, s stepkey.Step) (cache.StepRecord, error)
+	LookupStepIn(ctx context.Context, namespaces []string, parent digest.Digest, s stepkey.Step) (cache.StepRecord, error)
 	// LookupChain walks steps from base and returns the records of the
 	// longest cached prefix: a miss ends the walk and is no error.
-	LookupChain(ctx context.Context, base digest.Digest, steps []stepkey.Step) ([]cache.StepRecord, error)
+	LookupChainIn(ctx context.Context, namespaces []string, base digest.Digest, steps []stepkey.Step) ([]cache.StepRecord, error)
 	// RecordStep records that step s on top of parent produced layer (nil:
 	// none) and config. A layer not committed is
 	// cache.ErrFailedPrecondition.
-	RecordStep(ctx context.Context, parent digest.Digest, s stepkey.Step, layer *cache.LayerRef, config []byte) (cache.StepRecord, error)
+	RecordStepIn(ctx context.Context, namespace string, parent digest.Digest, s stepkey.Step, layer *cache.LayerRef, config []byte) (cache.StepRecord, error)
 }
 
 // StepAdmin manages step records: ListSteps and DeleteStep.
@@ -94,7 +94,7 @@ type StepAdmin interface {
 	// the last). A malformed token is cache.ErrInvalidArgument.
 	ListSteps(ctx context.Context, pageToken string, pageSize int, layer digest.Digest) ([]cache.StepRecord, string, error)
 	// DeleteStep removes step key's record; none is cache.ErrNotFound.
-	DeleteStep(ctx context.Context, key digest.Digest) error
+	DeleteStepIn(ctx context.Context, namespace string, key digest.Digest) error
 }
 
 // StoreVerifier checks stored data against the index: VerifyStore.

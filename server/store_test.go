@@ -161,12 +161,12 @@ type countingSteps struct {
 	n *atomic.Int32
 }
 
-func (c *countingSteps) LookupStep(ctx context.Context, parent digest.Digest, s stepkey.Step) (cache.StepRecord, error) {
+func (c *countingSteps) LookupStepIn(ctx context.Context, nss []string, parent digest.Digest, s stepkey.Step) (cache.StepRecord, error) {
 	c.n.Add(1)
-	return c.Cache.LookupStep(ctx, parent, s)
+	return c.Cache.LookupStepIn(ctx, nss, parent, s)
 }
 
-func (c *countingSteps) LookupChain(ctx context.Context, base digest.Digest, steps []stepkey.Step) ([]cache.StepRecord, error) {
+func (c *countingSteps) LookupChainIn(ctx context.Context, nss []string, base digest.Digest, steps []stepkey.Step) ([]cache.StepRecord, error) {
 	c.n.Add(1)
-	return c.Cache.LookupChain(ctx, base, steps)
+	return c.Cache.LookupChainIn(ctx, nss, base, steps)
 }

@@ -198,9 +198,17 @@ type StepRecord struct {
 	LastHitTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=last_hit_time,json=lastHitTime,proto3" json:"last_hit_time,omitempty"`
 	// The parent of the following step: the chain ID after this step's layer,
 	// or, for a step without a layer, a digest derived from parent and key.
-	NextParent    string `protobuf:"bytes,9,opt,name=next_parent,json=nextParent,proto3" json:"next_parent,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	NextParent string `protobuf:"bytes,9,opt,name=next_parent,json=nextParent,proto3" json:"next_parent,omitempty"`
+	// The namespace that holds the record; empty is the default one.
+	Namespace string `protobuf:"bytes,10,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Records refused for the same key and namespace because they named
+	// another layer (a record is immutable): a step that is not
+	// reproducible, or an attempt to replace a cached result.
+	DivergenceCount uint64 `protobuf:"varint,11,opt,name=divergence_count,json=divergenceCount,proto3" json:"divergence_count,omitempty"`
+	// When the last of them was refused; unset if never.
+	LastDivergenceTime *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=last_divergence_time,json=lastDivergenceTime,proto3" json:"last_divergence_time,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *StepRecord) Reset() {
@@ -296,13 +304,38 @@ func (x *StepRecord) GetNextParent() string {
 	return ""
 }
 
+func (x *StepRecord) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *StepRecord) GetDivergenceCount() uint64 {
+	if x != nil {
+		return x.DivergenceCount
+	}
+	return 0
+}
+
+func (x *StepRecord) GetLastDivergenceTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastDivergenceTime
+	}
+	return nil
+}
+
 // LookupStepRequest is the request of CacheService.LookupStep.
 type LookupStepRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The chain ID below the step; empty for scratch.
 	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
 	// The step. Required.
-	Step          *Step `protobuf:"bytes,2,opt,name=step,proto3" json:"step,omitempty"`
+	Step *Step `protobuf:"bytes,2,opt,name=step,proto3" json:"step,omitempty"`
+	// The namespaces to search, in order: the first that holds a record for
+	// the step answers. Empty means the default namespace alone. At most 16;
+	// each must be readable by the caller.
+	Namespaces    []string `protobuf:"bytes,3,rep,name=namespaces,proto3" json:"namespaces,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -347,6 +380,13 @@ func (x *LookupStepRequest) GetParent() string {
 func (x *LookupStepRequest) GetStep() *Step {
 	if x != nil {
 		return x.Step
+	}
+	return nil
+}
+
+func (x *LookupStepRequest) GetNamespaces() []string {
+	if x != nil {
+		return x.Namespaces
 	}
 	return nil
 }
@@ -421,7 +461,10 @@ type LookupChainRequest struct {
 	// The chain ID the first step runs on; empty for scratch.
 	Base string `protobuf:"bytes,1,opt,name=base,proto3" json:"base,omitempty"`
 	// The steps in build order, at most 1000.
-	Steps         []*Step `protobuf:"bytes,2,rep,name=steps,proto3" json:"steps,omitempty"`
+	Steps []*Step `protobuf:"bytes,2,rep,name=steps,proto3" json:"steps,omitempty"`
+	// The namespaces to search for each step, in order (see
+	// LookupStepRequest.namespaces).
+	Namespaces    []string `protobuf:"bytes,3,rep,name=namespaces,proto3" json:"namespaces,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -466,6 +509,13 @@ func (x *LookupChainRequest) GetBase() string {
 func (x *LookupChainRequest) GetSteps() []*Step {
 	if x != nil {
 		return x.Steps
+	}
+	return nil
+}
+
+func (x *LookupChainRequest) GetNamespaces() []string {
+	if x != nil {
+		return x.Namespaces
 	}
 	return nil
 }
@@ -541,7 +591,12 @@ type RecordStepRequest struct {
 	// An opaque image-config fragment to return on hits, at most 64 KiB.
 	// The normalized instruction may be at most 256 KiB; larger records are
 	// refused with INVALID_ARGUMENT.
-	Config        []byte `protobuf:"bytes,4,opt,name=config,proto3" json:"config,omitempty"`
+	Config []byte `protobuf:"bytes,4,opt,name=config,proto3" json:"config,omitempty"`
+	// The namespace to write to; empty is the default one. The caller must
+	// be allowed to write there. A record is immutable: the same layer again
+	// returns the record; another layer is refused with FAILED_PRECONDITION
+	// (reason STEP_DIVERGED) and counted.
+	Namespace     string `protobuf:"bytes,5,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -602,6 +657,13 @@ func (x *RecordStepRequest) GetConfig() []byte {
 		return x.Config
 	}
 	return nil
+}
+
+func (x *RecordStepRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
 }
 
 // RecordStepResponse is the response of CacheService.RecordStep.
@@ -773,7 +835,9 @@ func (x *ListStepsResponse) GetNextPageToken() string {
 type DeleteStepRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The step key (StepRecord.key).
-	Key           string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The namespace of the record; empty is the default one.
+	Namespace     string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -811,6 +875,13 @@ func (*DeleteStepRequest) Descriptor() ([]byte, []int) {
 func (x *DeleteStepRequest) GetKey() string {
 	if x != nil {
 		return x.Key
+	}
+	return ""
+}
+
+func (x *DeleteStepRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
 	}
 	return ""
 }
@@ -869,7 +940,7 @@ const file_cairn_v1_cache_proto_rawDesc = "" +
 	"\n" +
 	"size_bytes\x18\x03 \x01(\x03R\tsizeBytes\x12\x1d\n" +
 	"\n" +
-	"media_type\x18\x04 \x01(\tR\tmediaType\"\xde\x02\n" +
+	"media_type\x18\x04 \x01(\tR\tmediaType\"\xf5\x03\n" +
 	"\n" +
 	"StepRecord\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
@@ -882,26 +953,37 @@ const file_cairn_v1_cache_proto_rawDesc = "" +
 	"\thit_count\x18\a \x01(\x04R\bhitCount\x12>\n" +
 	"\rlast_hit_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vlastHitTime\x12\x1f\n" +
 	"\vnext_parent\x18\t \x01(\tR\n" +
-	"nextParent\"O\n" +
+	"nextParent\x12\x1c\n" +
+	"\tnamespace\x18\n" +
+	" \x01(\tR\tnamespace\x12)\n" +
+	"\x10divergence_count\x18\v \x01(\x04R\x0fdivergenceCount\x12L\n" +
+	"\x14last_divergence_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\x12lastDivergenceTime\"o\n" +
 	"\x11LookupStepRequest\x12\x16\n" +
 	"\x06parent\x18\x01 \x01(\tR\x06parent\x12\"\n" +
-	"\x04step\x18\x02 \x01(\v2\x0e.cairn.v1.StepR\x04step\"f\n" +
+	"\x04step\x18\x02 \x01(\v2\x0e.cairn.v1.StepR\x04step\x12\x1e\n" +
+	"\n" +
+	"namespaces\x18\x03 \x03(\tR\n" +
+	"namespaces\"f\n" +
 	"\x12LookupStepResponse\x12\x10\n" +
 	"\x03hit\x18\x01 \x01(\bR\x03hit\x12,\n" +
 	"\x06record\x18\x02 \x01(\v2\x14.cairn.v1.StepRecordR\x06record\x12\x10\n" +
-	"\x03key\x18\x03 \x01(\tR\x03key\"N\n" +
+	"\x03key\x18\x03 \x01(\tR\x03key\"n\n" +
 	"\x12LookupChainRequest\x12\x12\n" +
 	"\x04base\x18\x01 \x01(\tR\x04base\x12$\n" +
-	"\x05steps\x18\x02 \x03(\v2\x0e.cairn.v1.StepR\x05steps\"`\n" +
+	"\x05steps\x18\x02 \x03(\v2\x0e.cairn.v1.StepR\x05steps\x12\x1e\n" +
+	"\n" +
+	"namespaces\x18\x03 \x03(\tR\n" +
+	"namespaces\"`\n" +
 	"\x13LookupChainResponse\x12(\n" +
 	"\x04hits\x18\x01 \x03(\v2\x14.cairn.v1.StepRecordR\x04hits\x12\x1f\n" +
 	"\vnext_parent\x18\x02 \x01(\tR\n" +
-	"nextParent\"\x98\x01\n" +
+	"nextParent\"\xb6\x01\n" +
 	"\x11RecordStepRequest\x12\x16\n" +
 	"\x06parent\x18\x01 \x01(\tR\x06parent\x12\"\n" +
 	"\x04step\x18\x02 \x01(\v2\x0e.cairn.v1.StepR\x04step\x12/\n" +
 	"\x05layer\x18\x03 \x01(\v2\x19.cairn.v1.LayerDescriptorR\x05layer\x12\x16\n" +
-	"\x06config\x18\x04 \x01(\fR\x06config\"B\n" +
+	"\x06config\x18\x04 \x01(\fR\x06config\x12\x1c\n" +
+	"\tnamespace\x18\x05 \x01(\tR\tnamespace\"B\n" +
 	"\x12RecordStepResponse\x12,\n" +
 	"\x06record\x18\x01 \x01(\v2\x14.cairn.v1.StepRecordR\x06record\"q\n" +
 	"\x10ListStepsRequest\x12\x1b\n" +
@@ -911,9 +993,10 @@ const file_cairn_v1_cache_proto_rawDesc = "" +
 	"\flayer_digest\x18\x03 \x01(\tR\vlayerDigest\"k\n" +
 	"\x11ListStepsResponse\x12.\n" +
 	"\arecords\x18\x01 \x03(\v2\x14.cairn.v1.StepRecordR\arecords\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"%\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"C\n" +
 	"\x11DeleteStepRequest\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\"\x14\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"\x14\n" +
 	"\x12DeleteStepResponse2\xfb\x02\n" +
 	"\fCacheService\x12G\n" +
 	"\n" +
@@ -959,29 +1042,30 @@ var file_cairn_v1_cache_proto_depIdxs = []int32{
 	1,  // 1: cairn.v1.StepRecord.layer:type_name -> cairn.v1.LayerDescriptor
 	13, // 2: cairn.v1.StepRecord.create_time:type_name -> google.protobuf.Timestamp
 	13, // 3: cairn.v1.StepRecord.last_hit_time:type_name -> google.protobuf.Timestamp
-	0,  // 4: cairn.v1.LookupStepRequest.step:type_name -> cairn.v1.Step
-	2,  // 5: cairn.v1.LookupStepResponse.record:type_name -> cairn.v1.StepRecord
-	0,  // 6: cairn.v1.LookupChainRequest.steps:type_name -> cairn.v1.Step
-	2,  // 7: cairn.v1.LookupChainResponse.hits:type_name -> cairn.v1.StepRecord
-	0,  // 8: cairn.v1.RecordStepRequest.step:type_name -> cairn.v1.Step
-	1,  // 9: cairn.v1.RecordStepRequest.layer:type_name -> cairn.v1.LayerDescriptor
-	2,  // 10: cairn.v1.RecordStepResponse.record:type_name -> cairn.v1.StepRecord
-	2,  // 11: cairn.v1.ListStepsResponse.records:type_name -> cairn.v1.StepRecord
-	3,  // 12: cairn.v1.CacheService.LookupStep:input_type -> cairn.v1.LookupStepRequest
-	5,  // 13: cairn.v1.CacheService.LookupChain:input_type -> cairn.v1.LookupChainRequest
-	7,  // 14: cairn.v1.CacheService.RecordStep:input_type -> cairn.v1.RecordStepRequest
-	9,  // 15: cairn.v1.CacheService.ListSteps:input_type -> cairn.v1.ListStepsRequest
-	11, // 16: cairn.v1.CacheService.DeleteStep:input_type -> cairn.v1.DeleteStepRequest
-	4,  // 17: cairn.v1.CacheService.LookupStep:output_type -> cairn.v1.LookupStepResponse
-	6,  // 18: cairn.v1.CacheService.LookupChain:output_type -> cairn.v1.LookupChainResponse
-	8,  // 19: cairn.v1.CacheService.RecordStep:output_type -> cairn.v1.RecordStepResponse
-	10, // 20: cairn.v1.CacheService.ListSteps:output_type -> cairn.v1.ListStepsResponse
-	12, // 21: cairn.v1.CacheService.DeleteStep:output_type -> cairn.v1.DeleteStepResponse
-	17, // [17:22] is the sub-list for method output_type
-	12, // [12:17] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	13, // 4: cairn.v1.StepRecord.last_divergence_time:type_name -> google.protobuf.Timestamp
+	0,  // 5: cairn.v1.LookupStepRequest.step:type_name -> cairn.v1.Step
+	2,  // 6: cairn.v1.LookupStepResponse.record:type_name -> cairn.v1.StepRecord
+	0,  // 7: cairn.v1.LookupChainRequest.steps:type_name -> cairn.v1.Step
+	2,  // 8: cairn.v1.LookupChainResponse.hits:type_name -> cairn.v1.StepRecord
+	0,  // 9: cairn.v1.RecordStepRequest.step:type_name -> cairn.v1.Step
+	1,  // 10: cairn.v1.RecordStepRequest.layer:type_name -> cairn.v1.LayerDescriptor
+	2,  // 11: cairn.v1.RecordStepResponse.record:type_name -> cairn.v1.StepRecord
+	2,  // 12: cairn.v1.ListStepsResponse.records:type_name -> cairn.v1.StepRecord
+	3,  // 13: cairn.v1.CacheService.LookupStep:input_type -> cairn.v1.LookupStepRequest
+	5,  // 14: cairn.v1.CacheService.LookupChain:input_type -> cairn.v1.LookupChainRequest
+	7,  // 15: cairn.v1.CacheService.RecordStep:input_type -> cairn.v1.RecordStepRequest
+	9,  // 16: cairn.v1.CacheService.ListSteps:input_type -> cairn.v1.ListStepsRequest
+	11, // 17: cairn.v1.CacheService.DeleteStep:input_type -> cairn.v1.DeleteStepRequest
+	4,  // 18: cairn.v1.CacheService.LookupStep:output_type -> cairn.v1.LookupStepResponse
+	6,  // 19: cairn.v1.CacheService.LookupChain:output_type -> cairn.v1.LookupChainResponse
+	8,  // 20: cairn.v1.CacheService.RecordStep:output_type -> cairn.v1.RecordStepResponse
+	10, // 21: cairn.v1.CacheService.ListSteps:output_type -> cairn.v1.ListStepsResponse
+	12, // 22: cairn.v1.CacheService.DeleteStep:output_type -> cairn.v1.DeleteStepResponse
+	18, // [18:23] is the sub-list for method output_type
+	13, // [13:18] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_cairn_v1_cache_proto_init() }

@@ -24,6 +24,10 @@ const (
 	// ReasonFailedPrecondition: for example a chunk a commit names is not
 	// stored, or a step's layer is not committed (FailedPrecondition).
 	ReasonFailedPrecondition = "FAILED_PRECONDITION"
+	// ReasonStepDiverged: a step record refused because its namespace
+	// holds a record for the same step naming another layer; records are
+	// immutable (FailedPrecondition).
+	ReasonStepDiverged = "STEP_DIVERGED"
 	// ReasonDataLoss: stored data failed verification (DataLoss).
 	ReasonDataLoss = "DATA_LOSS"
 	// ReasonUnavailable: the blob store is down; retry later (Unavailable).

@@ -77,6 +77,8 @@ const (
 //   - FAILED_PRECONDITION (FAILED_PRECONDITION): for example a commit that
 //     names a chunk the server does not have, or a step whose layer is not
 //     committed.
+//   - STEP_DIVERGED (FAILED_PRECONDITION): a step record for a key its
+//     namespace already holds with another layer; records are immutable.
 //   - DATA_LOSS (DATA_LOSS): stored data failed verification.
 //   - UNAVAILABLE (UNAVAILABLE): the blob store is down; retry later.
 //   - RESOURCE_EXHAUSTED (RESOURCE_EXHAUSTED): a list above the limits
@@ -351,6 +353,8 @@ func (c *layerServiceClient) CollectGarbage(ctx context.Context, in *CollectGarb
 //   - FAILED_PRECONDITION (FAILED_PRECONDITION): for example a commit that
 //     names a chunk the server does not have, or a step whose layer is not
 //     committed.
+//   - STEP_DIVERGED (FAILED_PRECONDITION): a step record for a key its
+//     namespace already holds with another layer; records are immutable.
 //   - DATA_LOSS (DATA_LOSS): stored data failed verification.
 //   - UNAVAILABLE (UNAVAILABLE): the blob store is down; retry later.
 //   - RESOURCE_EXHAUSTED (RESOURCE_EXHAUSTED): a list above the limits
