@@ -38,10 +38,15 @@ func (c *Client) ListSteps(ctx context.Context, pageToken string, pageSize int, 
 // DeleteStep removes the step record with key (StepRecord.Key); a missing
 // one is ErrNotFound.
 func (c *Client) DeleteStep(ctx context.Context, key digest.Digest) error {
+	return c.DeleteStepIn(ctx, "", key)
+}
+
+// DeleteStepIn is DeleteStep in namespace ns.
+func (c *Client) DeleteStepIn(ctx context.Context, ns string, key digest.Digest) error {
 	if err := checkDigest("delete step", key); err != nil {
 		return err
 	}
-	_, err := c.cache.DeleteStep(ctx, &cairnv1.DeleteStepRequest{Key: key.String()})
+	_, err := c.cache.DeleteStep(ctx, &cairnv1.DeleteStepRequest{Key: key.String(), Namespace: ns})
 	return wrapErr("delete step "+key.String(), err)
 }
 

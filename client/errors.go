@@ -35,6 +35,16 @@ var (
 	// commit that names a chunk the server lacks, a step whose layer is not
 	// committed).
 	ErrFailedPrecondition = errors.New("failed precondition")
+	// ErrDiverged: a step record refused because its namespace holds a
+	// record for the same step naming another layer (records are
+	// immutable). It also matches ErrFailedPrecondition.
+	ErrDiverged = fmt.Errorf("%w: step diverged", ErrFailedPrecondition)
+	// ErrUnauthenticated: the server wants credentials (a token) and got
+	// none, or ones it does not know.
+	ErrUnauthenticated = errors.New("unauthenticated")
+	// ErrPermissionDenied: the credentials are good but do not allow the
+	// call (a namespace or an action their scopes do not cover).
+	ErrPermissionDenied = errors.New("permission denied")
 	// ErrDataLoss: stored data failed verification, on the server or in
 	// the local chunk cache.
 	ErrDataLoss = errors.New("data loss")
@@ -91,6 +101,10 @@ func kindOf(c codes.Code) error {
 		return ErrUnavailable
 	case codes.ResourceExhausted:
 		return ErrResourceExhausted
+	case codes.Unauthenticated:
+		return ErrUnauthenticated
+	case codes.PermissionDenied:
+		return ErrPermissionDenied
 	default:
 		return ErrServer
 	}
@@ -121,8 +135,11 @@ func wrapErr(op string, err error) error {
 	}
 	kind := kindOf(s.Code())
 	msg := s.Message()
-	if s.Code() == codes.InvalidArgument && reason(s) == cairnv1.ReasonDigestMismatch {
+	switch {
+	case s.Code() == codes.InvalidArgument && reason(s) == cairnv1.ReasonDigestMismatch:
 		kind = ErrDigestMismatch
+	case s.Code() == codes.FailedPrecondition && reason(s) == cairnv1.ReasonStepDiverged:
+		kind = ErrDiverged
 	}
 	return &Error{Op: op, Code: s.Code(), Message: msg, kind: kind}
 }

@@ -83,4 +83,10 @@ type StepRecord struct {
 	Created time.Time     `json:"created,omitzero"`
 	Hits    uint64        `json:"hits"`
 	LastHit time.Time     `json:"last_hit,omitzero"`
+	// Namespace holds the record ("" is the default one).
+	Namespace string `json:"namespace,omitempty"`
+	// Divergences counts records refused for the same step and namespace
+	// because they named another layer.
+	Divergences    uint64    `json:"divergences,omitempty"`
+	LastDivergence time.Time `json:"last_divergence,omitzero"`
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	"github.com/spf13/cobra"
@@ -61,6 +62,7 @@ before it.`,
 	}
 	cf := addClientFlags(a, cmd, false)
 	sf := addStepFlags(cmd)
+	nss := addNamespacesFlag(cmd)
 	cmd.Flags().StringVar(&chain, "chain", "", `file with one step per line ("-": stdin)`)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		parent, err := sf.parentDigest()
@@ -80,7 +82,7 @@ before it.`,
 				return err
 			}
 			defer done()
-			rec, err := c.LookupStep(ctx, parent, step)
+			rec, err := c.LookupStepIn(ctx, *nss, parent, step)
 			if errors.Is(err, client.ErrMiss) {
 				if cf.json {
 					_ = cf.printJSON(struct {
@@ -125,7 +127,7 @@ before it.`,
 			return err
 		}
 		defer done()
-		recs, err := lookupChain(ctx, c, parent, steps)
+		recs, err := lookupChain(ctx, c, *nss, parent, steps)
 		if err != nil {
 			return cf.fail(err)
 		}
@@ -172,11 +174,11 @@ before it.`,
 // cairnv1.MaxChainSteps steps per call, so a longer chain goes in several
 // calls, each on the "next" of the last step of the call before; it stops
 // at the first miss, as one call would.
-func lookupChain(ctx context.Context, c *client.Client, parent digest.Digest, steps []client.Step) ([]client.StepRecord, error) {
+func lookupChain(ctx context.Context, c *client.Client, nss []string, parent digest.Digest, steps []client.Step) ([]client.StepRecord, error) {
 	var recs []client.StepRecord
 	for start := 0; start < len(steps); {
 		batch := steps[start:min(len(steps), start+cairnv1.MaxChainSteps)]
-		got, err := c.LookupChain(ctx, parent, batch)
+		got, err := c.LookupChainIn(ctx, nss, parent, batch)
 		if err != nil {
 			if len(steps) > len(batch) {
 				err = fmt.Errorf("steps %d to %d of %d: %w", start+1, start+len(batch), len(steps), err)
@@ -226,7 +228,14 @@ func printStepRecord(w io.Writer, rec client.StepRecord) error {
 		fmt.Fprintf(tw, "layer\t(none)\n")
 	}
 	fmt.Fprintf(tw, "next\t%s\n", rec.Next)
+	if rec.Namespace != "" {
+		fmt.Fprintf(tw, "namespace\t%s\n", rec.Namespace)
+	}
 	fmt.Fprintf(tw, "hits\t%d\n", rec.Hits)
+	if rec.Divergences > 0 {
+		fmt.Fprintf(tw, "divergences\t%d records for this step with another layer were refused, the last at %s\n",
+			rec.Divergences, rec.LastDivergence.Format(time.RFC3339))
+	}
 	return tw.Flush()
 }
 

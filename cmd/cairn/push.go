@@ -40,6 +40,7 @@ not count).`,
 	cf := addClientFlags(a, cmd, true)
 	cf.addIdleFlag(cmd)
 	sf := addStepFlags(cmd)
+	ns := addNamespaceFlag(cmd, "record the step in (with --instruction)")
 	fs := cmd.Flags()
 	fs.StringVar(&expect, "expect", "", "fail unless the layer has this digest (nothing is committed then)")
 	fs.StringVar(&mediaType, "media-type", "", "media type to store (default: application/vnd.oci.image.layer.v1.tar)")
@@ -102,7 +103,7 @@ not count).`,
 		}
 		out := pushOutput{PushResult: res}
 		if record {
-			rec, err := c.RecordStep(ctx, parent, step, &client.LayerRef{
+			rec, err := c.RecordStepIn(ctx, *ns, parent, step, &client.LayerRef{
 				Digest: res.Digest, DiffID: diff, Size: res.Size, MediaType: res.MediaType,
 			}, nil)
 			if err != nil {

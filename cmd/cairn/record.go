@@ -29,6 +29,7 @@ step. "cairn push --instruction ..." pushes and records in one go.`,
 	}
 	cf := addClientFlags(a, cmd, false)
 	sf := addStepFlags(cmd)
+	ns := addNamespaceFlag(cmd, "record the step in")
 	fs := cmd.Flags()
 	fs.StringVar(&layer, "layer", "", "digest of the layer the step made (pushed already); empty: no layer")
 	fs.StringVar(&diffID, "diff-id", "", "the layer's uncompressed digest, if the layer is compressed")
@@ -81,7 +82,7 @@ step. "cairn push --instruction ..." pushes and records in one go.`,
 			}
 			ref = &client.LayerRef{Digest: ld, DiffID: diff, Size: info.Size, MediaType: info.MediaType}
 		}
-		rec, err := c.RecordStep(ctx, parent, step, ref, cfg)
+		rec, err := c.RecordStepIn(ctx, *ns, parent, step, ref, cfg)
 		if err != nil {
 			return cf.fail(err)
 		}

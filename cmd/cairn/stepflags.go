@@ -33,6 +33,22 @@ func addStepFlags(cmd *cobra.Command) *stepFlags {
 	return f
 }
 
+// addNamespaceFlag registers --namespace, the step namespace a command
+// writes to (or deletes from), with its twin CAIRN_NAMESPACE.
+func addNamespaceFlag(cmd *cobra.Command, what string) *string {
+	ns := new(string)
+	cmd.Flags().StringVar(ns, "namespace", "", "the step namespace to "+what+", e.g. main or pr/1234 (empty: the default namespace)")
+	return ns
+}
+
+// addNamespacesFlag registers --namespaces, the step namespaces a lookup
+// searches in order, with its twin CAIRN_NAMESPACES.
+func addNamespacesFlag(cmd *cobra.Command) *[]string {
+	nss := new([]string)
+	cmd.Flags().StringSliceVar(nss, "namespaces", nil, "step namespaces to search, in order, comma-separated, e.g. pr/1234,main (empty: the default namespace)")
+	return nss
+}
+
 // parentDigest returns the validated --parent ("" for scratch).
 func (f *stepFlags) parentDigest() (digest.Digest, error) {
 	return parseOptionalDigest("--parent", f.parent)

@@ -115,6 +115,7 @@ past a key that does not exist and then exits with status 3.`,
 		Args:    cobra.MinimumNArgs(1),
 	}
 	cf := addClientFlags(a, cmd, false)
+	ns := addNamespaceFlag(cmd, "delete the records from")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		keys := make([]digest.Digest, len(args))
 		for i, s := range args {
@@ -131,7 +132,7 @@ past a key that does not exist and then exits with status 3.`,
 		defer done()
 		var missing, failed []error
 		for _, k := range keys {
-			err := c.DeleteStep(ctx, k)
+			err := c.DeleteStepIn(ctx, *ns, k)
 			switch {
 			case err == nil:
 				if !cf.json {
