@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/cairnbuild/cairn/auth"
 	"github.com/cairnbuild/cairn/cache"
 	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
 	"github.com/cairnbuild/cairn/stepkey"
@@ -20,6 +22,7 @@ type cacheService struct {
 	cairnv1.UnimplementedCacheServiceServer
 	steps StepCache
 	admin StepAdmin
+	log   *slog.Logger // audit lines of writes and deletes (nil: none)
 }
 
 // LookupStep implements cairnv1.CacheServiceServer.
@@ -34,6 +37,9 @@ func (s *cacheService) LookupStep(ctx context.Context, req *cairnv1.LookupStepRe
 	}
 	nss, err := namespacesFromProto(req.GetNamespaces())
 	if err != nil {
+		return nil, toStatus(err)
+	}
+	if err := checkNamespaces(ctx, auth.Read, nss); err != nil {
 		return nil, toStatus(err)
 	}
 	rec, err := s.steps.LookupStepIn(ctx, nss, parent, step)
@@ -76,6 +82,9 @@ func (s *cacheService) LookupChain(ctx context.Context, req *cairnv1.LookupChain
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	if err := checkNamespaces(ctx, auth.Read, nss); err != nil {
+		return nil, toStatus(err)
+	}
 	recs, err := s.steps.LookupChainIn(ctx, nss, base, steps)
 	if err != nil {
 		return nil, toStatus(err)
@@ -112,7 +121,11 @@ func (s *cacheService) RecordStep(ctx context.Context, req *cairnv1.RecordStepRe
 	if err := cache.ValidNamespace(req.GetNamespace()); err != nil {
 		return nil, toStatus(fieldErr("namespace", err))
 	}
+	if err := auth.Check(ctx, auth.Write, req.GetNamespace()); err != nil {
+		return nil, toStatus(err)
+	}
 	rec, err := s.steps.RecordStepIn(ctx, req.GetNamespace(), parent, step, layer, req.GetConfig())
+	audit(ctx, s.log, auth.Write, "record step "+rec.Key.String(), req.GetNamespace(), err)
 	if err != nil {
 		return nil, toStatus(err)
 	}

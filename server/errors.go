@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/cairnbuild/cairn/auth"
 	"github.com/cairnbuild/cairn/backend"
 	"github.com/cairnbuild/cairn/cache"
 	"github.com/cairnbuild/cairn/chunkid"
@@ -97,6 +98,10 @@ func classify(err error) (codes.Code, string) {
 		return codes.NotFound, cairnv1.ReasonNotFound
 	case errors.Is(err, cache.ErrOutOfRange):
 		return codes.OutOfRange, cairnv1.ReasonOutOfRange
+	case errors.Is(err, auth.ErrUnauthenticated):
+		return codes.Unauthenticated, cairnv1.ReasonUnauthenticated
+	case errors.Is(err, auth.ErrPermissionDenied):
+		return codes.PermissionDenied, cairnv1.ReasonPermissionDenied
 	case errors.Is(err, cache.ErrStepDiverged):
 		return codes.FailedPrecondition, cairnv1.ReasonStepDiverged
 	case errors.Is(err, cache.ErrFailedPrecondition):

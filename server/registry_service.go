@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 
+	"github.com/cairnbuild/cairn/auth"
 	"github.com/cairnbuild/cairn/cache"
 	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
 )
@@ -17,12 +19,17 @@ import (
 type registryService struct {
 	cairnv1.UnimplementedRegistryServiceServer
 	images ImageStore
+	log    *slog.Logger // audit lines (nil: none)
 }
 
 // ListImages implements cairnv1.RegistryServiceServer.
 func (s *registryService) ListImages(ctx context.Context, req *cairnv1.ListImagesRequest) (*cairnv1.ListImagesResponse, error) {
 	if req.GetPageSize() < 0 {
 		return nil, toStatus(fieldErr("page_size", fmt.Errorf("%w: negative page size %d", errInvalidArgument, req.GetPageSize())))
+	}
+	// The listing shows every repository's images.
+	if err := auth.Check(ctx, auth.Read, allNamespaces); err != nil {
+		return nil, toStatus(err)
 	}
 	imgs, next, err := s.images.Images(ctx, req.GetPageToken(), int(req.GetPageSize()))
 	if err != nil {
@@ -51,7 +58,12 @@ func (s *registryService) DeleteImage(ctx context.Context, req *cairnv1.DeleteIm
 	if err := checkReference("reference", ref); err != nil {
 		return nil, toStatus(err)
 	}
-	if err := s.images.DeleteManifest(ctx, repo, ref); err != nil {
+	if err := auth.Check(ctx, auth.Delete, repo); err != nil {
+		return nil, toStatus(err)
+	}
+	err := s.images.DeleteManifest(ctx, repo, ref)
+	audit(ctx, s.log, auth.Delete, "delete image "+repo+":"+ref, repo, err)
+	if err != nil {
 		// Past the checks above, bad input is the reference (a digest
 		// algorithm the store does not keep, such as sha384).
 		var fe *fieldError

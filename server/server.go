@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -20,6 +22,7 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/cairnbuild/cairn/auth"
 	"github.com/cairnbuild/cairn/cache"
 	"github.com/cairnbuild/cairn/metrics"
 	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
@@ -112,6 +115,15 @@ type Options struct {
 	// GCDefaults are the collection settings CollectGarbage applies where
 	// a request leaves them unset (the zero value: the cache's defaults).
 	GCDefaults GCDefaults
+	// Auth decides who may call what (package auth: a credentials file of
+	// tokens and scopes); nil lets every caller do everything, as without
+	// a credentials file. Every call goes through its interceptor either
+	// way, so the handlers' namespace checks hold in one code path.
+	Auth *auth.Authenticator
+	// TLS, if set, serves gRPC over TLS with it (grpc.Creds of
+	// credentials.NewTLS, which adds "h2" to its ALPN protocols); nil
+	// serves plaintext (h2c).
+	TLS *tls.Config
 	// Logger receives failed calls that point at the server (Internal,
 	// DataLoss, Unavailable: Error and Warn), calls the client cancelled
 	// (Info, "client cancelled"), calls ended by an idle timeout (Info,
@@ -185,8 +197,14 @@ func New(st Store, opts Options) (*Server, error) {
 		stream = append(stream, m.stream)
 	}
 	l := &callLogger{log: log}
-	unary = append(unary, l.unary, timeoutInterceptor(opts.UnaryTimeout))
-	stream = append(stream, l.stream)
+	// Audit lines only where there is someone to name.
+	authn, auditLog := opts.Auth, log
+	if authn == nil {
+		authn, auditLog = auth.AllowAll(), nil
+	}
+	// Auth after the call logger, so that refused calls are logged too.
+	unary = append(unary, l.unary, auth.UnaryServerInterceptor(authn, authTable, auditLog), timeoutInterceptor(opts.UnaryTimeout))
+	stream = append(stream, l.stream, auth.StreamServerInterceptor(authn, authTable, auditLog))
 
 	gs := grpc.NewServer(
 		grpc.MaxRecvMsgSize(opts.MaxRecvMsgSize),
@@ -201,12 +219,13 @@ func New(st Store, opts Options) (*Server, error) {
 		// Stop (the end of the grace period) waits for the handlers to
 		// return, so the cache is not closed under a push cleaning up.
 		grpc.WaitForHandlers(true),
+		transportCreds(opts.TLS),
 	)
-	cairnv1.RegisterCacheServiceServer(gs, &cacheService{steps: steps, admin: st})
+	cairnv1.RegisterCacheServiceServer(gs, &cacheService{steps: steps, admin: st, log: auditLog})
 	cairnv1.RegisterLayerServiceServer(gs, &layerService{layers: st, chunks: st, stats: st, verifier: st, collector: st, gcDefaults: opts.GCDefaults, m: m,
 		idle: opts.StreamIdleTimeout, sendIdle: opts.SendIdleTimeout, transfers: opts.Transfers, walks: make(chan struct{}, 1),
 		verifies: make(chan struct{}, 1)})
-	cairnv1.RegisterRegistryServiceServer(gs, &registryService{images: st})
+	cairnv1.RegisterRegistryServiceServer(gs, &registryService{images: st, log: auditLog})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	for _, name := range []string{"", cairnv1.CacheService_ServiceDesc.ServiceName, cairnv1.LayerService_ServiceDesc.ServiceName,
@@ -247,6 +266,14 @@ func (s *Server) Shutdown(ctx context.Context) {
 		s.grpc.Stop()
 		<-done
 	}
+}
+
+// transportCreds is the server option for TLS with cfg, or none for nil.
+func transportCreds(cfg *tls.Config) grpc.ServerOption {
+	if cfg == nil {
+		return grpc.EmptyServerOption{}
+	}
+	return grpc.Creds(credentials.NewTLS(cfg))
 }
 
 // GRPCServer returns the underlying grpc.Server, for tests and for

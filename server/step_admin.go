@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/cairnbuild/cairn/auth"
 	"github.com/cairnbuild/cairn/cache"
 	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
 )
@@ -16,6 +17,10 @@ func (s *cacheService) ListSteps(ctx context.Context, req *cairnv1.ListStepsRequ
 	}
 	layer, err := parseDigest("layer_digest", req.GetLayerDigest(), true)
 	if err != nil {
+		return nil, toStatus(err)
+	}
+	// The listing shows every namespace's records.
+	if err := auth.Check(ctx, auth.Read, allNamespaces); err != nil {
 		return nil, toStatus(err)
 	}
 	recs, next, err := s.admin.ListSteps(ctx, req.GetPageToken(), int(req.GetPageSize()), layer)
@@ -38,7 +43,12 @@ func (s *cacheService) DeleteStep(ctx context.Context, req *cairnv1.DeleteStepRe
 	if err := cache.ValidNamespace(req.GetNamespace()); err != nil {
 		return nil, toStatus(fieldErr("namespace", err))
 	}
-	if err := s.admin.DeleteStepIn(ctx, req.GetNamespace(), key); err != nil {
+	if err := auth.Check(ctx, auth.Delete, req.GetNamespace()); err != nil {
+		return nil, toStatus(err)
+	}
+	err = s.admin.DeleteStepIn(ctx, req.GetNamespace(), key)
+	audit(ctx, s.log, auth.Delete, "delete step "+key.String(), req.GetNamespace(), err)
+	if err != nil {
 		return nil, toStatus(err)
 	}
 	return &cairnv1.DeleteStepResponse{}, nil

@@ -24,6 +24,12 @@ const (
 	// ReasonFailedPrecondition: for example a chunk a commit names is not
 	// stored, or a step's layer is not committed (FailedPrecondition).
 	ReasonFailedPrecondition = "FAILED_PRECONDITION"
+	// ReasonUnauthenticated: the call needs credentials (a token) and had
+	// none, or ones the server does not know (Unauthenticated).
+	ReasonUnauthenticated = "UNAUTHENTICATED"
+	// ReasonPermissionDenied: the credentials do not allow the call: an
+	// action or a namespace their scopes do not cover (PermissionDenied).
+	ReasonPermissionDenied = "PERMISSION_DENIED"
 	// ReasonStepDiverged: a step record refused because its namespace
 	// holds a record for the same step naming another layer; records are
 	// immutable (FailedPrecondition).
