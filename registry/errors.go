@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/cairnbuild/cairn/auth"
 	"github.com/cairnbuild/cairn/cache"
 )
 
@@ -29,6 +30,8 @@ const (
 	codeUnavailable  = "UNAVAILABLE"
 	codeUnknown      = "UNKNOWN"
 	codeRangeInvalid = "RANGE_INVALID"
+	codeDenied       = "DENIED"
+	codeUnauthorized = "UNAUTHORIZED"
 )
 
 // apiError is one error as the spec's JSON body carries it, with the HTTP
@@ -67,6 +70,10 @@ func classify(err error, about subject) *apiError {
 	// enough for a client.
 	msg := strings.ReplaceAll(err.Error(), "cache: ", "")
 	switch {
+	case errors.Is(err, auth.ErrUnauthenticated):
+		return newError(http.StatusUnauthorized, codeUnauthorized, msg)
+	case errors.Is(err, auth.ErrPermissionDenied):
+		return newError(http.StatusForbidden, codeDenied, msg)
 	case errors.Is(err, cache.ErrTagInvalid):
 		return newError(http.StatusBadRequest, codeTagInvalid, msg)
 	case errors.Is(err, cache.ErrNameInvalid):

@@ -27,6 +27,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cairnbuild/cairn/auth"
 	"github.com/cairnbuild/cairn/cache"
 	"github.com/cairnbuild/cairn/transfer"
 	"github.com/opencontainers/go-digest"
@@ -90,6 +91,12 @@ type Options struct {
 	// Nil means no bound. Uploads are bounded by the core's upload
 	// sessions (cache.Options.MaxUploads), manifests are small.
 	Transfers *transfer.Limiter
+	// Auth checks every request (package auth: Basic credentials, whose
+	// password is a token, and the bearer tokens of its /token endpoint,
+	// which the handler serves): a 401 with a Bearer challenge on every
+	// protected route, a 403 DENIED for a caller without the scope. Nil
+	// lets everyone do everything, as without a credentials file.
+	Auth *auth.HTTP
 }
 
 // DefaultBodyIdleTimeout is Options.BodyIdleTimeout's default, as the gRPC
@@ -109,6 +116,8 @@ type Handler struct {
 	transfers *transfer.Limiter
 	log       *slog.Logger
 	metrics   *Metrics
+	authed    http.Handler // serve behind Options.Auth's middleware
+	token     http.Handler // Options.Auth's token endpoint
 }
 
 // New returns a Handler over store.
@@ -125,8 +134,43 @@ func New(store Store, opts Options) *Handler {
 	if opts.SendIdleTimeout <= 0 {
 		opts.SendIdleTimeout = DefaultSendIdleTimeout
 	}
-	return &Handler{store: store, maxMan: opts.MaxManifestSize, log: opts.Logger, bodyIdle: opts.BodyIdleTimeout,
+	h := &Handler{store: store, maxMan: opts.MaxManifestSize, log: opts.Logger, bodyIdle: opts.BodyIdleTimeout,
 		sendIdle: opts.SendIdleTimeout, transfers: opts.Transfers}
+	a := opts.Auth
+	if a == nil {
+		a = allowAll
+	}
+	h.authed = a.Middleware(http.HandlerFunc(h.serve), scope)
+	h.token = a.TokenHandler()
+	return h
+}
+
+// allowAll is the auth of a registry without a credentials file: every
+// caller is the anonymous identity, allowed everything.
+var allowAll = func() *auth.HTTP {
+	a, err := auth.NewHTTP(auth.AllowAll(), auth.HTTPOptions{})
+	if err != nil {
+		panic(err)
+	}
+	return a
+}()
+
+// scope is what a request needs (auth.ScopeFunc): the request method's
+// action on the repository its route names; the catalog, which names
+// every repository, read on all ("*"). The base route only authenticates.
+func scope(r *http.Request) (string, auth.Action, bool) {
+	rt, ok := parseRoute(r.URL.Path)
+	if ok && rt.kind == "catalog" {
+		return "*", auth.Read, true
+	}
+	if !ok || rt.name == "" {
+		return "", 0, false
+	}
+	a, known := auth.MethodAction(r.Method)
+	if !known {
+		a = auth.Write // the registry answers 405 to whoever may write
+	}
+	return rt.name, a, true
 }
 
 // route is a parsed request path.
@@ -174,9 +218,19 @@ func parseRoute(path string) (route, bool) {
 	return route{}, false
 }
 
-// ServeHTTP routes a request.
+// ServeHTTP serves the token endpoint, or checks the caller (Options.Auth)
+// and routes the request.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	if r.URL.Path == auth.TokenPath {
+		h.token.ServeHTTP(w, r)
+		return
+	}
+	h.authed.ServeHTTP(w, r)
+}
+
+// serve routes a request whose caller auth let through.
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
 	rt, ok := parseRoute(r.URL.Path)
 	if !ok {
 		h.writeError(w, r, newError(http.StatusNotFound, codeNameUnknown, "no such endpoint: "+clip(r.URL.Path)), aboutRepo)
