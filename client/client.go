@@ -24,8 +24,9 @@ type Client struct {
 }
 
 // Dial returns a Client for the server at addr ("host:port"). Without
-// options it uses a plaintext connection (cairn serve has no TLS yet);
-// opts are appended to the defaults, so they can replace the credentials.
+// options it uses a plaintext connection; opts are appended to the
+// defaults, so they can replace the credentials: WithTLS for a server that
+// serves TLS.
 // Dial does not wait for the server: a server that is down shows up as
 // ErrUnavailable on the first call. Close the Client when done.
 func Dial(ctx context.Context, addr string, opts ...grpc.DialOption) (*Client, error) {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -26,6 +27,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
@@ -112,13 +114,28 @@ type server struct {
 	log     *syncBuffer
 	exited  chan struct{}
 	exitErr error
+	// extraArgs are more flags for `cairn serve` (startServerWith sets
+	// them), and tlsClient, if set, is how the harness's own gRPC
+	// connections (health checks, dial) reach a server serving TLS.
+	extraArgs []string
+	tlsClient *tls.Config
 }
 
 // startServer starts `cairn serve` on a fresh data directory and waits
 // until it reports healthy; t.Cleanup stops it.
 func startServer(t *testing.T, b backendConfig) *server {
 	t.Helper()
+	return startServerWith(t, b, nil)
+}
+
+// startServerWith is startServer with configure applied to the server
+// before it starts (to set extraArgs and tlsClient).
+func startServerWith(t *testing.T, b backendConfig, configure func(*server)) *server {
+	t.Helper()
 	s := &server{t: t, backend: b, dataDir: t.TempDir()}
+	if configure != nil {
+		configure(s)
+	}
 	s.start()
 	t.Cleanup(func() {
 		s.stop()
@@ -137,7 +154,15 @@ func (s *server) serveArgs() []string {
 	if c := s.backend.s3; c != nil {
 		args = append(args, "--s3-endpoint", c.endpoint, "--s3-bucket", c.bucket, "--s3-insecure")
 	}
-	return args
+	return append(args, s.extraArgs...)
+}
+
+// creds are the transport credentials of the harness's connections.
+func (s *server) creds() grpc.DialOption {
+	if s.tlsClient != nil {
+		return grpc.WithTransportCredentials(credentials.NewTLS(s.tlsClient))
+	}
+	return grpc.WithTransportCredentials(insecure.NewCredentials())
 }
 
 func (s *server) serveEnv() []string {
@@ -189,7 +214,7 @@ func (s *server) waitHealthy() bool {
 	// Redial quickly: with gRPC's default backoff (1s, growing) a server
 	// that comes up just after the first attempt is seen a second late,
 	// and the crash loop restarts the server many times.
-	conn, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	conn, err := grpc.NewClient(s.addr, s.creds(),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.5, Jitter: 0.2, MaxDelay: 200 * time.Millisecond},
 			MinConnectTimeout: time.Second,
@@ -289,8 +314,7 @@ func (s *server) metric(name string) float64 {
 // send what the CLI never would.
 func (s *server) dial() *grpc.ClientConn {
 	s.t.Helper()
-	conn, err := grpc.NewClient(s.addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	conn, err := grpc.NewClient(s.addr, s.creds(),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(32<<20), grpc.MaxCallSendMsgSize(64<<20)))
 	if err != nil {
 		s.t.Fatal(err)

@@ -71,3 +71,12 @@ func procCPU(pid int) time.Duration {
 	const clkTck = 100 // USER_HZ on Linux
 	return time.Duration(ut+st) * time.Second / clkTck
 }
+
+// processCPU is this process's user + system time so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}

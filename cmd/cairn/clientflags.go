@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/dustin/go-humanize"
@@ -14,8 +17,10 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+	"google.golang.org/grpc"
 
 	"github.com/cairnbuild/cairn/client"
+	"github.com/cairnbuild/cairn/internal/tlsfiles"
 )
 
 // defaultServer is where the client commands look for `cairn serve` when
@@ -45,6 +50,21 @@ type clientFlags struct {
 	json       bool
 	noProgress bool
 	idle       time.Duration // --idle-timeout, for the commands that add it
+
+	// TLS to the server: --tls, --tls-ca, --tls-client-cert and
+	// --tls-client-key. The client side's names differ from serve's
+	// --tls-cert, --tls-key and --tls-client-ca, so that no environment
+	// twin means one thing to the server and another to a client in the
+	// same environment (CAIRN_TLS_CERT is the server's certificate only).
+	tls           bool
+	tlsCA         string
+	tlsClientCert string
+	tlsClientKey  string
+	// certRequested is set when a server asked for a client certificate
+	// and the client had none to give, certUnsigned when the one it had is
+	// not signed by a CA the server named: fail then says what to pass.
+	certRequested atomic.Bool
+	certUnsigned  atomic.Bool
 }
 
 // addClientFlags registers --server, --timeout, --json and (when progress
@@ -58,7 +78,50 @@ func addClientFlags(a *app, cmd *cobra.Command, progress bool) *clientFlags {
 	if progress {
 		fs.BoolVar(&f.noProgress, "no-progress", false, "no progress bar, even on a terminal")
 	}
+	fs.BoolVar(&f.tls, "tls", false, "connect with TLS, verifying the server against the system's CAs (implied by the other --tls-* flags)")
+	fs.StringVar(&f.tlsCA, "tls-ca", "", "PEM file of the CA(s) the server's certificate must chain to, instead of the system's; turns TLS on")
+	fs.StringVar(&f.tlsClientCert, "tls-client-cert", "", "PEM file of the client certificate, for a server that requires one (serve --tls-client-ca); with --tls-client-key")
+	fs.StringVar(&f.tlsClientKey, "tls-client-key", "", "PEM file of the client certificate's private key")
 	return f
+}
+
+// tlsOn says whether the client connects with TLS.
+func (f *clientFlags) tlsOn() bool {
+	return f.tls || f.tlsCA != "" || f.tlsClientCert != "" || f.tlsClientKey != ""
+}
+
+// dialOptions are the client options the TLS flags ask for.
+func (f *clientFlags) dialOptions() ([]grpc.DialOption, error) {
+	if !f.tlsOn() {
+		return nil, nil
+	}
+	if (f.tlsClientCert == "") != (f.tlsClientKey == "") {
+		return nil, errors.New("--tls-client-cert and --tls-client-key go together")
+	}
+	cfg, err := tlsfiles.Client(tlsfiles.ClientOptions{CAFile: f.tlsCA, CertFile: f.tlsClientCert, KeyFile: f.tlsClientKey})
+	if err != nil {
+		return nil, err
+	}
+	// Choose the client certificate as crypto/tls does (one the server's
+	// CAs signed, else none), noting why none was sent: the server's
+	// refusal may reach the client only as a broken connection after the
+	// handshake (TLS 1.3).
+	certs := cfg.Certificates
+	cfg.Certificates = nil
+	cfg.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		if len(certs) == 0 {
+			f.certRequested.Store(true)
+			return &tls.Certificate{}, nil
+		}
+		for i := range certs {
+			if cri.SupportsCertificate(&certs[i]) == nil {
+				return &certs[i], nil
+			}
+		}
+		f.certUnsigned.Store(true)
+		return &tls.Certificate{}, nil
+	}
+	return []grpc.DialOption{client.WithTLS(cfg)}, nil
 }
 
 // addIdleFlag registers --idle-timeout, for the commands that move layer
@@ -99,7 +162,12 @@ func (f *clientFlags) connect(ctx context.Context) (context.Context, *client.Cli
 	if f.timeout > 0 {
 		ctx, cancel = context.WithTimeout(ctx, f.timeout)
 	}
-	c, err := client.Dial(ctx, f.server)
+	opts, err := f.dialOptions()
+	if err != nil {
+		cancel()
+		return nil, nil, nil, err
+	}
+	c, err := client.Dial(ctx, f.server, opts...)
 	if err != nil {
 		cancel()
 		return nil, nil, nil, fmt.Errorf("connect to %s: %w", f.server, err)
@@ -125,9 +193,43 @@ func (f *clientFlags) fail(err error) error {
 		// timeouts, its cap on a call), and the error says which.
 		return fmt.Errorf("%w (timed out after %s; raise --timeout or CAIRN_TIMEOUT)", err, f.timeout)
 	case errors.Is(err, client.ErrUnavailable):
+		if hint := f.tlsHint(err); hint != "" {
+			return fmt.Errorf("%w\n(%s)", err, hint)
+		}
 		return fmt.Errorf("%w\n(is `cairn serve` running at %s? point --server or CAIRN_SERVER at it)", err, f.server)
 	}
 	return err
+}
+
+// tlsHint says what to change when a connection failed over TLS, or
+// failed because one side speaks TLS and the other does not; "" when
+// the error shows neither.
+func (f *clientFlags) tlsHint(err error) string {
+	msg := err.Error()
+	switch {
+	case !f.tlsOn() && (strings.Contains(msg, "connection closed before server preface received") || strings.Contains(msg, "error reading server preface")):
+		return fmt.Sprintf("the server at %s closed the connection at once: if it serves TLS (serve --tls-cert), pass --tls-ca with the CA that signed its certificate, or --tls if the system trusts it (CAIRN_TLS_CA, CAIRN_TLS)", f.server)
+	case !f.tlsOn():
+		return ""
+	case strings.Contains(msg, "first record does not look like a TLS handshake"):
+		return fmt.Sprintf("the server at %s does not serve TLS: drop --tls, --tls-ca and --tls-client-* (and their CAIRN_TLS_* twins), or start it with --tls-cert and --tls-key", f.server)
+	case strings.Contains(msg, "x509: certificate signed by unknown authority"):
+		if f.tlsCA == "" {
+			return fmt.Sprintf("the certificate of the server at %s is not signed by a CA the system trusts: pass --tls-ca (CAIRN_TLS_CA) with the CA that signed it", f.server)
+		}
+		return fmt.Sprintf("the certificate of the server at %s is not signed by a CA in --tls-ca %s", f.server, f.tlsCA)
+	case strings.Contains(msg, "x509:"):
+		return fmt.Sprintf("the certificate of the server at %s does not verify: check that it names the host in --server and has not expired", f.server)
+	case f.certUnsigned.Load():
+		return fmt.Sprintf("the server at %s requires a client certificate signed by a CA in its --tls-client-ca, and --tls-client-cert %s is not", f.server, f.tlsClientCert)
+	case f.certRequested.Load():
+		return fmt.Sprintf("the server at %s requires a client certificate (serve --tls-client-ca): pass --tls-client-cert and --tls-client-key (CAIRN_TLS_CLIENT_CERT, CAIRN_TLS_CLIENT_KEY)", f.server)
+	case f.tlsClientCert != "" && (strings.Contains(msg, "bad certificate") || strings.Contains(msg, "unknown certificate authority")):
+		return fmt.Sprintf("the server at %s refused the client certificate %s: it is not signed by a CA in the server's --tls-client-ca", f.server, f.tlsClientCert)
+	case f.tlsClientCert != "" && (strings.Contains(msg, "broken pipe") || strings.Contains(msg, "connection reset") || strings.Contains(msg, "EOF")):
+		return fmt.Sprintf("the server at %s closed the connection after the TLS handshake: did it refuse the client certificate %s? it must be signed by a CA in the server's --tls-client-ca", f.server, f.tlsClientCert)
+	}
+	return ""
 }
 
 // layerFail is fail for an operation on layer d: a missing layer gets a

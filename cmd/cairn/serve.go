@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,6 +21,7 @@ import (
 	"github.com/cairnbuild/cairn/cache"
 	"github.com/cairnbuild/cairn/cmd/internal/sizeflag"
 	"github.com/cairnbuild/cairn/cmd/internal/storage"
+	"github.com/cairnbuild/cairn/internal/tlsfiles"
 	"github.com/cairnbuild/cairn/metrics"
 	"github.com/cairnbuild/cairn/registry"
 	"github.com/cairnbuild/cairn/server"
@@ -45,6 +47,10 @@ type serveConfig struct {
 	sendIdleTimeout   time.Duration
 	maxTransfers      int
 	maxPerClient      int // 0: transfer.DefaultShare(maxTransfers)
+
+	tlsCert, tlsKey   string
+	tlsClientCA       string
+	tlsReloadInterval time.Duration
 }
 
 func newServeCmd(a *app) *cobra.Command {
@@ -65,6 +71,12 @@ S3-compatible store (AWS S3, MinIO, Ceph RGW); the index stays under --data.
 Without --s3-access-key the S3 credentials come from
 AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws/credentials or
 MINIO_ROOT_USER/MINIO_ROOT_PASSWORD.
+
+With --tls-cert and --tls-key both ports serve TLS (the metrics port stays
+plain HTTP), and the files are read again when they change; with
+--tls-client-ca as well, every client must present a certificate signed by
+one of its CAs. Serving without TLS on an address other than loopback logs
+a warning.
 
 On SIGTERM or SIGINT the server stops accepting calls, lets the calls in
 flight finish for --grace-period, then cancels the rest; a push cut off
@@ -96,6 +108,10 @@ this way commits nothing.`,
 	f.DurationVar(&cfg.sendIdleTimeout, "send-idle-timeout", server.DefaultSendIdleTimeout, "fail a download (gRPC or registry) whose client reads nothing for this long, freeing its transfer slot")
 	f.IntVar(&cfg.maxTransfers, "max-transfers", server.DefaultMaxTransfers, "pushes, pulls, chunk transfers and registry blob downloads served at once; more wait (bounds memory)")
 	f.IntVar(&cfg.maxPerClient, "max-transfers-per-client", 0, "transfers one client (IP address; all of this host's loopback clients are one) may run at once; more wait (0: half of --max-transfers)")
+	f.StringVar(&cfg.tlsCert, "tls-cert", "", "PEM file of the server's certificate chain: serve TLS on the gRPC and registry ports (with --tls-key; reloaded when it changes)")
+	f.StringVar(&cfg.tlsKey, "tls-key", "", "PEM file of the private key of --tls-cert (reloaded when it changes)")
+	f.StringVar(&cfg.tlsClientCA, "tls-client-ca", "", "PEM file of the CA(s) whose client certificates are accepted: every client must present one (mTLS; needs --tls-cert; reloaded when it changes)")
+	f.DurationVar(&cfg.tlsReloadInterval, "tls-reload-interval", tlsfiles.DefaultInterval, "how often, at most, the --tls-* files are checked for changes (on a new connection)")
 	return cmd
 }
 
@@ -153,12 +169,76 @@ func (c *serveConfig) check() error {
 	if c.maxPerClient < 0 || c.maxPerClient > c.maxTransfers {
 		return fmt.Errorf("--max-transfers-per-client %d: want 1 to --max-transfers (%d), or 0 for half of it", c.maxPerClient, c.maxTransfers)
 	}
+	switch {
+	case c.tlsCert != "" && c.tlsKey == "":
+		return errors.New("--tls-cert needs --tls-key, the certificate's private key")
+	case c.tlsKey != "" && c.tlsCert == "":
+		return errors.New("--tls-key needs --tls-cert, the certificate it is the key of")
+	case c.tlsClientCA != "" && c.tlsCert == "":
+		return errors.New("--tls-client-ca needs --tls-cert and --tls-key: client certificates are checked only over TLS")
+	}
+	if c.tlsReloadInterval <= 0 {
+		return fmt.Errorf("--tls-reload-interval %v: want a positive duration", c.tlsReloadInterval)
+	}
 	return nil
+}
+
+// insecureExposure returns the warning for serving on addr (a listener's
+// host:port) with or without TLS and client authentication, or "" when
+// there is nothing to warn about: a loopback address, or TLS with
+// authentication. Authentication is client certificates today; a
+// credentials file will count too.
+func insecureExposure(addr string, tls bool, auth bool) string {
+	if (tls && auth) || isLoopback(addr) {
+		return ""
+	}
+	switch {
+	case !tls && !auth:
+		return fmt.Sprintf("serving %s, not a loopback address, without TLS or authentication: anyone who can reach it can read, write and delete every layer, image and step record, and can read and alter what others send (serve with --tls-cert, --tls-key and --tls-client-ca, or listen on 127.0.0.1)", addr)
+	case !auth:
+		return fmt.Sprintf("serving %s, not a loopback address, without authentication: TLS protects the traffic, but anyone who can reach it can read, write and delete every layer, image and step record (add --tls-client-ca to require client certificates)", addr)
+	default:
+		return fmt.Sprintf("serving %s, not a loopback address, without TLS: credentials and data cross the network in clear text (serve with --tls-cert and --tls-key)", addr)
+	}
+}
+
+// isLoopback says whether host:port addr can be reached only from this
+// host: a loopback IP address or "localhost". An empty host, an
+// unspecified address (0.0.0.0, ::) and any other name are not.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // runServe runs the server until ctx ends (a signal) or serving fails.
 func runServe(ctx context.Context, a *app, cfg *serveConfig) (err error) {
 	log := cfg.log.logger(a.stderr)
+	var tlsFiles *tlsfiles.Server
+	tlsDesc := "off"
+	if cfg.tlsCert != "" {
+		// The first load must succeed, before the store opens: there is no
+		// old pair to keep.
+		tlsFiles, err = tlsfiles.NewServer(tlsfiles.Options{CertFile: cfg.tlsCert, KeyFile: cfg.tlsKey, ClientCAFile: cfg.tlsClientCA,
+			Interval: cfg.tlsReloadInterval, Logger: log})
+		if err != nil {
+			return fmt.Errorf("--tls-cert/--tls-key/--tls-client-ca: %w", err)
+		}
+		tlsDesc = "on"
+		if tlsFiles.ClientAuth() {
+			tlsDesc = "on, client certificates required"
+		}
+	}
+	// Until a credentials file exists, client certificates are the only
+	// authentication.
+	authOn := tlsFiles != nil && tlsFiles.ClientAuth()
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	bm, err := metrics.NewBackend(reg)
@@ -183,7 +263,12 @@ func runServe(ctx context.Context, a *app, cfg *serveConfig) (err error) {
 	// downloads take their slots from it.
 	transfers := transfer.New(cfg.maxTransfers, cfg.maxPerClient)
 	gc := cfg.storage.GCOptions()
+	var grpcTLS *tls.Config
+	if tlsFiles != nil {
+		grpcTLS = tlsFiles.Config()
+	}
 	srv, err := server.New(c, server.Options{
+		TLS:               grpcTLS,
 		MaxRecvMsgSize:    cfg.maxRecvBytes,
 		UnaryTimeout:      cfg.rpcTimeout,
 		StreamIdleTimeout: cfg.streamIdleTimeout,
@@ -242,8 +327,23 @@ func runServe(ctx context.Context, a *app, cfg *serveConfig) (err error) {
 		regSrv = &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
 			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 		registryDesc = "http://" + rlis.Addr().String() + "/v2/"
+		serveReg := regSrv.Serve
+		if tlsFiles != nil {
+			// HTTP/1.1 only: Go's HTTP/2 server hands a response to the
+			// connection in 4 KiB pieces, and a blob pull over it ran at
+			// about half the plain rate (bench/RESULTS.md, issue 16);
+			// over HTTP/1.1 TLS costs far less. Registry clients open a
+			// connection per parallel download either way.
+			regSrv.TLSConfig = tlsFiles.Config("http/1.1")
+			regSrv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
+			registryDesc = "https://" + rlis.Addr().String() + "/v2/"
+			serveReg = func(l net.Listener) error { return regSrv.ServeTLS(l, "", "") }
+		}
+		if w := insecureExposure(rlis.Addr().String(), tlsFiles != nil, authOn); w != "" {
+			log.Warn("the registry port is exposed: "+w, "listen", rlis.Addr().String())
+		}
 		go func() {
-			if err := regSrv.Serve(rlis); !errors.Is(err, http.ErrServerClosed) {
+			if err := serveReg(rlis); !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("registry: %w", err)
 			}
 		}()
@@ -253,7 +353,10 @@ func runServe(ctx context.Context, a *app, cfg *serveConfig) (err error) {
 			errc <- fmt.Errorf("serve: %w", err)
 		}
 	}()
-	log.Info("cairn serving", "listen", lis.Addr().String(), "backend", st.Kind, "blobs", st.Blobs, "index", st.IndexDir,
+	if w := insecureExposure(lis.Addr().String(), tlsFiles != nil, authOn); w != "" {
+		log.Warn("the gRPC port is exposed: "+w, "listen", lis.Addr().String())
+	}
+	log.Info("cairn serving", "listen", lis.Addr().String(), "tls", tlsDesc, "backend", st.Kind, "blobs", st.Blobs, "index", st.IndexDir,
 		"registry", registryDesc, "metrics", metricsDesc, "max_recv_msg_size", humanize.IBytes(uint64(cfg.maxRecvBytes)),
 		"grace_period", cfg.gracePeriod, "max_transfers", transfers.Max(), "max_transfers_per_client", transfers.PerClient(),
 		"version", serveVersion())
