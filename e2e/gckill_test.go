@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +18,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/google/go-containerregistry/pkg/v1/validate"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/cairnbuild/cairn/backend"
@@ -26,8 +34,8 @@ import (
 // SIGKILLed at a random moment of a collection (`cairn gc --grace 0
 // --pack-grace 0 --rewrite-ratio 0.1`, a subprocess) 20 times, and after
 // each restart on the same data the server counts exactly the live layers,
-// every live layer pulls back with its digest and a verify of the whole
-// store finds nothing wrong.
+// every live layer pulls back with its digest, the registry's image
+// validates and a verify of the whole store finds nothing wrong.
 //
 // The store gives each collection real work: layers of incompressible
 // blocks, one pack per push. A "family" is x = {a, b, c}, then y1 = {a, d}
@@ -39,6 +47,21 @@ import (
 // between rounds two families are pushed, their x removed and four older
 // live layers removed, so that every round has work.
 //
+// The registry gives the layer-level collection work too (gcArgs has
+// --untagged-max-age 0): the store starts with two images pushed to
+// kill/app:latest with go-containerregistry (gzip layers of one block
+// each; the first image goes untagged, its manifest, config and layers
+// unreached) and a loose blob no manifest names; between rounds another
+// image moves latest, and every other round or so another loose blob is
+// pushed. (The tar of each gzip layer, which the server stores as a layer
+// of its own, is unreached from the start.) After each restart, a
+// registry HEAD (cairn stat for a tar) tells which of the unreached
+// digests are still there (a kill after the layer-level collection
+// deleted some but before any pack changed is logged as "during:
+// layers"); the server must count exactly the live API layers, latest's
+// manifest, config and layers, and the unreached ones still there, and
+// kill/app:latest must pull back whole (remote.Image and validate.Image).
+//
 // The kill comes after a delay drawn in [0, D]: D is at first the time an
 // uncut collection of the first store took on a copy of it, then that of
 // the last uncut one, a quarter longer after each cut one (the next run
@@ -48,9 +71,9 @@ import (
 // a pack), before it (the client reached no server) or after it (the
 // client had its answer); fewer than a quarter during fails the test.
 // After the rounds, two uncut collections finish the job (a dry run then
-// plans nothing), every live layer pulls with cairn pull, cairn verify
-// passes, and `cairn reindex` leaves the layer, step and stored byte
-// counts as they were.
+// plans nothing, and every unreached registry digest answers 404), every
+// live layer pulls with cairn pull, cairn verify passes, and `cairn
+// reindex` leaves the layer, step and stored byte counts as they were.
 //
 // The seed is logged; CAIRN_E2E_SEED=<seed> replays the same layers and
 // draws (kills land where timing puts them).
@@ -93,16 +116,43 @@ type gcKill struct {
 	blocks, layers int
 	live           []*gcLayer
 	c              *client.Client // of the running server, if dialled
+	// The registry's side: the image kill/app:latest names, and what
+	// nothing reaches any more that the server still has, as far as the
+	// last prune saw.
+	latest  *gcImage
+	garbage map[digest.Digest]gcKind
+	tr      *http.Transport // the registry clients'
+}
+
+// gcKind is what an unreached digest is.
+type gcKind int
+
+const (
+	gcManifest gcKind = iota // a manifest latest named before
+	gcBlob                   // a config or layer blob of one, or a loose blob
+	// gcTar is the tar of a gzip blob, stored as a layer of its own (its
+	// digest is the diffID): nothing reaches it (the blob's recipe names
+	// its chunks, not it), the registry does not list it, and the next
+	// collection deletes it, whether the blob is live or not.
+	gcTar
+)
+
+// gcImage is an image the test pushed to kill/app:latest.
+type gcImage struct {
+	digest v1.Hash
+	blobs  []digest.Digest // its config and layers
 }
 
 // gcArgs are the arguments of every collection the test runs: no grace
-// periods (no push runs beside them), and a low rewrite threshold so that
-// partly dead packs are rewritten.
-var gcArgs = []string{"gc", "--grace", "0", "--pack-grace", "0", "--rewrite-ratio", "0.1"}
+// periods (no push runs beside them), untagged manifests collected at once,
+// and a low rewrite threshold so that partly dead packs are rewritten.
+var gcArgs = []string{"gc", "--grace", "0", "--pack-grace", "0", "--untagged-max-age", "0", "--rewrite-ratio", "0.1"}
 
 func testGCKill(t *testing.T, b backendConfig, seed uint64) {
 	start := time.Now()
-	g := &gcKill{t: t, s: startServer(t, b), dir: t.TempDir(), seed: seed, r: mrand.New(mrand.NewPCG(seed, 0))}
+	g := &gcKill{t: t, s: startServer(t, b), dir: t.TempDir(), seed: seed, r: mrand.New(mrand.NewPCG(seed, 0)),
+		garbage: map[digest.Digest]gcKind{}, tr: http.DefaultTransport.(*http.Transport).Clone()}
+	defer g.tr.CloseIdleConnections()
 	var xs, solos []*gcLayer
 	for range 10 {
 		x, ys := g.family()
@@ -119,8 +169,11 @@ func testGCKill(t *testing.T, b backendConfig, seed uint64) {
 		g.rm(l)
 	}
 	g.live = append(g.live, solos[5:]...)
-	t.Logf("store of %d layers pushed, %d removed, %d live, %d packs, in %v", g.layers, g.layers-len(g.live), len(g.live),
-		len(packs(t, g.s.blobStore())), time.Since(start).Round(time.Millisecond))
+	g.pushImage()
+	g.pushImage()
+	g.pushLoose()
+	t.Logf("store of %d layers pushed, %d removed, %d live, and an image in kill/app:latest with %d unreached digests beside it; %d packs, in %v",
+		g.layers, g.layers-len(g.live), len(g.live), len(g.garbage), len(packs(t, g.s.blobStore())), time.Since(start).Round(time.Millisecond))
 
 	// The kill delays are drawn in [0, bound]: at first the time an
 	// uncut collection of this store takes, then that of the last round
@@ -144,9 +197,9 @@ func testGCKill(t *testing.T, b backendConfig, seed uint64) {
 			g.churn()
 		}
 	}
-	inside := kills["during: planning"] + kills["during: deleting"] + kills["during: rewriting"]
-	t.Logf("%d kills: %d during a collection (%d with nothing changed yet, %d after a pack deleted, %d after a rewrite wrote a pack), %d before it (no server reached), %d after it",
-		gcKillRounds, inside, kills["during: planning"], kills["during: deleting"], kills["during: rewriting"], kills["before"], kills["after"])
+	inside := kills["during: planning"] + kills["during: layers"] + kills["during: deleting"] + kills["during: rewriting"]
+	t.Logf("%d kills: %d during a collection (%d with nothing changed yet, %d after unreached layers were deleted but before a pack, %d after a pack deleted, %d after a rewrite wrote a pack), %d before it (no server reached), %d after it",
+		gcKillRounds, inside, kills["during: planning"], kills["during: layers"], kills["during: deleting"], kills["during: rewriting"], kills["before"], kills["after"])
 	if inside < gcKillRounds/4 {
 		t.Errorf("only %d of %d kills landed during a collection: the loop tests too little", inside, gcKillRounds)
 	}
@@ -161,6 +214,9 @@ func testGCKill(t *testing.T, b backendConfig, seed uint64) {
 		if len(rep.Skipped) > 0 {
 			t.Errorf("gc after the rounds skipped: %q", rep.Skipped)
 		}
+	}
+	if g.prune(); len(g.garbage) > 0 {
+		t.Errorf("after the rounds, the registry still has %d unreached digests: %v", len(g.garbage), g.garbage)
 	}
 	g.wantClean("after the rounds")
 	g.checkCLI("after the rounds")
@@ -222,12 +278,149 @@ func (g *gcKill) client() *client.Client {
 	return g.c
 }
 
-// hangUp closes the client before the server goes.
+// hangUp closes the client, and the registry clients' idle connections,
+// before the server goes.
 func (g *gcKill) hangUp() {
 	if g.c != nil {
 		g.c.Close()
 		g.c = nil
 	}
+	g.tr.CloseIdleConnections()
+}
+
+// pushImage pushes an image of one or two layers (a block each, as an
+// uncompressed tar) to kill/app:latest with go-containerregistry: the image
+// latest named before goes untagged, and its manifest, config and layers
+// are unreached.
+func (g *gcKill) pushImage() {
+	t := g.t
+	t.Helper()
+	var layers []v1.Layer
+	for range 1 + g.r.IntN(2) {
+		n, b := g.block()
+		l, err := gzipLayer(tarOf(map[string][]byte{n: b}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		layers = append(layers, l)
+	}
+	img, err := ociImage(layers...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.ParseReference(g.s.reg + "/kill/app:latest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img, remote.WithTransport(g.tr)); err != nil {
+		t.Fatalf("pushing kill/app:latest: %v", err)
+	}
+	im := &gcImage{}
+	if im.digest, err = img.Digest(); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := img.ConfigName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	im.blobs = append(im.blobs, digest.Digest(cfg.String()))
+	for _, l := range layers {
+		d, err := l.Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		im.blobs = append(im.blobs, digest.Digest(d.String()))
+	}
+	// The tar of each gzip layer, stored beside it, is unreached at once.
+	for _, l := range layers {
+		d, err := l.DiffID()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g.present(digest.Digest(d.String()), gcTar) {
+			g.garbage[digest.Digest(d.String())] = gcTar
+		}
+	}
+	if old := g.latest; old != nil {
+		g.garbage[digest.Digest(old.digest.String())] = gcManifest
+		for _, d := range old.blobs {
+			g.garbage[d] = gcBlob
+		}
+	}
+	g.latest = im
+}
+
+// pushLoose uploads a block to kill/app as a blob no manifest names.
+func (g *gcKill) pushLoose() {
+	g.t.Helper()
+	_, b := g.block()
+	repo, err := name.NewRepository(g.s.reg + "/kill/app")
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	if err := remote.WriteLayer(repo, static.NewLayer(b, types.OCILayer), remote.WithTransport(g.tr)); err != nil {
+		g.t.Fatalf("uploading a loose blob to kill/app: %v", err)
+	}
+	g.garbage[digest.FromBytes(b)] = gcBlob
+}
+
+// prune drops from the garbage what the server no longer has and returns
+// how many digests went.
+func (g *gcKill) prune() int {
+	gone := 0
+	for d, kind := range g.garbage {
+		if !g.present(d, kind) {
+			delete(g.garbage, d)
+			gone++
+		}
+	}
+	return gone
+}
+
+// present says whether the server has d: for a blob or manifest, whether
+// a HEAD of it in kill/app answers 200 (true) or 404 (false), anything
+// else failing the test; for a tar, whether it is a layer (cairn stat).
+func (g *gcKill) present(d digest.Digest, kind gcKind) bool {
+	t := g.t
+	t.Helper()
+	if kind == gcTar {
+		_, err := g.client().Stat(context.Background(), d)
+		if errors.Is(err, client.ErrNotFound) {
+			return false
+		} else if err != nil {
+			t.Fatalf("stat %s: %v", d, err)
+		}
+		return true
+	}
+	what := "blobs"
+	if kind == gcManifest {
+		what = "manifests"
+	}
+	req, err := http.NewRequest(http.MethodHead, "http://"+g.s.reg+"/v2/kill/app/"+what+"/"+d.String(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", string(types.OCIManifestSchema1))
+	res, err := (&http.Client{Transport: g.tr, Timeout: 30 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatalf("HEAD %s: %v", req.URL, err)
+	}
+	res.Body.Close()
+	switch res.StatusCode {
+	case http.StatusOK:
+		return true
+	case http.StatusNotFound:
+		return false
+	}
+	t.Fatalf("HEAD %s: %s", req.URL, res.Status)
+	return false
+}
+
+// wantLayers is the number of layers the server must count: the live API
+// layers, latest's manifest, config and layers, and the unreached digests
+// still there.
+func (g *gcKill) wantLayers() int64 {
+	return int64(len(g.live) + 1 + len(g.latest.blobs) + len(g.garbage))
 }
 
 // family pushes x = {a, b, c}, then y1 = {a, d} and y2 = {b, e}. x's
@@ -274,6 +467,10 @@ func (g *gcKill) churn() {
 		g.rm(g.live[g.r.IntN(len(g.live))])
 	}
 	g.live = append(g.live, ys...)
+	g.pushImage()
+	if g.r.IntN(2) == 0 {
+		g.pushLoose()
+	}
 }
 
 // measure runs an uncut collection on a copy of the store (the index
@@ -306,7 +503,7 @@ func (g *gcKill) measure() time.Duration {
 	s.start()
 	t.Logf("an uncut collection on a copy of the store: %v (%v in the server): %s", took.Round(time.Millisecond),
 		rep.Duration.Round(time.Millisecond), gcSummary(rep))
-	if rep.DeletedPacks == 0 || rep.RewrittenPacks == 0 {
+	if rep.DeletedPacks == 0 || rep.RewrittenPacks == 0 || rep.DeletedLayers == 0 {
 		t.Fatalf("the store gives the collection too little work: %s", gcSummary(rep))
 	}
 	return took
@@ -410,9 +607,17 @@ func (g *gcKill) round(round int, bound time.Duration) (where string, took time.
 			where = "during: deleting"
 		}
 	}
-	t.Logf("round %2d: killed %v into [0, %v]: %s the collection (%s); packs: %d deleted, %d written",
-		round, delay.Round(time.Millisecond), bound.Round(time.Millisecond), where, what, deleted, written)
 	s.start()
+	unreached := len(g.garbage)
+	gone := g.prune()
+	if where == "during: planning" && gone > 0 {
+		where = "during: layers"
+	}
+	if where == "before" && gone > 0 {
+		t.Errorf("round %d: the gc client found no server, yet %d unreached digests went", round, gone)
+	}
+	t.Logf("round %2d: killed %v into [0, %v]: %s the collection (%s); packs: %d deleted, %d written; unreached registry digests: %d of %d gone",
+		round, delay.Round(time.Millisecond), bound.Round(time.Millisecond), where, what, deleted, written, gone, unreached)
 	g.check(fmt.Sprintf("round %d", round))
 	return where, took
 }
@@ -440,10 +645,11 @@ func killServer(t *testing.T, s *server) {
 	waitKilled(t, s)
 }
 
-// check fails the test unless the server counts the live layers, each
-// pulls back with its digest, and a verify of the whole store finds
-// nothing wrong. It uses the client library (the CLI costs a process start
-// per call); the last check uses the CLI.
+// check fails the test unless the server counts the live layers (see
+// wantLayers), each pulls back with its digest, kill/app:latest pulls back
+// whole, and a verify of the whole store finds nothing wrong. It uses the
+// client library (the CLI costs a process start per call); the last check
+// uses the CLI.
 func (g *gcKill) check(when string) {
 	t := g.t
 	t.Helper()
@@ -453,9 +659,11 @@ func (g *gcKill) check(when string) {
 	if err != nil {
 		t.Fatalf("%s: stat: %v", when, err)
 	}
-	if st.Layers != int64(len(g.live)) {
-		t.Errorf("%s: the server counts %d layers, want the %d live", when, st.Layers, len(g.live))
+	if want := g.wantLayers(); st.Layers != want {
+		t.Errorf("%s: the server counts %d layers, want %d: the %d live API layers, the %d of kill/app:latest and the %d unreached registry digests still there",
+			when, st.Layers, want, len(g.live), 1+len(g.latest.blobs), len(g.garbage))
 	}
+	g.checkLatest(when)
 	for _, l := range g.live {
 		h := digest.SHA256.Digester()
 		if _, err := c.Pull(ctx, l.digest, h.Hash(), client.PullOptions{}); err != nil {
@@ -480,8 +688,9 @@ func (g *gcKill) checkCLI(when string) {
 	t.Helper()
 	var st client.Stats
 	s.okJSON(&st, nil, "stat")
-	if st.Layers != int64(len(g.live)) {
-		t.Errorf("%s: the server counts %d layers, want the %d live", when, st.Layers, len(g.live))
+	if want := g.wantLayers(); st.Layers != want {
+		t.Errorf("%s: the server counts %d layers, want %d: the %d live API layers, the %d of kill/app:latest and the %d unreached registry digests still there",
+			when, st.Layers, want, len(g.live), 1+len(g.latest.blobs), len(g.garbage))
 	}
 	out := filepath.Join(g.dir, "pulled")
 	for _, l := range g.live {
@@ -502,20 +711,43 @@ func (g *gcKill) checkCLI(when string) {
 	}
 }
 
+// checkLatest fails the test unless kill/app:latest is the image last
+// pushed there and pulls back whole (validate.Image reads every blob).
+func (g *gcKill) checkLatest(when string) {
+	t := g.t
+	t.Helper()
+	ref, err := name.ParseReference(g.s.reg + "/kill/app:latest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := remote.Image(ref, remote.WithTransport(g.tr))
+	if err != nil {
+		t.Errorf("%s: kill/app:latest: %v", when, err)
+		return
+	}
+	if d, err := img.Digest(); err != nil || d != g.latest.digest {
+		t.Errorf("%s: kill/app:latest is %v (%v), want %v", when, d, err, g.latest.digest)
+	}
+	if err := validate.Image(img); err != nil {
+		t.Errorf("%s: kill/app:latest does not validate: %v", when, err)
+	}
+}
+
 // wantClean fails the test unless a dry run plans nothing: no pack to
-// delete, rewrite, mark or delete after its mark, no dead chunk.
+// delete, rewrite, mark or delete after its mark, no dead chunk, no
+// unreached layer or untagged manifest.
 func (g *gcKill) wantClean(when string) {
 	var plan client.GCReport
 	g.s.okJSON(&plan, nil, append(slices.Clone(gcArgs), "--dry-run")...)
 	if plan.DeletePacks != 0 || plan.RewritePacks != 0 || plan.OrphanPacks != 0 || plan.DuePacks != 0 ||
-		plan.WaitingPacks != 0 || plan.DeadChunks != 0 {
+		plan.WaitingPacks != 0 || plan.DeadChunks != 0 || plan.UnreachedLayers != 0 || plan.UntaggedManifests != 0 {
 		g.t.Errorf("dry run %s: %s; want nothing planned", when, gcSummary(plan))
 	}
 }
 
 // gcSummary is the gist of a collection's report.
 func gcSummary(r client.GCReport) string {
-	return fmt.Sprintf("%d packs, %d chunks (%d dead); plan: %d delete, %d rewrite, %d orphans, %d due, %d waiting; done: %d deleted, %d rewritten, %d marked, %d chunks moved, %d skipped",
-		r.Packs, r.Chunks, r.DeadChunks, r.DeletePacks, r.RewritePacks, r.OrphanPacks, r.DuePacks, r.WaitingPacks,
+	return fmt.Sprintf("%d unreached layers (%d untagged manifests), %d deleted; %d packs, %d chunks (%d dead); plan: %d delete, %d rewrite, %d orphans, %d due, %d waiting; done: %d deleted, %d rewritten, %d marked, %d chunks moved, %d skipped",
+		r.UnreachedLayers, r.UntaggedManifests, r.DeletedLayers, r.Packs, r.Chunks, r.DeadChunks, r.DeletePacks, r.RewritePacks, r.OrphanPacks, r.DuePacks, r.WaitingPacks,
 		r.DeletedPacks, r.RewrittenPacks, r.MarkedPacks, r.MovedChunks, len(r.Skipped))
 }
