@@ -78,14 +78,20 @@ func (c *Cache) evict(ctx context.Context, gen uint64, opts GCOptions, rep *GCRe
 	// Nor what only the registry holds and nothing reaches: the
 	// collection takes it once its grace period is over.
 	var pending int64
+	pendingRefs := map[chunkid.ID]int64{} // the references those layers hold
 	unreached, err := c.unreached(ctx, gen, opts, r)
 	if err != nil {
 		return err
 	}
 	for _, d := range unreached {
 		var n int64
-		if err := c.step(ctx, gen, func() (err error) {
-			n, err = c.exclusiveBytes(d)
+		if err := c.step(ctx, gen, func() error {
+			lr, _, err := c.idx.Layer(d)
+			if err != nil {
+				return err
+			}
+			lr.ChunkRefs(func(e index.RecipeEntry) { pendingRefs[e.ID]++ })
+			n, err = c.exclusiveBytes(d, nil)
 			return err
 		}); err != nil && !errors.Is(err, ErrNotFound) {
 			return err
@@ -164,10 +170,10 @@ func (c *Cache) evict(ctx context.Context, gen uint64, opts GCOptions, rep *GCRe
 		var est int64
 		err := c.step(ctx, gen, func() (err error) {
 			if e.layer != "" {
-				est, err = c.exclusiveBytes(e.layer)
+				est, err = c.exclusiveBytes(e.layer, pendingRefs)
 				return err
 			}
-			est, err = c.manifestExclusive(e.manifest, r)
+			est, err = c.manifestExclusive(e.manifest, r, pendingRefs)
 			return err
 		})
 		if err != nil {
@@ -260,8 +266,11 @@ func (c *Cache) stepUse(ctx context.Context, gen uint64) (map[digest.Digest]time
 }
 
 // exclusiveBytes estimates what deleting layer d frees: the stored bytes of
-// its chunks that no other layer references.
-func (c *Cache) exclusiveBytes(d digest.Digest) (int64, error) {
+// its chunks that no other layer references, not counting the references
+// of layers the collection takes anyway (pending: the content layer of a
+// gzip blob the registry stored shares every chunk with the blob, and
+// goes once nothing reaches it).
+func (c *Cache) exclusiveBytes(d digest.Digest, pending map[chunkid.ID]int64) (int64, error) {
 	lr, _, err := c.idx.Layer(d)
 	if err != nil {
 		return 0, err
@@ -278,7 +287,7 @@ func (c *Cache) exclusiveBytes(d digest.Digest) (int64, error) {
 	}
 	var n int64
 	for i, id := range ids {
-		if found[i] && infos[i].Refs <= counts[id] {
+		if found[i] && infos[i].Refs-pending[id] <= counts[id] {
 			n += infos[i].Stored
 		}
 	}
@@ -287,8 +296,8 @@ func (c *Cache) exclusiveBytes(d digest.Digest) (int64, error) {
 
 // manifestExclusive estimates what evicting tagged manifest m frees: its
 // own bytes, and those of the blobs only it references, that nothing roots.
-func (c *Cache) manifestExclusive(m *taggedManifest, r *reach) (int64, error) {
-	n, err := c.exclusiveBytes(m.d)
+func (c *Cache) manifestExclusive(m *taggedManifest, r *reach, pending map[chunkid.ID]int64) (int64, error) {
+	n, err := c.exclusiveBytes(m.d, pending)
 	if errors.Is(err, ErrNotFound) {
 		return 0, nil
 	} else if err != nil {
@@ -305,7 +314,7 @@ func (c *Cache) manifestExclusive(m *taggedManifest, r *reach) (int64, error) {
 			}
 			continue
 		}
-		k, err := c.exclusiveBytes(ref.Digest)
+		k, err := c.exclusiveBytes(ref.Digest, pending)
 		if errors.Is(err, ErrNotFound) {
 			continue
 		} else if err != nil {

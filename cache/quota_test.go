@@ -1,6 +1,8 @@
 package cache
 
 import (
+	"bytes"
+	"compress/gzip"
 	"fmt"
 	"regexp"
 	"sync"
@@ -121,4 +123,29 @@ func TestGCQuotaUnderLoad(t *testing.T) {
 	}
 	checkRefcounts(t, c)
 	checkIndexBacked(t, c, store)
+}
+
+// A gzip blob the registry stored is kept as its content, which is also a
+// layer of its own (its diffID) over the same chunks until the collection
+// takes it: the quota's estimate of what evicting the image frees counts
+// those chunks all the same.
+func TestQuotaEstimateOfAGzipImage(t *testing.T) {
+	c, _ := newCache(t)
+	ctx := t.Context()
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(randomData(77, 2<<20))
+	zw.Close()
+	layer := gz.Bytes()
+	cfg := []byte(`{"gzip":true}`)
+	pushRepoBlob(t, c, "app", layer)
+	pushRepoBlob(t, c, "app", cfg)
+	putManifest(t, c, "app", "v1", imageManifest(t, cfg, layer))
+	rep, err := c.GC(ctx, GCOptions{Grace: -1, PackGrace: -1, MaxSize: 1, DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.EvictedManifests != 1 || rep.EvictedBytes < 2<<20 {
+		t.Errorf("evicting the image: %d manifests, %d bytes estimated; want 1 and the layer's 2 MiB", rep.EvictedManifests, rep.EvictedBytes)
+	}
 }
