@@ -3,6 +3,7 @@ package client
 import (
 	"crypto/tls"
 
+	"github.com/cairnbuild/cairn/auth"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 )
@@ -19,4 +20,12 @@ import (
 //	c, err := client.Dial(ctx, "cairn.internal:7070", client.WithTLS(&tls.Config{RootCAs: pool}))
 func WithTLS(cfg *tls.Config) grpc.DialOption {
 	return grpc.WithTransportCredentials(credentials.NewTLS(cfg))
+}
+
+// WithToken sends token ("cairn_...", from cairn token new) with every
+// call, as "authorization: Bearer <token>", to a server with a credentials
+// file (cairn serve --auth-file). Use it with WithTLS across a network: a
+// token sent in clear text can be read and replayed.
+func WithToken(token string) grpc.DialOption {
+	return grpc.WithPerRPCCredentials(auth.PerRPCToken(token, false))
 }

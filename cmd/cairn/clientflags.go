@@ -60,6 +60,10 @@ type clientFlags struct {
 	tlsCA         string
 	tlsClientCert string
 	tlsClientKey  string
+	// token authenticates the client to a server with a credentials file:
+	// --token, or the first line of --token-file.
+	token     string
+	tokenFile string
 	// certRequested is set when a server asked for a client certificate
 	// and the client had none to give, certUnsigned when the one it had is
 	// not signed by a CA the server named: fail then says what to pass.
@@ -82,7 +86,35 @@ func addClientFlags(a *app, cmd *cobra.Command, progress bool) *clientFlags {
 	fs.StringVar(&f.tlsCA, "tls-ca", "", "PEM file of the CA(s) the server's certificate must chain to, instead of the system's; turns TLS on")
 	fs.StringVar(&f.tlsClientCert, "tls-client-cert", "", "PEM file of the client certificate, for a server that requires one (serve --tls-client-ca); with --tls-client-key")
 	fs.StringVar(&f.tlsClientKey, "tls-client-key", "", "PEM file of the client certificate's private key")
+	fs.StringVar(&f.token, "token", "", "the token to send, for a server with --auth-file (prefer CAIRN_TOKEN or --token-file: a flag shows in the process list)")
+	fs.StringVar(&f.tokenFile, "token-file", "", "file whose first line is the token to send")
 	return f
+}
+
+// tokenOption is the dial option of --token or --token-file, if any. A
+// token goes to a server across the network only over TLS.
+func (f *clientFlags) tokenOption() (grpc.DialOption, error) {
+	token := f.token
+	if f.tokenFile != "" {
+		if token != "" {
+			return nil, errors.New("--token and --token-file: give one")
+		}
+		b, err := os.ReadFile(f.tokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("--token-file: %w", err)
+		}
+		token, _, _ = strings.Cut(string(b), "\n")
+		if token = strings.TrimSpace(token); token == "" {
+			return nil, fmt.Errorf("--token-file %s: empty", f.tokenFile)
+		}
+	}
+	if token == "" {
+		return nil, nil
+	}
+	if !f.tlsOn() && !isLoopback(f.server) {
+		return nil, fmt.Errorf("a token for %s would cross the network in clear text: connect with TLS (--tls or --tls-ca)", f.server)
+	}
+	return client.WithToken(token), nil
 }
 
 // tlsOn says whether the client connects with TLS.
@@ -163,6 +195,12 @@ func (f *clientFlags) connect(ctx context.Context) (context.Context, *client.Cli
 		ctx, cancel = context.WithTimeout(ctx, f.timeout)
 	}
 	opts, err := f.dialOptions()
+	if err == nil {
+		var tok grpc.DialOption
+		if tok, err = f.tokenOption(); tok != nil {
+			opts = append(opts, tok)
+		}
+	}
 	if err != nil {
 		cancel()
 		return nil, nil, nil, err
@@ -192,6 +230,13 @@ func (f *clientFlags) fail(err error) error {
 		// Without --timeout, the deadline was the server's (its idle
 		// timeouts, its cap on a call), and the error says which.
 		return fmt.Errorf("%w (timed out after %s; raise --timeout or CAIRN_TIMEOUT)", err, f.timeout)
+	case errors.Is(err, client.ErrUnauthenticated):
+		if f.token == "" && f.tokenFile == "" {
+			return fmt.Errorf("%w\n(the server at %s wants a token: pass CAIRN_TOKEN, --token-file or --token; cairn token new makes one)", err, f.server)
+		}
+		return fmt.Errorf("%w\n(the server at %s does not know this token: check it against its --auth-file)", err, f.server)
+	case errors.Is(err, client.ErrPermissionDenied):
+		return fmt.Errorf("%w\n(the token is good, but its scopes in the server's --auth-file do not cover this)", err)
 	case errors.Is(err, client.ErrUnavailable):
 		if hint := f.tlsHint(err); hint != "" {
 			return fmt.Errorf("%w\n(%s)", err, hint)

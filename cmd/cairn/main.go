@@ -72,6 +72,7 @@ func newRootCmd(a *app) *cobra.Command {
 		newStepsCmd(a),
 		newVerifyCmd(a),
 		newGCCmd(a),
+		newTokenCmd(a),
 	)
 	withUsage(root)
 	envtwin.Install(root, a.getenv)

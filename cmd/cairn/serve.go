@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
+	"github.com/cairnbuild/cairn/auth"
 	"github.com/cairnbuild/cairn/cache"
 	"github.com/cairnbuild/cairn/cmd/internal/sizeflag"
 	"github.com/cairnbuild/cairn/cmd/internal/storage"
@@ -51,6 +52,8 @@ type serveConfig struct {
 	tlsCert, tlsKey   string
 	tlsClientCA       string
 	tlsReloadInterval time.Duration
+	authFile          string
+	authRealm         string
 }
 
 func newServeCmd(a *app) *cobra.Command {
@@ -112,6 +115,8 @@ this way commits nothing.`,
 	f.StringVar(&cfg.tlsKey, "tls-key", "", "PEM file of the private key of --tls-cert (reloaded when it changes)")
 	f.StringVar(&cfg.tlsClientCA, "tls-client-ca", "", "PEM file of the CA(s) whose client certificates are accepted: every client must present one (mTLS; needs --tls-cert; reloaded when it changes)")
 	f.DurationVar(&cfg.tlsReloadInterval, "tls-reload-interval", tlsfiles.DefaultInterval, "how often, at most, the --tls-* files are checked for changes (on a new connection)")
+	f.StringVar(&cfg.authFile, "auth-file", "", "YAML credentials file: tokens (stored as SHA-256) with scopes over namespaces, and what anonymous clients may do; reloaded when it changes (empty: everyone may do everything; see cairn token new)")
+	f.StringVar(&cfg.authRealm, "auth-realm", "", "the registry's base URL as clients reach it (https://host:port), for the token endpoint its 401 challenges name (empty: each request's own scheme and host)")
 	return cmd
 }
 
@@ -186,17 +191,16 @@ func (c *serveConfig) check() error {
 // insecureExposure returns the warning for serving on addr (a listener's
 // host:port) with or without TLS and client authentication, or "" when
 // there is nothing to warn about: a loopback address, or TLS with
-// authentication. Authentication is client certificates today; a
-// credentials file will count too.
+// authentication (client certificates or a credentials file).
 func insecureExposure(addr string, tls bool, auth bool) string {
 	if (tls && auth) || isLoopback(addr) {
 		return ""
 	}
 	switch {
 	case !tls && !auth:
-		return fmt.Sprintf("serving %s, not a loopback address, without TLS or authentication: anyone who can reach it can read, write and delete every layer, image and step record, and can read and alter what others send (serve with --tls-cert, --tls-key and --tls-client-ca, or listen on 127.0.0.1)", addr)
+		return fmt.Sprintf("serving %s, not a loopback address, without TLS or authentication: anyone who can reach it can read, write and delete every layer, image and step record, and can read and alter what others send (serve with --tls-cert and --tls-key, and --auth-file or --tls-client-ca, or listen on 127.0.0.1)", addr)
 	case !auth:
-		return fmt.Sprintf("serving %s, not a loopback address, without authentication: TLS protects the traffic, but anyone who can reach it can read, write and delete every layer, image and step record (add --tls-client-ca to require client certificates)", addr)
+		return fmt.Sprintf("serving %s, not a loopback address, without authentication: TLS protects the traffic, but anyone who can reach it can read, write and delete every layer, image and step record (add --auth-file for tokens, or --tls-client-ca to require client certificates)", addr)
 	default:
 		return fmt.Sprintf("serving %s, not a loopback address, without TLS: credentials and data cross the network in clear text (serve with --tls-cert and --tls-key)", addr)
 	}
@@ -235,9 +239,17 @@ func runServe(ctx context.Context, a *app, cfg *serveConfig) (err error) {
 			tlsDesc = "on, client certificates required"
 		}
 	}
-	// Until a credentials file exists, client certificates are the only
-	// authentication.
+	// Authentication: client certificates, or a credentials file.
 	authOn := tlsFiles != nil && tlsFiles.ClientAuth()
+	var authn *auth.Authenticator
+	if cfg.authFile != "" {
+		// The first load must succeed: there is no old policy to keep.
+		if authn, err = auth.Open(cfg.authFile, auth.Options{Logger: log}); err != nil {
+			return fmt.Errorf("--auth-file: %w", err)
+		}
+		defer authn.Close()
+		authOn = true
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -257,7 +269,8 @@ func runServe(ctx context.Context, a *app, cfg *serveConfig) (err error) {
 			err = cerr
 		}
 	}()
-	reg.MustRegister(metrics.NewCacheCollector(c.Stats, 0, log), metrics.NewRebuildCollector(c.Rebuilds), metrics.NewGCCollector(c.GCStats))
+	reg.MustRegister(metrics.NewCacheCollector(c.Stats, 0, log), metrics.NewRebuildCollector(c.Rebuilds), metrics.NewGCCollector(c.GCStats),
+		metrics.NewDivergenceCollector(c.Divergences))
 
 	// One transfer bound for both fronts: gRPC transfers and registry blob
 	// downloads take their slots from it.
@@ -274,6 +287,7 @@ func runServe(ctx context.Context, a *app, cfg *serveConfig) (err error) {
 		StreamIdleTimeout: cfg.streamIdleTimeout,
 		SendIdleTimeout:   cfg.sendIdleTimeout,
 		Transfers:         transfers,
+		Auth:              authn,
 		GCDefaults:        server.GCDefaults{UntaggedMaxAge: gc.UntaggedMaxAge, MaxSize: gc.MaxSize, KeepTags: gc.KeepTags},
 		Registerer:        reg,
 		Logger:            log,
@@ -320,8 +334,14 @@ func runServe(ctx context.Context, a *app, cfg *serveConfig) (err error) {
 		if err != nil {
 			return err
 		}
-		h := registry.New(c, registry.Options{MaxManifestSize: cfg.maxManifestBytes, Logger: log,
-			SendIdleTimeout: cfg.sendIdleTimeout, Transfers: transfers}).WithMetrics(rm)
+		ro := registry.Options{MaxManifestSize: cfg.maxManifestBytes, Logger: log,
+			SendIdleTimeout: cfg.sendIdleTimeout, Transfers: transfers}
+		if authn != nil {
+			if ro.Auth, err = auth.NewHTTP(authn, auth.HTTPOptions{Realm: cfg.authRealm, Logger: log}); err != nil {
+				return fmt.Errorf("--auth-realm: %w", err)
+			}
+		}
+		h := registry.New(c, ro).WithMetrics(rm)
 		// No WriteTimeout: a blob download may take long; idle and header
 		// timeouts bound a client that stops talking.
 		regSrv = &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
@@ -356,7 +376,11 @@ func runServe(ctx context.Context, a *app, cfg *serveConfig) (err error) {
 	if w := insecureExposure(lis.Addr().String(), tlsFiles != nil, authOn); w != "" {
 		log.Warn("the gRPC port is exposed: "+w, "listen", lis.Addr().String())
 	}
-	log.Info("cairn serving", "listen", lis.Addr().String(), "tls", tlsDesc, "backend", st.Kind, "blobs", st.Blobs, "index", st.IndexDir,
+	authDesc := "off (everyone may do everything)"
+	if authn != nil {
+		authDesc = cfg.authFile
+	}
+	log.Info("cairn serving", "listen", lis.Addr().String(), "tls", tlsDesc, "auth", authDesc, "backend", st.Kind, "blobs", st.Blobs, "index", st.IndexDir,
 		"registry", registryDesc, "metrics", metricsDesc, "max_recv_msg_size", humanize.IBytes(uint64(cfg.maxRecvBytes)),
 		"grace_period", cfg.gracePeriod, "max_transfers", transfers.Max(), "max_transfers_per_client", transfers.PerClient(),
 		"version", serveVersion())
