@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cairnbuild/cairn/auth"
 	"github.com/cairnbuild/cairn/cache"
 	"github.com/cairnbuild/cairn/transfer"
 	"github.com/klauspost/compress/zstd"
@@ -109,7 +110,11 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) {
 		w.WriteHeader(status)
 		return
 	}
-	release, err := h.transfers.Acquire(r.Context(), transfer.Host(r.RemoteAddr))
+	client := transfer.Host(r.RemoteAddr)
+	if id, ok := auth.FromContext(r.Context()); ok && !id.Anonymous {
+		client = "token " + id.Name // the same share as the token's gRPC calls
+	}
+	release, err := h.transfers.Acquire(r.Context(), client)
 	if err != nil {
 		hd.Del("Content-Length")
 		h.writeError(w, r, err, aboutBlob)

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc/peer"
 
+	"github.com/cairnbuild/cairn/auth"
 	"github.com/cairnbuild/cairn/cache"
 	"github.com/cairnbuild/cairn/chunkid"
 	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
@@ -63,12 +64,15 @@ type layerService struct {
 	gcDefaults GCDefaults
 }
 
-// acquire waits for a transfer slot for the call's client (its peer's IP
-// address); the caller calls the returned release when done. A call whose
-// context ends first fails with the context's error.
+// acquire waits for a transfer slot for the call's client (the token's
+// name when auth names one, else its peer's IP address); the caller calls
+// the returned release when done. A call whose context ends first fails
+// with the context's error.
 func (s *layerService) acquire(ctx context.Context) (release func(), err error) {
 	client := "unknown"
-	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+	if id, ok := auth.FromContext(ctx); ok && !id.Anonymous {
+		client = "token " + id.Name
+	} else if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		client = transfer.Host(p.Addr.String())
 	}
 	rel, err := s.transfers.Acquire(ctx, client)

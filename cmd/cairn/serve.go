@@ -110,7 +110,7 @@ this way commits nothing.`,
 	f.DurationVar(&cfg.streamIdleTimeout, "stream-idle-timeout", server.DefaultStreamIdleTimeout, "fail an upload whose client sends nothing for this long")
 	f.DurationVar(&cfg.sendIdleTimeout, "send-idle-timeout", server.DefaultSendIdleTimeout, "fail a download (gRPC or registry) whose client reads nothing for this long, freeing its transfer slot")
 	f.IntVar(&cfg.maxTransfers, "max-transfers", server.DefaultMaxTransfers, "pushes, pulls, chunk transfers and registry blob downloads served at once; more wait (bounds memory)")
-	f.IntVar(&cfg.maxPerClient, "max-transfers-per-client", 0, "transfers one client (IP address; all of this host's loopback clients are one) may run at once; more wait (0: half of --max-transfers)")
+	f.IntVar(&cfg.maxPerClient, "max-transfers-per-client", 0, "transfers one client (its token's name with --auth-file, else its IP address: all of this host's loopback clients are one) may run at once; more wait (0: half of --max-transfers)")
 	f.StringVar(&cfg.tlsCert, "tls-cert", "", "PEM file of the server's certificate chain: serve TLS on the gRPC and registry ports (with --tls-key; reloaded when it changes)")
 	f.StringVar(&cfg.tlsKey, "tls-key", "", "PEM file of the private key of --tls-cert (reloaded when it changes)")
 	f.StringVar(&cfg.tlsClientCA, "tls-client-ca", "", "PEM file of the CA(s) whose client certificates are accepted: every client must present one (mTLS; needs --tls-cert; reloaded when it changes)")
