@@ -16,7 +16,9 @@ import (
 // Layers and chunks are content-addressed and shared by every namespace:
 // reading one needs its digest and read access somewhere, and a write
 // cannot change what a digest names; deleting one, or running the store's
-// maintenance, needs the action over every namespace ("*"). Step records
+// maintenance, needs the action over every namespace ("*"). Listing the
+// layers would hand out every digest, and the store's totals walk the
+// whole index: both need read over every namespace. Step records
 // and registry images live in namespaces: their handlers check each one
 // the request names.
 var authTable = map[string]auth.MethodRule{
@@ -29,14 +31,14 @@ var authTable = map[string]auth.MethodRule{
 	"/cairn.v1.LayerService/PushLayer":         {Action: auth.Write},
 	"/cairn.v1.LayerService/PullLayer":         {Action: auth.Read},
 	"/cairn.v1.LayerService/StatLayer":         {Action: auth.Read},
-	"/cairn.v1.LayerService/ListLayers":        {Action: auth.Read},
+	"/cairn.v1.LayerService/ListLayers":        {Action: auth.Read, Namespaced: true},
 	"/cairn.v1.LayerService/DeleteLayer":       {Action: auth.Delete},
 	"/cairn.v1.LayerService/FindMissingChunks": {Action: auth.Write},
 	"/cairn.v1.LayerService/PutChunks":         {Action: auth.Write},
 	"/cairn.v1.LayerService/CommitLayer":       {Action: auth.Write},
 	"/cairn.v1.LayerService/GetLayerChunks":    {Action: auth.Read},
 	"/cairn.v1.LayerService/GetChunks":         {Action: auth.Read},
-	"/cairn.v1.LayerService/GetStats":          {Action: auth.Read},
+	"/cairn.v1.LayerService/GetStats":          {Action: auth.Read, Namespaced: true},
 	"/cairn.v1.LayerService/VerifyStore":       {Action: auth.Admin},
 	"/cairn.v1.LayerService/CollectGarbage":    {Action: auth.Admin},
 

@@ -148,7 +148,7 @@ func TestAuthMatrix(t *testing.T) {
 		{"LayerService/ListLayers", func(c *grpc.ClientConn) error {
 			_, err := layers(c).ListLayers(ctx, &cairnv1.ListLayersRequest{})
 			return err
-		}, [4]outcome{unauthenticated, allowed, allowed, allowed}},
+		}, [4]outcome{unauthenticated, denied, denied, allowed}},
 		{"LayerService/DeleteLayer", func(c *grpc.ClientConn) error {
 			_, err := layers(c).DeleteLayer(ctx, &cairnv1.DeleteLayerRequest{Digest: d})
 			return err
@@ -184,7 +184,7 @@ func TestAuthMatrix(t *testing.T) {
 		{"LayerService/GetStats", func(c *grpc.ClientConn) error {
 			_, err := layers(c).GetStats(ctx, &cairnv1.GetStatsRequest{})
 			return err
-		}, [4]outcome{unauthenticated, allowed, allowed, allowed}},
+		}, [4]outcome{unauthenticated, denied, denied, allowed}},
 		{"LayerService/VerifyStore", func(c *grpc.ClientConn) error {
 			_, err := layers(c).VerifyStore(ctx, &cairnv1.VerifyStoreRequest{})
 			return err

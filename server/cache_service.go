@@ -121,11 +121,14 @@ func (s *cacheService) RecordStep(ctx context.Context, req *cairnv1.RecordStepRe
 	if err := cache.ValidNamespace(req.GetNamespace()); err != nil {
 		return nil, toStatus(fieldErr("namespace", err))
 	}
+	key, _ := stepkey.Key(parent, step) // for the audit line; the store validates
+	what := "record step " + key.String()
 	if err := auth.Check(ctx, auth.Write, req.GetNamespace()); err != nil {
+		audit(ctx, s.log, auth.Write, what, req.GetNamespace(), err)
 		return nil, toStatus(err)
 	}
 	rec, err := s.steps.RecordStepIn(ctx, req.GetNamespace(), parent, step, layer, req.GetConfig())
-	audit(ctx, s.log, auth.Write, "record step "+rec.Key.String(), req.GetNamespace(), err)
+	audit(ctx, s.log, auth.Write, what, req.GetNamespace(), err)
 	if err != nil {
 		return nil, toStatus(err)
 	}

@@ -298,6 +298,10 @@ func (s *layerService) ListLayers(ctx context.Context, req *cairnv1.ListLayersRe
 	if req.GetPageSize() < 0 {
 		return nil, toStatus(fieldErr("page_size", fmt.Errorf("%w: negative page size %d", errInvalidArgument, req.GetPageSize())))
 	}
+	// The listing hands out every digest: read on every namespace.
+	if err := auth.Check(ctx, auth.Read, allNamespaces); err != nil {
+		return nil, toStatus(err)
+	}
 	infos, next, err := s.layers.List(ctx, req.GetPageToken(), int(req.GetPageSize()))
 	if err != nil {
 		var fe *fieldError
@@ -516,6 +520,10 @@ func (s *layerService) GetChunks(req *cairnv1.GetChunksRequest, stream cairnv1.L
 // then walks itself, so that its answer includes every change made before
 // it was asked.
 func (s *layerService) GetStats(ctx context.Context, _ *cairnv1.GetStatsRequest) (*cairnv1.GetStatsResponse, error) {
+	// The totals walk the whole index and count every namespace's records.
+	if err := auth.Check(ctx, auth.Read, allNamespaces); err != nil {
+		return nil, toStatus(err)
+	}
 	select {
 	case s.walks <- struct{}{}:
 	case <-ctx.Done():

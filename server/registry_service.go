@@ -59,6 +59,7 @@ func (s *registryService) DeleteImage(ctx context.Context, req *cairnv1.DeleteIm
 		return nil, toStatus(err)
 	}
 	if err := auth.Check(ctx, auth.Delete, repo); err != nil {
+		audit(ctx, s.log, auth.Delete, "delete image "+repo+":"+ref, repo, err)
 		return nil, toStatus(err)
 	}
 	err := s.images.DeleteManifest(ctx, repo, ref)

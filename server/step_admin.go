@@ -44,6 +44,7 @@ func (s *cacheService) DeleteStep(ctx context.Context, req *cairnv1.DeleteStepRe
 		return nil, toStatus(fieldErr("namespace", err))
 	}
 	if err := auth.Check(ctx, auth.Delete, req.GetNamespace()); err != nil {
+		audit(ctx, s.log, auth.Delete, "delete step "+key.String(), req.GetNamespace(), err)
 		return nil, toStatus(err)
 	}
 	err = s.admin.DeleteStepIn(ctx, req.GetNamespace(), key)

@@ -104,7 +104,10 @@ not count).`,
 		out := pushOutput{PushResult: res}
 		if record {
 			rec, err := c.RecordStepIn(ctx, *ns, parent, step, &client.LayerRef{
-				Digest: res.Digest, DiffID: diff, Size: res.Size, MediaType: res.MediaType,
+				// The media type this push states, not the stored one: a
+				// layer keeps the type of whoever stored it first, and a
+				// record must not take another namespace's word for it.
+				Digest: res.Digest, DiffID: diff, Size: res.Size, MediaType: mediaType,
 			}, nil)
 			if err != nil {
 				return cf.fail(fmt.Errorf("layer %s pushed, but recording the step failed: %w", res.Digest, err))
