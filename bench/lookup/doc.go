@@ -23,6 +23,14 @@
 //     steps, all hits. The chain run reports chain/singles3, its time per
 //     operation divided by the three singles' (below 1: the chain is
 //     faster), and chain/singles3-p50, the same for the median latency.
+//   - BenchmarkLookupSecure (issue 16): one cache behind four servers in the
+//     same process (plain, TLS only, token only, TLS with a token), 64
+//     callers on 4 connections per server, LookupStep hits and LookupChain
+//     of 20, the four variants interleaved in rounds of a fixed duration;
+//     it reports each variant's rate and CPU per call and its median
+//     per-round ratio to plain. Run it with -benchtime 1x; its -secure.*
+//     flags set the rounds, the slice, the connections, the callers and
+//     the variants. TestSecureRoundTrip checks its setup.
 //
 // Why the floor: client and server share two cores on these machines and
 // their speed varies by ±20 % from minute to minute, so an absolute
