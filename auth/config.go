@@ -158,6 +158,12 @@ func (c *Config) compile(line func(section string, i int) int) (*policy, error) 
 		}
 		p.anonymous.scopes = append(p.anonymous.scopes, sc)
 	}
+	// A token may do at least what a client without one may: a CI job
+	// that logs in (one set of credentials per registry host) still
+	// pulls the public base images.
+	for _, id := range p.byName {
+		id.scopes = append(id.scopes, p.anonymous.scopes...)
+	}
 	if len(errs) == 0 && len(p.byName) == 0 && len(p.anonymous.scopes) == 0 {
 		errs = append(errs, errors.New("grants nothing: no tokens and no anonymous scopes"))
 	}

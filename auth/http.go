@@ -110,7 +110,12 @@ func (h *HTTP) Middleware(next http.Handler, scope ScopeFunc) http.Handler {
 			id = h.a.Anonymous()
 		}
 		if !scoped {
-			if id.Anonymous && id.grantsNothing() {
+			// A client without credentials is challenged on the base
+			// route unless anonymous clients may do everything (no
+			// credentials file): clients (skopeo, crane auth) decide
+			// there whether to log in at all, and one that logs in
+			// anonymously comes back with a bearer token.
+			if id.Anonymous && tok == nil && !id.AllowedAll(Admin) {
 				h.challenge(w, r, "", 0, false, "", "authentication required")
 				return
 			}

@@ -179,7 +179,9 @@ func TestBasicAndAnonymous(t *testing.T) {
 		{"GET", "/v2/public/x/manifests/v1", basic("cairn_wrong"), 401, "UNAUTHORIZED", "wrong token is not anonymous"},
 		{"GET", "/v2/main/tags/list", "Bearer cairnb1.e30.AAAA", 401, "UNAUTHORIZED", "forged bearer token"},
 		{"GET", "/v2/main/tags/list", "Digest x", 401, "UNAUTHORIZED", "unknown scheme"},
-		{"GET", "/v2/", "", 200, "", "base: anonymous access is on"},
+		{"GET", "/v2/", "", 401, "UNAUTHORIZED", "base: challenged even with anonymous access, so that clients log in (they fetch an anonymous token if they have no credentials)"},
+		{"GET", "/v2/", basic("cairn_reader"), 200, "", "base with a good token"},
+		{"GET", "/v2/public/x/manifests/v1", basic("cairn_reader"), 200, "", "a token reads what anonymous clients may"},
 		{"GET", "/v2/", basic("cairn_wrong"), 401, "UNAUTHORIZED", "base with a wrong token"},
 	} {
 		a := do(t, c.method, srv.URL+c.path, c.auth)
