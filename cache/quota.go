@@ -84,19 +84,22 @@ func (c *Cache) evict(ctx context.Context, gen uint64, opts GCOptions, rep *GCRe
 		return err
 	}
 	for _, d := range unreached {
-		var n int64
 		if err := c.step(ctx, gen, func() error {
 			lr, _, err := c.idx.Layer(d)
 			if err != nil {
 				return err
 			}
 			lr.ChunkRefs(func(e index.RecipeEntry) { pendingRefs[e.ID]++ })
-			n, err = c.exclusiveBytes(d, nil)
-			return err
+			return nil
 		}); err != nil && !errors.Is(err, ErrNotFound) {
 			return err
 		}
-		pending += n
+	}
+	// A chunk goes with them if all its references are theirs (a gzip
+	// blob nothing reaches and its content layer share every chunk:
+	// counted layer by layer, neither would free any).
+	if pending, err = c.freedWith(ctx, gen, pendingRefs); err != nil {
+		return err
 	}
 	need := live - pending - opts.MaxSize
 	if need <= 0 {
@@ -345,4 +348,33 @@ func (c *Cache) evictManifest(ctx context.Context, m *taggedManifest, cutoff tim
 		}
 	}
 	return unlinked, nil
+}
+
+// freedWith is the stored bytes of the chunks all of whose references refs
+// holds: what deleting the layers holding refs frees.
+func (c *Cache) freedWith(ctx context.Context, gen uint64, refs map[chunkid.ID]int64) (int64, error) {
+	ids := make([]chunkid.ID, 0, len(refs))
+	for id := range refs {
+		ids = append(ids, id)
+	}
+	var n int64
+	for start := 0; start < len(ids); start += MaxChunkList {
+		batch := ids[start:min(start+MaxChunkList, len(ids))]
+		err := c.step(ctx, gen, func() error {
+			infos, found, err := c.idx.Chunks(batch)
+			if err != nil {
+				return err
+			}
+			for i, id := range batch {
+				if found[i] && infos[i].Refs <= refs[id] {
+					n += infos[i].Stored
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return 0, err
+		}
+	}
+	return n, nil
 }

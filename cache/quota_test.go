@@ -149,3 +149,35 @@ func TestQuotaEstimateOfAGzipImage(t *testing.T) {
 		t.Errorf("evicting the image: %d manifests, %d bytes estimated; want 1 and the layer's 2 MiB", rep.EvictedManifests, rep.EvictedBytes)
 	}
 }
+
+// What the collection is about to take counts as gone: an untagged gzip
+// image (its blob and the blob's content layer share every chunk) frees
+// its bytes in this run, so a store over its quota by no more than that
+// evicts nothing.
+func TestQuotaCountsWhatTheCollectionTakes(t *testing.T) {
+	c, _ := newCache(t)
+	ctx := t.Context()
+	image := func(seed uint64, tag string) {
+		var gz bytes.Buffer
+		zw := gzip.NewWriter(&gz)
+		zw.Write(randomData(seed, 1<<20))
+		zw.Close()
+		cfg := []byte(fmt.Sprintf(`{"seed":%d}`, seed))
+		pushRepoBlob(t, c, "app", gz.Bytes())
+		pushRepoBlob(t, c, "app", cfg)
+		putManifest(t, c, "app", tag, imageManifest(t, cfg, gz.Bytes()))
+	}
+	image(81, "old")
+	image(82, "new")
+	if err := c.DeleteManifest(ctx, "app", "old"); err != nil { // the tag only
+		t.Fatal(err)
+	}
+	rep, err := c.GC(ctx, GCOptions{Grace: -1, PackGrace: -1, UntaggedMaxAge: -1, MaxSize: 1<<20 + 64<<10, DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.EvictedManifests != 0 || rep.EvictedLayers != 0 {
+		t.Errorf("planned to evict %d manifests and %d layers (%d bytes); the untagged image's 1 MiB was enough",
+			rep.EvictedManifests, rep.EvictedLayers, rep.EvictedBytes)
+	}
+}
