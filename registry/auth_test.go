@@ -12,6 +12,7 @@ import (
 	"github.com/cairnbuild/cairn/backend/mem"
 	"github.com/cairnbuild/cairn/cache"
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // TestAuthRoutes calls every route of the registry as four callers over a
@@ -52,7 +53,12 @@ func TestAuthRoutes(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	srv := httptest.NewServer(New(c, Options{Auth: ah}))
+	reg := prometheus.NewRegistry()
+	m, err := NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(New(c, Options{Auth: ah}).WithMetrics(m))
 	t.Cleanup(srv.Close)
 
 	type outcome int
@@ -133,5 +139,26 @@ func TestAuthRoutes(t *testing.T) {
 				t.Errorf("%s %s as %s: %d (%s), want %s", m.method, m.path, who, resp.StatusCode, names[got], names[m.want[i]])
 			}
 		}
+	}
+	// The refusals are counted like any answer.
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "cairn_registry_requests_total" {
+			continue
+		}
+		for _, mt := range mf.GetMetric() {
+			for _, l := range mt.GetLabel() {
+				if l.GetName() == "status" && (l.GetValue() == "401" || l.GetValue() == "403") {
+					refused[l.GetValue()] += mt.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	if refused["401"] == 0 || refused["403"] == 0 {
+		t.Errorf("cairn_registry_requests_total counts %v refusals, want 401s and 403s", refused)
 	}
 }

@@ -226,6 +226,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.token.ServeHTTP(w, r)
 		return
 	}
+	// Counted here, so that the answers of auth (401, 403) count too.
+	if rt, ok := parseRoute(r.URL.Path); ok {
+		rw := &statusWriter{ResponseWriter: w}
+		defer func() { h.metrics.observe(rt.kind, r.Method, rw.status) }()
+		w = rw
+	}
 	h.authed.ServeHTTP(w, r)
 }
 
@@ -242,11 +248,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	rw := &statusWriter{ResponseWriter: w}
-	defer func() { h.metrics.observe(rt.kind, r.Method, rw.status) }()
 	methods := routes[rt.kind]
 	if fn, ok := methods[r.Method]; ok {
-		fn(h, rw, r, rt)
+		fn(h, w, r, rt)
 		return
 	}
 	allow := make([]string, 0, len(methods))
@@ -254,7 +258,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
 		allow = append(allow, m)
 	}
 	sort.Strings(allow)
-	h.methodNotAllowed(rw, r, strings.Join(allow, ", "))
+	h.methodNotAllowed(w, r, strings.Join(allow, ", "))
 }
 
 type handlerFunc func(h *Handler, w http.ResponseWriter, r *http.Request, rt route)
