@@ -77,3 +77,17 @@ func TestWithTLS(t *testing.T) {
 		t.Logf("mTLS without a client certificate: %v", err)
 	}
 }
+
+// A token does not go over a plaintext connection unless the caller says
+// the server is on loopback.
+func TestWithTokenNeedsTLS(t *testing.T) {
+	if c, err := Dial(t.Context(), "127.0.0.1:1", WithToken("cairn_x")); err == nil {
+		c.Close()
+		t.Fatal("WithToken over plaintext: Dial succeeded, want an error")
+	}
+	c, err := Dial(t.Context(), "127.0.0.1:1", WithTokenOverPlaintext("cairn_x"))
+	if err != nil {
+		t.Fatalf("WithTokenOverPlaintext: %v", err)
+	}
+	c.Close()
+}

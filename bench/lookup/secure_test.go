@@ -194,8 +194,10 @@ func (e *secureEnv) dial(v secureVariant, useTLS, useToken bool) (*grpc.ClientCo
 		}
 		opts = []grpc.DialOption{client.WithTLS(cfg)}
 	}
-	if useToken {
+	if useToken && useTLS {
 		opts = append(opts, client.WithToken(e.token))
+	} else if useToken {
+		opts = append(opts, client.WithTokenOverPlaintext(e.token))
 	}
 	return grpc.NewClient("passthrough:///"+e.addr[v.name], opts...)
 }

@@ -114,6 +114,9 @@ func (f *clientFlags) tokenOption() (grpc.DialOption, error) {
 	if !f.tlsOn() && !isLoopback(f.server) {
 		return nil, fmt.Errorf("a token for %s would cross the network in clear text: connect with TLS (--tls or --tls-ca)", f.server)
 	}
+	if !f.tlsOn() {
+		return client.WithTokenOverPlaintext(token), nil // loopback: checked above
+	}
 	return client.WithToken(token), nil
 }
 
