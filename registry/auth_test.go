@@ -2,13 +2,13 @@ package registry
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 
 	"github.com/cairnbuild/cairn/auth"
+	"github.com/cairnbuild/cairn/auth/authtest"
 	"github.com/cairnbuild/cairn/backend/mem"
 	"github.com/cairnbuild/cairn/cache"
 	"github.com/opencontainers/go-digest"
@@ -22,28 +22,11 @@ import (
 // A route without a row fails the test, so a new route is not left open
 // by accident.
 func TestAuthRoutes(t *testing.T) {
-	tokens := map[string]string{}
-	file := "anonymous:\n  - {actions: [read], namespaces: [public/*]}\ntokens:\n"
-	for name, scopes := range map[string]string{
+	a, tokens := authtest.New(t, `[{actions: [read], namespaces: [public/*]}]`, map[string]string{
 		"reader": `[{actions: [read], namespaces: [cache/app]}]`,
 		"pr":     `[{actions: [read], namespaces: [cache/app, pr/app]}, {actions: [write], namespaces: [pr/app]}]`,
 		"admin":  `[{actions: [read, write, delete, admin], namespaces: ["*"]}]`,
-	} {
-		tok, hash, err := auth.NewToken()
-		if err != nil {
-			t.Fatal(err)
-		}
-		tokens[name] = tok
-		file += fmt.Sprintf("  - name: %s\n    sha256: %s\n    scopes: %s\n", name, hash, scopes)
-	}
-	cfg, err := auth.ParseConfig([]byte(file))
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := auth.New(cfg, auth.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	})
 	ah, err := auth.NewHTTP(a, auth.HTTPOptions{})
 	if err != nil {
 		t.Fatal(err)

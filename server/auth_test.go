@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"testing"
 
@@ -13,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/cairnbuild/cairn/auth"
+	"github.com/cairnbuild/cairn/auth/authtest"
 	"github.com/cairnbuild/cairn/backend/mem"
 	"github.com/cairnbuild/cairn/cache"
 	cairnv1 "github.com/cairnbuild/cairn/proto/cairn/v1"
@@ -59,28 +59,11 @@ func outcomeOf(err error) outcome {
 // pr/1) and an admin. Namespaced requests name main (or the repository
 // cache/app, which the reader may read).
 func TestAuthMatrix(t *testing.T) {
-	tokens := map[string]string{}
-	file := "tokens:\n"
-	for name, scopes := range map[string]string{
+	a, tokens := authtest.New(t, "", map[string]string{
 		"reader": `[{actions: [read], namespaces: [main, cache/app]}]`,
 		"pr":     `[{actions: [read], namespaces: [main, pr/1]}, {actions: [write], namespaces: [pr/1]}]`,
 		"admin":  `[{actions: [read, write, delete, admin], namespaces: ["*"]}]`,
-	} {
-		tok, hash, err := auth.NewToken()
-		if err != nil {
-			t.Fatal(err)
-		}
-		tokens[name] = tok
-		file += fmt.Sprintf("  - name: %s\n    sha256: %s\n    scopes: %s\n", name, hash, scopes)
-	}
-	cfg, err := auth.ParseConfig([]byte(file))
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := auth.New(cfg, auth.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	})
 	addr := serveOnLoopback(t, Options{Auth: a})
 	ctx := context.Background()
 	d := digest.FromString("x").String()
