@@ -334,6 +334,11 @@ func (c *Cache) plan(ctx context.Context, gen uint64, opts GCOptions, cutoff int
 		return backendErr("list packs", err)
 	}
 	rep.Packs = int64(len(sizes))
+	if rep.StoredBytes == 0 { // the quota's own listing, if it ran, came first
+		for _, n := range sizes {
+			rep.StoredBytes += n
+		}
+	}
 	plans := map[pack.ID]*PackPlan{}
 	var marked map[pack.ID]time.Time
 	// The walk goes a page at a time, each in its own snapshot: the plan

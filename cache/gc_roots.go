@@ -150,7 +150,8 @@ func (c *Cache) markRepo(ctx context.Context, gen uint64, repo string, untaggedC
 			add(d)
 		}
 	}
-	for len(queue) > 0 || len(manifests) > 0 {
+	// References, then referrers of what is reached, until neither adds.
+	for len(queue) > 0 {
 		for len(queue) > 0 {
 			d := queue[0]
 			queue = queue[1:]
@@ -158,16 +159,10 @@ func (c *Cache) markRepo(ctx context.Context, gen uint64, repo string, untaggedC
 				add(ref.Digest)
 			}
 		}
-		// Referrers of what is reached are reached.
-		grew := false
 		for d, mr := range manifests {
 			if !reached[d] && mr.Subject != "" && reached[mr.Subject] {
 				add(d)
-				grew = true
 			}
-		}
-		if !grew {
-			break
 		}
 	}
 	for d := range manifests {

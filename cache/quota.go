@@ -43,6 +43,9 @@ type evictable struct {
 
 // evict runs the quota's part of a collection.
 func (c *Cache) evict(ctx context.Context, gen uint64, opts GCOptions, rep *GCReport) error {
+	if opts.MaxSize <= 0 {
+		return nil // the plan reports StoredBytes from its own listing
+	}
 	var stored int64
 	if err := c.store.List(ctx, pack.Prefix, func(info backend.Info) error {
 		if _, ok := pack.IDFromKey(info.Key); ok {
@@ -53,7 +56,7 @@ func (c *Cache) evict(ctx context.Context, gen uint64, opts GCOptions, rep *GCRe
 		return backendErr("list packs", err)
 	}
 	rep.StoredBytes = stored
-	if opts.MaxSize <= 0 || stored <= opts.MaxSize {
+	if stored <= opts.MaxSize {
 		return nil
 	}
 	if err := c.step(ctx, gen, c.idx.Flush); err != nil { // last reads and hits

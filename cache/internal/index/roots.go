@@ -114,11 +114,7 @@ func (x *DB) UnrootedPage(after digest.Digest, n int, fn func(d digest.Digest, s
 				return nil
 			}
 			last = digest.Digest(it.Item().Key()[len(idxUnrooted):])
-			named, err := hasPrefix(tx.txn, stepLayerPrefix(last))
-			if err != nil {
-				return err
-			}
-			if err := fn(last, named); err != nil {
+			if err := fn(last, hasPrefix(tx.txn, stepLayerPrefix(last))); err != nil {
 				return err
 			}
 			k++
@@ -208,7 +204,7 @@ func (x *DB) DeleteUnreached(d digest.Digest, cutoff time.Time, repos []string, 
 		if ok, err := has(txn, unrootedKey(d)); err != nil || !ok || pinned(d) {
 			return false, err
 		}
-		if len(stepsOf(txn, d)) > 0 {
+		if hasPrefix(txn, stepLayerPrefix(d)) {
 			return false, nil
 		}
 		t, err := (&Tx{txn, x}).lastUse(d, lr)
@@ -290,11 +286,11 @@ func unlinkAll(txn *badger.Txn, repo string, d digest.Digest) ([]string, error) 
 }
 
 // hasPrefix reports whether any key starts with prefix.
-func hasPrefix(txn *badger.Txn, prefix []byte) (bool, error) {
+func hasPrefix(txn *badger.Txn, prefix []byte) bool {
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: false})
 	defer it.Close()
 	it.Rewind()
-	return it.ValidForPrefix(prefix), nil
+	return it.ValidForPrefix(prefix)
 }
 
 // EvictManifest is the quota's eviction of manifest d of repo: inside one
