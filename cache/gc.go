@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -100,6 +101,12 @@ type GCOptions struct {
 	// KeepTags: tags it matches are never evicted by the quota (nil:
 	// any tag may be).
 	KeepTags *regexp.Regexp
+	// CompactAge, if positive, compacts (compact.go) the packs of the
+	// ingest tier none of whose entries was touched within it.
+	CompactAge time.Duration
+	// CompactPace, if between 0 and 1, is the share of one core the
+	// compaction may take (it rests between packs); 0 means no rest.
+	CompactPace float64
 	// DryRun plans and reports, and changes nothing.
 	DryRun bool
 }
@@ -151,6 +158,7 @@ type PackPlan struct {
 	LiveChunks int
 	DeadChunks int
 	dead       []chunkid.ID
+	compactPlan
 }
 
 // GCReport is a collection's plan and what its execution did.
@@ -167,10 +175,11 @@ type GCReport struct {
 	YoungChunks  int64 // unreferenced, but touched within the grace period: kept
 	Delete       []PackPlan
 	Rewrite      []PackPlan
-	Orphans      []pack.ID // no entry names them: marked now
-	Due          []pack.ID // marked over PackGrace ago, still unnamed: deleted now
-	Waiting      int       // marked packs whose second grace period runs
-	PlannedBytes int64     // what the plan frees: deleted packs' bytes and rewritten packs' dead bytes
+	Compact      []PackPlan // cold packs of the ingest tier: compacted, oldest first
+	Orphans      []pack.ID  // no entry names them: marked now
+	Due          []pack.ID  // marked over PackGrace ago, still unnamed: deleted now
+	Waiting      int        // marked packs whose second grace period runs
+	PlannedBytes int64      // what the plan frees: deleted packs' bytes and rewritten packs' dead bytes
 
 	// Step records neither recorded nor hit within StepMaxAge: deleted
 	// (counted only, on a dry run).
@@ -197,6 +206,11 @@ type GCReport struct {
 	MarkedPacks    int64
 	DeletedChunks  int64
 	MovedChunks    int64
+	// The compaction: old packs read, the bytes of the chunks they held
+	// and of the packs written.
+	CompactedPacks int64
+	CompactRead    int64
+	CompactWritten int64
 	// FreedBytes: bytes of the packs deleted, less those of the packs
 	// the rewrites wrote (a rewritten pack's bytes count when a later run
 	// deletes it, after the second grace period).
@@ -230,6 +244,7 @@ func (c *Cache) GC(ctx context.Context, opts GCOptions) (GCReport, error) {
 	c.log.Info("cache: collected garbage", "dry run", opts.DryRun, "duration", rep.Duration.Round(time.Millisecond),
 		"packs deleted", rep.DeletedPacks, "packs rewritten", rep.RewrittenPacks, "packs marked", rep.MarkedPacks,
 		"chunks deleted", rep.DeletedChunks, "chunks moved", rep.MovedChunks, "freed bytes", rep.FreedBytes,
+		"packs compacted", rep.CompactedPacks, "compacted chunk bytes", rep.CompactRead, "compacted pack bytes", rep.CompactWritten,
 		"planned bytes", rep.PlannedBytes, "skipped", len(rep.Skipped))
 	return rep, nil
 }
@@ -240,8 +255,11 @@ type GCStats struct {
 	FreedBytes                   int64
 	DeletedPacks, RewrittenPacks int64
 	DeletedChunks                int64
-	LastDuration                 time.Duration
-	LastEnd                      time.Time
+	// Compaction: packs compacted, the chunk bytes they held and the
+	// bytes of the packs written for them.
+	CompactedPacks, CompactRead, CompactWritten int64
+	LastDuration                                time.Duration
+	LastEnd                                     time.Time
 }
 
 func (c *Cache) countGC(rep GCReport, err error) {
@@ -259,6 +277,9 @@ func (c *Cache) countGC(rep GCReport, err error) {
 	s.DeletedPacks += rep.DeletedPacks
 	s.RewrittenPacks += rep.RewrittenPacks
 	s.DeletedChunks += rep.DeletedChunks
+	s.CompactedPacks += rep.CompactedPacks
+	s.CompactRead += rep.CompactRead
+	s.CompactWritten += rep.CompactWritten
 	s.LastDuration, s.LastEnd = rep.Duration, rep.Start.Add(rep.Duration)
 }
 
@@ -301,8 +322,18 @@ func (c *Cache) gc(ctx context.Context, opts GCOptions, rep *GCReport) error {
 			return err
 		}
 	}
+	var reframe []PackPlan // rewrites of compacted packs: compacted again
 	for i := range rep.Rewrite {
+		if rep.Rewrite[i].framed {
+			reframe = append(reframe, rep.Rewrite[i])
+			continue
+		}
 		if err := c.step(ctx, gen, func() error { return c.rewritePack(ctx, &rep.Rewrite[i], cutoff, rep) }); err != nil {
+			return err
+		}
+	}
+	if len(reframe) > 0 || len(rep.Compact) > 0 {
+		if err := c.compact(ctx, gen, append(reframe, rep.Compact...), cutoff, opts.CompactPace, rep); err != nil {
 			return err
 		}
 	}
@@ -351,14 +382,16 @@ func (c *Cache) plan(ctx context.Context, gen uint64, opts GCOptions, cutoff int
 			pp = &PackPlan{Pack: ci.Pack}
 			plans[ci.Pack] = pp
 		}
+		pp.framed = pp.framed || ci.Frame != 0
+		pp.newest = max(pp.newest, ci.Added)
 		switch {
 		case ci.Refs > 0:
 			rep.LiveChunks++
-			pp.LiveBytes += ci.Stored
+			pp.LiveBytes += ci.Bytes()
 			pp.LiveChunks++
 		case ci.Added > cutoff:
 			rep.YoungChunks++
-			pp.LiveBytes += ci.Stored
+			pp.LiveBytes += ci.Bytes()
 			pp.LiveChunks++
 		default: // DeadBytes comes from the pack's size, below
 			rep.DeadChunks++
@@ -424,6 +457,8 @@ func (c *Cache) plan(ctx context.Context, gen uint64, opts GCOptions, cutoff int
 		case float64(pp.DeadBytes) >= opts.ratio()*float64(pp.DeadBytes+pp.LiveBytes) && size <= maxVerifyPack:
 			rep.Rewrite = append(rep.Rewrite, *pp)
 			rep.PlannedBytes += pp.DeadBytes
+		case opts.CompactAge > 0 && !pp.framed && pp.newest <= rep.Start.Add(-opts.CompactAge).Unix() && size <= maxVerifyPack:
+			rep.Compact = append(rep.Compact, *pp)
 		}
 		pp.dead = nil // the chosen ones have their copy
 	}
@@ -437,6 +472,14 @@ func (c *Cache) plan(ctx context.Context, gen uint64, opts GCOptions, cutoff int
 	byPack := func(a, b PackPlan) int { return comparePacks(a.Pack, b.Pack) }
 	slices.SortFunc(rep.Delete, byPack)
 	slices.SortFunc(rep.Rewrite, byPack)
+	// Oldest first: packs written together hold chunks that were
+	// consecutive in their layers, and compaction frames them together.
+	slices.SortFunc(rep.Compact, func(a, b PackPlan) int {
+		if a.newest != b.newest {
+			return cmp.Compare(a.newest, b.newest)
+		}
+		return comparePacks(a.Pack, b.Pack)
+	})
 	slices.SortFunc(rep.Orphans, comparePacks)
 	slices.SortFunc(rep.Due, comparePacks)
 	if len(unmark) > 0 && !opts.DryRun {
@@ -554,7 +597,7 @@ func (c *Cache) rewritePack(ctx context.Context, pp *PackPlan, cutoff int64, rep
 	}
 	rep.FreedBytes -= written
 	if len(moves) > 0 {
-		n, err := c.idx.MoveChunks(pp.Pack, np, moves)
+		n, err := c.idx.MoveChunks(np, moves)
 		rep.MovedChunks += int64(n)
 		if err != nil {
 			return err
@@ -577,18 +620,7 @@ func (c *Cache) rewritePack(ctx context.Context, pp *PackPlan, cutoff int64, rep
 }
 
 // parsePack returns the table of a pack read whole.
-func parsePack(body []byte) ([]pack.Entry, error) {
-	if len(body) < pack.FooterSize {
-		return nil, fmt.Errorf("%d bytes, too short for a pack", len(body))
-	}
-	footer := body[len(body)-pack.FooterSize:]
-	count, err := pack.ParseFooter(footer, int64(len(body)))
-	if err != nil {
-		return nil, err
-	}
-	start := len(body) - pack.FooterSize - count*pack.EntrySize
-	return pack.ParseTable(body[start:len(body)-pack.FooterSize], footer, int64(len(body)))
-}
+func parsePack(body []byte) ([]pack.Entry, error) { return pack.Parse(body) }
 
 // dropMarked deletes marked pack p, due, unless a session holds it or an
 // entry names it again (then it is unmarked).

@@ -178,6 +178,12 @@ type Stats struct {
 	// The registry's: repositories, tags and manifests (a manifest linked
 	// in two repositories counts twice).
 	Repositories, Tags, Manifests int64
+	// StoredBytes by tier (compact.go): records of one chunk each, as
+	// pushes write them, and frames of several chunks, as compaction
+	// writes them; and how many chunks each holds. A chunk in a frame
+	// counts its share of the frame's bytes, in proportion to its size.
+	IngestBytes, CompactedBytes   int64
+	IngestChunks, CompactedChunks int64
 	// Quarantined counts chunks a read or a verify found bad, until a
 	// push supplies them again.
 	Quarantined int64

@@ -294,7 +294,7 @@ func (c *Cache) exclusiveBytes(d digest.Digest, pending map[chunkid.ID]int64) (i
 	var n int64
 	for i, id := range ids {
 		if found[i] && infos[i].Refs-pending[id] <= counts[id] {
-			n += infos[i].Stored
+			n += infos[i].Bytes()
 		}
 	}
 	return n, nil
@@ -370,7 +370,7 @@ func (c *Cache) freedWith(ctx context.Context, gen uint64, refs map[chunkid.ID]i
 			}
 			for i, id := range batch {
 				if found[i] && infos[i].Refs <= refs[id] {
-					n += infos[i].Stored
+					n += infos[i].Bytes()
 				}
 			}
 			return nil

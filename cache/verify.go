@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cairnbuild/cairn/backend"
+	"github.com/cairnbuild/cairn/cache/internal/chunks"
 	"github.com/cairnbuild/cairn/cache/internal/index"
 	"github.com/cairnbuild/cairn/cache/internal/pack"
 	"github.com/cairnbuild/cairn/chunkid"
@@ -123,7 +124,7 @@ func (c *Cache) verify(ctx context.Context, opts VerifyOptions) (VerifyReport, e
 			rep.Problems = append(rep.Problems, res.problem)
 		}
 		rep.Packs++
-		rep.Chunks += int64(len(res.offs))
+		rep.Chunks += int64(res.checked)
 		if res.tableOK {
 			vouched[id] = res.offs
 		}
@@ -228,7 +229,8 @@ func compareIDs(a, b chunkid.ID) int { return bytes.Compare(a[:], b[:]) }
 
 // packCheck is what verifyPack found in one pack.
 type packCheck struct {
-	offs    []int64 // offsets of the records checked, ascending
+	offs    []int64 // offsets of the records checked, ascending (a frame's once)
+	checked int     // chunks checked
 	tableOK bool    // the table was read: it vouches for what it lists
 	orphans int64   // records no index entry names here
 	read    int64   // bytes read
@@ -261,12 +263,12 @@ func (c *Cache) verifyPack(ctx context.Context, p pack.ID, info backend.Info) (r
 		return res, backendErr("read pack", err)
 	}
 	footer := buf[len(buf)-pack.FooterSize:]
-	count, err := pack.ParseFooter(footer, info.Size)
+	_, tableSize, err := pack.ParseFooter(footer, info.Size)
 	if err != nil {
 		res.problem = fmt.Sprintf("pack %s: footer: %v: its records are checked one by one", p, err)
 		return res, nil
 	}
-	tableStart := len(buf) - pack.FooterSize - count*pack.EntrySize
+	tableStart := len(buf) - pack.FooterSize - tableSize
 	entries, err := pack.ParseTable(buf[tableStart:len(buf)-pack.FooterSize], footer, info.Size)
 	if err != nil {
 		res.problem = fmt.Sprintf("pack %s: table: %v: its records are checked one by one", p, err)
@@ -281,20 +283,42 @@ func (c *Cache) verifyPack(ctx context.Context, p pack.ID, info backend.Info) (r
 	if err != nil {
 		return res, err
 	}
+	// The chunks of one frame are checked with one decode of it.
+	var frame []chunks.Record
+	var frameRec []byte
+	checkFrame := func() {
+		c.chunks.CheckFrame(frameRec, frame)
+		frame = frame[:0]
+	}
 	for i, e := range entries {
 		ci := infos[i]
 		if !found[i] && c.idx.Quarantined(e.ID) {
 			continue // condemned already
 		}
-		if !found[i] || ci.Pack != p || ci.Off != e.Off {
+		if !found[i] || ci.Pack != p || ci.Off != e.Off || ci.InFrame != e.InFrame {
 			res.orphans++ // another copy is the indexed one, or none is
 			continue
 		}
-		if ci.Stored != e.Stored || ci.Size != e.Size {
-			res.problem = fmt.Sprintf("pack %s: chunk %s: table says %d bytes stored of %d, the index %d of %d", p, e.ID, e.Stored, e.Size, ci.Stored, ci.Size)
+		if ci.Stored != e.Stored || ci.Size != e.Size || ci.Frame != e.Frame {
+			res.problem = fmt.Sprintf("pack %s: chunk %s: table says %d bytes stored of %d (frame %d), the index %d of %d (frame %d)",
+				p, e.ID, e.Stored, e.Size, e.Frame, ci.Stored, ci.Size, ci.Frame)
 		}
-		_ = c.chunks.CheckRecord(e.ID, ci, buf[e.Off:min(e.Off+ci.Stored, int64(tableStart))])
-		res.offs = append(res.offs, e.Off)
+		rec := buf[e.Off:min(e.Off+ci.Stored, int64(tableStart))]
+		if len(frame) > 0 && frame[0].CI.Off != e.Off {
+			checkFrame()
+		}
+		if ci.Frame != 0 {
+			frame, frameRec = append(frame, chunks.Record{ID: e.ID, CI: ci}), rec
+		} else {
+			_ = c.chunks.CheckRecord(e.ID, ci, rec)
+		}
+		res.checked++
+		if len(res.offs) == 0 || res.offs[len(res.offs)-1] != e.Off {
+			res.offs = append(res.offs, e.Off)
+		}
+	}
+	if len(frame) > 0 {
+		checkFrame()
 	}
 	return res, nil
 }

@@ -41,7 +41,7 @@ func (s *Store) CopyRecords(ctx context.Context, body []byte, recs []Record) (p 
 		e := pack.Entry{ID: r.ID, Off: int64(len(buf)), Stored: r.CI.Stored, Size: r.CI.Size}
 		buf = append(buf, rec...)
 		entries = append(entries, e)
-		moves = append(moves, index.Move{ID: r.ID, FromOff: r.CI.Off, To: e})
+		moves = append(moves, index.Move{ID: r.ID, From: r.CI.Pack, FromOff: r.CI.Off, To: e})
 		if len(entries) == pack.MaxChunks {
 			break // the rest waits for the next collection
 		}

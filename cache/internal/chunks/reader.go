@@ -143,6 +143,17 @@ func (s *Store) NewReader(ctx context.Context, recipe []index.RecipeEntry, offse
 						break
 					}
 				}
+				// The rest of a frame joins its run, so that the frame
+				// is read and decoded once.
+				for queue[k-1].ci.Frame != 0 {
+					if k == len(queue) {
+						queue = append(queue, locate(1)...)
+					}
+					if k == len(queue) || !sameRecord(queue[k], queue[k-1]) {
+						break
+					}
+					k++
+				}
 			}
 			run := append([]*runChunk(nil), queue[:k]...)
 			queue = queue[k:]
@@ -188,7 +199,14 @@ func (s *Store) fetchRun(ctx context.Context, run []*runChunk) {
 	defer s.runPool.Put(bp)
 	got, err := pack.ReadRange(ctx, s.store, p, lo, (*bp)[:hi-lo])
 	var wg sync.WaitGroup
-	for k, rc := range run {
+	for k := 0; k < len(run); {
+		rc := run[k]
+		n := 1 // the chunks of rc's record: one, or the run's part of a frame
+		for rc.ci.Frame != 0 && k+n < len(run) && sameRecord(run[k+n], rc) {
+			n++
+		}
+		group := run[k : k+n]
+		k += n
 		start, end := rc.ci.Off-lo, rc.ci.Off-lo+rc.ci.Stored
 		switch {
 		case err != nil && end > int64(got):
@@ -196,27 +214,62 @@ func (s *Store) fetchRun(ctx context.Context, run []*runChunk) {
 			if errors.Is(err, pack.ErrShort) {
 				rerr = fmt.Errorf("%w: chunk %s: pack %s ends %d bytes into the record of %d", cerr.ErrDataLoss, rc.id, p, max(int64(got)-start, 0), rc.ci.Stored)
 			}
-			deliver(rc, nil, nil, s.condemn(rc.id, rc.ci, rerr))
-		case k == len(run)-1: // the last one here: the others run meanwhile
-			out, data, derr := s.decodeRecord(rc.id, rc.ci, (*bp)[start:end])
-			deliver(rc, out, data, s.condemn(rc.id, rc.ci, derr))
+			for _, rc := range group {
+				deliver(rc, nil, nil, s.condemn(rc.id, rc.ci, rerr))
+			}
+		case k == len(run): // the last one here: the others run meanwhile
+			s.decodeGroup(group, (*bp)[start:end], deliver)
 		default:
-			wg.Go(func() {
-				out, data, derr := s.decodeRecord(rc.id, rc.ci, (*bp)[start:end])
-				deliver(rc, out, data, s.condemn(rc.id, rc.ci, derr))
-			})
+			wg.Go(func() { s.decodeGroup(group, (*bp)[start:end], deliver) })
 		}
 	}
 	wg.Wait() // the records live in bp
 }
 
+// decodeGroup decodes the chunks of group, which share the record rec (one
+// chunk, or chunks of one frame, decoded once), and delivers each.
+func (s *Store) decodeGroup(group []*runChunk, rec []byte, deliver func(*runChunk, *[]byte, []byte, error)) {
+	if len(group) == 1 {
+		rc := group[0]
+		out, data, err := s.decodeRecord(rc.id, rc.ci, rec)
+		deliver(rc, out, data, s.condemn(rc.id, rc.ci, err))
+		return
+	}
+	fp, frame, err := s.decodeFrame(group[0].id, group[0].ci, rec)
+	if err != nil {
+		for _, rc := range group {
+			deliver(rc, nil, nil, s.condemn(rc.id, rc.ci, err))
+		}
+		return
+	}
+	defer s.framePool.Put(fp)
+	for _, rc := range group {
+		var out *[]byte
+		var data []byte
+		if rc.ci.Frame != group[0].ci.Frame {
+			err = fmt.Errorf("%w: chunk %s: the index says a frame of %d, its neighbour %d", cerr.ErrDataLoss, rc.id, rc.ci.Frame, group[0].ci.Frame)
+		} else {
+			out, data, err = s.sliceChunk(rc.id, rc.ci, frame)
+		}
+		deliver(rc, out, data, s.condemn(rc.id, rc.ci, err))
+	}
+}
+
+// sameRecord reports whether a and b were found in the same record: a
+// frame that holds both.
+func sameRecord(a, b *runChunk) bool {
+	return a.err == nil && b.err == nil && a.ci.Pack == b.ci.Pack && a.ci.Off == b.ci.Off && a.ci.Stored == b.ci.Stored
+}
+
 // runSpan returns the range of the pack that run's records cover and the
-// bytes of those records.
+// bytes of those records (a frame's once).
 func runSpan(run []*runChunk) (lo, hi, used int64) {
 	lo, hi = run[0].ci.Off, run[0].ci.Off
-	for _, rc := range run {
+	for i, rc := range run {
 		lo, hi = min(lo, rc.ci.Off), max(hi, rc.ci.Off+rc.ci.Stored)
-		used += rc.ci.Stored
+		if i == 0 || !sameRecord(rc, run[i-1]) {
+			used += rc.ci.Stored
+		}
 	}
 	return lo, hi, used
 }

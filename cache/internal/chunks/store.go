@@ -59,10 +59,11 @@ type Store struct {
 	enc *zstd.Encoder
 	dec *zstd.Decoder
 
-	dataPool sync.Pool // *[]byte of cap max+decodeSlack (or more): chunk data
-	compPool sync.Pool // *[]byte: compressed chunk records
-	packPool sync.Pool // *[]byte: packs being filled (see getPackBuf)
-	runPool  sync.Pool // *[]byte of maxRunBytes (or one larger record): runs being read
+	dataPool  sync.Pool // *[]byte of cap max+decodeSlack (or more): chunk data
+	compPool  sync.Pool // *[]byte: compressed chunk records
+	packPool  sync.Pool // *[]byte: packs being filled (see getPackBuf)
+	runPool   sync.Pool // *[]byte of maxRunBytes (or one larger record): runs being read
+	framePool sync.Pool // *[]byte of MaxFrameSize+decodeSlack: decoded frames
 
 	packTarget int
 
@@ -236,10 +237,11 @@ func (s *Store) ReadChunk(ctx context.Context, id chunkid.ID) ([]byte, error) {
 func (s *Store) ReadRecord(ctx context.Context, id chunkid.ID, ci index.ChunkInfo) (*[]byte, []byte, error) {
 	// DecodeChunkInfo bounds Stored more loosely; the buffer below is
 	// sized by what the encoder can produce.
-	if ci.Stored > pack.HeaderSize+int64(s.enc.MaxEncodedSize(int(ci.Size))) {
-		return nil, nil, fmt.Errorf("%w: chunk %s: index entry claims %d bytes stored for %d", cerr.ErrDataLoss, id, ci.Stored, ci.Size)
+	record := int(max(ci.Size, ci.Frame))
+	if ci.Stored > pack.HeaderSize+int64(s.enc.MaxEncodedSize(record)) {
+		return nil, nil, fmt.Errorf("%w: chunk %s: index entry claims %d bytes stored for %d", cerr.ErrDataLoss, id, ci.Stored, record)
 	}
-	cp := s.getComp(int(ci.Size))
+	cp := s.getComp(record)
 	defer s.compPool.Put(cp)
 	n, err := pack.ReadRange(ctx, s.store, ci.Pack, ci.Off, (*cp)[:ci.Stored])
 	if errors.Is(err, pack.ErrShort) {
@@ -298,15 +300,25 @@ func (s *Store) Condemn(id chunkid.ID, ci index.ChunkInfo, err error) error {
 	return s.condemn(id, ci, err)
 }
 
-// decodeRecord checks a chunk record's header, decompresses it into a
-// pooled buffer and verifies its hash. Anything wrong is ErrDataLoss.
+// decodeRecord checks a record's header, decompresses chunk id out of it
+// into a pooled buffer and verifies its hash. Anything wrong is
+// ErrDataLoss. A chunk in a frame costs a decode of the whole frame:
+// readers of several chunks of one frame use decodeFrame once instead.
 func (s *Store) decodeRecord(id chunkid.ID, ci index.ChunkInfo, rec []byte) (*[]byte, []byte, error) {
-	hdrSize, payload, err := pack.ParseHeader(rec)
+	if ci.Frame != 0 {
+		fp, frame, err := s.decodeFrame(id, ci, rec)
+		if err != nil {
+			return nil, nil, err
+		}
+		defer s.framePool.Put(fp)
+		return s.sliceChunk(id, ci, frame)
+	}
+	hdrSize, frame, payload, err := pack.ParseHeader(rec)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: chunk %s: %w", cerr.ErrDataLoss, id, err)
 	}
-	if hdrSize != ci.Size {
-		return nil, nil, fmt.Errorf("%w: chunk %s: header says %d bytes, index %d", cerr.ErrDataLoss, id, hdrSize, ci.Size)
+	if hdrSize != ci.Size || frame {
+		return nil, nil, fmt.Errorf("%w: chunk %s: header says %d bytes (frame %v), index %d alone", cerr.ErrDataLoss, id, hdrSize, frame, ci.Size)
 	}
 	bp := s.GetData(int(hdrSize))
 	// The capacity bounds what DecodeAll may write (WithDecodeAllCapLimit):

@@ -66,13 +66,13 @@ func (x *DB) AddChunks(p pack.ID, entries []pack.Entry) error {
 	err := x.update("index chunks", func(txn *badger.Txn) error {
 		healed = healed[:0]
 		for _, e := range entries {
-			ci := ChunkInfo{Size: e.Size, Stored: e.Stored, Added: now, Pack: p, Off: e.Off}
+			ci := ChunkInfo{Size: e.Size, Stored: e.Stored, Added: now, Pack: p, Off: e.Off, InFrame: e.InFrame, Frame: e.Frame}
 			old, ok, err := getChunk(txn, e.ID)
 			if err != nil {
 				return err
 			}
 			if ok {
-				if old.Size != e.Size || (old.Pack == p && old.Off == e.Off) {
+				if old.Size != e.Size || (old.Pack == p && old.Off == e.Off && old.InFrame == e.InFrame) {
 					continue
 				}
 				if q, err := x.quarantinedIn(txn, e.ID); err != nil {

@@ -74,18 +74,20 @@ func (x *DB) Pending() (map[pack.ID]time.Time, error) {
 	return out, err
 }
 
-// Move is one chunk record copied from one pack to another.
+// Move is one chunk copied from one pack to another.
 type Move struct {
-	ID      chunkid.ID
-	FromOff int64 // the record's offset in the old pack
-	To      pack.Entry
+	ID          chunkid.ID
+	From        pack.ID // the old pack
+	FromOff     int64   // the record's offset in it
+	FromInFrame int64   // and the chunk's in its frame
+	To          pack.Entry
 }
 
 // MoveChunks points the entries of moves at their new copies in pack to,
-// each only if it still names its old copy in pack from (anything else
+// each only if it still names the copy it was read from (anything else
 // changed it meanwhile and wins) and is not quarantined, keeping
 // reference counts and touch times. It returns how many moved.
-func (x *DB) MoveChunks(from, to pack.ID, moves []Move) (int, error) {
+func (x *DB) MoveChunks(to pack.ID, moves []Move) (int, error) {
 	var n int
 	for start := 0; start < len(moves); start += x.maxTxnChunks() {
 		batch := moves[start:min(start+x.maxTxnChunks(), len(moves))]
@@ -97,7 +99,7 @@ func (x *DB) MoveChunks(from, to pack.ID, moves []Move) (int, error) {
 				if err != nil {
 					return err
 				}
-				if !ok || ci.Pack != from || ci.Off != m.FromOff || ci.Size != m.To.Size {
+				if !ok || ci.Pack != m.From || ci.Off != m.FromOff || ci.InFrame != m.FromInFrame || ci.Size != m.To.Size {
 					continue
 				}
 				if q, err := x.quarantinedIn(txn, m.ID); err != nil {
@@ -105,7 +107,7 @@ func (x *DB) MoveChunks(from, to pack.ID, moves []Move) (int, error) {
 				} else if q {
 					continue // its old copy was found bad: the copy may be too
 				}
-				ci.Pack, ci.Off, ci.Stored = to, m.To.Off, m.To.Stored
+				ci.Pack, ci.Off, ci.Stored, ci.InFrame, ci.Frame = to, m.To.Off, m.To.Stored, m.To.InFrame, m.To.Frame
 				if err := txn.Set(chunkKey(m.ID), ci.Encode()); err != nil {
 					return err
 				}

@@ -193,7 +193,7 @@ func (x *DB) addRefs(txn *badger.Txn, counts map[chunkid.ID]int64, known map[chu
 		}
 		ci.Refs += n
 		ci.Added = now
-		total += ci.Stored * n
+		total += ci.Bytes() * n
 		return txn.Set(chunkKey(id), ci.Encode())
 	}
 	if ids == nil {
@@ -478,12 +478,16 @@ func (x *DB) ListLayers(after digest.Digest, n int) ([]LayerEntry, bool, error) 
 type Stats struct {
 	Layers, Chunks, Steps int64
 	LogicalBytes          int64 // sum of the sizes of all layers
-	StoredBytes           int64 // bytes of all chunk records the index knows
+	StoredBytes           int64 // bytes of all chunk records the index knows (a frame's once)
 	UniqueBytes           int64 // uncompressed bytes of all chunks the index knows
 	ReferencedBytes       int64 // stored bytes of chunks that a layer references
 	// The registry's: repositories, tags and manifest links (a manifest
 	// linked in two repositories counts twice).
 	Repositories, Tags, Manifests int64
+	// StoredBytes by tier: records of one chunk, written by pushes, and
+	// frames of several, written by compaction; and the chunks in each.
+	IngestBytes, CompactedBytes   int64
+	IngestChunks, CompactedChunks int64
 	Quarantined                   int64 // chunks with no good copy (see Quarantine)
 }
 
@@ -503,10 +507,17 @@ func (x *DB) Stats(ctx context.Context) (Stats, error) {
 				s.Chunks++
 				if err := it.Item().Value(func(v []byte) error {
 					ci, err := DecodeChunkInfo(v)
-					s.StoredBytes += ci.Stored
+					s.StoredBytes += ci.Bytes()
 					s.UniqueBytes += ci.Size
+					if ci.Frame == 0 {
+						s.IngestBytes += ci.Bytes()
+						s.IngestChunks++
+					} else {
+						s.CompactedBytes += ci.Bytes()
+						s.CompactedChunks++
+					}
 					if ci.Refs > 0 {
-						s.ReferencedBytes += ci.Stored
+						s.ReferencedBytes += ci.Bytes()
 					}
 					return err
 				}); err != nil {

@@ -69,7 +69,8 @@ func stepKey(key digest.Digest) []byte { return append(append([]byte(nil), idxSt
 func hitsKey(key digest.Digest) []byte { return append(append([]byte(nil), idxHits...), key...) }
 
 // ChunkInfo is the value under c/<id>: where the chunk's record is (pack,
-// offset, length), its uncompressed size, the reference count and when the
+// offset, length) and, if the record is a frame of several chunks, where
+// in the frame; its uncompressed size, the reference count and when the
 // entry was last touched. Refs counts recipe entries of committed layers
 // naming the chunk: a chunk that appears three times in one layer holds
 // three references. An entry with refs 0 is a chunk that is durable in the
@@ -79,42 +80,87 @@ func hitsKey(key digest.Digest) []byte { return append(append([]byte(nil), idxHi
 // within its grace period.
 type ChunkInfo struct {
 	Size   int64 // uncompressed bytes
-	Stored int64 // bytes of the chunk record (header and compressed payload)
+	Stored int64 // bytes of the record (header and compressed payload)
 	Refs   int64
 	Added  int64 // Unix seconds
 	Pack   pack.ID
 	Off    int64 // of the record in the pack
+	// Frame is the uncompressed size of the frame the record holds, 0 if
+	// it holds this chunk alone; InFrame is the chunk's offset in it.
+	InFrame, Frame int64
+}
+
+// Entry returns the pack table entry ci describes.
+func (ci ChunkInfo) Entry(id chunkid.ID) pack.Entry {
+	return pack.Entry{ID: id, Off: ci.Off, Stored: ci.Stored, Size: ci.Size, InFrame: ci.InFrame, Frame: ci.Frame}
+}
+
+// Bytes is the chunk's share of stored bytes: its record's, or, in a
+// frame, the frame record's in proportion to the chunk's size. Accounts
+// of stored bytes add shares, so that a frame counts once.
+func (ci ChunkInfo) Bytes() int64 {
+	if ci.Frame == 0 {
+		return ci.Stored
+	}
+	return ci.Stored * ci.Size / ci.Frame
 }
 
 // Encode returns the stored form: uvarints size, stored, refs, added,
-// offset, then the 16 bytes of the pack name.
+// offset, then the 16 bytes of the pack name, then for a chunk in a frame
+// the uvarints offset in the frame and frame size (entries written before
+// frames end at the pack name, and still read).
 func (ci ChunkInfo) Encode() []byte {
-	b := make([]byte, 0, 5*binary.MaxVarintLen64+len(ci.Pack))
+	b := make([]byte, 0, 7*binary.MaxVarintLen64+len(ci.Pack))
 	b = binary.AppendUvarint(b, uint64(ci.Size))
 	b = binary.AppendUvarint(b, uint64(ci.Stored))
 	b = binary.AppendUvarint(b, uint64(ci.Refs))
 	b = binary.AppendUvarint(b, uint64(ci.Added))
 	b = binary.AppendUvarint(b, uint64(ci.Off))
-	return append(b, ci.Pack[:]...)
+	b = append(b, ci.Pack[:]...)
+	if ci.Frame != 0 {
+		b = binary.AppendUvarint(b, uint64(ci.InFrame))
+		b = binary.AppendUvarint(b, uint64(ci.Frame))
+	}
+	return b
 }
 
 // DecodeChunkInfo parses Encode's output. Anything malformed is
 // ErrDataLoss: readers size buffers and slice packs by these fields.
 func DecodeChunkInfo(b []byte) (ChunkInfo, error) {
-	var v [5]uint64
-	for i := range v {
+	var v [7]uint64
+	bad := fmt.Errorf("%w: corrupt chunk index entry", cerr.ErrDataLoss)
+	for i := range 5 {
 		x, n := binary.Uvarint(b)
 		if n <= 0 {
-			return ChunkInfo{}, fmt.Errorf("%w: corrupt chunk index entry", cerr.ErrDataLoss)
+			return ChunkInfo{}, bad
 		}
 		v[i], b = x, b[n:]
 	}
-	if v[0] < 1 || v[0] > pack.MaxChunkSize || v[1] < pack.HeaderSize || v[1] > pack.MaxRecordSize(v[0]) ||
-		v[2] > math.MaxInt64 || v[3] > math.MaxInt64 || v[4] > math.MaxInt64-v[1] || len(b) != pack.IDSize {
-		return ChunkInfo{}, fmt.Errorf("%w: corrupt chunk index entry", cerr.ErrDataLoss)
+	if len(b) < pack.IDSize {
+		return ChunkInfo{}, bad
 	}
-	ci := ChunkInfo{Size: int64(v[0]), Stored: int64(v[1]), Refs: int64(v[2]), Added: int64(v[3]), Off: int64(v[4])}
-	copy(ci.Pack[:], b)
+	var p pack.ID
+	copy(p[:], b)
+	b = b[pack.IDSize:]
+	if len(b) > 0 {
+		for i := 5; i < 7; i++ {
+			x, n := binary.Uvarint(b)
+			if n <= 0 {
+				return ChunkInfo{}, bad
+			}
+			v[i], b = x, b[n:]
+		}
+		if v[6] == 0 || v[6] > pack.MaxFrameSize || v[5] > v[6] || v[0] > v[6]-v[5] {
+			return ChunkInfo{}, bad
+		}
+	}
+	record := max(v[0], v[6]) // what the record holds uncompressed
+	if v[0] < 1 || v[0] > pack.MaxChunkSize || v[1] < pack.HeaderSize || v[1] > pack.MaxRecordSize(record) ||
+		v[2] > math.MaxInt64 || v[3] > math.MaxInt64 || v[4] > math.MaxInt64-v[1] || len(b) != 0 {
+		return ChunkInfo{}, bad
+	}
+	ci := ChunkInfo{Size: int64(v[0]), Stored: int64(v[1]), Refs: int64(v[2]), Added: int64(v[3]), Off: int64(v[4]),
+		Pack: p, InFrame: int64(v[5]), Frame: int64(v[6])}
 	return ci, nil
 }
 

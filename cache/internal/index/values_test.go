@@ -16,6 +16,9 @@ import (
 
 var (
 	goldenChunk = ChunkInfo{Size: 262144, Stored: 70001, Refs: 3, Added: 1700000000, Pack: pack.ID{0xab, 0xcd, 15: 0xef}, Off: 4190000}
+	// A chunk in a frame of several (a compacted pack).
+	goldenFramed = ChunkInfo{Size: 262144, Stored: 900001, Refs: 3, Added: 1700000000, Pack: pack.ID{0xab, 0xcd, 15: 0xef}, Off: 4190000,
+		InFrame: 1 << 20, Frame: 4000000}
 	goldenLayer = &LayerRecord{Digest: digest.FromString("layer"), Size: 300, Stored: 120,
 		MediaType: "application/vnd.oci.image.layer.v1.tar", Created: time.Unix(1700000000, 5).UTC(),
 		Recipe: []RecipeEntry{{ID: chunkid.Sum([]byte("a")), Size: 100}, {ID: chunkid.Sum([]byte("b")), Size: 200}}}
@@ -35,6 +38,10 @@ func TestGolden(t *testing.T) {
 	stored := golden.Hex(t, "chunk-info.hex", goldenChunk.Encode())
 	if ci, err := DecodeChunkInfo(stored); err != nil || ci != goldenChunk {
 		t.Errorf("stored chunk info decodes as %+v, %v", ci, err)
+	}
+	stored = golden.Hex(t, "chunk-info-framed.hex", goldenFramed.Encode())
+	if ci, err := DecodeChunkInfo(stored); err != nil || ci != goldenFramed {
+		t.Errorf("stored framed chunk info decodes as %+v, %v", ci, err)
 	}
 	stored = golden.Hex(t, "layer-record.hex", goldenLayer.Encode())
 	lr, err := DecodeLayerRecord(goldenLayer.Digest, stored)
@@ -128,6 +135,7 @@ func FuzzLayerRecord(f *testing.F) {
 // decodes must be within bounds.
 func FuzzChunkInfo(f *testing.F) {
 	f.Add(goldenChunk.Encode())
+	f.Add(goldenFramed.Encode())
 	f.Add([]byte{0x80})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		ci, err := DecodeChunkInfo(b)
@@ -137,7 +145,9 @@ func FuzzChunkInfo(f *testing.F) {
 			}
 			return
 		}
-		if ci.Size < 1 || ci.Size > pack.MaxChunkSize || ci.Stored < pack.HeaderSize || uint64(ci.Stored) > pack.MaxRecordSize(uint64(ci.Size)) ||
+		record := max(ci.Size, ci.Frame)
+		if ci.Size < 1 || ci.Size > pack.MaxChunkSize || ci.Stored < pack.HeaderSize || uint64(ci.Stored) > pack.MaxRecordSize(uint64(record)) ||
+			ci.Frame < 0 || ci.Frame > pack.MaxFrameSize || ci.InFrame < 0 || (ci.Frame > 0 && ci.InFrame+ci.Size > ci.Frame) || (ci.Frame == 0 && ci.InFrame != 0) ||
 			ci.Refs < 0 || ci.Added < 0 || ci.Off < 0 || ci.Off+ci.Stored < 0 {
 			t.Fatalf("accepted %+v", ci)
 		}

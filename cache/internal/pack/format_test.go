@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"slices"
 	"testing"
 
 	"github.com/cairnbuild/cairn/internal/golden"
@@ -19,27 +20,52 @@ var goldenEntries = []Entry{
 	{ID: chunkid.Sum([]byte("two")), Off: 100, Stored: 20, Size: 1 << 20},
 }
 
-// The stored formats are pinned: a chunk record header and a pack's table
-// and footer.
+// Version 2: a record of one chunk, then a frame of three.
+var goldenEntries2 = []Entry{
+	{ID: chunkid.Sum([]byte("one")), Off: 0, Stored: 100, Size: 300},
+	{ID: chunkid.Sum([]byte("two")), Off: 100, Stored: 50, Size: 1000, InFrame: 0, Frame: 1600},
+	{ID: chunkid.Sum([]byte("three")), Off: 100, Stored: 50, Size: 500, InFrame: 1000, Frame: 1600},
+	{ID: chunkid.Sum([]byte("four")), Off: 100, Stored: 50, Size: 100, InFrame: 1500, Frame: 1600},
+}
+
+// The stored formats are pinned: a record header of each codec and a
+// pack's table and footer in each version (version 1 is still read).
 func TestGolden(t *testing.T) {
 	hdr := make([]byte, HeaderSize)
 	PutHeader(hdr, 1234)
 	stored := golden.Hex(t, "chunk-header.hex", hdr)
-	if size, payload, err := ParseHeader(stored); err != nil || size != 1234 || len(payload) != 0 {
-		t.Errorf("stored header parses as %d, %d payload bytes, %v", size, len(payload), err)
+	if size, frame, payload, err := ParseHeader(stored); err != nil || size != 1234 || frame || len(payload) != 0 {
+		t.Errorf("stored header parses as %d, frame %v, %d payload bytes, %v", size, frame, len(payload), err)
+	}
+	PutFrameHeader(hdr, 1600)
+	stored = golden.Hex(t, "frame-header.hex", hdr)
+	if size, frame, payload, err := ParseHeader(stored); err != nil || size != 1600 || !frame || len(payload) != 0 {
+		t.Errorf("stored frame header parses as %d, frame %v, %d payload bytes, %v", size, frame, len(payload), err)
 	}
 
-	tail := AppendTable(nil, goldenEntries)
-	stored = golden.Hex(t, "pack-table.hex", tail)
-	packSize := int64(120 + len(stored))
-	footer := stored[len(stored)-FooterSize:]
-	n, err := ParseFooter(footer, packSize)
-	if err != nil || n != 2 {
-		t.Fatalf("stored footer: %d entries, %v", n, err)
+	for _, tc := range []struct {
+		file    string
+		version byte
+		entries []Entry
+		records int64
+	}{
+		{"pack-table.hex", 1, goldenEntries, 120},
+		{"pack-table-v2.hex", 2, goldenEntries2, 150},
+	} {
+		stored = golden.Hex(t, tc.file, appendTable(nil, tc.entries, tc.version))
+		packSize := tc.records + int64(len(stored))
+		footer := stored[len(stored)-FooterSize:]
+		n, size, err := ParseFooter(footer, packSize)
+		if err != nil || n != len(tc.entries) || size != len(stored)-FooterSize {
+			t.Fatalf("%s: stored footer: %d entries in %d bytes, %v", tc.file, n, size, err)
+		}
+		got, err := ParseTable(stored[:len(stored)-FooterSize], footer, packSize)
+		if err != nil || !slices.Equal(got, tc.entries) {
+			t.Errorf("%s: stored table parses as %+v, %v", tc.file, got, err)
+		}
 	}
-	got, err := ParseTable(stored[:len(stored)-FooterSize], footer, packSize)
-	if err != nil || len(got) != 2 || got[0] != goldenEntries[0] || got[1] != goldenEntries[1] {
-		t.Errorf("stored table parses as %+v, %v", got, err)
+	if !bytes.Equal(AppendTable(nil, goldenEntries2), appendTable(nil, goldenEntries2, 2)) {
+		t.Error("AppendTable does not write version 2")
 	}
 }
 
@@ -60,18 +86,7 @@ func TestKey(t *testing.T) {
 	}
 }
 
-func parsePack(b []byte) ([]Entry, error) {
-	if len(b) < FooterSize {
-		return nil, errors.New("short")
-	}
-	footer := b[len(b)-FooterSize:]
-	n, err := ParseFooter(footer, int64(len(b)))
-	if err != nil {
-		return nil, err
-	}
-	start := len(b) - FooterSize - n*EntrySize
-	return ParseTable(b[start:len(b)-FooterSize], footer, int64(len(b)))
-}
+func parsePack(b []byte) ([]Entry, error) { return Parse(b) }
 
 func flip(b []byte, i int) []byte {
 	c := bytes.Clone(b)
@@ -108,13 +123,31 @@ func TestTable(t *testing.T) {
 			t.Errorf("%s: accepted", tc.reason)
 		}
 	}
-	// Entries must describe records back to back, ending at the table.
+	// A frame's chunks share its record and fill it.
+	framed := []Entry{
+		{ID: chunkid.ID{1}, Off: 0, Stored: 100, Size: 300, InFrame: 0, Frame: 400},
+		{ID: chunkid.ID{2}, Off: 0, Stored: 100, Size: 100, InFrame: 300, Frame: 400},
+		{ID: chunkid.ID{3}, Off: 100, Stored: 20, Size: 7},
+	}
+	if got, err := parsePack(AppendTable(bytes.Clone(records), framed)); err != nil || !slices.Equal(got, framed) {
+		t.Fatalf("frames round trip: %+v, %v", got, err)
+	}
+	// Entries must describe records back to back, ending at the table,
+	// and frames exactly filled by their chunks.
 	for _, bad := range [][]Entry{
 		{{ID: chunkid.ID{1}, Off: 0, Stored: 100, Size: 300}, {ID: chunkid.ID{2}, Off: 101, Stored: 19, Size: 1}},
 		{{ID: chunkid.ID{1}, Off: 0, Stored: 120, Size: 0}},
 		{{ID: chunkid.ID{1}, Off: 0, Stored: 120, Size: MaxChunkSize + 1}},
 		{{ID: chunkid.ID{1}, Off: 0, Stored: 8, Size: 1}, {ID: chunkid.ID{2}, Off: 8, Stored: 112, Size: 1}},
 		{{ID: chunkid.ID{1}, Off: 0, Stored: 119, Size: 1}},
+		{{ID: chunkid.ID{1}, Off: 0, Stored: 120, Size: 1, InFrame: 1}},                                       // in a frame of none
+		{{ID: chunkid.ID{1}, Off: 0, Stored: 120, Size: 300, Frame: 400}},                                     // frame not filled
+		{{ID: chunkid.ID{1}, Off: 0, Stored: 120, Size: 300, InFrame: 200, Frame: 400}},                       // past the frame
+		{{ID: chunkid.ID{1}, Off: 0, Stored: 120, Size: 300, Frame: MaxFrameSize + 1}},                        // frame too large
+		{{ID: chunkid.ID{1}, Off: 0, Stored: 120, Size: 300, InFrame: 100, Frame: 400}},                       // frame starts inside
+		{framed[0], {ID: chunkid.ID{2}, Off: 0, Stored: 100, Size: 100, InFrame: 200, Frame: 400}, framed[2]}, // overlap
+		{framed[0], {ID: chunkid.ID{2}, Off: 0, Stored: 120, Size: 100, InFrame: 300, Frame: 400}},            // other record length
+		{framed[0], {ID: chunkid.ID{2}, Off: 100, Stored: 20, Size: 7}},                                       // frame left unfilled
 	} {
 		if got, err := parsePack(AppendTable(bytes.Clone(records), bad)); err == nil {
 			t.Errorf("table %+v accepted as %+v", bad, got)
@@ -153,6 +186,7 @@ func TestSeal(t *testing.T) {
 	}{
 		{"record header damaged", func(b []byte, e []Entry) ([]byte, []Entry) { b[e[1].Off] ^= 1; return b, e }},
 		{"size differs from the header", func(b []byte, e []Entry) ([]byte, []Entry) { e[2].Size++; return b, e }},
+		{"a record of one chunk said to be a frame", func(b []byte, e []Entry) ([]byte, []Entry) { e[2].Frame = e[2].Size; return b, e }},
 		{"records and entries disagree", func(b []byte, e []Entry) ([]byte, []Entry) { return b[:len(b)-1], e }},
 		{"no entries", func(b []byte, e []Entry) ([]byte, []Entry) { return nil, nil }},
 	} {
@@ -229,11 +263,11 @@ func FuzzHeader(f *testing.F) {
 	f.Add(hdr)
 	f.Add([]byte("CRNC"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		size, payload, err := ParseHeader(b)
+		size, frame, payload, err := ParseHeader(b)
 		if err != nil {
 			return
 		}
-		if size < 1 || size > MaxChunkSize || len(payload) != len(b)-HeaderSize {
+		if size < 1 || size > MaxChunkSize || (frame && size > MaxFrameSize) || len(payload) != len(b)-HeaderSize {
 			t.Fatalf("accepted size %d, payload %d of %d", size, len(payload), len(b))
 		}
 	})
@@ -241,28 +275,39 @@ func FuzzHeader(f *testing.F) {
 
 func FuzzTable(f *testing.F) {
 	f.Add(AppendTable(make([]byte, 120), []Entry{{ID: chunkid.ID{1}, Stored: 100, Size: 300}, {ID: chunkid.ID{2}, Off: 100, Stored: 20, Size: 7}}))
+	f.Add(appendTable(make([]byte, 120), goldenEntries, 1))
+	f.Add(AppendTable(make([]byte, 150), goldenEntries2))
 	f.Add(AppendTable(nil, nil))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if len(b) < FooterSize {
 			return
 		}
 		footer := b[len(b)-FooterSize:]
-		n, err := ParseFooter(footer, int64(len(b)))
+		_, size, err := ParseFooter(footer, int64(len(b)))
 		if err != nil {
 			return
 		}
-		start := len(b) - FooterSize - n*EntrySize
+		start := len(b) - FooterSize - size
 		if start < 0 {
-			t.Fatalf("footer of %d entries accepted in %d bytes", n, len(b))
+			t.Fatalf("footer of a %d-byte table accepted in %d bytes", size, len(b))
 		}
 		entries, err := ParseTable(b[start:len(b)-FooterSize], footer, int64(len(b)))
 		if err != nil {
 			return
 		}
 		var next int64
-		for _, e := range entries {
-			if e.Off != next || e.Stored < HeaderSize || e.Size <= 0 || e.Size > MaxChunkSize {
+		for i, e := range entries {
+			if e.Stored < HeaderSize || e.Size <= 0 || e.Size > MaxChunkSize || e.Frame > MaxFrameSize || e.InFrame+e.Size > max(e.Frame, e.Size) {
 				t.Fatalf("accepted entry %+v", e)
+			}
+			if e.InFrame > 0 { // inside a frame: right after its predecessor
+				if p := entries[i-1]; p.Off != e.Off || p.InFrame+p.Size != e.InFrame {
+					t.Fatalf("accepted entry %+v after %+v", e, p)
+				}
+				continue
+			}
+			if e.Off != next {
+				t.Fatalf("accepted entry %+v, records end at %d", e, next)
 			}
 			next += e.Stored
 		}

@@ -11,9 +11,9 @@ import (
 )
 
 // tailGuess is how much of a pack's end ReadTable fetches first: the
-// footer and a table of up to 340 entries, which holds every pack of chunks
-// of the default sizes (about 60 per 4 MiB pack); a larger table costs a
-// second read.
+// footer and a table of up to 290 entries, which holds every pack of chunks
+// of the default sizes (about 60 per 4 MiB pack written by a push, about
+// four times that in a compacted one); a larger table costs a second read.
 const tailGuess = 16 << 10
 
 // ReadTable reads the table of the pack stored under key, of size bytes,
@@ -30,11 +30,11 @@ func ReadTable(ctx context.Context, store backend.Store, key string, size int64)
 		return nil, err
 	}
 	footer := tail[len(tail)-FooterSize:]
-	count, err := ParseFooter(footer, size)
+	_, tableSize, err := ParseFooter(footer, size)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", cerr.ErrDataLoss, key, err)
 	}
-	tableLen := int64(count * EntrySize)
+	tableLen := int64(tableSize)
 	var table []byte
 	if tableLen+FooterSize <= n {
 		table = tail[n-FooterSize-tableLen : n-FooterSize]

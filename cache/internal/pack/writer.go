@@ -20,11 +20,11 @@ func Seal(records []byte, entries []Entry) ([]byte, error) {
 	body := AppendTable(records, entries)
 	size := int64(len(body))
 	footer := body[len(body)-FooterSize:]
-	count, err := ParseFooter(footer, size)
+	_, tableSize, err := ParseFooter(footer, size)
 	if err != nil {
 		return nil, fmt.Errorf("pack: seal: footer reads back wrong: %w", err)
 	}
-	table := body[n : n+count*EntrySize]
+	table := body[n : n+tableSize]
 	got, err := ParseTable(table, footer, size)
 	if err != nil {
 		return nil, fmt.Errorf("pack: seal: table reads back wrong: %w", err)
@@ -33,10 +33,28 @@ func Seal(records []byte, entries []Entry) ([]byte, error) {
 		if e != entries[i] {
 			return nil, fmt.Errorf("pack: seal: entry %d reads back as %+v, wrote %+v", i, e, entries[i])
 		}
-		hs, _, err := ParseHeader(body[e.Off : e.Off+e.Stored])
-		if err != nil || hs != e.Size {
-			return nil, fmt.Errorf("pack: seal: record %d (%s): header says %d bytes, entry %d: %v", i, e.ID, hs, e.Size, err)
+		hs, frame, _, err := ParseHeader(body[e.Off : e.Off+e.Stored])
+		want := e.Size
+		if e.Frame != 0 {
+			want = e.Frame
+		}
+		if err != nil || hs != want || frame != (e.Frame != 0) {
+			return nil, fmt.Errorf("pack: seal: record %d (%s): header says %d bytes (frame %v), entry %+v: %v", i, e.ID, hs, frame, e, err)
 		}
 	}
 	return body, nil
+}
+
+// Parse returns the table of a pack read whole.
+func Parse(body []byte) ([]Entry, error) {
+	if len(body) < FooterSize {
+		return nil, fmt.Errorf("%d bytes, too short for a pack", len(body))
+	}
+	footer := body[len(body)-FooterSize:]
+	_, tableSize, err := ParseFooter(footer, int64(len(body)))
+	if err != nil {
+		return nil, err
+	}
+	start := len(body) - FooterSize - tableSize
+	return ParseTable(body[start:len(body)-FooterSize], footer, int64(len(body)))
 }
