@@ -112,6 +112,12 @@ type GCOptions struct {
 	// never evicts, matched against whole tags; empty means the server's
 	// (cairn serve --keep-tags).
 	KeepTags string
+	// CompactAge, if positive, compacts the packs of the ingest tier none
+	// of whose chunks was touched within it; zero means the server's
+	// (cairn serve --compact-age). NoCompact compacts nothing in this
+	// run.
+	CompactAge time.Duration
+	NoCompact  bool
 }
 
 // GCReport is a collection's plan and what it did.
@@ -148,6 +154,13 @@ type GCReport struct {
 	EvictedLayers    int64 `json:"evicted_layers"`
 	EvictedManifests int64 `json:"evicted_manifests"`
 	EvictedBytes     int64 `json:"evicted_bytes"`
+	// The compaction: packs of the ingest tier planned for it, and (zero
+	// on a dry run) the packs compacted, the uncompressed bytes of the
+	// chunks they held and the bytes of the packs written.
+	CompactPacks   int64 `json:"compact_packs"`
+	CompactedPacks int64 `json:"compacted_packs"`
+	CompactRead    int64 `json:"compact_read_bytes"`
+	CompactWritten int64 `json:"compact_written_bytes"`
 }
 
 // GC asks the server to collect garbage (or, with DryRun, only to plan).
@@ -169,6 +182,12 @@ func (c *Client) GC(ctx context.Context, opts GCOptions) (GCReport, error) {
 	case opts.UntaggedMaxAge > 0:
 		req.UntaggedMaxAge = durationpb.New(opts.UntaggedMaxAge)
 	}
+	switch {
+	case opts.NoCompact:
+		req.CompactAge = durationpb.New(0)
+	case opts.CompactAge > 0:
+		req.CompactAge = durationpb.New(opts.CompactAge)
+	}
 	req.MaxSize, req.KeepTags = opts.MaxSize, opts.KeepTags
 	resp, err := c.layers.CollectGarbage(ctx, req)
 	if err != nil {
@@ -188,5 +207,7 @@ func (c *Client) GC(ctx context.Context, opts GCOptions) (GCReport, error) {
 		DeletedLayers: resp.GetDeletedLayerCount(), StoredBytes: resp.GetStoredBytes(),
 		EvictedLayers: resp.GetEvictedLayerCount(), EvictedManifests: resp.GetEvictedManifestCount(),
 		EvictedBytes: resp.GetEvictedBytes(),
+		CompactPacks: resp.GetCompactPackCount(), CompactedPacks: resp.GetCompactedPackCount(),
+		CompactRead: resp.GetCompactReadBytes(), CompactWritten: resp.GetCompactWrittenBytes(),
 	}, nil
 }

@@ -258,6 +258,8 @@ func (f *fakeServer) GetStats(context.Context, *cairnv1.GetStatsRequest) (*cairn
 	for _, data := range f.chunks {
 		resp.StoredSizeBytes += int64(len(data)) / 2
 	}
+	// The fake compacts nothing: every chunk is in the ingest tier.
+	resp.IngestStoredSizeBytes, resp.IngestChunkCount = resp.StoredSizeBytes, resp.ChunkCount
 	repos, manifests := map[string]bool{}, map[string]bool{}
 	for _, img := range f.images {
 		repos[img.GetRepository()] = true

@@ -42,7 +42,8 @@ func (f *gcFake) last() *cairnv1.CollectGarbageRequest {
 // the response's fields reach GCReport.
 func TestGCOptionsAndReport(t *testing.T) {
 	f := &gcFake{resp: &cairnv1.CollectGarbageResponse{StaleStepCount: 1, UnreachedLayerCount: 2, UntaggedManifestCount: 3,
-		DeletedLayerCount: 4, StoredBytes: 5, EvictedLayerCount: 6, EvictedManifestCount: 7, EvictedBytes: 8}}
+		DeletedLayerCount: 4, StoredBytes: 5, EvictedLayerCount: 6, EvictedManifestCount: 7, EvictedBytes: 8,
+		CompactPackCount: 9, CompactedPackCount: 10, CompactReadBytes: 11, CompactWrittenBytes: 12}}
 	lis := bufconn.Listen(1 << 20)
 	s := grpc.NewServer()
 	cairnv1.RegisterLayerServiceServer(s, f)
@@ -65,6 +66,8 @@ func TestGCOptionsAndReport(t *testing.T) {
 		{GCOptions{UntaggedMaxAge: time.Hour, MaxSize: 10 << 30, KeepTags: "main|v.*"},
 			&cairnv1.CollectGarbageRequest{UntaggedMaxAge: durationpb.New(time.Hour), MaxSize: 10 << 30, KeepTags: "main|v.*"}},
 		{GCOptions{NoUntaggedMaxAge: true}, &cairnv1.CollectGarbageRequest{UntaggedMaxAge: durationpb.New(0)}},
+		{GCOptions{CompactAge: 6 * time.Hour}, &cairnv1.CollectGarbageRequest{CompactAge: durationpb.New(6 * time.Hour)}},
+		{GCOptions{NoCompact: true}, &cairnv1.CollectGarbageRequest{CompactAge: durationpb.New(0)}},
 	} {
 		rep, err := c.GC(ctx, tc.opts)
 		if err != nil {
@@ -74,10 +77,13 @@ func TestGCOptionsAndReport(t *testing.T) {
 			t.Errorf("GC(%+v): sent %v, want %v", tc.opts, got, tc.want)
 		}
 		want := GCReport{StaleSteps: 1, UnreachedLayers: 2, UntaggedManifests: 3, DeletedLayers: 4,
-			StoredBytes: 5, EvictedLayers: 6, EvictedManifests: 7, EvictedBytes: 8}
+			StoredBytes: 5, EvictedLayers: 6, EvictedManifests: 7, EvictedBytes: 8,
+			CompactPacks: 9, CompactedPacks: 10, CompactRead: 11, CompactWritten: 12}
 		if rep.StaleSteps != want.StaleSteps || rep.UnreachedLayers != want.UnreachedLayers || rep.UntaggedManifests != want.UntaggedManifests ||
 			rep.DeletedLayers != want.DeletedLayers || rep.StoredBytes != want.StoredBytes || rep.EvictedLayers != want.EvictedLayers ||
-			rep.EvictedManifests != want.EvictedManifests || rep.EvictedBytes != want.EvictedBytes {
+			rep.EvictedManifests != want.EvictedManifests || rep.EvictedBytes != want.EvictedBytes ||
+			rep.CompactPacks != want.CompactPacks || rep.CompactedPacks != want.CompactedPacks ||
+			rep.CompactRead != want.CompactRead || rep.CompactWritten != want.CompactWritten {
 			t.Errorf("GC report: got %+v, want %+v", rep, want)
 		}
 	}

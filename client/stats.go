@@ -33,6 +33,14 @@ type Stats struct {
 	// Quarantined counts chunks the server found bad (on a read or a
 	// verify) that no push has supplied again yet.
 	Quarantined int64 `json:"quarantined_chunks"`
+	// StoredBytes and Chunks by tier: the ingest tier holds chunks as
+	// pushes store them, one compressed record each; the compacted tier
+	// the chunks a collection rewrote into frames of several, compressed
+	// harder, once they went untouched for the compact age.
+	IngestBytes     int64 `json:"ingest_stored_bytes"`
+	CompactedBytes  int64 `json:"compacted_stored_bytes"`
+	IngestChunks    int64 `json:"ingest_chunks"`
+	CompactedChunks int64 `json:"compacted_chunks"`
 }
 
 // Stats returns the server's totals, in one call. The server walks its
@@ -54,6 +62,11 @@ func (c *Client) Stats(ctx context.Context) (Stats, error) {
 		Tags:         resp.GetTagCount(),
 		Manifests:    resp.GetManifestCount(),
 		Quarantined:  resp.GetQuarantinedChunkCount(),
+
+		IngestBytes:     resp.GetIngestStoredSizeBytes(),
+		CompactedBytes:  resp.GetCompactedStoredSizeBytes(),
+		IngestChunks:    resp.GetIngestChunkCount(),
+		CompactedChunks: resp.GetCompactedChunkCount(),
 	}
 	if st.StoredBytes > 0 {
 		st.DedupRatio = float64(st.LogicalBytes) / float64(st.StoredBytes)

@@ -46,7 +46,8 @@ func TestStats(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Stats{Layers: 5, Chunks: chunks, Steps: 1, LogicalBytes: logical, StoredBytes: logical / 2, DedupRatio: 2}
+	want := Stats{Layers: 5, Chunks: chunks, Steps: 1, LogicalBytes: logical, StoredBytes: logical / 2, DedupRatio: 2,
+		IngestBytes: logical / 2, IngestChunks: chunks} // the fake compacts nothing
 	// The fake halves each chunk's size, rounding down.
 	if st.StoredBytes > want.StoredBytes || st.StoredBytes < want.StoredBytes-chunks {
 		t.Errorf("stored bytes %d, want about %d", st.StoredBytes, want.StoredBytes)
@@ -54,7 +55,10 @@ func TestStats(t *testing.T) {
 	if st.DedupRatio < 2 || st.DedupRatio > 2.01 {
 		t.Errorf("dedup ratio %v, want logical / stored, about 2", st.DedupRatio)
 	}
-	st.StoredBytes, st.DedupRatio = want.StoredBytes, want.DedupRatio
+	if st.IngestBytes != st.StoredBytes {
+		t.Errorf("ingest tier %d bytes, want the %d stored", st.IngestBytes, st.StoredBytes)
+	}
+	st.StoredBytes, st.DedupRatio, st.IngestBytes = want.StoredBytes, want.DedupRatio, want.IngestBytes
 	if st != want {
 		t.Errorf("Stats = %+v, want %+v", st, want)
 	}

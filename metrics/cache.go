@@ -31,6 +31,11 @@ type StatsFunc func(ctx context.Context) (cache.Stats, error)
 //     stored).
 //   - cairn_quarantined_chunks: chunks a read or a verify found bad that
 //     no push has supplied again (alert on it above 0).
+//   - cairn_tier_stored_bytes and cairn_tier_chunks, with a tier label:
+//     the stored bytes and the chunks of the ingest tier (records of one
+//     chunk, as pushes write them) and of the compacted tier (frames of
+//     several, as compaction writes them). The tiers' bytes sum to
+//     cairn_stored_bytes, their chunks to cairn_chunks.
 //
 // A walk's result is reused for Interval; a walk that fails is logged and
 // the gauges are left out of that scrape. It is safe for concurrent use.
@@ -40,6 +45,7 @@ type CacheCollector struct {
 	log      *slog.Logger
 
 	layers, chunks, steps, logical, stored, ratio, quarantined *prometheus.Desc
+	tierStored, tierChunks                                     *prometheus.Desc
 
 	mu   sync.Mutex
 	last cache.Stats
@@ -65,12 +71,16 @@ func NewCacheCollector(stats StatsFunc, interval time.Duration, log *slog.Logger
 		ratio:   prometheus.NewDesc("cairn_dedup_ratio", "Logical bytes over stored bytes (dedup and compression together).", nil, nil),
 		quarantined: prometheus.NewDesc("cairn_quarantined_chunks",
 			"Chunks whose stored copy a read or a verify found bad, until a push supplies them again.", nil, nil),
+		tierStored: prometheus.NewDesc("cairn_tier_stored_bytes",
+			"Stored bytes by tier: ingest (records of one chunk, as pushed) or compacted (frames of several, as compaction writes them).", []string{"tier"}, nil),
+		tierChunks: prometheus.NewDesc("cairn_tier_chunks",
+			"Distinct chunks stored, by tier: ingest (records of one chunk, as pushed) or compacted (frames of several).", []string{"tier"}, nil),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *CacheCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.layers, c.chunks, c.steps, c.logical, c.stored, c.ratio, c.quarantined} {
+	for _, d := range []*prometheus.Desc{c.layers, c.chunks, c.steps, c.logical, c.stored, c.ratio, c.quarantined, c.tierStored, c.tierChunks} {
 		ch <- d
 	}
 }
@@ -81,8 +91,8 @@ func (c *CacheCollector) Collect(ch chan<- prometheus.Metric) {
 	if !ok {
 		return
 	}
-	gauge := func(d *prometheus.Desc, v float64) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v)
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
 	gauge(c.layers, float64(s.Layers))
 	gauge(c.chunks, float64(s.Chunks))
@@ -95,6 +105,10 @@ func (c *CacheCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(c.ratio, ratio)
 	gauge(c.quarantined, float64(s.Quarantined))
+	gauge(c.tierStored, float64(s.IngestBytes), "ingest")
+	gauge(c.tierStored, float64(s.CompactedBytes), "compacted")
+	gauge(c.tierChunks, float64(s.IngestChunks), "ingest")
+	gauge(c.tierChunks, float64(s.CompactedChunks), "compacted")
 }
 
 // get returns the last walk's result if it is fresh, else walks again.

@@ -98,7 +98,8 @@ func TestCacheCollector(t *testing.T) {
 		if fail {
 			return cache.Stats{}, errors.New("index down")
 		}
-		return cache.Stats{Layers: 2, Chunks: 10, Steps: 3, LogicalBytes: 4000, StoredBytes: 1000}, nil
+		return cache.Stats{Layers: 2, Chunks: 10, Steps: 3, LogicalBytes: 4000, StoredBytes: 1000,
+			IngestBytes: 700, CompactedBytes: 300, IngestChunks: 6, CompactedChunks: 4}, nil
 	}
 	c := NewCacheCollector(stats, time.Hour, nil)
 	reg := prometheus.NewRegistry()
@@ -111,8 +112,21 @@ func TestCacheCollector(t *testing.T) {
 			t.Errorf("%s = %v, want %v", name, got, want)
 		}
 	}
+	for _, tc := range []struct {
+		name, tier string
+		want       float64
+	}{
+		{"cairn_tier_stored_bytes", "ingest", 700},
+		{"cairn_tier_stored_bytes", "compacted", 300},
+		{"cairn_tier_chunks", "ingest", 6},
+		{"cairn_tier_chunks", "compacted", 4},
+	} {
+		if got := value(t, reg, tc.name, map[string]string{"tier": tc.tier}); got != tc.want {
+			t.Errorf("%s{tier=%q} = %v, want %v", tc.name, tc.tier, got, tc.want)
+		}
+	}
 	if calls != 1 {
-		t.Errorf("%d Stats walks for two scrapes within the interval, want 1", calls)
+		t.Errorf("%d Stats walks for several scrapes within the interval, want 1", calls)
 	}
 
 	// A failing walk leaves the gauges out instead of failing the scrape.
@@ -160,4 +174,31 @@ series:
 		return m.GetGauge().GetValue()
 	}
 	return -1
+}
+
+// TestGCCollector: each cache.GCStats count is its own counter, read on
+// each scrape, and the last end appears only once a run has ended.
+func TestGCCollector(t *testing.T) {
+	var st cache.GCStats
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewGCCollector(func() cache.GCStats { return st }))
+	if got := family(t, reg, "cairn_gc_last_end_timestamp_seconds"); got != nil {
+		t.Errorf("before any run: %v, want no last end", got)
+	}
+	st = cache.GCStats{Runs: 3, Failures: 1, FreedBytes: 1000, DeletedPacks: 4, RewrittenPacks: 2, DeletedChunks: 50,
+		CompactedPacks: 5, CompactRead: 6 << 20, CompactWritten: 2 << 20,
+		LastDuration: 1500 * time.Millisecond, LastEnd: time.Unix(1700000000, 0)}
+	for name, want := range map[string]float64{
+		"cairn_gc_runs_total": 3, "cairn_gc_failures_total": 1, "cairn_gc_freed_bytes_total": 1000,
+		"cairn_gc_packs_deleted_total": 4, "cairn_gc_packs_rewritten_total": 2, "cairn_gc_chunks_deleted_total": 50,
+		"cairn_compaction_packs_total": 5, "cairn_compaction_read_bytes_total": 6 << 20, "cairn_compaction_written_bytes_total": 2 << 20,
+		"cairn_gc_last_duration_seconds": 1.5, "cairn_gc_last_end_timestamp_seconds": 1700000000,
+	} {
+		if got := value(t, reg, name, nil); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+	if mf := family(t, reg, "cairn_compaction_read_bytes_total"); mf.GetType() != dto.MetricType_COUNTER {
+		t.Errorf("cairn_compaction_read_bytes_total is a %v, want a counter", mf.GetType())
+	}
 }

@@ -15,8 +15,9 @@ import (
 // GCDefaults are the collection settings CollectGarbage applies where a
 // request leaves them unset: the server's configuration, which cmd/cairn
 // serve also gives its background collection (--untagged-max-age,
-// --max-size, --keep-tags). The zero value is the cache's defaults: a day
-// for untagged manifests, no quota.
+// --max-size, --keep-tags, --compact-age, --compact-pace). The zero value
+// is the cache's defaults: a day for untagged manifests, no quota, no
+// compaction.
 type GCDefaults struct {
 	// UntaggedMaxAge, as cache.GCOptions has it: 0 means
 	// cache.DefaultUntaggedMaxAge, negative none.
@@ -27,6 +28,15 @@ type GCDefaults struct {
 	// is protected. It is used as given: anchor it (^(?:...)$) to match
 	// whole tags.
 	KeepTags *regexp.Regexp
+	// CompactAge, as cache.GCOptions has it: if positive, the packs of
+	// the ingest tier none of whose chunks was touched within it are
+	// compacted; 0 (or negative) means no compaction. cmd/cairn serve
+	// gives cache.DefaultCompactAge unless told otherwise.
+	CompactAge time.Duration
+	// CompactPace, as cache.GCOptions has it, is the share of one core a
+	// compaction may take; 0 means no rest. A request cannot change it:
+	// the server's load is the server's to bound.
+	CompactPace float64
 }
 
 // maxKeepTags bounds a request's keep_tags pattern, in bytes.
@@ -70,6 +80,10 @@ func (s *layerService) CollectGarbage(ctx context.Context, req *cairnv1.CollectG
 		EvictedLayerCount:     rep.EvictedLayers,
 		EvictedManifestCount:  rep.EvictedManifests,
 		EvictedBytes:          rep.EvictedBytes,
+		CompactPackCount:      int64(len(rep.Compact)),
+		CompactedPackCount:    rep.CompactedPacks,
+		CompactReadBytes:      rep.CompactRead,
+		CompactWrittenBytes:   rep.CompactWritten,
 	}, nil
 }
 
@@ -112,6 +126,13 @@ func (s *layerService) gcOptions(req *cairnv1.CollectGarbageRequest) (cache.GCOp
 		if opts.KeepTags, err = keepTags(k); err != nil {
 			return opts, fieldErr("keep_tags", fmt.Errorf("%w: %w", errInvalidArgument, err))
 		}
+	}
+	opts.CompactAge, opts.CompactPace = s.gcDefaults.CompactAge, s.gcDefaults.CompactPace
+	if a := req.GetCompactAge(); a != nil {
+		if err := a.CheckValid(); err != nil || a.AsDuration() < 0 {
+			return opts, fieldErr("compact_age", fmt.Errorf("%w: %v, want a duration of 0 (no compaction) or more", errInvalidArgument, a.AsDuration()))
+		}
+		opts.CompactAge = a.AsDuration() // zero: none, as the cache has it
 	}
 	return opts, nil
 }

@@ -535,16 +535,20 @@ func (s *layerService) GetStats(ctx context.Context, _ *cairnv1.GetStatsRequest)
 		return nil, toStatus(err)
 	}
 	return &cairnv1.GetStatsResponse{
-		LayerCount:            st.Layers,
-		ChunkCount:            st.Chunks,
-		StepCount:             st.Steps,
-		LogicalSizeBytes:      st.LogicalBytes,
-		StoredSizeBytes:       st.StoredBytes,
-		UniqueSizeBytes:       st.UniqueBytes,
-		RepositoryCount:       st.Repositories,
-		TagCount:              st.Tags,
-		ManifestCount:         st.Manifests,
-		QuarantinedChunkCount: st.Quarantined,
+		LayerCount:               st.Layers,
+		ChunkCount:               st.Chunks,
+		StepCount:                st.Steps,
+		LogicalSizeBytes:         st.LogicalBytes,
+		StoredSizeBytes:          st.StoredBytes,
+		UniqueSizeBytes:          st.UniqueBytes,
+		RepositoryCount:          st.Repositories,
+		TagCount:                 st.Tags,
+		ManifestCount:            st.Manifests,
+		QuarantinedChunkCount:    st.Quarantined,
+		IngestStoredSizeBytes:    st.IngestBytes,
+		CompactedStoredSizeBytes: st.CompactedBytes,
+		IngestChunkCount:         st.IngestChunks,
+		CompactedChunkCount:      st.CompactedChunks,
 	}, nil
 }
 

@@ -19,6 +19,7 @@ func newGCCmd(a *app) *cobra.Command {
 		packGrace time.Duration
 		untagged  string // a duration; empty: the server's
 		maxSize   string // a size; empty or 0: the server's
+		compact   string // a duration; empty: the server's
 	)
 	cmd := &cobra.Command{
 		Use:   "gc [--dry-run]",
@@ -51,11 +52,19 @@ commit a layer naming it), and no push in progress uses it. Packs whose
 chunks are all dead are deleted; packs at least --rewrite-ratio dead are
 rewritten (their live chunks copied to a new pack); packs that nothing
 names (left by failed pushes, or emptied by a rewrite) are marked, and
-deleted --pack-grace later, since a reader may still be reading them.`,
+deleted --pack-grace later, since a reader may still be reading them.
+
+Last, compaction: pushes store each chunk as its own compressed record
+(the ingest tier), fast to write and to read one at a time. Packs none
+of whose chunks was touched within --compact-age (the server's, 6 hours
+by default, unless given here) have their live chunks rewritten into
+frames of several chunks, compressed harder (the compacted tier), and
+are marked like emptied packs. cairn stat shows the bytes of each tier.`,
 		Example: `  cairn gc --dry-run
   cairn gc
   cairn gc --grace 0 --pack-grace 0   # when no push is under way
-  cairn gc --max-size 500GiB --keep-tags 'main|latest|v.*'`,
+  cairn gc --max-size 500GiB --keep-tags 'main|latest|v.*'
+  cairn gc --compact-age 1h           # compact what went unused for an hour`,
 		Args: cobra.NoArgs,
 	}
 	cf := addClientFlags(a, cmd, false)
@@ -68,6 +77,7 @@ deleted --pack-grace later, since a reader may still be reading them.`,
 	f.StringVar(&untagged, "untagged-max-age", "", "keep a registry manifest no tag reaches this long after its last push or pull, e.g. 72h (0: not at all; empty: the server's --untagged-max-age)")
 	f.StringVar(&maxSize, "max-size", "", "the quota: evict least recently used layers and tagged manifests until the store is estimated under this size, e.g. 500GiB (empty or 0: the server's --max-size)")
 	f.StringVar(&opts.KeepTags, "keep-tags", "", "tags the quota never evicts: a Go regular expression matching whole tags, e.g. 'main|latest|v.*' (empty: the server's --keep-tags)")
+	f.StringVar(&compact, "compact-age", "", "compact the packs none of whose chunks was touched within this period, e.g. 1h (0: no compaction; empty: the server's --compact-age)")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if grace < 0 || packGrace < 0 || opts.StepMaxAge < 0 {
 			return fmt.Errorf("--grace, --pack-grace and --step-max-age must not be negative")
@@ -81,6 +91,13 @@ deleted --pack-grace later, since a reader may still be reading them.`,
 				return fmt.Errorf("--untagged-max-age %q: want a duration of 0 or more, e.g. 72h", untagged)
 			}
 			opts.UntaggedMaxAge, opts.NoUntaggedMaxAge = d, d == 0
+		}
+		if compact != "" {
+			d, err := time.ParseDuration(compact)
+			if err != nil || d < 0 {
+				return fmt.Errorf("--compact-age %q: want a duration of 0 or more, e.g. 6h", compact)
+			}
+			opts.CompactAge, opts.NoCompact = d, d == 0
 		}
 		if maxSize != "" {
 			n, err := sizeflag.Parse("--max-size", maxSize, "500GiB", 0, 1<<60)
@@ -113,6 +130,7 @@ deleted --pack-grace later, since a reader may still be reading them.`,
 		fmt.Fprintf(tw, "packs\t%d: %d to delete, %d to rewrite, %d to mark, %d marked and due, %d marked and waiting\n",
 			rep.Packs, rep.DeletePacks, rep.RewritePacks, rep.OrphanPacks, rep.DuePacks, rep.WaitingPacks)
 		fmt.Fprintf(tw, "plan frees\t%s\n", humanBytes(rep.PlannedBytes))
+		fmt.Fprintf(tw, "compact\t%d packs untouched for the compact age\n", rep.CompactPacks)
 		if opts.StepMaxAge > 0 {
 			fmt.Fprintf(tw, "stale steps\t%d neither recorded nor hit within %v\n", rep.StaleSteps, opts.StepMaxAge)
 		}
@@ -131,6 +149,8 @@ deleted --pack-grace later, since a reader may still be reading them.`,
 			fmt.Fprintf(tw, "done\t%d packs deleted, %d rewritten, %d marked; %d chunks deleted, %d moved\n",
 				rep.DeletedPacks, rep.RewrittenPacks, rep.MarkedPacks, rep.DeletedChunks, rep.MovedChunks)
 			fmt.Fprintf(tw, "freed\t%s (rewritten packs' share once their grace period is over)\n", humanBytes(rep.FreedBytes))
+			fmt.Fprintf(tw, "compacted\t%d packs: %s of chunks into %s of packs\n",
+				rep.CompactedPacks, humanBytes(rep.CompactRead), humanBytes(rep.CompactWritten))
 			for _, s := range rep.Skipped {
 				fmt.Fprintf(tw, "skipped\t%s\n", s)
 			}

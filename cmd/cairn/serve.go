@@ -275,7 +275,11 @@ func runServe(ctx context.Context, a *app, cfg *serveConfig) (err error) {
 	// One transfer bound for both fronts: gRPC transfers and registry blob
 	// downloads take their slots from it.
 	transfers := transfer.New(cfg.maxTransfers, cfg.maxPerClient)
+	// The background collection's settings are also what a cairn gc
+	// leaves unset.
 	gc := cfg.storage.GCOptions()
+	gcDefaults := server.GCDefaults{UntaggedMaxAge: gc.UntaggedMaxAge, MaxSize: gc.MaxSize, KeepTags: gc.KeepTags,
+		CompactAge: gc.CompactAge, CompactPace: gc.CompactPace}
 	var grpcTLS *tls.Config
 	if tlsFiles != nil {
 		grpcTLS = tlsFiles.Config()
@@ -288,7 +292,7 @@ func runServe(ctx context.Context, a *app, cfg *serveConfig) (err error) {
 		SendIdleTimeout:   cfg.sendIdleTimeout,
 		Transfers:         transfers,
 		Auth:              authn,
-		GCDefaults:        server.GCDefaults{UntaggedMaxAge: gc.UntaggedMaxAge, MaxSize: gc.MaxSize, KeepTags: gc.KeepTags},
+		GCDefaults:        gcDefaults,
 		Registerer:        reg,
 		Logger:            log,
 	})

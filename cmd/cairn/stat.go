@@ -18,7 +18,11 @@ distinct chunks, step records, the registry's repositories, tags and
 manifests (a manifest held by two repositories counts twice; their blobs
 are layers and counted there too), the layers' logical bytes, the bytes the
 chunks take stored (compressed, each chunk once) and the ratio of the two
-(the server counts them in one walk of its index).`,
+(the server counts them in one walk of its index). The stored bytes are
+split by tier: ingest, chunks as pushes store them, one compressed record
+each; compacted, chunks a collection rewrote into frames of several,
+compressed harder, once they went unused for the compact age (cairn serve
+--compact-age, cairn gc --compact-age).`,
 		Example: `  cairn stat
   cairn stat sha256:... --json`,
 		Args: cobra.MaximumNArgs(1),
@@ -82,6 +86,8 @@ chunks take stored (compressed, each chunk once) and the ratio of the two
 		fmt.Fprintf(tw, "logical\t%d (%s)\n", st.LogicalBytes, humanBytes(st.LogicalBytes))
 		fmt.Fprintf(tw, "unique\t%d (%s, distinct chunks uncompressed)\n", st.UniqueBytes, humanBytes(st.UniqueBytes))
 		fmt.Fprintf(tw, "stored\t%d (%s)\n", st.StoredBytes, humanBytes(st.StoredBytes))
+		fmt.Fprintf(tw, "ingest\t%d (%s) in %d chunks, one record each, as pushed\n", st.IngestBytes, humanBytes(st.IngestBytes), st.IngestChunks)
+		fmt.Fprintf(tw, "compacted\t%d (%s) in %d chunks, in frames of several\n", st.CompactedBytes, humanBytes(st.CompactedBytes), st.CompactedChunks)
 		if st.Quarantined > 0 {
 			fmt.Fprintf(tw, "quarantined\t%d chunks found bad (cairn verify lists the damaged layers; a push that has them heals them)\n", st.Quarantined)
 		}

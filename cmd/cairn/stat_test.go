@@ -92,6 +92,10 @@ func TestStatTotals(t *testing.T) {
 	if got != want || got.Layers != 3 || got.Steps != 1 || got.LogicalBytes != logical {
 		t.Errorf("stat --json = %+v, want %+v: 3 layers, 1 step, %d logical bytes", got, want, logical)
 	}
+	// Nothing compacted them: every chunk is in the ingest tier.
+	if got.IngestChunks != got.Chunks || got.IngestBytes != got.StoredBytes || got.CompactedChunks != 0 || got.CompactedBytes != 0 {
+		t.Errorf("stat --json = %+v; want every chunk and stored byte in the ingest tier", got)
+	}
 	// Compressible layers that share a MiB: stored is well below logical.
 	if got.StoredBytes <= 0 || got.StoredBytes >= logical/2 || got.DedupRatio <= 2 {
 		t.Errorf("stored %d of %d logical bytes, dedup %.2f; want the shared MiB once, compressed", got.StoredBytes, logical, got.DedupRatio)
@@ -101,7 +105,7 @@ func TestStatTotals(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("stat: exit %d: %s", r.code, r.stderr)
 	}
-	for _, line := range []string{"layers", "chunks", "steps", "logical", "stored", "dedup"} {
+	for _, line := range []string{"layers", "chunks", "steps", "logical", "stored", "ingest", "compacted", "dedup"} {
 		if !strings.Contains(r.stdout, "\n"+line+" ") {
 			t.Errorf("stat shows no %q line:\n%s", line, r.stdout)
 		}

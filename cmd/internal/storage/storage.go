@@ -130,6 +130,12 @@ type Config struct {
 	maxSize                                      int64
 	keepTags                                     *regexp.Regexp
 
+	// Compaction in the collections (serve sets them; see
+	// cache.GCOptions): CompactAge 0 turns it off; CompactPace is a share
+	// of one core, 0 or 1 meaning no limit.
+	CompactAge  time.Duration
+	CompactPace float64
+
 	// The background scrub (serve sets them; see cache.Options).
 	ScrubInterval time.Duration
 	ScrubRate     string // bytes a second, a size
@@ -145,6 +151,8 @@ func (c *Config) AddGCFlags(f *pflag.FlagSet) {
 	f.DurationVar(&c.UntaggedMaxAge, "untagged-max-age", cache.DefaultUntaggedMaxAge, "a collection keeps a registry manifest no tag reaches this long after its last push or pull (0: not at all)")
 	f.StringVar(&c.MaxSize, "max-size", "0", "the quota: when the packs hold more bytes, a collection evicts the least recently used layers and tagged manifests until it estimates the store under it, e.g. 500GiB (0: no quota)")
 	f.StringVar(&c.KeepTags, "keep-tags", "", "tags the quota never evicts: a Go regular expression matching whole tags, e.g. 'main|latest|v.*' (empty: none)")
+	f.DurationVar(&c.CompactAge, "compact-age", cache.DefaultCompactAge, "a collection compacts the packs none of whose chunks was touched within this period: their chunks rewritten into frames of several, compressed harder (0: no compaction)")
+	f.Float64Var(&c.CompactPace, "compact-pace", cache.DefaultCompactPace, "share of one core a compaction takes at most, e.g. 0.5 (0 or 1: no limit)")
 }
 
 // AddScrubFlags registers the flags of the background scrub: serve's.
@@ -189,6 +197,12 @@ func (c *Config) Check() error {
 	if c.GCInterval < 0 || c.GCGrace < 0 || c.GCPackGrace < 0 || c.StepMaxAge < 0 || c.UntaggedMaxAge < 0 {
 		return fmt.Errorf("--gc-interval, --gc-grace, --gc-pack-grace, --step-max-age and --untagged-max-age must not be negative")
 	}
+	if c.CompactAge < 0 {
+		return fmt.Errorf("--compact-age %v: must not be negative (0: no compaction)", c.CompactAge)
+	}
+	if !(c.CompactPace >= 0 && c.CompactPace <= 1) { // NaN too
+		return fmt.Errorf("--compact-pace %v: want a share of one core from 0 to 1 (0 or 1: no limit)", c.CompactPace)
+	}
 	if c.MaxSize != "" {
 		n, err := sizeflag.Parse("--max-size", c.MaxSize, "500GiB", 0, 1<<60)
 		if err != nil {
@@ -225,11 +239,12 @@ func (c *Config) Check() error {
 }
 
 // GCOptions is the background collection's options, from the flags (after
-// Check). Serve gives the server the quota and retention among them, for
-// the collections cairn gc asks for.
+// Check). Serve gives the server the quota, retention and compaction among
+// them, for the collections cairn gc asks for.
 func (c *Config) GCOptions() cache.GCOptions {
 	return cache.GCOptions{Grace: noneIfZero(c.GCGrace), PackGrace: noneIfZero(c.GCPackGrace), StepMaxAge: c.StepMaxAge,
 		UntaggedMaxAge: noneIfZero(c.UntaggedMaxAge), MaxSize: c.maxSize, KeepTags: c.keepTags,
+		CompactAge: c.CompactAge, CompactPace: c.CompactPace,
 		Pace: cache.DefaultBackgroundPace}
 }
 

@@ -122,6 +122,16 @@ func TestGCFlags(t *testing.T) {
 	if o.UntaggedMaxAge != cache.DefaultUntaggedMaxAge || o.MaxSize != 0 || o.KeepTags != nil {
 		t.Errorf("defaults: untagged %v, max size %d, keep %v; want a day, no quota, none kept", o.UntaggedMaxAge, o.MaxSize, o.KeepTags)
 	}
+	if o.CompactAge != cache.DefaultCompactAge || o.CompactPace != cache.DefaultCompactPace {
+		t.Errorf("defaults: compact age %v, pace %v; want the cache's %v, %v", o.CompactAge, o.CompactPace, cache.DefaultCompactAge, cache.DefaultCompactPace)
+	}
+	c = parseGC(t, "--compact-age", "0", "--compact-pace", "1")
+	if err := c.Check(); err != nil {
+		t.Fatal(err)
+	}
+	if o = c.GCOptions(); o.CompactAge != 0 || o.CompactPace != 1 {
+		t.Errorf("--compact-age 0 --compact-pace 1: age %v, pace %v; want 0 (no compaction), 1", o.CompactAge, o.CompactPace)
+	}
 
 	c = parseGC(t, "--untagged-max-age", "0", "--max-size", "10GiB", "--keep-tags", "main|v.*")
 	if err := c.Check(); err != nil {
@@ -145,6 +155,10 @@ func TestGCFlags(t *testing.T) {
 		{[]string{"--max-size", "lots"}, "--max-size"},
 		{[]string{"--keep-tags", "v(1"}, "--keep-tags"},
 		{[]string{"--keep-tags", "a)|(b"}, "--keep-tags"},
+		{[]string{"--compact-age", "-1h"}, "--compact-age"},
+		{[]string{"--compact-pace", "-0.1"}, "--compact-pace"},
+		{[]string{"--compact-pace", "1.5"}, "--compact-pace"},
+		{[]string{"--compact-pace", "NaN"}, "--compact-pace"},
 	} {
 		if err := parseGC(t, tc.args...).Check(); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: Check() = %v, want an error naming %s", tc.args, err, tc.want)

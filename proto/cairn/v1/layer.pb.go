@@ -1383,8 +1383,22 @@ type GetStatsResponse struct {
 	// How many chunks are quarantined: a read or VerifyStore found their
 	// stored copy bad, and no push has supplied them again yet.
 	QuarantinedChunkCount int64 `protobuf:"varint,10,opt,name=quarantined_chunk_count,json=quarantinedChunkCount,proto3" json:"quarantined_chunk_count,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// The part of stored_size_bytes in the ingest tier: chunks as pushes
+	// store them, one compressed record each. The two tiers' bytes sum to
+	// stored_size_bytes, their chunk counts to chunk_count.
+	IngestStoredSizeBytes int64 `protobuf:"varint,11,opt,name=ingest_stored_size_bytes,json=ingestStoredSizeBytes,proto3" json:"ingest_stored_size_bytes,omitempty"`
+	// The part of stored_size_bytes in the compacted tier: chunks a
+	// collection rewrote, once they went untouched for the compact age
+	// (CollectGarbageRequest.compact_age), into frames of several chunks
+	// compressed harder. A chunk in a frame counts its share of the frame's
+	// bytes, in proportion to its size.
+	CompactedStoredSizeBytes int64 `protobuf:"varint,12,opt,name=compacted_stored_size_bytes,json=compactedStoredSizeBytes,proto3" json:"compacted_stored_size_bytes,omitempty"`
+	// How many of the chunks (chunk_count) are in the ingest tier.
+	IngestChunkCount int64 `protobuf:"varint,13,opt,name=ingest_chunk_count,json=ingestChunkCount,proto3" json:"ingest_chunk_count,omitempty"`
+	// How many of the chunks (chunk_count) are in the compacted tier.
+	CompactedChunkCount int64 `protobuf:"varint,14,opt,name=compacted_chunk_count,json=compactedChunkCount,proto3" json:"compacted_chunk_count,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *GetStatsResponse) Reset() {
@@ -1483,6 +1497,34 @@ func (x *GetStatsResponse) GetManifestCount() int64 {
 func (x *GetStatsResponse) GetQuarantinedChunkCount() int64 {
 	if x != nil {
 		return x.QuarantinedChunkCount
+	}
+	return 0
+}
+
+func (x *GetStatsResponse) GetIngestStoredSizeBytes() int64 {
+	if x != nil {
+		return x.IngestStoredSizeBytes
+	}
+	return 0
+}
+
+func (x *GetStatsResponse) GetCompactedStoredSizeBytes() int64 {
+	if x != nil {
+		return x.CompactedStoredSizeBytes
+	}
+	return 0
+}
+
+func (x *GetStatsResponse) GetIngestChunkCount() int64 {
+	if x != nil {
+		return x.IngestChunkCount
+	}
+	return 0
+}
+
+func (x *GetStatsResponse) GetCompactedChunkCount() int64 {
+	if x != nil {
+		return x.CompactedChunkCount
 	}
 	return 0
 }
@@ -1676,7 +1718,14 @@ type CollectGarbageRequest struct {
 	// match a whole tag (the server anchors it as ^(?:...)$), e.g.
 	// "main|latest|v.*". Empty means the server's configured pattern (cairn
 	// serve --keep-tags), if any.
-	KeepTags      string `protobuf:"bytes,8,opt,name=keep_tags,json=keepTags,proto3" json:"keep_tags,omitempty"`
+	KeepTags string `protobuf:"bytes,8,opt,name=keep_tags,json=keepTags,proto3" json:"keep_tags,omitempty"`
+	// Packs of the ingest tier (see GetStatsResponse) none of whose chunks
+	// was touched within this period are compacted: their live chunks are
+	// rewritten into frames of several chunks, compressed harder, and the
+	// old packs are marked (deleted a pack_grace later). Unset means the
+	// server's configured period (cairn serve --compact-age, 6 hours by
+	// default); zero means no compaction in this run. Negative is invalid.
+	CompactAge    *durationpb.Duration `protobuf:"bytes,9,opt,name=compact_age,json=compactAge,proto3" json:"compact_age,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1767,6 +1816,13 @@ func (x *CollectGarbageRequest) GetKeepTags() string {
 	return ""
 }
 
+func (x *CollectGarbageRequest) GetCompactAge() *durationpb.Duration {
+	if x != nil {
+		return x.CompactAge
+	}
+	return nil
+}
+
 // CollectGarbageResponse is the plan and what was done.
 type CollectGarbageResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1814,9 +1870,19 @@ type CollectGarbageResponse struct {
 	EvictedLayerCount    int64 `protobuf:"varint,25,opt,name=evicted_layer_count,json=evictedLayerCount,proto3" json:"evicted_layer_count,omitempty"`
 	EvictedManifestCount int64 `protobuf:"varint,26,opt,name=evicted_manifest_count,json=evictedManifestCount,proto3" json:"evicted_manifest_count,omitempty"`
 	// The quota: the bytes the evicted roots alone held, as estimated.
-	EvictedBytes  int64 `protobuf:"varint,27,opt,name=evicted_bytes,json=evictedBytes,proto3" json:"evicted_bytes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	EvictedBytes int64 `protobuf:"varint,27,opt,name=evicted_bytes,json=evictedBytes,proto3" json:"evicted_bytes,omitempty"`
+	// The plan: packs of the ingest tier to compact, untouched for
+	// compact_age.
+	CompactPackCount int64 `protobuf:"varint,28,opt,name=compact_pack_count,json=compactPackCount,proto3" json:"compact_pack_count,omitempty"`
+	// The compaction (zero on a dry run): packs compacted (including
+	// compacted packs rewritten, which are compacted again), the
+	// uncompressed bytes of the live chunks they held, and the bytes of the
+	// packs written for them.
+	CompactedPackCount  int64 `protobuf:"varint,29,opt,name=compacted_pack_count,json=compactedPackCount,proto3" json:"compacted_pack_count,omitempty"`
+	CompactReadBytes    int64 `protobuf:"varint,30,opt,name=compact_read_bytes,json=compactReadBytes,proto3" json:"compact_read_bytes,omitempty"`
+	CompactWrittenBytes int64 `protobuf:"varint,31,opt,name=compact_written_bytes,json=compactWrittenBytes,proto3" json:"compact_written_bytes,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *CollectGarbageResponse) Reset() {
@@ -2038,6 +2104,34 @@ func (x *CollectGarbageResponse) GetEvictedBytes() int64 {
 	return 0
 }
 
+func (x *CollectGarbageResponse) GetCompactPackCount() int64 {
+	if x != nil {
+		return x.CompactPackCount
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetCompactedPackCount() int64 {
+	if x != nil {
+		return x.CompactedPackCount
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetCompactReadBytes() int64 {
+	if x != nil {
+		return x.CompactReadBytes
+	}
+	return 0
+}
+
+func (x *CollectGarbageResponse) GetCompactWrittenBytes() int64 {
+	if x != nil {
+		return x.CompactWrittenBytes
+	}
+	return 0
+}
+
 var File_cairn_v1_layer_proto protoreflect.FileDescriptor
 
 const file_cairn_v1_layer_proto_rawDesc = "" +
@@ -2123,7 +2217,7 @@ const file_cairn_v1_layer_proto_rawDesc = "" +
 	"\x11GetChunksResponse\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\"\x11\n" +
-	"\x0fGetStatsRequest\"\xa0\x03\n" +
+	"\x0fGetStatsRequest\"\xfa\x04\n" +
 	"\x10GetStatsResponse\x12\x1f\n" +
 	"\vlayer_count\x18\x01 \x01(\x03R\n" +
 	"layerCount\x12\x1f\n" +
@@ -2138,7 +2232,11 @@ const file_cairn_v1_layer_proto_rawDesc = "" +
 	"\ttag_count\x18\b \x01(\x03R\btagCount\x12%\n" +
 	"\x0emanifest_count\x18\t \x01(\x03R\rmanifestCount\x126\n" +
 	"\x17quarantined_chunk_count\x18\n" +
-	" \x01(\x03R\x15quarantinedChunkCount\"3\n" +
+	" \x01(\x03R\x15quarantinedChunkCount\x127\n" +
+	"\x18ingest_stored_size_bytes\x18\v \x01(\x03R\x15ingestStoredSizeBytes\x12=\n" +
+	"\x1bcompacted_stored_size_bytes\x18\f \x01(\x03R\x18compactedStoredSizeBytes\x12,\n" +
+	"\x12ingest_chunk_count\x18\r \x01(\x03R\x10ingestChunkCount\x122\n" +
+	"\x15compacted_chunk_count\x18\x0e \x01(\x03R\x13compactedChunkCount\"3\n" +
 	"\x12VerifyStoreRequest\x12\x1d\n" +
 	"\n" +
 	"rate_bytes\x18\x01 \x01(\x03R\trateBytes\"\xc3\x02\n" +
@@ -2153,7 +2251,7 @@ const file_cairn_v1_layer_proto_rawDesc = "" +
 	"\x12quarantined_chunks\x18\x05 \x03(\tR\x11quarantinedChunks\x12%\n" +
 	"\x0edamaged_layers\x18\x06 \x03(\tR\rdamagedLayers\x12#\n" +
 	"\rdamaged_steps\x18\a \x03(\tR\fdamagedSteps\x12\x1a\n" +
-	"\bproblems\x18\b \x03(\tR\bproblems\"\xfa\x02\n" +
+	"\bproblems\x18\b \x03(\tR\bproblems\"\xb6\x03\n" +
 	"\x15CollectGarbageRequest\x12\x17\n" +
 	"\adry_run\x18\x01 \x01(\bR\x06dryRun\x12/\n" +
 	"\x05grace\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x05grace\x128\n" +
@@ -2164,7 +2262,10 @@ const file_cairn_v1_layer_proto_rawDesc = "" +
 	"stepMaxAge\x12C\n" +
 	"\x10untagged_max_age\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x0euntaggedMaxAge\x12\x19\n" +
 	"\bmax_size\x18\a \x01(\x03R\amaxSize\x12\x1b\n" +
-	"\tkeep_tags\x18\b \x01(\tR\bkeepTags\"\xa5\t\n" +
+	"\tkeep_tags\x18\b \x01(\tR\bkeepTags\x12:\n" +
+	"\vcompact_age\x18\t \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"compactAge\"\xe7\n" +
+	"\n" +
 	"\x16CollectGarbageResponse\x12\x1d\n" +
 	"\n" +
 	"pack_count\x18\x01 \x01(\x03R\tpackCount\x12\x1f\n" +
@@ -2196,7 +2297,11 @@ const file_cairn_v1_layer_proto_rawDesc = "" +
 	"\fstored_bytes\x18\x18 \x01(\x03R\vstoredBytes\x12.\n" +
 	"\x13evicted_layer_count\x18\x19 \x01(\x03R\x11evictedLayerCount\x124\n" +
 	"\x16evicted_manifest_count\x18\x1a \x01(\x03R\x14evictedManifestCount\x12#\n" +
-	"\revicted_bytes\x18\x1b \x01(\x03R\fevictedBytes2\xec\a\n" +
+	"\revicted_bytes\x18\x1b \x01(\x03R\fevictedBytes\x12,\n" +
+	"\x12compact_pack_count\x18\x1c \x01(\x03R\x10compactPackCount\x120\n" +
+	"\x14compacted_pack_count\x18\x1d \x01(\x03R\x12compactedPackCount\x12,\n" +
+	"\x12compact_read_bytes\x18\x1e \x01(\x03R\x10compactReadBytes\x122\n" +
+	"\x15compact_written_bytes\x18\x1f \x01(\x03R\x13compactWrittenBytes2\xec\a\n" +
 	"\fLayerService\x12F\n" +
 	"\tPushLayer\x12\x1a.cairn.v1.PushLayerRequest\x1a\x1b.cairn.v1.PushLayerResponse(\x01\x12F\n" +
 	"\tPullLayer\x12\x1a.cairn.v1.PullLayerRequest\x1a\x1b.cairn.v1.PullLayerResponse0\x01\x12D\n" +
@@ -2275,38 +2380,39 @@ var file_cairn_v1_layer_proto_depIdxs = []int32{
 	30, // 12: cairn.v1.CollectGarbageRequest.pack_grace:type_name -> google.protobuf.Duration
 	30, // 13: cairn.v1.CollectGarbageRequest.step_max_age:type_name -> google.protobuf.Duration
 	30, // 14: cairn.v1.CollectGarbageRequest.untagged_max_age:type_name -> google.protobuf.Duration
-	30, // 15: cairn.v1.CollectGarbageResponse.duration:type_name -> google.protobuf.Duration
-	3,  // 16: cairn.v1.LayerService.PushLayer:input_type -> cairn.v1.PushLayerRequest
-	5,  // 17: cairn.v1.LayerService.PullLayer:input_type -> cairn.v1.PullLayerRequest
-	7,  // 18: cairn.v1.LayerService.StatLayer:input_type -> cairn.v1.StatLayerRequest
-	9,  // 19: cairn.v1.LayerService.ListLayers:input_type -> cairn.v1.ListLayersRequest
-	11, // 20: cairn.v1.LayerService.DeleteLayer:input_type -> cairn.v1.DeleteLayerRequest
-	13, // 21: cairn.v1.LayerService.FindMissingChunks:input_type -> cairn.v1.FindMissingChunksRequest
-	15, // 22: cairn.v1.LayerService.PutChunks:input_type -> cairn.v1.PutChunksRequest
-	17, // 23: cairn.v1.LayerService.CommitLayer:input_type -> cairn.v1.CommitLayerRequest
-	19, // 24: cairn.v1.LayerService.GetLayerChunks:input_type -> cairn.v1.GetLayerChunksRequest
-	21, // 25: cairn.v1.LayerService.GetChunks:input_type -> cairn.v1.GetChunksRequest
-	23, // 26: cairn.v1.LayerService.GetStats:input_type -> cairn.v1.GetStatsRequest
-	25, // 27: cairn.v1.LayerService.VerifyStore:input_type -> cairn.v1.VerifyStoreRequest
-	27, // 28: cairn.v1.LayerService.CollectGarbage:input_type -> cairn.v1.CollectGarbageRequest
-	4,  // 29: cairn.v1.LayerService.PushLayer:output_type -> cairn.v1.PushLayerResponse
-	6,  // 30: cairn.v1.LayerService.PullLayer:output_type -> cairn.v1.PullLayerResponse
-	8,  // 31: cairn.v1.LayerService.StatLayer:output_type -> cairn.v1.StatLayerResponse
-	10, // 32: cairn.v1.LayerService.ListLayers:output_type -> cairn.v1.ListLayersResponse
-	12, // 33: cairn.v1.LayerService.DeleteLayer:output_type -> cairn.v1.DeleteLayerResponse
-	14, // 34: cairn.v1.LayerService.FindMissingChunks:output_type -> cairn.v1.FindMissingChunksResponse
-	16, // 35: cairn.v1.LayerService.PutChunks:output_type -> cairn.v1.PutChunksResponse
-	18, // 36: cairn.v1.LayerService.CommitLayer:output_type -> cairn.v1.CommitLayerResponse
-	20, // 37: cairn.v1.LayerService.GetLayerChunks:output_type -> cairn.v1.GetLayerChunksResponse
-	22, // 38: cairn.v1.LayerService.GetChunks:output_type -> cairn.v1.GetChunksResponse
-	24, // 39: cairn.v1.LayerService.GetStats:output_type -> cairn.v1.GetStatsResponse
-	26, // 40: cairn.v1.LayerService.VerifyStore:output_type -> cairn.v1.VerifyStoreResponse
-	28, // 41: cairn.v1.LayerService.CollectGarbage:output_type -> cairn.v1.CollectGarbageResponse
-	29, // [29:42] is the sub-list for method output_type
-	16, // [16:29] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	30, // 15: cairn.v1.CollectGarbageRequest.compact_age:type_name -> google.protobuf.Duration
+	30, // 16: cairn.v1.CollectGarbageResponse.duration:type_name -> google.protobuf.Duration
+	3,  // 17: cairn.v1.LayerService.PushLayer:input_type -> cairn.v1.PushLayerRequest
+	5,  // 18: cairn.v1.LayerService.PullLayer:input_type -> cairn.v1.PullLayerRequest
+	7,  // 19: cairn.v1.LayerService.StatLayer:input_type -> cairn.v1.StatLayerRequest
+	9,  // 20: cairn.v1.LayerService.ListLayers:input_type -> cairn.v1.ListLayersRequest
+	11, // 21: cairn.v1.LayerService.DeleteLayer:input_type -> cairn.v1.DeleteLayerRequest
+	13, // 22: cairn.v1.LayerService.FindMissingChunks:input_type -> cairn.v1.FindMissingChunksRequest
+	15, // 23: cairn.v1.LayerService.PutChunks:input_type -> cairn.v1.PutChunksRequest
+	17, // 24: cairn.v1.LayerService.CommitLayer:input_type -> cairn.v1.CommitLayerRequest
+	19, // 25: cairn.v1.LayerService.GetLayerChunks:input_type -> cairn.v1.GetLayerChunksRequest
+	21, // 26: cairn.v1.LayerService.GetChunks:input_type -> cairn.v1.GetChunksRequest
+	23, // 27: cairn.v1.LayerService.GetStats:input_type -> cairn.v1.GetStatsRequest
+	25, // 28: cairn.v1.LayerService.VerifyStore:input_type -> cairn.v1.VerifyStoreRequest
+	27, // 29: cairn.v1.LayerService.CollectGarbage:input_type -> cairn.v1.CollectGarbageRequest
+	4,  // 30: cairn.v1.LayerService.PushLayer:output_type -> cairn.v1.PushLayerResponse
+	6,  // 31: cairn.v1.LayerService.PullLayer:output_type -> cairn.v1.PullLayerResponse
+	8,  // 32: cairn.v1.LayerService.StatLayer:output_type -> cairn.v1.StatLayerResponse
+	10, // 33: cairn.v1.LayerService.ListLayers:output_type -> cairn.v1.ListLayersResponse
+	12, // 34: cairn.v1.LayerService.DeleteLayer:output_type -> cairn.v1.DeleteLayerResponse
+	14, // 35: cairn.v1.LayerService.FindMissingChunks:output_type -> cairn.v1.FindMissingChunksResponse
+	16, // 36: cairn.v1.LayerService.PutChunks:output_type -> cairn.v1.PutChunksResponse
+	18, // 37: cairn.v1.LayerService.CommitLayer:output_type -> cairn.v1.CommitLayerResponse
+	20, // 38: cairn.v1.LayerService.GetLayerChunks:output_type -> cairn.v1.GetLayerChunksResponse
+	22, // 39: cairn.v1.LayerService.GetChunks:output_type -> cairn.v1.GetChunksResponse
+	24, // 40: cairn.v1.LayerService.GetStats:output_type -> cairn.v1.GetStatsResponse
+	26, // 41: cairn.v1.LayerService.VerifyStore:output_type -> cairn.v1.VerifyStoreResponse
+	28, // 42: cairn.v1.LayerService.CollectGarbage:output_type -> cairn.v1.CollectGarbageResponse
+	30, // [30:43] is the sub-list for method output_type
+	17, // [17:30] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_cairn_v1_layer_proto_init() }

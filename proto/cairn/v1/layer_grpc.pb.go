@@ -143,8 +143,9 @@ type LayerServiceClient interface {
 	// CollectGarbage plans a garbage collection and, unless dry_run, runs it:
 	// packs whose chunks are all dead (unreferenced by any layer, untouched
 	// for the grace period, not in use by a push) are deleted, packs mostly
-	// dead are rewritten, and packs no index entry names are marked and
-	// deleted a second grace period later. One runs at a time.
+	// dead are rewritten, cold packs are compacted (compact_age), and packs
+	// no index entry names are marked and deleted a second grace period
+	// later. One runs at a time.
 	CollectGarbage(ctx context.Context, in *CollectGarbageRequest, opts ...grpc.CallOption) (*CollectGarbageResponse, error)
 }
 
@@ -419,8 +420,9 @@ type LayerServiceServer interface {
 	// CollectGarbage plans a garbage collection and, unless dry_run, runs it:
 	// packs whose chunks are all dead (unreferenced by any layer, untouched
 	// for the grace period, not in use by a push) are deleted, packs mostly
-	// dead are rewritten, and packs no index entry names are marked and
-	// deleted a second grace period later. One runs at a time.
+	// dead are rewritten, cold packs are compacted (compact_age), and packs
+	// no index entry names are marked and deleted a second grace period
+	// later. One runs at a time.
 	CollectGarbage(context.Context, *CollectGarbageRequest) (*CollectGarbageResponse, error)
 	mustEmbedUnimplementedLayerServiceServer()
 }
