@@ -10,6 +10,7 @@ import (
 	"github.com/cairnbuild/cairn/backend"
 	"github.com/cairnbuild/cairn/cache/internal/chunks"
 	"github.com/cairnbuild/cairn/cache/internal/pack"
+	"github.com/cairnbuild/cairn/cache/internal/resemble"
 	"github.com/cairnbuild/cairn/chunkid"
 )
 
@@ -52,24 +53,90 @@ type compactPlan struct {
 	newest int64
 }
 
-// oldPack is a pack being compacted whose live chunks were all given to
-// the compactor: it is marked once no entry names it.
+// oldPack is a pack being compacted: it is marked once no entry names it.
 type oldPack struct {
 	id    pack.ID
 	table []pack.Entry
 }
 
-// compact rewrites the live chunks of plans' packs into frames, in the
-// order given, and marks the old packs once no entry names them.
+// compactBatch bounds the pack bytes one pass of compaction reads before
+// it writes: the chunks it orders are held as a few hundred bytes each
+// (about 40 MB for 16 GiB of packs), and chunks only share frames with
+// chunks of the same batch.
+var compactBatch int64 = 16 << 30
+
+// compact rewrites the live chunks of plans' packs into frames, batch by
+// batch, and marks the old packs once no entry names them. A batch is read
+// twice: once to sketch each live chunk (package resemble), then, in the
+// order the sketches give, to write chunks that resemble each other into
+// the same frames.
 func (c *Cache) compact(ctx context.Context, gen uint64, plans []PackPlan, cutoff int64, pace float64, rep *GCReport) error {
+	for len(plans) > 0 {
+		n, size := 0, int64(0)
+		for n < len(plans) && (n == 0 || size+plans[n].Size <= compactBatch) {
+			size += plans[n].Size
+			n++
+		}
+		if err := c.compactBatch(ctx, gen, plans[:n], cutoff, pace, rep); err != nil {
+			return err
+		}
+		plans = plans[n:]
+	}
+	return nil
+}
+
+// compactItem is a live chunk of a batch: where it is now.
+type compactItem struct {
+	rec  chunks.Record
+	from pack.ID
+}
+
+func (c *Cache) compactBatch(ctx context.Context, gen uint64, plans []PackPlan, cutoff int64, pace float64, rep *GCReport) error {
+	var items []compactItem
+	var sketches []resemble.Sketch
+	var sizes []int64
+	var olds []oldPack
+	for i := range plans {
+		pp := &plans[i]
+		began := time.Now()
+		if err := c.step(ctx, gen, func() error { _, err := c.dropDead(pp, cutoff, rep); return err }); err != nil {
+			return err
+		}
+		body, table, ok, err := c.readPack(ctx, pp, rep)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue
+		}
+		recs, err := c.namedRecords(ctx, gen, pp.Pack, table)
+		if err != nil {
+			return err
+		}
+		err = c.chunks.DecodeRecords(body, recs, func(r chunks.Record, data []byte) error {
+			items = append(items, compactItem{rec: r, from: pp.Pack})
+			sketches = append(sketches, resemble.Of(data))
+			sizes = append(sizes, r.CI.Size)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		olds = append(olds, oldPack{id: pp.Pack, table: table})
+		rep.CompactedPacks++
+		if err := rest(ctx, time.Since(began), pace); err != nil {
+			return err
+		}
+	}
+	order := resemble.Order(sketches, sizes, chunks.FrameTarget)
+	sketches, sizes = nil, nil
+
 	cp, err := c.chunks.NewCompactor()
 	if err != nil {
 		return err
 	}
 	defer cp.Close()
-	var waiting []oldPack
-	// stored points the index at a pack the compactor wrote and marks
-	// the old packs no entry names any more.
+	// stored points the index at a pack the compactor wrote.
 	stored := func(w *chunks.Written) error {
 		if w == nil {
 			return nil
@@ -77,28 +144,39 @@ func (c *Cache) compact(ctx context.Context, gen uint64, plans []PackPlan, cutof
 		defer w.Release()
 		rep.CompactWritten += w.Bytes
 		rep.FreedBytes -= w.Bytes
-		err := c.step(ctx, gen, func() error {
+		return c.step(ctx, gen, func() error {
 			n, err := c.idx.MoveChunks(w.Pack, w.Moves)
 			rep.MovedChunks += int64(n)
 			return err
 		})
-		if err != nil {
-			return err
-		}
-		return c.markCompacted(ctx, gen, &waiting, false, rep)
 	}
-	for i := range plans {
-		pp := &plans[i]
-		began := time.Now()
-		old, err := c.compactPack(ctx, gen, cp, pp, cutoff, stored, rep)
+	began := time.Now()
+	for _, i := range order {
+		it := items[i]
+		var bp *[]byte
+		var data []byte
+		err := c.step(ctx, gen, func() (err error) {
+			bp, data, err = c.chunks.ReadRecord(ctx, it.rec.ID, it.rec.CI)
+			return err
+		})
+		if errors.Is(err, ErrDataLoss) {
+			continue // quarantined by the read; a push heals it
+		} else if err != nil {
+			return err
+		}
+		w, err := cp.Add(ctx, it.rec.ID, data, it.from, it.rec.CI)
+		c.chunks.PutData(bp)
 		if err != nil {
 			return err
 		}
-		if old != nil {
-			waiting = append(waiting, *old)
-		}
-		if err := rest(ctx, time.Since(began), pace); err != nil {
-			return err
+		if w != nil {
+			if err := stored(w); err != nil {
+				return err
+			}
+			if err := rest(ctx, time.Since(began), pace); err != nil {
+				return err
+			}
+			began = time.Now()
 		}
 	}
 	w, err := cp.Flush(ctx)
@@ -109,37 +187,7 @@ func (c *Cache) compact(ctx context.Context, gen uint64, plans []PackPlan, cutof
 		return err
 	}
 	rep.CompactRead += cp.Read
-	return c.markCompacted(ctx, gen, &waiting, true, rep)
-}
-
-// compactPack gives the live chunks of pp's pack to cp, storing the packs
-// cp fills, and returns the old pack to mark once no entry names it (nil
-// if there is nothing to do with it).
-func (c *Cache) compactPack(ctx context.Context, gen uint64, cp *chunks.Compactor, pp *PackPlan, cutoff int64,
-	stored func(*chunks.Written) error, rep *GCReport) (*oldPack, error) {
-	if err := c.step(ctx, gen, func() error { _, err := c.dropDead(pp, cutoff, rep); return err }); err != nil {
-		return nil, err
-	}
-	body, table, ok, err := c.readPack(ctx, pp, rep)
-	if err != nil || !ok {
-		return nil, err
-	}
-	recs, err := c.namedRecords(ctx, gen, pp.Pack, table)
-	if err != nil {
-		return nil, err
-	}
-	err = c.chunks.DecodeRecords(body, recs, func(r chunks.Record, data []byte) error {
-		w, err := cp.Add(ctx, r.ID, data, pp.Pack, r.CI)
-		if err != nil {
-			return err
-		}
-		return stored(w)
-	})
-	if err != nil {
-		return nil, err
-	}
-	rep.CompactedPacks++
-	return &oldPack{id: pp.Pack, table: table}, nil
+	return c.markCompacted(ctx, gen, olds, rep)
 }
 
 // readPack reads pp's pack whole and parses its table. A pack that is gone,
@@ -193,20 +241,19 @@ func (c *Cache) namedRecords(ctx context.Context, gen uint64, p pack.ID, table [
 	return recs, err
 }
 
-// markCompacted marks the packs of waiting that no entry names any more
-// and keeps the others waiting; at the end (last), those still named are
-// reported (a later run compacts what did not move).
-func (c *Cache) markCompacted(ctx context.Context, gen uint64, waiting *[]oldPack, last bool, rep *GCReport) error {
-	var still []oldPack
+// markCompacted marks the packs of olds that no entry names any more;
+// those still named are reported (a later run compacts what did not
+// move).
+func (c *Cache) markCompacted(ctx context.Context, gen uint64, olds []oldPack, rep *GCReport) error {
 	var unnamed []pack.ID
 	err := c.step(ctx, gen, func() error {
-		for _, o := range *waiting {
+		for _, o := range olds {
 			named, err := c.idx.Names(o.id, o.table)
 			if err != nil {
 				return err
 			}
 			if named {
-				still = append(still, o)
+				rep.Skipped = append(rep.Skipped, fmt.Sprintf("pack %s: compacted, but entries still name it (quarantined or busy chunks): kept", o.id))
 			} else {
 				unnamed = append(unnamed, o.id)
 			}
@@ -220,11 +267,5 @@ func (c *Cache) markCompacted(ctx context.Context, gen uint64, waiting *[]oldPac
 		return err
 	}
 	rep.MarkedPacks += int64(len(unnamed))
-	*waiting = still
-	if last {
-		for _, o := range still {
-			rep.Skipped = append(rep.Skipped, fmt.Sprintf("pack %s: compacted, but entries still name it (quarantined or busy chunks): kept", o.id))
-		}
-	}
 	return nil
 }

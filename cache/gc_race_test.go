@@ -29,7 +29,7 @@ func TestGCRacesEveryFront(t *testing.T) {
 	defer func(g time.Duration) { minGCGrace = g }(minGCGrace)
 	minGCGrace = 0
 	c.chunks.SetPackTarget(256 << 10)
-	opts := GCOptions{Grace: 2 * time.Second, PackGrace: -1, UntaggedMaxAge: -1, RewriteRatio: 0.3}
+	opts := GCOptions{Grace: 2 * time.Second, PackGrace: -1, UntaggedMaxAge: -1, RewriteRatio: 0.3, CompactAge: time.Nanosecond}
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	rounds := scale(60, 12)
@@ -168,7 +168,7 @@ func TestGCRacesEveryFront(t *testing.T) {
 
 	stop := make(chan struct{})
 	var gcWG sync.WaitGroup
-	runs := 0
+	runs, compacted := 0, int64(0)
 	gcWG.Go(func() {
 		for {
 			select {
@@ -176,11 +176,13 @@ func TestGCRacesEveryFront(t *testing.T) {
 				return
 			default:
 			}
-			if _, err := c.GC(ctx, opts); err != nil {
+			rep, err := c.GC(ctx, opts)
+			if err != nil {
 				t.Errorf("collection: %v", err)
 				return
 			}
 			runs++
+			compacted += rep.CompactedPacks
 		}
 	})
 	var wg sync.WaitGroup
@@ -201,7 +203,10 @@ func TestGCRacesEveryFront(t *testing.T) {
 	wg.Wait()
 	close(stop)
 	gcWG.Wait()
-	t.Logf("%d collections beside %d rounds of %d writers", runs, rounds, len(writers))
+	t.Logf("%d collections (%d packs compacted) beside %d rounds of %d writers", runs, compacted, rounds, len(writers))
+	if compacted == 0 {
+		t.Error("no collection compacted a pack: compaction did not race the writers")
+	}
 
 	check := func(when string) {
 		t.Helper()

@@ -1,0 +1,310 @@
+package cache
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/cairnbuild/cairn/backend"
+	cfs "github.com/cairnbuild/cairn/backend/fs"
+	"github.com/cairnbuild/cairn/cache/internal/chunks"
+	"github.com/opencontainers/go-digest"
+)
+
+// compactNow compacts every pack pushed before the run began (touches are
+// whole seconds: a run starting in the same second as the push still
+// counts it as older than a nanosecond) with no grace periods.
+var compactNow = GCOptions{Grace: -1, PackGrace: -1, CompactAge: time.Nanosecond}
+
+// versionsData returns n bytes made of one 48 KiB block of random bytes
+// repeated with a few bytes changed in each copy: like the files of
+// successive releases, every chunk differs (no deduplication), while a
+// frame of several chunks holds the same bytes many times over and
+// compresses far better than each chunk alone.
+func versionsData(seed uint64, n int) []byte {
+	var s [32]byte
+	s[0], s[1], s[2] = byte(seed), byte(seed>>8), 17
+	rng := rand.New(rand.NewChaCha8(s))
+	base := randomData(seed+1000, 48<<10)
+	out := make([]byte, 0, n)
+	for len(out) < n {
+		start := len(out)
+		out = append(out, base...)
+		for range 8 {
+			out[start+rng.IntN(len(base))] = byte(rng.Uint32())
+		}
+	}
+	return out[:n]
+}
+
+// Compaction rewrites cold packs into frames: the index moves to them,
+// every layer reads back whole and in ranges (across frame boundaries), the
+// stored bytes fall, the old packs go after the second grace period, and
+// a verify and a reindex from the backend alone agree.
+func TestCompactReadsBack(t *testing.T) {
+	c, store := newCache(t)
+	ctx := t.Context()
+	c.chunks.SetPackTarget(256 << 10)
+	layers := [][]byte{versionsData(1, 3<<20), versionsData(2, 2<<20), genData(3, 1<<20)}
+	for _, l := range layers {
+		push(t, c, l)
+	}
+	before, err := c.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before.CompactedChunks != 0 || before.IngestChunks != before.Chunks {
+		t.Fatalf("before compaction: %+v", before)
+	}
+	packsBefore, bytesBefore := countPacks(t, store)
+
+	// Hot packs stay as they are.
+	rep, err := c.GC(ctx, GCOptions{Grace: -1, PackGrace: -1, CompactAge: time.Hour})
+	if err != nil || len(rep.Compact) != 0 || rep.CompactedPacks != 0 {
+		t.Fatalf("GC with a compact age of an hour: %d planned, %d compacted, %v", len(rep.Compact), rep.CompactedPacks, err)
+	}
+
+	rep, err = c.GC(ctx, compactNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.CompactedPacks != int64(packsBefore) || rep.MovedChunks != before.Chunks || rep.MarkedPacks != int64(packsBefore) {
+		t.Fatalf("compaction: %d of %d packs, %d of %d chunks moved, %d marked; skipped %q",
+			rep.CompactedPacks, packsBefore, rep.MovedChunks, before.Chunks, rep.MarkedPacks, rep.Skipped)
+	}
+	after, err := c.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.CompactedChunks != before.Chunks || after.IngestChunks != 0 || after.IngestBytes != 0 {
+		t.Fatalf("after compaction: %+v", after)
+	}
+	if after.StoredBytes*2 > before.StoredBytes {
+		t.Errorf("compaction stores %d bytes of %d before: frames should hold at most half", after.StoredBytes, before.StoredBytes)
+	}
+	t.Logf("stored %d -> %d bytes (%.3f), packs %d (%d bytes) -> %d written bytes",
+		before.StoredBytes, after.StoredBytes, float64(after.StoredBytes)/float64(before.StoredBytes), packsBefore, bytesBefore, rep.CompactWritten)
+	checkCompacted(t, c, layers)
+
+	// The old packs are marked: the next run deletes them.
+	rep, err = c.GC(ctx, compactNow)
+	if err != nil || rep.DeletedPacks != int64(packsBefore) || rep.CompactedPacks != 0 {
+		t.Fatalf("second run: %d packs deleted (want %d), %d compacted, %v", rep.DeletedPacks, packsBefore, rep.CompactedPacks, err)
+	}
+	checkCompacted(t, c, layers)
+	vrep, err := c.Verify(ctx, VerifyOptions{})
+	if err != nil || len(vrep.Problems) != 0 || vrep.Newly != 0 || vrep.Chunks != before.Chunks || vrep.Orphans != 0 {
+		t.Fatalf("verify: %+v, %v", vrep, err)
+	}
+	if err := c.Reindex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	again, err := c.Stats(ctx)
+	if err != nil || again.CompactedChunks != before.Chunks || again.StoredBytes != after.StoredBytes {
+		t.Fatalf("after reindex: %+v (want %+v), %v", again, after, err)
+	}
+	checkCompacted(t, c, layers)
+}
+
+// checkCompacted reads every layer whole and in ranges that start and end
+// inside chunks and frames.
+func checkCompacted(t *testing.T, c *Cache, layers [][]byte) {
+	t.Helper()
+	checkLive(t, c, layers...)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, l := range layers {
+		d := digest.FromBytes(l)
+		for range 20 {
+			off := rng.Int64N(int64(len(l)))
+			n := rng.Int64N(int64(len(l))-off) + 1
+			if got := pull(t, c, d, off, n); !bytes.Equal(got, l[off:off+n]) {
+				t.Fatalf("layer %s, %d bytes at %d read back wrong", d, n, off)
+			}
+		}
+	}
+}
+
+// A collection after compaction that finds most of a compacted pack dead
+// rewrites it by compacting its live chunks again, out of their frames.
+func TestCompactRewritesFrames(t *testing.T) {
+	c, store := newCache(t)
+	ctx := t.Context()
+	keep, drop := versionsData(5, 1<<20), versionsData(6, 3<<20)
+	push(t, c, keep)
+	info := push(t, c, drop)
+	if _, err := c.GC(ctx, compactNow); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.GC(ctx, now); err != nil { // the old packs go
+		t.Fatal(err)
+	}
+	if err := c.Delete(ctx, info.Digest); err != nil {
+		t.Fatal(err)
+	}
+	_, bytesBefore := countPacks(t, store)
+	rep, err := c.GC(ctx, now)
+	if err != nil || rep.DeletedChunks == 0 {
+		t.Fatalf("GC after delete: %+v, %v", rep, err)
+	}
+	if len(rep.Rewrite) == 0 || rep.CompactedPacks == 0 {
+		t.Fatalf("a compacted pack mostly dead was not rewritten: %d rewrites, %d compacted; %q", len(rep.Rewrite), rep.CompactedPacks, rep.Skipped)
+	}
+	checkLive(t, c, keep)
+	if _, err := c.GC(ctx, now); err != nil {
+		t.Fatal(err)
+	}
+	_, bytesAfter := countPacks(t, store)
+	if bytesAfter >= bytesBefore {
+		t.Errorf("packs hold %d bytes after the rewrite, %d before", bytesAfter, bytesBefore)
+	}
+	checkLive(t, c, keep)
+	if vrep, err := c.Verify(ctx, VerifyOptions{}); err != nil || len(vrep.Problems) != 0 || vrep.Newly != 0 {
+		t.Fatalf("verify: %+v, %v", vrep, err)
+	}
+}
+
+// A frame whose bytes are damaged quarantines the chunks read from it, and
+// a read says so rather than return wrong bytes; a push of the layer heals
+// them.
+func TestCompactDamagedFrame(t *testing.T) {
+	c, store := newCache(t)
+	ctx := t.Context()
+	layer := versionsData(7, 2<<20)
+	push(t, c, layer)
+	if _, err := c.GC(ctx, compactNow); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.GC(ctx, now); err != nil {
+		t.Fatal(err)
+	}
+	var key string
+	var size int64
+	if err := store.List(ctx, packPrefix, func(i backend.Info) error { key, size = i.Key, i.Size; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	body := make([]byte, size)
+	rc, err := store.Open(ctx, key, 0, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rc.Read(body); err != nil && int64(len(body)) != size {
+		t.Fatal(err)
+	}
+	rc.Close()
+	body[100] ^= 0xff // inside the first frame's payload
+	if err := store.Put(ctx, key, bytes.NewReader(body), size); err != nil {
+		t.Fatal(err)
+	}
+	// The read quarantines every chunk of the frame, from its fetch
+	// goroutines, which may finish after the read returns.
+	inFrame := 0
+	for _, e := range packTables(t, c, store)[key] {
+		if e.Off == 0 {
+			inFrame++
+		}
+	}
+	quarantined := make(chan chunkID, inFrame)
+	c.chunks.SetHooks(chunks.Hooks{Quarantined: func(id chunkID) { quarantined <- id }})
+	rr, _, err := c.Open(ctx, digest.FromBytes(layer), 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got bytes.Buffer
+	_, err = got.ReadFrom(rr)
+	rr.Close()
+	if !isErr(err, ErrDataLoss) {
+		t.Fatalf("read of a damaged frame: %v, want ErrDataLoss", err)
+	}
+	if !bytes.HasPrefix(layer, got.Bytes()) {
+		t.Fatal("the read returned wrong bytes before failing")
+	}
+	for range inFrame {
+		<-quarantined
+	}
+	push(t, c, layer)
+	checkLive(t, c, layer)
+}
+
+// A store written in pack format 1 (cache/testdata/store-v1: a split tar
+// and a blob, pushed by the version before frames) is still read: reindexed
+// from the backend alone, its layers pull back against their digests, and
+// a compaction moves them into format 2 packs of frames.
+func TestCompactReadsFormat1(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	if err := os.CopyFS(dir, os.DirFS("testdata/store-v1")); err != nil {
+		t.Fatal(err)
+	}
+	store, err := cfs.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	versions := packVersions(t, store)
+	if !slices.Equal(versions, []byte{1, 1}) {
+		t.Fatalf("the fixture's packs have versions %v, want two of version 1", versions)
+	}
+	c := openCache(t, t.TempDir(), store)
+	if err := c.Reindex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	layers := map[digest.Digest]int64{
+		"sha256:88a17753f98eae234e65185fe9cfd824f44ab43f9e2ca7fc812c9988d2c82eb0": 599552, // a tar, stored split
+		"sha256:2868b67476be20645662df26ec745df66650496dcc5cc101950c8ce364590e53": 282000,
+	}
+	check := func() {
+		t.Helper()
+		for d, size := range layers {
+			if got := pullDigest(t, c, d); got != d {
+				t.Fatalf("layer %s pulls back as %s", d, got)
+			}
+			if got := pull(t, c, d, size/3, size/3); int64(len(got)) != size/3 {
+				t.Fatalf("layer %s: a range of %d bytes reads %d", d, size/3, len(got))
+			}
+		}
+	}
+	check()
+	if _, err := c.GC(ctx, compactNow); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.GC(ctx, now); err != nil {
+		t.Fatal(err)
+	}
+	check()
+	if versions := packVersions(t, store); len(versions) == 0 || slices.Contains(versions, 1) {
+		t.Fatalf("after compaction the packs have versions %v, want only 2", versions)
+	}
+	st, err := c.Stats(ctx)
+	if err != nil || st.IngestChunks != 0 || st.CompactedChunks == 0 {
+		t.Fatalf("after compaction: %+v, %v", st, err)
+	}
+}
+
+// packVersions returns the format version of every pack in store, from
+// its footer.
+func packVersions(t *testing.T, store backend.Store) []byte {
+	t.Helper()
+	var out []byte
+	err := store.List(t.Context(), packPrefix, func(i backend.Info) error {
+		rc, err := store.Open(t.Context(), i.Key, i.Size-16, 16)
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		footer, err := io.ReadAll(rc)
+		if err != nil || len(footer) != 16 {
+			return fmt.Errorf("footer of %s: %d bytes, %v", i.Key, len(footer), err)
+		}
+		out = append(out, footer[4])
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(out)
+	return out
+}
