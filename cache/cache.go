@@ -35,7 +35,8 @@ type Options struct {
 	// buffers and 3 packs of about 5 MiB (up to 8 MiB when a client uploads
 	// chunks larger than Chunking.Max); a pull about 2 × (Concurrency +
 	// 8) × the largest chunk and a few ranged reads of up to 4 MiB of
-	// compressed records. The index adds about 60 MiB (two 16 MiB memtables
+	// compressed records, and, reading the compacted tier, up to 8
+	// decoded frames of 4 MiB. The index adds about 60 MiB (two 16 MiB memtables
 	// with their arenas, block and index caches), whatever the layer size.
 	Concurrency int
 	// Logger receives the index's warnings and errors; nil discards them.

@@ -136,7 +136,9 @@ func (c *Cache) compactBatch(ctx context.Context, gen uint64, plans []PackPlan, 
 		return err
 	}
 	defer cp.Close()
-	// stored points the index at a pack the compactor wrote.
+	// stored points the index at a pack the compactor wrote, then rests
+	// for the pace.
+	began := time.Now()
 	stored := func(w *chunks.Written) error {
 		if w == nil {
 			return nil
@@ -144,15 +146,20 @@ func (c *Cache) compactBatch(ctx context.Context, gen uint64, plans []PackPlan, 
 		defer w.Release()
 		rep.CompactWritten += w.Bytes
 		rep.FreedBytes -= w.Bytes
-		return c.step(ctx, gen, func() error {
+		err := c.step(ctx, gen, func() error {
 			n, err := c.idx.MoveChunks(w.Pack, w.Moves)
 			rep.MovedChunks += int64(n)
 			return err
 		})
+		if err != nil {
+			return err
+		}
+		err = rest(ctx, time.Since(began), pace)
+		began = time.Now()
+		return err
 	}
-	began := time.Now()
-	for _, i := range order {
-		it := items[i]
+	// add reads chunk it from its old copy and gives it to the compactor.
+	add := func(it compactItem) error {
 		var bp *[]byte
 		var data []byte
 		err := c.step(ctx, gen, func() (err error) {
@@ -160,7 +167,7 @@ func (c *Cache) compactBatch(ctx context.Context, gen uint64, plans []PackPlan, 
 			return err
 		})
 		if errors.Is(err, ErrDataLoss) {
-			continue // quarantined by the read; a push heals it
+			return nil // quarantined by the read; a push heals it
 		} else if err != nil {
 			return err
 		}
@@ -169,14 +176,27 @@ func (c *Cache) compactBatch(ctx context.Context, gen uint64, plans []PackPlan, 
 		if err != nil {
 			return err
 		}
-		if w != nil {
-			if err := stored(w); err != nil {
+		return stored(w)
+	}
+	for _, g := range order {
+		var size int64
+		for _, i := range g {
+			size += items[i].rec.CI.Size
+		}
+		// A group that would not fit in the frame being filled starts
+		// the next one: resembling chunks compress together only inside
+		// one frame.
+		w, err := cp.Fit(ctx, size)
+		if err != nil {
+			return err
+		}
+		if err := stored(w); err != nil {
+			return err
+		}
+		for _, i := range g {
+			if err := add(items[i]); err != nil {
 				return err
 			}
-			if err := rest(ctx, time.Since(began), pace); err != nil {
-				return err
-			}
-			began = time.Now()
 		}
 	}
 	w, err := cp.Flush(ctx)
@@ -269,3 +289,8 @@ func (c *Cache) markCompacted(ctx context.Context, gen uint64, olds []oldPack, r
 	rep.MarkedPacks += int64(len(unnamed))
 	return nil
 }
+
+// FrameStats returns how many frames reads decoded since Open, and their
+// uncompressed bytes: over the bytes read, what reads of the compacted
+// tier pay for sharing frames.
+func (c *Cache) FrameStats() (frames, bytes int64) { return c.chunks.FrameStats() }

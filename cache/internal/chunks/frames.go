@@ -49,6 +49,8 @@ func (s *Store) decodeFrame(id chunkid.ID, ci index.ChunkInfo, rec []byte) (*[]b
 		s.framePool.Put(bp)
 		return nil, nil, fmt.Errorf("%w: chunk %s: decompress frame: got %d bytes of %d: %v", cerr.ErrDataLoss, id, len(data), size, err)
 	}
+	s.frames.Add(1)
+	s.frameBytes.Add(size)
 	return bp, data, nil
 }
 
@@ -156,6 +158,16 @@ func (c *Compactor) Add(ctx context.Context, id chunkid.ID, data []byte, from pa
 	c.raw = append(c.raw, data...)
 	c.Read += int64(len(data))
 	return w, nil
+}
+
+// Fit closes the frame being filled unless n more bytes of chunks fit in
+// it (or it is empty), so that the next n bytes share a frame. It returns
+// the pack it stored, if closing the frame filled the pack.
+func (c *Compactor) Fit(ctx context.Context, n int64) (*Written, error) {
+	if len(c.raw) == 0 || int64(len(c.raw))+n <= FrameTarget {
+		return nil, nil
+	}
+	return c.closeFrame(ctx, false)
 }
 
 // Flush stores what was added and not yet stored, if anything.

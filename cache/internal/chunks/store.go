@@ -71,6 +71,9 @@ type Store struct {
 	leases      leases
 	hooks       Hooks
 	quarantines atomic.Int64 // chunks condemned since New
+	// frames and frameBytes count the frames decoded since New and their
+	// bytes: what reads of compacted chunks cost (see FrameStats).
+	frames, frameBytes atomic.Int64
 
 	// readers counts the goroutines of open recipe readers; Close cancels
 	// them.
@@ -253,6 +256,10 @@ func (s *Store) ReadRecord(ctx context.Context, id chunkid.ID, ci index.ChunkInf
 	bp, data, err := s.decodeRecord(id, ci, (*cp)[:ci.Stored])
 	return bp, data, s.condemn(id, ci, err)
 }
+
+// FrameStats returns how many frames reads decoded since the store opened,
+// and their uncompressed bytes.
+func (s *Store) FrameStats() (frames, bytes int64) { return s.frames.Load(), s.frameBytes.Load() }
 
 // Quarantines counts the chunks this store quarantined since it opened.
 func (s *Store) Quarantines() int64 { return s.quarantines.Load() }
