@@ -454,11 +454,14 @@ func (c *Cache) plan(ctx context.Context, gen uint64, opts GCOptions, cutoff int
 		case pp.LiveChunks == 0:
 			rep.Delete = append(rep.Delete, *pp)
 			rep.PlannedBytes += size
+		case opts.CompactAge > 0 && !pp.framed && pp.newest <= rep.Start.Add(-opts.CompactAge).Unix() && size <= maxVerifyPack:
+			// Cold: compaction drops its dead entries and rewrites the
+			// live ones (a rewrite first would only copy them twice).
+			rep.Compact = append(rep.Compact, *pp)
+			rep.PlannedBytes += pp.DeadBytes
 		case float64(pp.DeadBytes) >= opts.ratio()*float64(pp.DeadBytes+pp.LiveBytes) && size <= maxVerifyPack:
 			rep.Rewrite = append(rep.Rewrite, *pp)
 			rep.PlannedBytes += pp.DeadBytes
-		case opts.CompactAge > 0 && !pp.framed && pp.newest <= rep.Start.Add(-opts.CompactAge).Unix() && size <= maxVerifyPack:
-			rep.Compact = append(rep.Compact, *pp)
 		}
 		pp.dead = nil // the chosen ones have their copy
 	}

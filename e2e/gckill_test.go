@@ -32,7 +32,8 @@ import (
 
 // TestGCKill is issue 15's crash point for the collector: `cairn serve` is
 // SIGKILLed at a random moment of a collection (`cairn gc --grace 0
-// --pack-grace 0 --rewrite-ratio 0.1`, a subprocess) 20 times, and after
+// --pack-grace 0 --rewrite-ratio 0.1 --compact-age 1ns`, a subprocess) 20
+// times, and after
 // each restart on the same data the server counts exactly the live layers,
 // every live layer pulls back with its digest, the registry's image
 // validates and a verify of the whole store finds nothing wrong.
@@ -42,7 +43,11 @@ import (
 // and y2 = {b, e}: removing x leaves x's pack partly dead (c) and the
 // collection rewrites it (then marks the old pack, and the next run
 // deletes it); removing a y later leaves the rewritten pack partly dead
-// again, or wholly. A "solo" layer removed leaves its pack wholly dead. It
+// again, or wholly. A "solo" layer removed leaves its pack wholly dead.
+// With --compact-age 1ns every collection also compacts (issue 17) every
+// pack the pushes since the last one wrote, partly dead ones included,
+// into frames: a kill may land while it writes its packs or moves the
+// index to them ("during: rewriting" counts those too). It
 // starts with 40 layers (10 families, 10 solos) of which 15 are removed;
 // between rounds two families are pushed, their x removed and four older
 // live layers removed, so that every round has work.
@@ -146,7 +151,7 @@ type gcImage struct {
 // gcArgs are the arguments of every collection the test runs: no grace
 // periods (no push runs beside them), untagged manifests collected at once,
 // and a low rewrite threshold so that partly dead packs are rewritten.
-var gcArgs = []string{"gc", "--grace", "0", "--pack-grace", "0", "--untagged-max-age", "0", "--rewrite-ratio", "0.1"}
+var gcArgs = []string{"gc", "--grace", "0", "--pack-grace", "0", "--untagged-max-age", "0", "--rewrite-ratio", "0.1", "--compact-age", "1ns"}
 
 func testGCKill(t *testing.T, b backendConfig, seed uint64) {
 	start := time.Now()
