@@ -4,18 +4,22 @@
 //
 // # Pieces
 //
-// The facade (this package) wires three internal packages and owns the
+// The facade (this package) wires the internal packages and owns the
 // layer and step operations; each internal package has one job, and
-// dependencies go one way: chunks → index → pack → cerr.
+// dependencies go one way: chunks → index → pack → cerr (resemble stands
+// alone).
 //
-//   - internal/pack: the stored format of chunks (records, pack table and
-//     footer). pack.Seal re-reads what it wrote before a pack is uploaded;
-//     pack.ReadTable learns a pack's contents from one read of its tail.
+//   - internal/pack: the stored format of chunks (records of one chunk or
+//     frames of several, pack table and footer). pack.Seal re-reads what
+//     it wrote before a pack is uploaded; pack.ReadTable learns a pack's
+//     contents from one read of its tail.
 //   - internal/index: the Badger schema and the only importer of Badger:
 //     keys and values, reference-count transactions (commits and deletes
 //     too big for one transaction go in batches), hit and access batching,
 //     the rebuild that Reindex drives, and FailAfter, the crash tests'
 //     seam.
+//   - internal/resemble: sketches of chunks that tell which resemble each
+//     other, and the order compaction writes them in; pure functions.
 //   - internal/chunks: chunk sessions that gather new chunks into packs of
 //     about 4 MiB (at most 3 in memory per session); flights, so that
 //     concurrent sessions store a new chunk once (a waiter has the pack
@@ -23,7 +27,8 @@
 //     and the recipe reader, which looks chunks up a window at a time,
 //     reads neighbours in one pack with one ranged read (runs), and
 //     decompresses and verifies each chunk (a mismatch is ErrDataLoss,
-//     never wrong bytes).
+//     never wrong bytes), decoding a frame once for its chunks; and the
+//     Compactor, which writes packs of frames.
 //   - push.go: Push reads a layer stream once. The caller's goroutine cuts
 //     chunks (chunker, content-defined) and copies each into a pooled
 //     buffer; a hasher goroutine computes the layer's SHA-256 over the
@@ -93,13 +98,17 @@
 // # Backend layout
 //
 //	packs/<first 2 hex>/<32 hex>   a pack of chunks, named by 16 random
-//	                               bytes: chunk records back to back (each a
+//	                               bytes: records back to back (each a
 //	                               16-byte header: magic "CRNC", format
 //	                               version, hash algorithm, codec,
-//	                               uncompressed size; then one zstd frame),
-//	                               then a table of (chunk hash, offset,
-//	                               length, size) and a 16-byte footer
-//	                               (magic "CRNP"); see package pack
+//	                               uncompressed size; then one zstd frame
+//	                               of one chunk, as pushes write them, or of
+//	                               several, as compaction writes them), then
+//	                               a table of (chunk hash, offset, length,
+//	                               size, offset in the frame, frame size)
+//	                               and a 16-byte footer (magic "CRNP",
+//	                               version 2; version 1, without frames, is
+//	                               still read); see package pack
 //	layers/sha256/<64 hex>         layer manifest, JSON: digest, size, media
 //	                               type, created, recipe (chunk hashes, sizes)
 //	steps/<64 hex of the key>      step record, JSON (see stepJSON)
@@ -109,7 +118,9 @@
 //	v/format                            indexFormat: Open refuses others
 //	c/<32 raw bytes of the chunk hash>  uvarint size, stored size, refs,
 //	                                    added (Unix seconds), offset in
-//	                                    the pack; 16 bytes of pack name
+//	                                    the pack; 16 bytes of pack name;
+//	                                    in a frame, uvarint offset in it
+//	                                    and frame size
 //	l/<layer digest string>             layer record: version, size, stored
 //	                                    size, media type, created, recipe
 //	a/<layer digest string>             last access, varint Unix nanoseconds
@@ -125,6 +136,8 @@
 //
 // Chunks are named by BLAKE3 (package chunkid says why), stored in packs of
 // about 4 MiB (see chunks.PackTarget) and compressed with zstd at SpeedFastest
-// (see the chunks package), without zstd's frame checksum; bench/RESULTS.md has the
-// figures.
+// (see the chunks package), without zstd's frame checksum; compaction
+// (compact.go) rewrites cold packs into frames of about 4 MiB of chunks that
+// resemble each other (package resemble) at SpeedBestCompression
+// (chunks.FrameTarget); bench/RESULTS.md has the figures.
 package cache

@@ -72,6 +72,11 @@ var rules = []rule{
 		forbid: []string{"./..."},
 	},
 	{
+		name:   "cache/internal/resemble (compaction's order) is pure: it imports nothing of ours",
+		from:   []string{"./cache/internal/resemble/..."},
+		forbid: []string{"./..."},
+	},
+	{
 		name:   "transfer (the slots shared by the gRPC and registry fronts) is pure: it imports nothing of ours",
 		from:   []string{"./transfer/..."},
 		forbid: []string{"./..."},
