@@ -266,6 +266,10 @@ func (s *Store) decodeGroup(group []*runChunk, rec []byte, frames *frameCache, d
 // keeping 4 frames and 3.3× keeping 8 (bench/RESULTS.md "Issue 17").
 const frameCacheSize = 8
 
+// SetFrameCacheSize changes how many decoded frames a reader keeps; tests
+// lower it to make evictions race the fetches. Call it before any read.
+func (s *Store) SetFrameCacheSize(n int) { s.frameCache = max(n, 1) }
+
 // frameCache holds the frames a reader decoded last, by record, and
 // decodes each once for the reader's concurrent fetches.
 type frameCache struct {
@@ -351,7 +355,7 @@ func (fc *frameCache) touch(k frameKey) {
 // evict drops the least recently used frames no fetch holds while the
 // cache holds more than frameCacheSize.
 func (fc *frameCache) evict() {
-	for i := 0; len(fc.order) > frameCacheSize && i < len(fc.order); {
+	for i := 0; len(fc.order) > fc.s.frameCache && i < len(fc.order); {
 		if f := fc.m[fc.order[i]]; f.refs > 0 {
 			i++
 			continue

@@ -66,6 +66,7 @@ type Store struct {
 	framePool sync.Pool // *[]byte of MaxFrameSize+decodeSlack: decoded frames
 
 	packTarget int
+	frameCache int // decoded frames a reader keeps (frameCacheSize)
 
 	flights     flights
 	leases      leases
@@ -102,7 +103,7 @@ func New(opts Options) (*Store, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Store{idx: opts.Index, store: opts.Backend, max: opts.MaxChunk, conc: max(opts.Concurrency, 1), log: log,
-		enc: enc, dec: dec, packTarget: PackTarget,
+		enc: enc, dec: dec, packTarget: PackTarget, frameCache: frameCacheSize,
 		flights: flights{m: make(map[chunkid.ID]*flight)},
 		leases:  leases{n: make(map[chunkid.ID]int32)},
 	}

@@ -1,0 +1,64 @@
+package index
+
+import (
+	"testing"
+
+	"github.com/cairnbuild/cairn/cache/internal/pack"
+	"github.com/cairnbuild/cairn/chunkid"
+)
+
+// MoveChunks moves an entry only if it still names the copy the move was
+// read from (pack, record offset and offset in the frame), keeps its
+// references and touch, and takes the new copy's frame fields.
+func TestMoveChunks(t *testing.T) {
+	x, err := Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	a, b, to := pack.ID{1}, pack.ID{2}, pack.ID{3}
+	id1, id2 := chunkid.Sum([]byte("one")), chunkid.Sum([]byte("two"))
+	// Two chunks of one frame in pack a.
+	frame := []pack.Entry{
+		{ID: id1, Off: 0, Stored: 100, Size: 300, InFrame: 0, Frame: 500},
+		{ID: id2, Off: 0, Stored: 100, Size: 200, InFrame: 300, Frame: 500},
+	}
+	if err := x.AddChunks(a, frame); err != nil {
+		t.Fatal(err)
+	}
+	before, _, err := x.Chunks([]chunkid.ID{id1, id2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dest := pack.Entry{Off: 0, Stored: 150, Size: 300}
+	for _, tc := range []struct {
+		name string
+		m    Move
+		want bool
+	}{
+		{"from another pack", Move{ID: id1, From: b, FromOff: 0, FromInFrame: 0}, false},
+		{"from another record", Move{ID: id1, From: a, FromOff: 16, FromInFrame: 0}, false},
+		{"from another place in the frame", Move{ID: id1, From: a, FromOff: 0, FromInFrame: 300}, false},
+		{"from where it is", Move{ID: id1, From: a, FromOff: 0, FromInFrame: 0}, true},
+	} {
+		m := tc.m
+		m.To = dest
+		m.To.ID = m.ID
+		n, err := x.MoveChunks(to, []Move{m})
+		if err != nil || (n == 1) != tc.want {
+			t.Errorf("%s: moved %d, %v; want moved %v", tc.name, n, err, tc.want)
+		}
+	}
+	got, _, err := x.Chunks([]chunkid.ID{id1, id2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := before[0]
+	want.Pack, want.Off, want.Stored, want.InFrame, want.Frame = to, 0, 150, 0, 0
+	if got[0] != want {
+		t.Errorf("moved entry %+v, want %+v", got[0], want)
+	}
+	if got[1] != before[1] {
+		t.Errorf("its frame neighbour changed: %+v, was %+v", got[1], before[1])
+	}
+}
