@@ -36,9 +36,15 @@ import (
 // Defaults of the compaction's options.
 const (
 	// DefaultCompactAge is how long a pack's chunks must go untouched
-	// before the background collection compacts it: hot layers keep the
-	// cheaper reads of records of one chunk.
+	// (a push that stores or finds a chunk touches it; pulls do not)
+	// before the background collection compacts it: what builds push
+	// again keeps the cheaper reads of records of one chunk a while.
 	DefaultCompactAge = 6 * time.Hour
+	// DefaultCompactMax bounds the pack bytes one collection compacts:
+	// at the background pace (about 10 MB/s of chunks, 5 of packs) about
+	// a quarter of an hour, so that a store compacted for the first time
+	// is done over many collections, each of which also frees space.
+	DefaultCompactMax = 4 << 30
 	// DefaultCompactPace: the background compaction takes at most a
 	// quarter of a core (it compresses at about 25 MB/s a core, so about
 	// 6 MB/s of chunks; see bench/RESULTS.md "Issue 17").
@@ -59,11 +65,30 @@ type oldPack struct {
 	table []pack.Entry
 }
 
-// compactBatch bounds the pack bytes one pass of compaction reads before
-// it writes: the chunks it orders are held as a few hundred bytes each
-// (about 40 MB for 16 GiB of packs), and chunks only share frames with
-// chunks of the same batch.
-var compactBatch int64 = 16 << 30
+// compactBatchChunks bounds the chunks one pass of compaction reads
+// before it writes: it holds a few hundred bytes for each (about 100 MB
+// for 200 000 chunks, 50 GiB of chunks of the default sizes, far more than
+// a collection's budget), and chunks only share frames with chunks of the
+// same pass.
+var compactBatchChunks = 200000
+
+// compactBudget returns the packs of plans (oldest first) within the
+// run's budget.
+func (o GCOptions) compactBudget(plans []PackPlan) []PackPlan {
+	budget := o.CompactMax
+	switch {
+	case budget == 0:
+		budget = DefaultCompactMax
+	case budget < 0:
+		return plans
+	}
+	var n int
+	for n < len(plans) && (n == 0 || budget >= plans[n].Size) {
+		budget -= plans[n].Size
+		n++
+	}
+	return plans[:n]
+}
 
 // compact rewrites the live chunks of plans' packs into frames, batch by
 // batch, and marks the old packs once no entry names them. A batch is read
@@ -72,9 +97,9 @@ var compactBatch int64 = 16 << 30
 // the same frames.
 func (c *Cache) compact(ctx context.Context, gen uint64, plans []PackPlan, cutoff int64, pace float64, rep *GCReport) error {
 	for len(plans) > 0 {
-		n, size := 0, int64(0)
-		for n < len(plans) && (n == 0 || size+plans[n].Size <= compactBatch) {
-			size += plans[n].Size
+		n, count := 0, 0
+		for n < len(plans) && (n == 0 || count+plans[n].LiveChunks+plans[n].DeadChunks <= compactBatchChunks) {
+			count += plans[n].LiveChunks + plans[n].DeadChunks
 			n++
 		}
 		if err := c.compactBatch(ctx, gen, plans[:n], cutoff, pace, rep); err != nil {

@@ -346,3 +346,75 @@ func TestCompactConcurrentReads(t *testing.T) {
 		t.Fatal("the reads decoded no frame: nothing compacted?")
 	}
 }
+
+// A collection compacts at most CompactMax bytes of packs, oldest first;
+// the next ones take the rest.
+func TestCompactBudget(t *testing.T) {
+	c, store := newCache(t)
+	ctx := t.Context()
+	c.chunks.SetPackTarget(256 << 10)
+	layers := [][]byte{versionsData(21, 1<<20), versionsData(22, 1<<20)}
+	for _, l := range layers {
+		push(t, c, l)
+	}
+	packs, _ := countPacks(t, store)
+	opts := compactNow
+	opts.CompactMax = 1 // one pack a run
+	for i := range packs {
+		rep, err := c.GC(ctx, opts)
+		if err != nil || len(rep.Compact) != 1 || rep.CompactedPacks != 1 {
+			t.Fatalf("run %d: %d planned, %d compacted (want 1), %v", i, len(rep.Compact), rep.CompactedPacks, err)
+		}
+	}
+	rep, err := c.GC(ctx, opts)
+	if err != nil || len(rep.Compact) != 0 {
+		t.Fatalf("after %d runs: %d still planned, %v", packs, len(rep.Compact), err)
+	}
+	checkCompacted(t, c, layers)
+}
+
+// Verify checks each chunk of a frame where the index says it is: an
+// entry naming the right record but the wrong place in its frame is a
+// problem (and the read that trusts it fails, never returning wrong
+// bytes).
+func TestCompactVerifyPlaceInFrame(t *testing.T) {
+	c, _ := newCache(t)
+	ctx := t.Context()
+	layer := versionsData(31, 2<<20)
+	push(t, c, layer)
+	if _, err := c.GC(ctx, compactNow); err != nil {
+		t.Fatal(err)
+	}
+	var victim chunkID
+	var ci chunkInfo
+	err := c.idx.ForEachChunk(func(id chunkID, info chunkInfo) error {
+		if info.InFrame > 0 && victim == (chunkID{}) {
+			victim, ci = id, info
+		}
+		return nil
+	})
+	if err != nil || victim == (chunkID{}) {
+		t.Fatalf("no chunk inside a frame: %v", err)
+	}
+	ci.InFrame = 0
+	if err := c.idx.SetChunkValue(victim, ci.Encode()); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := c.Verify(ctx, VerifyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Problems) == 0 && rep.Newly == 0 {
+		t.Fatalf("verify found nothing wrong with an entry at the wrong place in its frame: %+v", rep)
+	}
+	rr, _, err := c.Open(ctx, digest.FromBytes(layer), 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got bytes.Buffer
+	_, err = got.ReadFrom(rr)
+	rr.Close()
+	if err == nil && !bytes.Equal(got.Bytes(), layer) {
+		t.Fatal("the layer read back wrong bytes")
+	}
+}

@@ -107,6 +107,10 @@ type GCOptions struct {
 	// CompactPace, if between 0 and 1, is the share of one core the
 	// compaction may take (it rests between packs); 0 means no rest.
 	CompactPace float64
+	// CompactMax bounds the pack bytes one collection compacts, oldest
+	// first (the rest waits for the next): 0 means DefaultCompactMax,
+	// negative no bound.
+	CompactMax int64
 	// DryRun plans and reports, and changes nothing.
 	DryRun bool
 }
@@ -211,6 +215,8 @@ type GCReport struct {
 	CompactedPacks int64
 	CompactRead    int64
 	CompactWritten int64
+	// DeletedBytes: bytes of the packs deleted.
+	DeletedBytes int64
 	// FreedBytes: bytes of the packs deleted, less those of the packs
 	// the rewrites wrote (a rewritten pack's bytes count when a later run
 	// deletes it, after the second grace period).
@@ -251,8 +257,11 @@ func (c *Cache) GC(ctx context.Context, opts GCOptions) (GCReport, error) {
 
 // GCStats count what collections did since Open, for metrics.
 type GCStats struct {
-	Runs, Failures               int64
-	FreedBytes                   int64
+	Runs, Failures int64
+	FreedBytes     int64
+	// DeletedBytes only grows: the bytes of the packs deleted (FreedBytes
+	// goes down in a run that compacts or rewrites more than it deletes).
+	DeletedBytes                 int64
 	DeletedPacks, RewrittenPacks int64
 	DeletedChunks                int64
 	// Compaction: packs compacted, the chunk bytes they held and the
@@ -274,6 +283,7 @@ func (c *Cache) countGC(rep GCReport, err error) {
 		s.Failures++
 	}
 	s.FreedBytes += rep.FreedBytes
+	s.DeletedBytes += rep.DeletedBytes
 	s.DeletedPacks += rep.DeletedPacks
 	s.RewrittenPacks += rep.RewrittenPacks
 	s.DeletedChunks += rep.DeletedChunks
@@ -332,11 +342,6 @@ func (c *Cache) gc(ctx context.Context, opts GCOptions, rep *GCReport) error {
 			return err
 		}
 	}
-	if len(reframe) > 0 || len(rep.Compact) > 0 {
-		if err := c.compact(ctx, gen, append(reframe, rep.Compact...), cutoff, opts.CompactPace, rep); err != nil {
-			return err
-		}
-	}
 	if len(rep.Orphans) > 0 {
 		if err := c.step(ctx, gen, func() error { return c.idx.MarkPending(rep.Orphans, rep.Start) }); err != nil {
 			return err
@@ -345,6 +350,13 @@ func (c *Cache) gc(ctx context.Context, opts GCOptions, rep *GCReport) error {
 	}
 	for _, p := range rep.Due {
 		if err := c.step(ctx, gen, func() error { return c.dropMarked(ctx, p, rep) }); err != nil {
+			return err
+		}
+	}
+	// Last, as it is the slowest (a budget bounds it): what frees space
+	// comes first.
+	if len(reframe) > 0 || len(rep.Compact) > 0 {
+		if err := c.compact(ctx, gen, append(reframe, rep.Compact...), cutoff, opts.CompactPace, rep); err != nil {
 			return err
 		}
 	}
@@ -458,7 +470,6 @@ func (c *Cache) plan(ctx context.Context, gen uint64, opts GCOptions, cutoff int
 			// Cold: compaction drops its dead entries and rewrites the
 			// live ones (a rewrite first would only copy them twice).
 			rep.Compact = append(rep.Compact, *pp)
-			rep.PlannedBytes += pp.DeadBytes
 		case float64(pp.DeadBytes) >= opts.ratio()*float64(pp.DeadBytes+pp.LiveBytes) && size <= maxVerifyPack:
 			rep.Rewrite = append(rep.Rewrite, *pp)
 			rep.PlannedBytes += pp.DeadBytes
@@ -473,8 +484,6 @@ func (c *Cache) plan(ctx context.Context, gen uint64, opts GCOptions, cutoff int
 		}
 	}
 	byPack := func(a, b PackPlan) int { return comparePacks(a.Pack, b.Pack) }
-	slices.SortFunc(rep.Delete, byPack)
-	slices.SortFunc(rep.Rewrite, byPack)
 	// Oldest first: packs written together hold chunks that were
 	// consecutive in their layers, and compaction frames them together.
 	slices.SortFunc(rep.Compact, func(a, b PackPlan) int {
@@ -483,6 +492,19 @@ func (c *Cache) plan(ctx context.Context, gen uint64, opts GCOptions, cutoff int
 		}
 		return comparePacks(a.Pack, b.Pack)
 	})
+	within := opts.compactBudget(rep.Compact)
+	for _, pp := range rep.Compact[len(within):] { // they wait; meanwhile rewritten as usual
+		if float64(pp.DeadBytes) >= opts.ratio()*float64(pp.DeadBytes+pp.LiveBytes) {
+			rep.Rewrite = append(rep.Rewrite, pp)
+			rep.PlannedBytes += pp.DeadBytes
+		}
+	}
+	rep.Compact = within
+	for _, pp := range rep.Compact {
+		rep.PlannedBytes += pp.DeadBytes
+	}
+	slices.SortFunc(rep.Delete, byPack)
+	slices.SortFunc(rep.Rewrite, byPack)
 	slices.SortFunc(rep.Orphans, comparePacks)
 	slices.SortFunc(rep.Due, comparePacks)
 	if len(unmark) > 0 && !opts.DryRun {
@@ -548,6 +570,7 @@ func (c *Cache) deleteUnnamed(ctx context.Context, p pack.ID, size int64, rep *G
 	}
 	rep.DeletedPacks++
 	rep.FreedBytes += size
+	rep.DeletedBytes += size
 	return true, false, nil
 }
 

@@ -3,6 +3,7 @@ package cache
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -104,9 +105,10 @@ func (c *Cache) verify(ctx context.Context, opts VerifyOptions) (VerifyReport, e
 	}); err != nil {
 		return rep, backendErr("list packs", err)
 	}
-	// vouched[p]: the offsets in pack p whose records were checked here,
+	// vouched[p]: the chunks of pack p checked here, where they are
+	// (record offset and offset in the frame, ascending),
 	// for the packs whose table could be read.
-	vouched := make(map[pack.ID][]int64, len(packs))
+	vouched := make(map[pack.ID][]chunkAt, len(packs))
 	limit := newRateLimit(opts.Rate)
 	for _, info := range packs {
 		id, _ := pack.IDFromKey(info.Key)
@@ -124,7 +126,7 @@ func (c *Cache) verify(ctx context.Context, opts VerifyOptions) (VerifyReport, e
 			rep.Problems = append(rep.Problems, res.problem)
 		}
 		rep.Packs++
-		rep.Chunks += int64(res.checked)
+		rep.Chunks += int64(len(res.offs))
 		if res.tableOK {
 			vouched[id] = res.offs
 		}
@@ -148,10 +150,11 @@ func (c *Cache) verify(ctx context.Context, opts VerifyOptions) (VerifyReport, e
 				return nil
 			}
 			if offs, ok := vouched[ci.Pack]; ok {
-				if i := sort.Search(len(offs), func(i int) bool { return offs[i] >= ci.Off }); i < len(offs) && offs[i] == ci.Off {
+				at := chunkAt{ci.Off, ci.InFrame, idPrefix(id)}
+				if i := sort.Search(len(offs), func(i int) bool { return !offs[i].less(at) }); i < len(offs) && offs[i] == at {
 					return nil
 				}
-				rep.Problems = append(rep.Problems, fmt.Sprintf("chunk %s: pack %s's table does not list its record at %d", id, ci.Pack, ci.Off))
+				rep.Problems = append(rep.Problems, fmt.Sprintf("chunk %s: pack %s's table does not list it at %d (%d in the frame)", id, ci.Pack, ci.Off, ci.InFrame))
 			}
 			rest = append(rest, entry{id, ci})
 			return nil
@@ -229,12 +232,11 @@ func compareIDs(a, b chunkid.ID) int { return bytes.Compare(a[:], b[:]) }
 
 // packCheck is what verifyPack found in one pack.
 type packCheck struct {
-	offs    []int64 // offsets of the records checked, ascending (a frame's once)
-	checked int     // chunks checked
-	tableOK bool    // the table was read: it vouches for what it lists
-	orphans int64   // records no index entry names here
-	read    int64   // bytes read
-	problem string  // to report, if any
+	offs    []chunkAt // where the chunks checked are, ascending
+	tableOK bool      // the table was read: it vouches for what it lists
+	orphans int64     // records no index entry names here
+	read    int64     // bytes read
+	problem string    // to report, if any
 }
 
 // verifyPack reads pack p whole, checks its table, and checks every record
@@ -312,15 +314,27 @@ func (c *Cache) verifyPack(ctx context.Context, p pack.ID, info backend.Info) (r
 		} else {
 			_ = c.chunks.CheckRecord(e.ID, ci, rec)
 		}
-		res.checked++
-		if len(res.offs) == 0 || res.offs[len(res.offs)-1] != e.Off {
-			res.offs = append(res.offs, e.Off)
-		}
+		res.offs = append(res.offs, chunkAt{e.Off, e.InFrame, idPrefix(e.ID)}) // table order is ascending
 	}
 	if len(frame) > 0 {
 		checkFrame()
 	}
 	return res, nil
+}
+
+// chunkAt is where a chunk is in its pack: its record's offset and its
+// offset in the record's frame (0 in a record of one chunk), and which
+// chunk (the first 8 bytes of its hash): an entry naming the right record
+// but another chunk's place in the frame is not vouched for.
+type chunkAt struct {
+	off, inFrame int64
+	id           uint64
+}
+
+func idPrefix(id chunkid.ID) uint64 { return binary.LittleEndian.Uint64(id[:8]) }
+
+func (a chunkAt) less(b chunkAt) bool {
+	return a.off < b.off || (a.off == b.off && a.inFrame < b.inFrame)
 }
 
 // rateLimit spaces reads so that they average at most rate bytes a second.

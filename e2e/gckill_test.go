@@ -32,8 +32,8 @@ import (
 
 // TestGCKill is issue 15's crash point for the collector: `cairn serve` is
 // SIGKILLed at a random moment of a collection (`cairn gc --grace 0
-// --pack-grace 0 --rewrite-ratio 0.1 --compact-age 1ns`, a subprocess) 20
-// times, and after
+// --pack-grace 0 --rewrite-ratio 0.1`, a subprocess, with `--compact-age
+// 1ns` in odd rounds) 20 times, and after
 // each restart on the same data the server counts exactly the live layers,
 // every live layer pulls back with its digest, the registry's image
 // validates and a verify of the whole store finds nothing wrong.
@@ -44,10 +44,11 @@ import (
 // collection rewrites it (then marks the old pack, and the next run
 // deletes it); removing a y later leaves the rewritten pack partly dead
 // again, or wholly. A "solo" layer removed leaves its pack wholly dead.
-// With --compact-age 1ns every collection also compacts (issue 17) every
-// pack the pushes since the last one wrote, partly dead ones included,
-// into frames: a kill may land while it writes its packs or moves the
-// index to them ("during: rewriting" counts those too). It
+// With --compact-age 1ns (odd rounds) the collection also compacts (issue
+// 17) every pack of the ingest tier, partly dead ones included, into
+// frames: a kill may land while it writes its packs or moves the index to
+// them ("during: rewriting" counts those too); later rounds then rewrite
+// and delete compacted packs. It
 // starts with 40 layers (10 families, 10 solos) of which 15 are removed;
 // between rounds two families are pushed, their x removed and four older
 // live layers removed, so that every round has work.
@@ -151,7 +152,11 @@ type gcImage struct {
 // gcArgs are the arguments of every collection the test runs: no grace
 // periods (no push runs beside them), untagged manifests collected at once,
 // and a low rewrite threshold so that partly dead packs are rewritten.
-var gcArgs = []string{"gc", "--grace", "0", "--pack-grace", "0", "--untagged-max-age", "0", "--rewrite-ratio", "0.1", "--compact-age", "1ns"}
+var gcArgs = []string{"gc", "--grace", "0", "--pack-grace", "0", "--untagged-max-age", "0", "--rewrite-ratio", "0.1"}
+
+// gcCompactArgs are gcArgs with compaction of every pack (every one is
+// older than a nanosecond): the odd rounds' collections.
+var gcCompactArgs = append(slices.Clone(gcArgs), "--compact-age", "1ns")
 
 func testGCKill(t *testing.T, b backendConfig, seed uint64) {
 	start := time.Now()
@@ -184,16 +189,19 @@ func testGCKill(t *testing.T, b backendConfig, seed uint64) {
 	// uncut collection of this store takes, then that of the last round
 	// whose collection finished before the kill, a quarter longer after
 	// each cut one (whose leftovers the next one does besides its own).
-	bound := g.measure()
+	// Odd rounds compact too, which takes longer: they have a bound of
+	// their own, measured the same way.
+	bounds := [2]time.Duration{g.measure(gcArgs), g.measure(gcCompactArgs)}
 	kills := map[string]int{}
 	for round := range gcKillRounds {
-		where, took := g.round(round, bound)
+		bound := &bounds[round%2]
+		where, took := g.round(round, *bound)
 		kills[where]++
 		switch {
 		case took > 0:
-			bound = took
+			*bound = took
 		case strings.HasPrefix(where, "during"):
-			bound += bound / 4
+			*bound += *bound / 4
 		}
 		if t.Failed() {
 			t.Fatalf("round %d failed (seed %d); stopping", round, seed)
@@ -481,7 +489,7 @@ func (g *gcKill) churn() {
 // measure runs an uncut collection on a copy of the store (the index
 // directory, and the bucket on S3) and returns how long the gc client ran:
 // the bound of the kill delays.
-func (g *gcKill) measure() time.Duration {
+func (g *gcKill) measure(args []string) time.Duration {
 	t, s := g.t, g.s
 	g.hangUp()
 	if err := s.stop(); err != nil {
@@ -500,7 +508,7 @@ func (g *gcKill) measure() time.Duration {
 	twin.start()
 	began := time.Now()
 	var rep client.GCReport
-	twin.okJSON(&rep, nil, gcArgs...)
+	twin.okJSON(&rep, nil, args...)
 	took := time.Since(began)
 	if err := twin.stop(); err != nil {
 		t.Fatalf("the twin server: %v\n%s", err, twin.log.String())
@@ -508,7 +516,8 @@ func (g *gcKill) measure() time.Duration {
 	s.start()
 	t.Logf("an uncut collection on a copy of the store: %v (%v in the server): %s", took.Round(time.Millisecond),
 		rep.Duration.Round(time.Millisecond), gcSummary(rep))
-	if rep.DeletedPacks == 0 || rep.RewrittenPacks == 0 || rep.DeletedLayers == 0 {
+	compacting := slices.Contains(args, "--compact-age")
+	if rep.DeletedPacks == 0 || (rep.RewrittenPacks == 0 && !compacting) || (rep.CompactedPacks == 0 && compacting) || rep.DeletedLayers == 0 {
 		t.Fatalf("the store gives the collection too little work: %s", gcSummary(rep))
 	}
 	return took
@@ -539,7 +548,11 @@ func copyObjects(t *testing.T, src, dst backend.Store) {
 func (g *gcKill) round(round int, bound time.Duration) (where string, took time.Duration) {
 	t, s := g.t, g.s
 	packsBefore := g.packKeys()
-	cmd := exec.Command(cairnBin, append(slices.Clone(gcArgs), "--json")...)
+	args := gcArgs
+	if round%2 == 1 {
+		args = gcCompactArgs
+	}
+	cmd := exec.Command(cairnBin, append(slices.Clone(args), "--json")...)
 	cmd.Env = append(os.Environ(), "CAIRN_SERVER="+s.addr)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -752,7 +765,7 @@ func (g *gcKill) wantClean(when string) {
 
 // gcSummary is the gist of a collection's report.
 func gcSummary(r client.GCReport) string {
-	return fmt.Sprintf("%d unreached layers (%d untagged manifests), %d deleted; %d packs, %d chunks (%d dead); plan: %d delete, %d rewrite, %d orphans, %d due, %d waiting; done: %d deleted, %d rewritten, %d marked, %d chunks moved, %d skipped",
-		r.UnreachedLayers, r.UntaggedManifests, r.DeletedLayers, r.Packs, r.Chunks, r.DeadChunks, r.DeletePacks, r.RewritePacks, r.OrphanPacks, r.DuePacks, r.WaitingPacks,
-		r.DeletedPacks, r.RewrittenPacks, r.MarkedPacks, r.MovedChunks, len(r.Skipped))
+	return fmt.Sprintf("%d unreached layers (%d untagged manifests), %d deleted; %d packs, %d chunks (%d dead); plan: %d delete, %d rewrite, %d compact, %d orphans, %d due, %d waiting; done: %d deleted, %d rewritten, %d compacted, %d marked, %d chunks moved, %d skipped",
+		r.UnreachedLayers, r.UntaggedManifests, r.DeletedLayers, r.Packs, r.Chunks, r.DeadChunks, r.DeletePacks, r.RewritePacks, r.CompactPacks, r.OrphanPacks, r.DuePacks, r.WaitingPacks,
+		r.DeletedPacks, r.RewrittenPacks, r.CompactedPacks, r.MarkedPacks, r.MovedChunks, len(r.Skipped))
 }

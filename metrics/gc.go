@@ -25,7 +25,7 @@ func NewGCCollector(stats func() cache.GCStats) *GCCollector {
 		stats:          stats,
 		runs:           d("cairn_gc_runs_total", "Garbage collections run (not dry runs), in the background or asked for."),
 		failures:       d("cairn_gc_failures_total", "Garbage collections that failed part way (the next one finishes the job)."),
-		freed:          d("cairn_gc_freed_bytes_total", "Bytes of packs deleted, and of packs rewritten less the packs the rewrites wrote."),
+		freed:          d("cairn_gc_freed_bytes_total", "Bytes of packs deleted (the packs rewrites and compactions write are not subtracted: a counter only grows)."),
 		deleted:        d("cairn_gc_packs_deleted_total", "Packs deleted: wholly dead, or marked and past their second grace period."),
 		rewritten:      d("cairn_gc_packs_rewritten_total", "Mostly dead packs whose live chunks were copied to a new pack."),
 		chunks:         d("cairn_gc_chunks_deleted_total", "Dead chunk entries deleted from the index."),
@@ -53,7 +53,7 @@ func (c *GCCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(c.runs, s.Runs)
 	counter(c.failures, s.Failures)
-	counter(c.freed, max(s.FreedBytes, 0))
+	counter(c.freed, s.DeletedBytes)
 	counter(c.deleted, s.DeletedPacks)
 	counter(c.rewritten, s.RewrittenPacks)
 	counter(c.chunks, s.DeletedChunks)

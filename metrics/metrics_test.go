@@ -185,7 +185,7 @@ func TestGCCollector(t *testing.T) {
 	if got := family(t, reg, "cairn_gc_last_end_timestamp_seconds"); got != nil {
 		t.Errorf("before any run: %v, want no last end", got)
 	}
-	st = cache.GCStats{Runs: 3, Failures: 1, FreedBytes: 1000, DeletedPacks: 4, RewrittenPacks: 2, DeletedChunks: 50,
+	st = cache.GCStats{Runs: 3, Failures: 1, FreedBytes: -200, DeletedBytes: 1000, DeletedPacks: 4, RewrittenPacks: 2, DeletedChunks: 50,
 		CompactedPacks: 5, CompactRead: 6 << 20, CompactWritten: 2 << 20,
 		LastDuration: 1500 * time.Millisecond, LastEnd: time.Unix(1700000000, 0)}
 	for name, want := range map[string]float64{

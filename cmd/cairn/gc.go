@@ -59,7 +59,9 @@ Last, compaction: pushes store each chunk as its own compressed record
 of whose chunks was touched within --compact-age (the server's, 6 hours
 by default, unless given here) have their live chunks rewritten into
 frames of several chunks, compressed harder (the compacted tier), and
-are marked like emptied packs. cairn stat shows the bytes of each tier.`,
+are marked like emptied packs: at most 4 GiB of packs a collection,
+oldest first, the rest in the next ones. cairn stat shows the bytes of
+each tier.`,
 		Example: `  cairn gc --dry-run
   cairn gc
   cairn gc --grace 0 --pack-grace 0   # when no push is under way

@@ -71,7 +71,7 @@ func (s *Store) NewReader(ctx context.Context, recipe []index.RecipeEntry, offse
 		ends[i] = sum
 	}
 	first := sort.Search(len(ends), func(i int) bool { return ends[i] > offset })
-	frames := newFrameCache(s)
+	frames := newFrameCache(s, s.frameCache)
 	s.readers.Add(1)
 	go func() {
 		defer s.readers.Done()
@@ -143,17 +143,6 @@ func (s *Store) NewReader(ctx context.Context, recipe []index.RecipeEntry, offse
 					if hi-lo <= maxRunBytes && hi-lo <= 2*used {
 						break
 					}
-				}
-				// The rest of a frame joins its run, so that the frame
-				// is read and decoded once.
-				for queue[k-1].ci.Frame != 0 {
-					if k == len(queue) {
-						queue = append(queue, locate(1)...)
-					}
-					if k == len(queue) || !sameRecord(queue[k], queue[k-1]) {
-						break
-					}
-					k++
 				}
 			}
 			run := append([]*runChunk(nil), queue[:k]...)
@@ -266,6 +255,12 @@ func (s *Store) decodeGroup(group []*runChunk, rec []byte, frames *frameCache, d
 // keeping 4 frames and 3.3× keeping 8 (bench/RESULTS.md "Issue 17").
 const frameCacheSize = 8
 
+// singleFrames is how many decoded frames the store keeps for reads of
+// single chunks (ReadRecord), shared by all of them: GetChunks reading a
+// layer chunk by chunk decoded every frame once per chunk without it
+// (13.7× the layer's bytes, a review found).
+const singleFrames = 4
+
 // SetFrameCacheSize changes how many decoded frames a reader keeps; tests
 // lower it to make evictions race the fetches. Call it before any read.
 func (s *Store) SetFrameCacheSize(n int) { s.frameCache = max(n, 1) }
@@ -273,9 +268,10 @@ func (s *Store) SetFrameCacheSize(n int) { s.frameCache = max(n, 1) }
 // frameCache holds the frames a reader decoded last, by record, and
 // decodes each once for the reader's concurrent fetches.
 type frameCache struct {
-	s  *Store
-	mu sync.Mutex
-	m  map[frameKey]*cachedFrame
+	s    *Store
+	size int // frames kept
+	mu   sync.Mutex
+	m    map[frameKey]*cachedFrame
 	// order lists the keys of m, least recently used first.
 	order []frameKey
 }
@@ -294,8 +290,8 @@ type cachedFrame struct {
 	evicted bool
 }
 
-func newFrameCache(s *Store) *frameCache {
-	return &frameCache{s: s, m: make(map[frameKey]*cachedFrame)}
+func newFrameCache(s *Store, size int) *frameCache {
+	return &frameCache{s: s, size: size, m: make(map[frameKey]*cachedFrame)}
 }
 
 // get returns the frame ci's record holds, decoding it with decode unless
@@ -355,7 +351,7 @@ func (fc *frameCache) touch(k frameKey) {
 // evict drops the least recently used frames no fetch holds while the
 // cache holds more than frameCacheSize.
 func (fc *frameCache) evict() {
-	for i := 0; len(fc.order) > fc.s.frameCache && i < len(fc.order); {
+	for i := 0; len(fc.order) > fc.size && i < len(fc.order); {
 		if f := fc.m[fc.order[i]]; f.refs > 0 {
 			i++
 			continue

@@ -75,6 +75,10 @@ type Store struct {
 	// frames and frameBytes count the frames decoded since New and their
 	// bytes: what reads of compacted chunks cost (see FrameStats).
 	frames, frameBytes atomic.Int64
+	// singles keeps the frames single-chunk reads (ReadRecord: GetChunks,
+	// compaction) decoded last, so that reading a frame's chunks one by
+	// one decodes it once.
+	singles *frameCache
 
 	// readers counts the goroutines of open recipe readers; Close cancels
 	// them.
@@ -108,6 +112,7 @@ func New(opts Options) (*Store, error) {
 		leases:  leases{n: make(map[chunkid.ID]int32)},
 	}
 	s.flights.leases = &s.leases
+	s.singles = newFrameCache(s, singleFrames)
 	s.readersCtx, s.stopReaders = context.WithCancel(context.Background())
 	return s, nil
 }
@@ -237,7 +242,8 @@ func (s *Store) ReadChunk(ctx context.Context, id chunkid.ID) ([]byte, error) {
 
 // ReadRecord reads chunk id's record from where ci says and decodes it:
 // the data, verified, in a pooled buffer the caller gives back with
-// PutData.
+// PutData. A chunk in a frame is sliced from the frame, which the store
+// keeps among the last few it decoded for such reads.
 func (s *Store) ReadRecord(ctx context.Context, id chunkid.ID, ci index.ChunkInfo) (*[]byte, []byte, error) {
 	// DecodeChunkInfo bounds Stored more loosely; the buffer below is
 	// sized by what the encoder can produce.
@@ -245,17 +251,41 @@ func (s *Store) ReadRecord(ctx context.Context, id chunkid.ID, ci index.ChunkInf
 	if ci.Stored > pack.HeaderSize+int64(s.enc.MaxEncodedSize(record)) {
 		return nil, nil, fmt.Errorf("%w: chunk %s: index entry claims %d bytes stored for %d", cerr.ErrDataLoss, id, ci.Stored, record)
 	}
+	if ci.Frame != 0 {
+		frame, release, err := s.singles.get(ci, func() (*[]byte, []byte, error) {
+			cp := s.getComp(record)
+			defer s.compPool.Put(cp)
+			if err := s.readRecord(ctx, id, ci, (*cp)[:ci.Stored]); err != nil {
+				return nil, nil, err
+			}
+			return s.decodeFrame(id, ci, (*cp)[:ci.Stored])
+		})
+		if err != nil {
+			return nil, nil, s.condemn(id, ci, err)
+		}
+		defer release()
+		bp, data, err := s.sliceChunk(id, ci, frame)
+		return bp, data, s.condemn(id, ci, err)
+	}
 	cp := s.getComp(record)
 	defer s.compPool.Put(cp)
-	n, err := pack.ReadRange(ctx, s.store, ci.Pack, ci.Off, (*cp)[:ci.Stored])
-	if errors.Is(err, pack.ErrShort) {
-		return nil, nil, s.condemn(id, ci, fmt.Errorf("%w: chunk %s: pack %s ends %d bytes into the record of %d", cerr.ErrDataLoss, id, ci.Pack, n, ci.Stored))
-	}
-	if err != nil {
-		return nil, nil, s.condemn(id, ci, fmt.Errorf("chunk %s: %w", id, err))
+	if err := s.readRecord(ctx, id, ci, (*cp)[:ci.Stored]); err != nil {
+		return nil, nil, s.condemn(id, ci, err)
 	}
 	bp, data, err := s.decodeRecord(id, ci, (*cp)[:ci.Stored])
 	return bp, data, s.condemn(id, ci, err)
+}
+
+// readRecord reads the record ci names into buf (of ci.Stored bytes).
+func (s *Store) readRecord(ctx context.Context, id chunkid.ID, ci index.ChunkInfo, buf []byte) error {
+	n, err := pack.ReadRange(ctx, s.store, ci.Pack, ci.Off, buf)
+	if errors.Is(err, pack.ErrShort) {
+		return fmt.Errorf("%w: chunk %s: pack %s ends %d bytes into the record of %d", cerr.ErrDataLoss, id, ci.Pack, n, ci.Stored)
+	}
+	if err != nil {
+		return fmt.Errorf("chunk %s: %w", id, err)
+	}
+	return nil
 }
 
 // FrameStats returns how many frames reads decoded since the store opened,

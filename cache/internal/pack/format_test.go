@@ -3,6 +3,8 @@ package pack
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
+	"hash/crc32"
 	"errors"
 	"io"
 	"slices"
@@ -313,6 +315,72 @@ func FuzzTable(f *testing.F) {
 		}
 		if next != int64(start) {
 			t.Fatalf("records end at %d, table at %d", next, start)
+		}
+	})
+}
+
+// FuzzTableEntries reaches the entry checks that FuzzTable's inputs
+// seldom do (their checksums fail first): the fuzzer writes the table's
+// entries, the harness a footer that agrees with them (count, checksum)
+// after records bytes of records, and what ParseTable accepts must be
+// what readers rely on: records back to back up to the table, each
+// frame's chunks consecutive and filling it, every slice in bounds.
+func FuzzTableEntries(f *testing.F) {
+	for _, es := range [][]Entry{goldenEntries2, {{ID: chunkid.ID{1}, Stored: 100, Size: 300}}} {
+		var end int64
+		for _, e := range es {
+			end = max(end, e.Off+e.Stored)
+		}
+		tail := AppendTable(nil, es)
+		f.Add(uint32(end), tail[:len(tail)-FooterSize])
+	}
+	f.Fuzz(func(t *testing.T, records uint32, table []byte) {
+		if len(table)%EntrySize != 0 || len(table)/EntrySize > MaxChunks || records > 64<<20 {
+			return
+		}
+		b := make([]byte, int(records), int(records)+len(table)+FooterSize)
+		b = append(b, table...)
+		b = append(b, packMagic...)
+		b = append(b, packVersion, chunkHashBLAKE3, 0, 0)
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(table)/EntrySize))
+		b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(table, crc32c))
+		entries, err := Parse(b)
+		if err != nil {
+			return
+		}
+		var next int64
+		for i, e := range entries {
+			if e.Stored < HeaderSize || e.Size <= 0 || e.Size > MaxChunkSize || e.Frame < 0 || e.Frame > MaxFrameSize ||
+				e.InFrame < 0 || (e.Frame == 0 && e.InFrame != 0) || (e.Frame > 0 && e.InFrame+e.Size > e.Frame) {
+				t.Fatalf("accepted entry %d: %+v", i, e)
+			}
+			if e.InFrame > 0 {
+				p := entries[i-1]
+				if p.Off != e.Off || p.Stored != e.Stored || p.Frame != e.Frame || p.InFrame+p.Size != e.InFrame {
+					t.Fatalf("accepted entry %d %+v after %+v", i, e, p)
+				}
+				continue
+			}
+			if e.Off != next {
+				t.Fatalf("accepted entry %d %+v: records end at %d", i, e, next)
+			}
+			next = e.Off + e.Stored
+			if next > int64(records) {
+				t.Fatalf("entry %d ends at %d, past the records (%d)", i, next, records)
+			}
+			if i > 0 {
+				if p := entries[i-1]; p.Frame != 0 && p.InFrame+p.Size != p.Frame {
+					t.Fatalf("entry %d starts a record while the frame before is unfilled: %+v", i, p)
+				}
+			}
+		}
+		if n := len(entries); n > 0 {
+			if last := entries[n-1]; last.Frame != 0 && last.InFrame+last.Size != last.Frame {
+				t.Fatalf("the last frame is unfilled: %+v", last)
+			}
+		}
+		if next != int64(records) {
+			t.Fatalf("records end at %d, the table starts at %d", next, records)
 		}
 	})
 }
