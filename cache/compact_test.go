@@ -22,6 +22,16 @@ import (
 // counts it as older than a nanosecond) with no grace periods.
 var compactNow = GCOptions{Grace: -1, PackGrace: -1, CompactAge: time.Nanosecond}
 
+// compactAll compacts every pack and deletes the old ones.
+func compactAll(t *testing.T, c *Cache) {
+	t.Helper()
+	for _, opts := range []GCOptions{compactNow, now} {
+		if _, err := c.GC(t.Context(), opts); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // versionsData returns n bytes made of one 48 KiB block of random bytes
 // repeated with a few bytes changed in each copy: like the files of
 // successive releases, every chunk differs (no deduplication), while a
@@ -138,12 +148,7 @@ func TestCompactRewritesFrames(t *testing.T) {
 	keep, drop := versionsData(5, 1<<20), versionsData(6, 3<<20)
 	push(t, c, keep)
 	info := push(t, c, drop)
-	if _, err := c.GC(ctx, compactNow); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.GC(ctx, now); err != nil { // the old packs go
-		t.Fatal(err)
-	}
+	compactAll(t, c)
 	if err := c.Delete(ctx, info.Digest); err != nil {
 		t.Fatal(err)
 	}
@@ -177,12 +182,7 @@ func TestCompactDamagedFrame(t *testing.T) {
 	ctx := t.Context()
 	layer := versionsData(7, 2<<20)
 	push(t, c, layer)
-	if _, err := c.GC(ctx, compactNow); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.GC(ctx, now); err != nil {
-		t.Fatal(err)
-	}
+	compactAll(t, c)
 	var key string
 	var size int64
 	if err := store.List(ctx, packPrefix, func(i backend.Info) error { key, size = i.Key, i.Size; return nil }); err != nil {
@@ -269,12 +269,7 @@ func TestCompactReadsFormat1(t *testing.T) {
 		}
 	}
 	check()
-	if _, err := c.GC(ctx, compactNow); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.GC(ctx, now); err != nil {
-		t.Fatal(err)
-	}
+	compactAll(t, c)
 	check()
 	if versions := packVersions(t, store); len(versions) == 0 || slices.Contains(versions, 1) {
 		t.Fatalf("after compaction the packs have versions %v, want only 2", versions)
@@ -316,16 +311,13 @@ func packVersions(t *testing.T, store backend.Store) []byte {
 // verification and quarantine a good chunk).
 func TestCompactConcurrentReads(t *testing.T) {
 	c, _ := newCache(t)
-	ctx := t.Context()
 	c.chunks.SetPackTarget(512 << 10)
 	c.chunks.SetFrameCacheSize(1) // every new frame evicts one
 	layers := [][]byte{versionsData(11, 6<<20), versionsData(12, 5<<20), genData(13, 3<<20)}
 	for _, l := range layers {
 		push(t, c, l)
 	}
-	if _, err := c.GC(ctx, compactNow); err != nil {
-		t.Fatal(err)
-	}
+	compactAll(t, c)
 	frames0, _ := c.FrameStats()
 	var wg sync.WaitGroup
 	for g := range 4 {
@@ -382,9 +374,7 @@ func TestCompactVerifyPlaceInFrame(t *testing.T) {
 	ctx := t.Context()
 	layer := versionsData(31, 2<<20)
 	push(t, c, layer)
-	if _, err := c.GC(ctx, compactNow); err != nil {
-		t.Fatal(err)
-	}
+	compactAll(t, c)
 	var victim chunkID
 	var ci chunkInfo
 	err := c.idx.ForEachChunk(func(id chunkID, info chunkInfo) error {
