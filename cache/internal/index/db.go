@@ -124,7 +124,7 @@ func (x *DB) fault() error {
 }
 
 // checkFormat refuses an index written in another format and marks a new
-// one with Format.
+// one, or one of the format this version upgrades, with Format.
 func checkFormat(db *badger.DB) error {
 	var found string
 	empty := true
@@ -147,6 +147,8 @@ func checkFormat(db *badger.DB) error {
 		return translate("read format", err)
 	case found == Format:
 		return nil
+	case found == formatUpgraded:
+		// Read as it is: only the marker changes.
 	case found != "":
 		return fmt.Errorf("%w: index format %q, this cairn reads %q", cerr.ErrFailedPrecondition, found, Format)
 	case !empty:

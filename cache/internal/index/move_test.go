@@ -3,6 +3,8 @@ package index
 import (
 	"testing"
 
+	"github.com/dgraph-io/badger/v4"
+
 	"github.com/cairnbuild/cairn/cache/internal/pack"
 	"github.com/cairnbuild/cairn/chunkid"
 )
@@ -60,5 +62,44 @@ func TestMoveChunks(t *testing.T) {
 	}
 	if got[1] != before[1] {
 		t.Errorf("its frame neighbour changed: %+v, was %+v", got[1], before[1])
+	}
+}
+
+// An index of format 2 (packs of one record per chunk) opens and is
+// marked 3, so that an older cairn refuses it once it may hold entries in
+// frames; other formats are refused.
+func TestFormatUpgrade(t *testing.T) {
+	for _, tc := range []struct {
+		found string
+		ok    bool
+	}{{"cairn-index-2", true}, {"cairn-index-3", true}, {"cairn-index-1", false}, {"cairn-index-4", false}} {
+		dir := t.TempDir()
+		x, err := Open(dir, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := x.update("set format", func(txn *badger.Txn) error { return txn.Set(idxFormat, []byte(tc.found)) }); err != nil {
+			t.Fatal(err)
+		}
+		x.Close()
+		x, err = Open(dir, nil)
+		if (err == nil) != tc.ok {
+			t.Fatalf("an index of format %q: %v", tc.found, err)
+		}
+		if err != nil {
+			continue
+		}
+		var got string
+		err = x.View("read format", func(tx *Tx) error {
+			item, err := tx.txn.Get(idxFormat)
+			if err != nil {
+				return err
+			}
+			return item.Value(func(v []byte) error { got = string(v); return nil })
+		})
+		x.Close()
+		if err != nil || got != Format {
+			t.Errorf("an index of format %q is marked %q after Open (%v), want %q", tc.found, got, err, Format)
+		}
 	}
 }

@@ -51,10 +51,16 @@ var (
 	idxFormat = []byte("v/format")
 )
 
-// Format names the index and backend formats of this version: chunks named
-// by BLAKE3, in packs (2); 1 was one backend object per chunk, named by
-// SHA-256.
-const Format = "cairn-index-2"
+// Format names the index and backend formats of this version: chunks in
+// packs of format 2, whose entries may name a place in a frame (3); 2 was
+// chunks named by BLAKE3 in packs of one record per chunk, which this
+// version reads as they are (Open marks such an index 3, so that a cairn of
+// format 2 refuses it rather than misread a compacted entry); 1 was one
+// backend object per chunk, named by SHA-256.
+const (
+	Format         = "cairn-index-3"
+	formatUpgraded = "cairn-index-2"
+)
 
 func chunkKey(id chunkid.ID) []byte {
 	return append(append(make([]byte, 0, 2+len(id)), idxChunk...), id[:]...)

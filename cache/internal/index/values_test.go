@@ -76,7 +76,7 @@ func TestGolden(t *testing.T) {
 		t.Errorf("stored access time decodes as %v, %v", tm, err)
 	}
 	if string(chunkKey(chunkid.ID{1})[:2]) != "c/" || string(layerKey("sha256:x")) != "l/sha256:x" || string(accessKey("d")) != "a/d" ||
-		string(stepKey("k")) != "k/k" || string(hitsKey("k")) != "h/k" || Format != "cairn-index-2" {
+		string(stepKey("k")) != "k/k" || string(hitsKey("k")) != "h/k" || Format != "cairn-index-3" {
 		t.Errorf("index keys changed: a format change")
 	}
 }
