@@ -383,6 +383,9 @@ func (c *Cache) plan(ctx context.Context, gen uint64, opts GCOptions, cutoff int
 		}
 	}
 	plans := map[pack.ID]*PackPlan{}
+	// A frame is live whole if its live chunks fill it (its bytes count
+	// once, exactly), else by its live chunks' shares.
+	frames := map[frameAt]*frameUse{}
 	var marked map[pack.ID]time.Time
 	// The walk goes a page at a time, each in its own snapshot: the plan
 	// is a little less exact than one snapshot's, and safe all the same,
@@ -396,19 +399,31 @@ func (c *Cache) plan(ctx context.Context, gen uint64, opts GCOptions, cutoff int
 		}
 		pp.framed = pp.framed || ci.Frame != 0
 		pp.newest = max(pp.newest, ci.Added)
+		live := true
 		switch {
 		case ci.Refs > 0:
 			rep.LiveChunks++
-			pp.LiveBytes += ci.Bytes()
 			pp.LiveChunks++
 		case ci.Added > cutoff:
 			rep.YoungChunks++
-			pp.LiveBytes += ci.Bytes()
 			pp.LiveChunks++
 		default: // DeadBytes comes from the pack's size, below
+			live = false
 			rep.DeadChunks++
 			pp.DeadChunks++
 			pp.dead = append(pp.dead, id)
+		}
+		switch {
+		case ci.Frame != 0 && live:
+			fu := frames[frameAt{ci.Pack, ci.Off}]
+			if fu == nil {
+				fu = &frameUse{stored: ci.Stored, size: ci.Frame}
+				frames[frameAt{ci.Pack, ci.Off}] = fu
+			}
+			fu.live += ci.Size
+			fu.liveBytes += ci.Bytes()
+		case live:
+			pp.LiveBytes += ci.Stored
 		}
 		return nil
 	}
@@ -424,6 +439,13 @@ func (c *Cache) plan(ctx context.Context, gen uint64, opts GCOptions, cutoff int
 		}
 		if err := rest(ctx, time.Since(began), opts.Pace); err != nil {
 			return err
+		}
+	}
+	for at, fu := range frames {
+		if fu.live == fu.size {
+			plans[at.pack].LiveBytes += fu.stored
+		} else {
+			plans[at.pack].LiveBytes += fu.liveBytes
 		}
 	}
 	err := c.step(ctx, gen, func() (err error) {
@@ -514,6 +536,20 @@ func (c *Cache) plan(ctx context.Context, gen uint64, opts GCOptions, cutoff int
 }
 
 func comparePacks(a, b pack.ID) int { return bytes.Compare(a[:], b[:]) }
+
+// frameAt names a frame record: its pack and offset.
+type frameAt struct {
+	pack pack.ID
+	off  int64
+}
+
+// frameUse is what the plan's walk saw of a frame: its record's bytes,
+// its uncompressed size, and the size and stored shares of its live
+// chunks.
+type frameUse struct {
+	stored, size    int64
+	live, liveBytes int64
+}
 
 // dropDead deletes the entries of pp's dead chunks that are still dead,
 // inside the fence, and reports whether a session holds pp's pack.
