@@ -31,6 +31,26 @@ func compactAll(t *testing.T, c *Cache) {
 	}
 }
 
+// compactedLayer pushes layer, compacts it, and returns a chunk that is
+// not the first of its frame, with its entry.
+func compactedLayer(t *testing.T, c *Cache, layer []byte) (chunkID, chunkInfo) {
+	t.Helper()
+	push(t, c, layer)
+	compactAll(t, c)
+	var id chunkID
+	var ci chunkInfo
+	err := c.idx.ForEachChunk(func(i chunkID, info chunkInfo) error {
+		if info.InFrame > 0 && id == (chunkID{}) {
+			id, ci = i, info
+		}
+		return nil
+	})
+	if err != nil || id == (chunkID{}) {
+		t.Fatalf("no chunk inside a frame: %v", err)
+	}
+	return id, ci
+}
+
 // versionsData returns n bytes made of one 48 KiB block of random bytes
 // repeated with a few bytes changed in each copy: like the files of
 // successive releases, every chunk differs (no deduplication), while a
@@ -188,29 +208,15 @@ func TestCompactDamagedFrame(t *testing.T) {
 	c, store := newCache(t)
 	ctx := t.Context()
 	layer := versionsData(7, 2<<20)
-	push(t, c, layer)
-	compactAll(t, c)
-	var key string
-	var size int64
-	if err := store.List(ctx, packPrefix, func(i backend.Info) error { key, size = i.Key, i.Size; return nil }); err != nil {
-		t.Fatal(err)
-	}
-	rc, err := store.Open(ctx, key, 0, size)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, err := io.ReadAll(rc)
-	rc.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	body[100] ^= 0xff // inside the first frame's payload
-	if err := store.Put(ctx, key, bytes.NewReader(body), size); err != nil {
-		t.Fatal(err)
-	}
+	_, ci := compactedLayer(t, c, layer)
+	// Damage the frame of a chunk, inside its payload.
+	rewritePack(t, store, ci, func(body []byte) []byte {
+		body[ci.Off+ci.Stored/2] ^= 0xff
+		return body
+	})
 	inFrame := 0
-	for _, e := range packTables(t, c, store)[key] {
-		if e.Off == 0 {
+	for _, e := range packTables(t, c, store)[packKey(ci.Pack)] {
+		if e.Off == ci.Off {
 			inFrame++
 		}
 	}
@@ -381,19 +387,7 @@ func TestCompactVerifyPlaceInFrame(t *testing.T) {
 	c, _ := newCache(t)
 	ctx := t.Context()
 	layer := versionsData(31, 2<<20)
-	push(t, c, layer)
-	compactAll(t, c)
-	var victim chunkID
-	var ci chunkInfo
-	err := c.idx.ForEachChunk(func(id chunkID, info chunkInfo) error {
-		if info.InFrame > 0 && victim == (chunkID{}) {
-			victim, ci = id, info
-		}
-		return nil
-	})
-	if err != nil || victim == (chunkID{}) {
-		t.Fatalf("no chunk inside a frame: %v", err)
-	}
+	victim, ci := compactedLayer(t, c, layer)
 	ci.InFrame = 0
 	if err := c.idx.SetChunkValue(victim, ci.Encode()); err != nil {
 		t.Fatal(err)
