@@ -54,6 +54,10 @@ func TestCompaction(t *testing.T) {
 	}
 	t.Logf("corpus: %d layers, %.1f MB", len(paths), mb(total))
 
+	if os.Getenv("CAIRN_COMPACT_STEADY") == "1" {
+		steadyState(t, paths)
+		return
+	}
 	c, store, packs := openStore(t)
 	pushMBs, firstMBs, digests := pushAll(t, c, paths)
 	t.Logf("push, all layers: %.1f MB/s; the first (all of it new data): %.1f MB/s", pushMBs, firstMBs)
@@ -374,4 +378,21 @@ func zstdSpeed(t *testing.T, p string) float64 {
 		t.Fatalf("zstd: %v", err)
 	}
 	return mb(fileSize(t, p)) / time.Since(start).Seconds()
+}
+
+// steadyState compacts after each release, as a fleet compacting every
+// few hours does, rather than once after all five: chunks compacted in
+// different runs never share a frame.
+func steadyState(t *testing.T, paths []string) {
+	c, _, _ := openStore(t)
+	for i := 0; i+1 < len(paths); i += 2 {
+		pushAll(t, c, paths[i:i+2])
+		for _, opts := range []cache.GCOptions{{PackGrace: -1, CompactAge: time.Nanosecond}, {PackGrace: -1}} {
+			if _, err := c.GC(t.Context(), opts); err != nil {
+				t.Fatal(err)
+			}
+		}
+		st := stats(t, c)
+		t.Logf("after release %d, compacted: %.1f MB stored (%d chunks, %.1f MB uncompressed)", i/2+1, mb(st.StoredBytes), st.Chunks, mb(st.UniqueBytes))
+	}
 }
