@@ -1,10 +1,13 @@
 package cache
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"math"
+	"slices"
 	"time"
 
 	"github.com/cairnbuild/cairn/backend"
@@ -72,16 +75,21 @@ type oldPack struct {
 // same pass.
 var compactBatchChunks = 200000
 
+// compactMax is CompactMax resolved: 0 is the default, negative no bound.
+func (o GCOptions) compactMax() int64 {
+	switch {
+	case o.CompactMax == 0:
+		return DefaultCompactMax
+	case o.CompactMax < 0:
+		return math.MaxInt64
+	}
+	return o.CompactMax
+}
+
 // compactBudget returns the packs of plans (oldest first) within the
 // run's budget.
 func (o GCOptions) compactBudget(plans []PackPlan) []PackPlan {
-	budget := o.CompactMax
-	switch {
-	case budget == 0:
-		budget = DefaultCompactMax
-	case budget < 0:
-		return plans
-	}
+	budget := o.compactMax()
 	var n int
 	for n < len(plans) && (n == 0 || budget >= plans[n].Size) {
 		budget -= plans[n].Size
@@ -95,14 +103,14 @@ func (o GCOptions) compactBudget(plans []PackPlan) []PackPlan {
 // twice: once to sketch each live chunk (package resemble), then, in the
 // order the sketches give, to write chunks that resemble each other into
 // the same frames.
-func (c *Cache) compact(ctx context.Context, gen uint64, plans []PackPlan, cutoff int64, pace float64, rep *GCReport) error {
+func (c *Cache) compact(ctx context.Context, gen uint64, plans []PackPlan, cutoff int64, opts GCOptions, rep *GCReport) error {
 	for len(plans) > 0 {
 		n, count := 0, 0
 		for n < len(plans) && (n == 0 || count+plans[n].LiveChunks+plans[n].DeadChunks <= compactBatchChunks) {
 			count += plans[n].LiveChunks + plans[n].DeadChunks
 			n++
 		}
-		if err := c.compactBatch(ctx, gen, plans[:n], cutoff, pace, rep); err != nil {
+		if err := c.compactBatch(ctx, gen, plans[:n], cutoff, opts, rep); err != nil {
 			return err
 		}
 		plans = plans[n:]
@@ -116,44 +124,110 @@ type compactItem struct {
 	from pack.ID
 }
 
-func (c *Cache) compactBatch(ctx context.Context, gen uint64, plans []PackPlan, cutoff int64, pace float64, rep *GCReport) error {
-	var items []compactItem
-	var sketches []resemble.Sketch
-	var sizes []int64
-	var olds []oldPack
+// hintFeatures is how many of a chunk's features go into the hints: two
+// keys of the index per compacted chunk.
+const hintFeatures = 2
+
+// batch is what the first pass of a compaction holds: the live chunks it
+// found, their sketches and sizes, and the packs they came from.
+type batch struct {
+	items    []compactItem
+	sketches []resemble.Sketch
+	sizes    []int64
+	olds     []oldPack
+}
+
+// then returns a batch of b's chunks followed by next's.
+func (b batch) then(next batch) batch {
+	return batch{items: append(b.items, next.items...), sketches: append(b.sketches, next.sketches...),
+		sizes: append(b.sizes, next.sizes...), olds: append(b.olds, next.olds...)}
+}
+
+// sketchPack drops pp's dead entries, reads its pack and adds its live
+// chunks to b, with their sketches.
+func (c *Cache) sketchPack(ctx context.Context, gen uint64, pp *PackPlan, cutoff int64, pace float64, b *batch, rep *GCReport) error {
+	began := time.Now()
+	if err := c.step(ctx, gen, func() error { _, err := c.dropDead(pp, cutoff, rep); return err }); err != nil {
+		return err
+	}
+	body, table, ok, err := c.readPack(ctx, pp, rep)
+	if err != nil || !ok {
+		return err
+	}
+	recs, err := c.namedRecords(ctx, gen, pp.Pack, table)
+	if err != nil {
+		return err
+	}
+	err = c.chunks.DecodeRecords(body, recs, func(r chunks.Record, data []byte) error {
+		b.items = append(b.items, compactItem{rec: r, from: pp.Pack})
+		b.sketches = append(b.sketches, resemble.Of(data))
+		b.sizes = append(b.sizes, r.CI.Size)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	b.olds = append(b.olds, oldPack{id: pp.Pack, table: table})
+	rep.CompactedPacks++
+	return rest(ctx, time.Since(began), pace)
+}
+
+func (c *Cache) compactBatch(ctx context.Context, gen uint64, plans []PackPlan, cutoff int64, opts GCOptions, rep *GCReport) error {
+	pace := opts.CompactPace
+	var b batch
+	inBatch := map[pack.ID]bool{}
 	for i := range plans {
-		pp := &plans[i]
-		began := time.Now()
-		if err := c.step(ctx, gen, func() error { _, err := c.dropDead(pp, cutoff, rep); return err }); err != nil {
-			return err
-		}
-		body, table, ok, err := c.readPack(ctx, pp, rep)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			continue
-		}
-		recs, err := c.namedRecords(ctx, gen, pp.Pack, table)
-		if err != nil {
-			return err
-		}
-		err = c.chunks.DecodeRecords(body, recs, func(r chunks.Record, data []byte) error {
-			items = append(items, compactItem{rec: r, from: pp.Pack})
-			sketches = append(sketches, resemble.Of(data))
-			sizes = append(sizes, r.CI.Size)
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		olds = append(olds, oldPack{id: pp.Pack, table: table})
-		rep.CompactedPacks++
-		if err := rest(ctx, time.Since(began), pace); err != nil {
+		inBatch[plans[i].Pack] = true
+		if err := c.sketchPack(ctx, gen, &plans[i], cutoff, pace, &b, rep); err != nil {
 			return err
 		}
 	}
+	// Compacted packs holding chunks that the new ones resemble (the
+	// hints of their first features) are compacted again with them, and
+	// go first: older versions, then the new ones that join them.
+	var features []uint64
+	for _, s := range b.sketches {
+		for _, f := range s[:hintFeatures] {
+			if f != 0 {
+				features = append(features, f)
+			}
+		}
+	}
+	var hinted []PackPlan
+	err := c.step(ctx, gen, func() error {
+		packs, err := c.idx.Hints(features)
+		for p := range packs {
+			pp, ok := rep.recompactable[p]
+			if !ok || inBatch[p] || rep.recompacted[p] || rep.hintedBytes+pp.Size > opts.compactMax() {
+				continue
+			}
+			if rep.recompacted == nil {
+				rep.recompacted = map[pack.ID]bool{}
+			}
+			rep.recompacted[p] = true
+			rep.hintedBytes += pp.Size
+			hinted = append(hinted, pp)
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	slices.SortFunc(hinted, func(a, b PackPlan) int { return cmp.Compare(a.newest, b.newest) })
+	var old batch
+	for i := range hinted {
+		if err := c.sketchPack(ctx, gen, &hinted[i], cutoff, pace, &old, rep); err != nil {
+			return err
+		}
+		rep.RecompactedPacks++
+	}
+	b = old.then(b)
+	items, sketches, sizes, olds := b.items, b.sketches, b.sizes, b.olds
 	order := resemble.Order(sketches, sizes, chunks.FrameTarget)
+	hints := make(map[chunkid.ID][hintFeatures]uint64, len(items))
+	for i, it := range items {
+		hints[it.rec.ID] = [hintFeatures]uint64(sketches[i][:hintFeatures])
+	}
 	sketches, sizes = nil, nil
 
 	cp, err := c.chunks.NewCompactor()
@@ -174,7 +248,18 @@ func (c *Cache) compactBatch(ctx context.Context, gen uint64, plans []PackPlan, 
 		err := c.step(ctx, gen, func() error {
 			n, err := c.idx.MoveChunks(w.Pack, w.Moves)
 			rep.MovedChunks += int64(n)
-			return err
+			if err != nil {
+				return err
+			}
+			var features []uint64
+			for _, m := range w.Moves {
+				for _, f := range hints[m.ID] {
+					if f != 0 {
+						features = append(features, f)
+					}
+				}
+			}
+			return c.idx.SetHints(w.Pack, features)
 		})
 		if err != nil {
 			return err

@@ -410,3 +410,66 @@ func TestCompactVerifyPlaceInFrame(t *testing.T) {
 		t.Fatal("the layer read back wrong bytes")
 	}
 }
+
+// editsOf returns base with a few bytes changed in every 48 KiB: another
+// version of the same content (no chunk in common with base, every chunk
+// resembling one of base's).
+func editsOf(base []byte, seed uint64) []byte {
+	out := bytes.Clone(base)
+	rng := rand.New(rand.NewPCG(seed, 99))
+	for off := 0; off < len(out); off += 48 << 10 {
+		for range 4 {
+			out[off+rng.IntN(min(48<<10, len(out)-off))] ^= 0xff
+		}
+	}
+	return out
+}
+
+// A layer compacted in a later run than an earlier version of it joins
+// the earlier version's frames (hints name the compacted packs holding
+// resembling chunks, and those are compacted again with the new chunks):
+// compacting after each version stores about what compacting both at once
+// does, not the two versions' sum.
+func TestCompactJoinsEarlierFrames(t *testing.T) {
+	v1 := append(randomData(41, 1<<20), genData(42, 1<<20)...)
+	v2 := editsOf(v1, 1)
+	once, _ := newCache(t)
+	push(t, once, v1)
+	push(t, once, v2)
+	compactAll(t, once)
+	oneShot, err := once.Stats(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	c, _ := newCache(t)
+	push(t, c, v1)
+	compactAll(t, c)
+	alone, err := c.Stats(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	push(t, c, v2)
+	rep, err := c.GC(t.Context(), compactNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.GC(t.Context(), now); err != nil {
+		t.Fatal(err)
+	}
+	if rep.RecompactedPacks == 0 {
+		t.Errorf("the second compaction took no compacted pack again: %+v", rep)
+	}
+	later, err := c.Stats(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("v1 alone %d bytes; both, compacted at once %d, one after the other %d", alone.StoredBytes, oneShot.StoredBytes, later.StoredBytes)
+	if later.StoredBytes > oneShot.StoredBytes*11/10 {
+		t.Errorf("compacted one after the other: %d bytes; at once: %d", later.StoredBytes, oneShot.StoredBytes)
+	}
+	checkCompacted(t, c, [][]byte{v1, v2})
+	if vrep, err := c.Verify(t.Context(), VerifyOptions{}); err != nil || len(vrep.Problems) != 0 || vrep.Newly != 0 {
+		t.Fatalf("verify: %+v, %v", vrep, err)
+	}
+}

@@ -213,8 +213,11 @@ type GCReport struct {
 	// The compaction: old packs read, the bytes of the chunks they held
 	// and of the packs written.
 	CompactedPacks int64
-	CompactRead    int64
-	CompactWritten int64
+	// RecompactedPacks: of CompactedPacks, compacted packs taken again
+	// because new chunks resemble some of theirs (hints, compact.go).
+	RecompactedPacks int64
+	CompactRead      int64
+	CompactWritten   int64
 	// DeletedBytes: bytes of the packs deleted.
 	DeletedBytes int64
 	// FreedBytes: bytes of the packs deleted, less those of the packs
@@ -222,6 +225,13 @@ type GCReport struct {
 	// deletes it, after the second grace period).
 	FreedBytes int64
 	Skipped    []string // what the plan said and the execution did not do, and why
+
+	// recompactable: the compacted packs the plan leaves alone, which
+	// compaction takes again if the hints say new chunks resemble theirs;
+	// recompacted: those it took, and their bytes (within CompactMax).
+	recompactable map[pack.ID]PackPlan
+	recompacted   map[pack.ID]bool
+	hintedBytes   int64
 }
 
 // GC runs a collection (see the comment above GCOptions). It runs beside
@@ -356,7 +366,7 @@ func (c *Cache) gc(ctx context.Context, opts GCOptions, rep *GCReport) error {
 	// Last, as it is the slowest (a budget bounds it): what frees space
 	// comes first.
 	if len(reframe) > 0 || len(rep.Compact) > 0 {
-		if err := c.compact(ctx, gen, append(reframe, rep.Compact...), cutoff, opts.CompactPace, rep); err != nil {
+		if err := c.compact(ctx, gen, append(reframe, rep.Compact...), cutoff, opts, rep); err != nil {
 			return err
 		}
 	}
@@ -495,6 +505,13 @@ func (c *Cache) plan(ctx context.Context, gen uint64, opts GCOptions, cutoff int
 		case float64(pp.DeadBytes) >= opts.ratio()*float64(pp.DeadBytes+pp.LiveBytes) && size <= maxVerifyPack:
 			rep.Rewrite = append(rep.Rewrite, *pp)
 			rep.PlannedBytes += pp.DeadBytes
+		case opts.CompactAge > 0 && pp.framed && size <= maxVerifyPack:
+			// Compacted: compaction may take it again, if new chunks
+			// resemble some of its own (hints).
+			if rep.recompactable == nil {
+				rep.recompactable = map[pack.ID]PackPlan{}
+			}
+			rep.recompactable[p] = *pp
 		}
 		pp.dead = nil // the chosen ones have their copy
 	}

@@ -15,6 +15,7 @@
 //	s/<layer digest>/<step key>         empty: step records by the layer they name
 //	v/steps-by-layer                    empty: s/ entries exist for every step
 //	g/<16 bytes of a pack ID>           when the pack was marked for deletion (see gc.go)
+//	z/<8 bytes of a feature>            a compacted pack holding a chunk with it (see hints.go)
 //
 // Changing an encoding in this file is a format change: the golden vectors
 // in testdata must change with it.
