@@ -21,15 +21,18 @@ import (
 // level (the ingest tier), which keeps pushes at their speed and a single
 // chunk cheap to read. Once a pack is cold (no entry in it touched within
 // GCOptions.CompactAge), a collection rewrites its live chunks into frames
-// of several consecutive chunks at zstd's best level (the compacted tier,
-// chunks.FrameTarget and chunks.CompactLevel say why those), with the
-// collector's rewriting machinery: the dead entries go first (in the
-// fence), each moved entry moves only if it still names the copy that was
-// read (index.DB.MoveChunks), and the old pack is only marked, to be
-// deleted after the second grace period, once no entry names it. Packs are
-// taken oldest first, so that chunks written together, consecutive in the
-// layers that brought them, share frames. Its CPU is bounded by
-// GCOptions.CompactPace.
+// of about 4 MiB at zstd's best level (the compacted tier,
+// chunks.FrameTarget and chunks.CompactLevel say why those), chunks that
+// resemble each other (package resemble: versions of the same content) in
+// the same frame, with the collector's rewriting machinery: the dead
+// entries go first (in the fence), each moved entry moves only if it still
+// names the copy that was read (index.DB.MoveChunks), and the old pack is
+// only marked, to be deleted after the second grace period, once no entry
+// names it. Packs are taken oldest first. Compacted packs whose chunks the
+// new ones resemble (the index's hints, index/hints.go) are taken again
+// with them, so that a new version joins its older versions' frames
+// although those were compacted in an earlier run. Its CPU is bounded by
+// GCOptions.CompactPace, its work by GCOptions.CompactMax.
 //
 // A crash leaves at worst a new pack that no entry names (an orphan,
 // marked and deleted later) or an old pack still named by entries that

@@ -126,6 +126,8 @@
 //	a/<layer digest string>             last access, varint Unix nanoseconds
 //	k/<step key digest string>          step record, the JSON of steps/
 //	h/<step key digest string>          hit count and last hit
+//	z/<8 bytes of a feature>            compaction's hint: a compacted pack
+//	                                    holding a chunk with that feature
 //
 // The index is opened with synced writes: a commit that returned survives a
 // crash, and Badger recovers its own logs on the next Open. Hit counts and
