@@ -147,19 +147,20 @@ func (b batch) then(next batch) batch {
 }
 
 // sketchPack drops pp's dead entries, reads its pack and adds its live
-// chunks to b, with their sketches.
-func (c *Cache) sketchPack(ctx context.Context, gen uint64, pp *PackPlan, cutoff int64, pace float64, b *batch, rep *GCReport) error {
+// chunks to b, with their sketches; ok is false if the pack could not be
+// read (gone, short, unreadable: rep says why).
+func (c *Cache) sketchPack(ctx context.Context, gen uint64, pp *PackPlan, cutoff int64, pace float64, b *batch, rep *GCReport) (ok bool, err error) {
 	began := time.Now()
 	if err := c.step(ctx, gen, func() error { _, err := c.dropDead(pp, cutoff, rep); return err }); err != nil {
-		return err
+		return false, err
 	}
 	body, table, ok, err := c.readPack(ctx, pp, rep)
 	if err != nil || !ok {
-		return err
+		return false, err
 	}
 	recs, err := c.namedRecords(ctx, gen, pp.Pack, table)
 	if err != nil {
-		return err
+		return false, err
 	}
 	err = c.chunks.DecodeRecords(body, recs, func(r chunks.Record, data []byte) error {
 		b.items = append(b.items, compactItem{rec: r, from: pp.Pack})
@@ -168,11 +169,11 @@ func (c *Cache) sketchPack(ctx context.Context, gen uint64, pp *PackPlan, cutoff
 		return nil
 	})
 	if err != nil {
-		return err
+		return false, err
 	}
 	b.olds = append(b.olds, oldPack{id: pp.Pack, table: table})
 	rep.CompactedPacks++
-	return rest(ctx, time.Since(began), pace)
+	return true, rest(ctx, time.Since(began), pace)
 }
 
 func (c *Cache) compactBatch(ctx context.Context, gen uint64, plans []PackPlan, cutoff int64, opts GCOptions, rep *GCReport) error {
@@ -181,7 +182,7 @@ func (c *Cache) compactBatch(ctx context.Context, gen uint64, plans []PackPlan, 
 	inBatch := map[pack.ID]bool{}
 	for i := range plans {
 		inBatch[plans[i].Pack] = true
-		if err := c.sketchPack(ctx, gen, &plans[i], cutoff, pace, &b, rep); err != nil {
+		if _, err := c.sketchPack(ctx, gen, &plans[i], cutoff, pace, &b, rep); err != nil {
 			return err
 		}
 	}
@@ -196,33 +197,56 @@ func (c *Cache) compactBatch(ctx context.Context, gen uint64, plans []PackPlan, 
 			}
 		}
 	}
-	var hinted []PackPlan
-	err := c.step(ctx, gen, func() error {
-		packs, err := c.idx.Hints(features)
-		for p := range packs {
-			pp, ok := rep.recompactable[p]
-			if !ok || inBatch[p] || rep.recompacted[p] || rep.hintedBytes+pp.Size > opts.compactMax() {
-				continue
-			}
-			if rep.recompacted == nil {
-				rep.recompacted = map[pack.ID]bool{}
-			}
-			rep.recompacted[p] = true
-			rep.hintedBytes += pp.Size
-			hinted = append(hinted, pp)
-		}
+	var hits map[pack.ID]int
+	err := c.step(ctx, gen, func() (err error) {
+		hits, err = c.idx.Hints(features)
 		return err
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, errRebuilt) && ctx.Err() == nil {
+		// Hints only make frames denser: the run goes on without.
+		c.log.Warn("cache: compaction: cannot read its hints", "err", err)
+	} else if err != nil {
 		return err
 	}
-	slices.SortFunc(hinted, func(a, b PackPlan) int { return cmp.Compare(a.newest, b.newest) })
+	// The packs most of the new chunks' features name first, within what
+	// the cold packs left of the budget and the pass's bound on chunks.
+	var hinted []PackPlan
+	for p := range hits {
+		if pp, ok := rep.recompactable[p]; ok && !inBatch[p] && !rep.recompacted[p] {
+			hinted = append(hinted, pp)
+		}
+	}
+	slices.SortFunc(hinted, func(a, b PackPlan) int {
+		if hits[a.Pack] != hits[b.Pack] {
+			return cmp.Compare(hits[b.Pack], hits[a.Pack])
+		}
+		return comparePacks(a.Pack, b.Pack)
+	})
+	chunksIn := len(b.items)
+	var taken []PackPlan
+	for _, pp := range hinted {
+		if pp.Size > rep.hintBudget || chunksIn+pp.LiveChunks+pp.DeadChunks > compactBatchChunks {
+			continue
+		}
+		rep.hintBudget -= pp.Size
+		chunksIn += pp.LiveChunks + pp.DeadChunks
+		if rep.recompacted == nil {
+			rep.recompacted = map[pack.ID]bool{}
+		}
+		rep.recompacted[pp.Pack] = true
+		taken = append(taken, pp)
+	}
+	// Older chunks first: the new ones join their groups.
+	slices.SortStableFunc(taken, func(a, b PackPlan) int { return cmp.Compare(a.newest, b.newest) })
 	var old batch
-	for i := range hinted {
-		if err := c.sketchPack(ctx, gen, &hinted[i], cutoff, pace, &old, rep); err != nil {
+	for i := range taken {
+		ok, err := c.sketchPack(ctx, gen, &taken[i], cutoff, pace, &old, rep)
+		if err != nil {
 			return err
 		}
-		rep.RecompactedPacks++
+		if ok {
+			rep.RecompactedPacks++
+		}
 	}
 	b = old.then(b)
 	items, sketches, sizes, olds := b.items, b.sketches, b.sizes, b.olds
@@ -262,7 +286,11 @@ func (c *Cache) compactBatch(ctx context.Context, gen uint64, plans []PackPlan, 
 					}
 				}
 			}
-			return c.idx.SetHints(w.Pack, features)
+			if err := c.idx.SetHints(w.Pack, features); err != nil {
+				// Hints only make later compactions denser.
+				c.log.Warn("cache: compaction: cannot write its hints", "pack", w.Pack.String(), "err", err)
+			}
+			return nil
 		})
 		if err != nil {
 			return err

@@ -472,4 +472,17 @@ func TestCompactJoinsEarlierFrames(t *testing.T) {
 	if vrep, err := c.Verify(t.Context(), VerifyOptions{}); err != nil || len(vrep.Problems) != 0 || vrep.Newly != 0 {
 		t.Fatalf("verify: %+v, %v", vrep, err)
 	}
+
+	// The hinted packs share CompactMax with the cold ones: with no room
+	// left, none is taken again.
+	tight, _ := newCache(t)
+	push(t, tight, v1)
+	compactAll(t, tight)
+	push(t, tight, v2)
+	opts := compactNow
+	opts.CompactMax = 1 // the first cold pack takes it all
+	rep, err = tight.GC(t.Context(), opts)
+	if err != nil || rep.RecompactedPacks != 0 || rep.CompactedPacks != 1 {
+		t.Fatalf("with no budget left: %d compacted, %d again, %v", rep.CompactedPacks, rep.RecompactedPacks, err)
+	}
 }

@@ -214,7 +214,8 @@ type GCReport struct {
 	// and of the packs written.
 	CompactedPacks int64
 	// RecompactedPacks: of CompactedPacks, compacted packs taken again
-	// because new chunks resemble some of theirs (hints, compact.go).
+	// because new chunks resemble some of theirs (hints, compact.go),
+	// within what the cold packs left of CompactMax.
 	RecompactedPacks int64
 	CompactRead      int64
 	CompactWritten   int64
@@ -231,7 +232,7 @@ type GCReport struct {
 	// recompacted: those it took, and their bytes (within CompactMax).
 	recompactable map[pack.ID]PackPlan
 	recompacted   map[pack.ID]bool
-	hintedBytes   int64
+	hintBudget    int64 // what the cold packs left of CompactMax
 }
 
 // GC runs a collection (see the comment above GCOptions). It runs beside
@@ -260,7 +261,7 @@ func (c *Cache) GC(ctx context.Context, opts GCOptions) (GCReport, error) {
 	c.log.Info("cache: collected garbage", "dry run", opts.DryRun, "duration", rep.Duration.Round(time.Millisecond),
 		"packs deleted", rep.DeletedPacks, "packs rewritten", rep.RewrittenPacks, "packs marked", rep.MarkedPacks,
 		"chunks deleted", rep.DeletedChunks, "chunks moved", rep.MovedChunks, "freed bytes", rep.FreedBytes,
-		"packs compacted", rep.CompactedPacks, "compacted chunk bytes", rep.CompactRead, "compacted pack bytes", rep.CompactWritten,
+		"packs compacted", rep.CompactedPacks, "of them again", rep.RecompactedPacks, "compacted chunk bytes", rep.CompactRead, "compacted pack bytes", rep.CompactWritten,
 		"planned bytes", rep.PlannedBytes, "skipped", len(rep.Skipped))
 	return rep, nil
 }
@@ -370,6 +371,7 @@ func (c *Cache) gc(ctx context.Context, opts GCOptions, rep *GCReport) error {
 			return err
 		}
 	}
+	rep.recompactable, rep.recompacted = nil, nil
 	return nil
 }
 
@@ -387,6 +389,16 @@ func (c *Cache) plan(ctx context.Context, gen uint64, opts GCOptions, cutoff int
 		return backendErr("list packs", err)
 	}
 	rep.Packs = int64(len(sizes))
+	if !opts.DryRun {
+		// Hints naming packs that are gone (compaction's, index/hints.go).
+		err := c.step(ctx, gen, func() error {
+			_, err := c.idx.PruneHints(gcPage, func(p pack.ID) bool { _, ok := sizes[p]; return ok })
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
 	if rep.StoredBytes == 0 { // the quota's own listing, if it ran, came first
 		for _, n := range sizes {
 			rep.StoredBytes += n
@@ -505,7 +517,7 @@ func (c *Cache) plan(ctx context.Context, gen uint64, opts GCOptions, cutoff int
 		case float64(pp.DeadBytes) >= opts.ratio()*float64(pp.DeadBytes+pp.LiveBytes) && size <= maxVerifyPack:
 			rep.Rewrite = append(rep.Rewrite, *pp)
 			rep.PlannedBytes += pp.DeadBytes
-		case opts.CompactAge > 0 && pp.framed && size <= maxVerifyPack:
+		case opts.CompactAge > 0 && pp.framed && size <= maxVerifyPack && !opts.DryRun:
 			// Compacted: compaction may take it again, if new chunks
 			// resemble some of its own (hints).
 			if rep.recompactable == nil {
@@ -539,8 +551,10 @@ func (c *Cache) plan(ctx context.Context, gen uint64, opts GCOptions, cutoff int
 		}
 	}
 	rep.Compact = within
+	rep.hintBudget = opts.compactMax()
 	for _, pp := range rep.Compact {
 		rep.PlannedBytes += pp.DeadBytes
+		rep.hintBudget -= min(pp.Size, rep.hintBudget)
 	}
 	slices.SortFunc(rep.Delete, byPack)
 	slices.SortFunc(rep.Rewrite, byPack)

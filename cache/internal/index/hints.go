@@ -44,9 +44,10 @@ func (x *DB) SetHints(p pack.ID, features []uint64) error {
 	return nil
 }
 
-// Hints returns the packs the hints of features name.
-func (x *DB) Hints(features []uint64) (map[pack.ID]struct{}, error) {
-	out := map[pack.ID]struct{}{}
+// Hints returns the packs the hints of features name, with how many of
+// features name each.
+func (x *DB) Hints(features []uint64) (map[pack.ID]int, error) {
+	out := map[pack.ID]int{}
 	err := x.View("read hints", func(tx *Tx) error {
 		for _, f := range features {
 			item, err := tx.txn.Get(hintKey(f))
@@ -57,9 +58,7 @@ func (x *DB) Hints(features []uint64) (map[pack.ID]struct{}, error) {
 			}
 			if err := item.Value(func(v []byte) error {
 				if len(v) == pack.IDSize { // anything else is no hint
-					var p pack.ID
-					copy(p[:], v)
-					out[p] = struct{}{}
+					out[pack.ID(v)]++
 				}
 				return nil
 			}); err != nil {
@@ -69,4 +68,66 @@ func (x *DB) Hints(features []uint64) (map[pack.ID]struct{}, error) {
 		return nil
 	})
 	return out, err
+}
+
+// PruneHints deletes, a page of n keys at a time, the hints that name a
+// pack keep refuses (the plan passes the packs the backend lists): hints
+// would otherwise grow with every feature ever compacted. It returns how
+// many went.
+func (x *DB) PruneHints(n int, keep func(pack.ID) bool) (int, error) {
+	var pruned int
+	after := []byte(nil)
+	for {
+		var stale [][]byte
+		more := false
+		err := x.View("walk hints", func(tx *Tx) error {
+			it := tx.txn.NewIterator(badger.IteratorOptions{Prefix: idxHint})
+			defer it.Close()
+			if after == nil {
+				it.Rewind()
+			} else {
+				it.Seek(after)
+				if it.ValidForPrefix(idxHint) && string(it.Item().Key()) == string(after) {
+					it.Next()
+				}
+			}
+			for k := 0; it.ValidForPrefix(idxHint); it.Next() {
+				if k == n {
+					more = true
+					return nil
+				}
+				k++
+				item := it.Item()
+				after = item.KeyCopy(nil)
+				if err := item.Value(func(v []byte) error {
+					if len(v) != pack.IDSize || !keep(pack.ID(v)) {
+						stale = append(stale, after)
+					}
+					return nil
+				}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return pruned, err
+		}
+		if len(stale) > 0 {
+			if err := x.update("prune hints", func(txn *badger.Txn) error {
+				for _, k := range stale {
+					if err := txn.Delete(k); err != nil {
+						return err
+					}
+				}
+				return nil
+			}); err != nil {
+				return pruned, err
+			}
+			pruned += len(stale)
+		}
+		if !more {
+			return pruned, nil
+		}
+	}
 }

@@ -103,3 +103,32 @@ func TestFormatUpgrade(t *testing.T) {
 		}
 	}
 }
+
+// Hints name the pack set last for a feature, count the features naming
+// each pack, and PruneHints drops those naming packs refused, page by page.
+func TestHints(t *testing.T) {
+	x, err := Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	a, b := pack.ID{1}, pack.ID{2}
+	if err := x.SetHints(a, []uint64{1, 2, 3}); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.SetHints(b, []uint64{3, 4}); err != nil { // 3 moves to b
+		t.Fatal(err)
+	}
+	got, err := x.Hints([]uint64{1, 2, 3, 4, 5})
+	if err != nil || len(got) != 2 || got[a] != 2 || got[b] != 2 {
+		t.Fatalf("Hints = %v, %v; want a: 2, b: 2", got, err)
+	}
+	n, err := x.PruneHints(1, func(p pack.ID) bool { return p == a })
+	if err != nil || n != 2 {
+		t.Fatalf("PruneHints pruned %d, %v; want 2", n, err)
+	}
+	got, err = x.Hints([]uint64{1, 2, 3, 4, 5})
+	if err != nil || len(got) != 1 || got[a] != 2 {
+		t.Fatalf("after pruning b: %v, %v", got, err)
+	}
+}
