@@ -229,7 +229,8 @@ type GCReport struct {
 
 	// recompactable: the compacted packs the plan leaves alone, which
 	// compaction takes again if the hints say new chunks resemble theirs;
-	// recompacted: those it took, and their bytes (within CompactMax).
+	// recompacted: those it took (within what the cold packs left of
+	// CompactMax, hintBudget).
 	recompactable map[pack.ID]PackPlan
 	recompacted   map[pack.ID]bool
 	hintBudget    int64 // what the cold packs left of CompactMax
