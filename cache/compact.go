@@ -122,10 +122,7 @@ func (c *Cache) compact(ctx context.Context, gen uint64, plans []PackPlan, cutof
 }
 
 // compactItem is a live chunk of a batch: where it is now.
-type compactItem struct {
-	rec  chunks.Record
-	from pack.ID
-}
+type compactItem struct{ rec chunks.Record }
 
 // hintFeatures is how many of a chunk's features go into the hints: two
 // keys of the index per compacted chunk.
@@ -163,7 +160,7 @@ func (c *Cache) sketchPack(ctx context.Context, gen uint64, pp *PackPlan, cutoff
 		return false, err
 	}
 	err = c.chunks.DecodeRecords(body, recs, func(r chunks.Record, data []byte) error {
-		b.items = append(b.items, compactItem{rec: r, from: pp.Pack})
+		b.items = append(b.items, compactItem{rec: r})
 		b.sketches = append(b.sketches, resemble.Of(data))
 		b.sizes = append(b.sizes, r.CI.Size)
 		return nil
@@ -312,7 +309,7 @@ func (c *Cache) compactBatch(ctx context.Context, gen uint64, plans []PackPlan, 
 		} else if err != nil {
 			return err
 		}
-		w, err := cp.Add(ctx, it.rec.ID, data, it.from, it.rec.CI)
+		w, err := cp.Add(ctx, it.rec.ID, data, it.rec.CI)
 		c.chunks.PutData(bp)
 		if err != nil {
 			return err

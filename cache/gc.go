@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"regexp"
 	"slices"
 	"time"
@@ -649,26 +648,9 @@ func (c *Cache) rewritePack(ctx context.Context, pp *PackPlan, cutoff int64, rep
 	if _, err := c.dropDead(pp, cutoff, rep); err != nil {
 		return err
 	}
-	body := make([]byte, pp.Size)
-	rc, err := c.store.Open(ctx, pack.Key(pp.Pack), 0, pp.Size)
-	if errors.Is(err, backend.ErrNotFound) {
-		rep.Skipped = append(rep.Skipped, fmt.Sprintf("pack %s: gone", pp.Pack))
-		return nil
-	} else if err != nil {
-		return backendErr("read pack", err)
-	}
-	_, err = io.ReadFull(rc, body)
-	rc.Close()
-	if err == io.ErrUnexpectedEOF || err == io.EOF {
-		rep.Skipped = append(rep.Skipped, fmt.Sprintf("pack %s: shorter than listed: kept; cairn verify checks its records", pp.Pack))
-		return nil
-	} else if err != nil {
-		return backendErr("read pack", err)
-	}
-	table, err := parsePack(body)
-	if err != nil {
-		rep.Skipped = append(rep.Skipped, fmt.Sprintf("pack %s: %v: kept; cairn verify checks its records", pp.Pack, err))
-		return nil
+	body, table, ok, err := c.readPack(ctx, pp, rep)
+	if err != nil || !ok {
+		return err
 	}
 	ids := make([]chunkid.ID, len(table))
 	for i, e := range table {
@@ -712,9 +694,6 @@ func (c *Cache) rewritePack(ctx context.Context, pp *PackPlan, cutoff int64, rep
 	rep.MarkedPacks++
 	return nil
 }
-
-// parsePack returns the table of a pack read whole.
-func parsePack(body []byte) ([]pack.Entry, error) { return pack.Parse(body) }
 
 // dropMarked deletes marked pack p, due, unless a session holds it or an
 // entry names it again (then it is unmarked).

@@ -69,35 +69,6 @@ func (s *Store) sliceChunk(id chunkid.ID, ci index.ChunkInfo, frame []byte) (*[]
 	return bp, data, nil
 }
 
-// CheckFrame decodes the frame record rec once and verifies each of recs,
-// chunks whose entries name it, quarantining the bad ones (see condemn).
-// The scrub checks frames with it: checking each chunk on its own would
-// decode the frame once per chunk.
-func (s *Store) CheckFrame(rec []byte, recs []Record) {
-	if len(recs) == 0 {
-		return
-	}
-	fp, frame, err := s.decodeFrame(recs[0].ID, recs[0].CI, rec)
-	if err != nil {
-		for _, r := range recs {
-			_ = s.condemn(r.ID, r.CI, err)
-		}
-		return
-	}
-	defer s.framePool.Put(fp)
-	for _, r := range recs {
-		if r.CI.Frame != recs[0].CI.Frame {
-			_ = s.condemn(r.ID, r.CI, fmt.Errorf("%w: chunk %s: the index says a frame of %d, its neighbour %d", cerr.ErrDataLoss, r.ID, r.CI.Frame, recs[0].CI.Frame))
-			continue
-		}
-		bp, _, err := s.sliceChunk(r.ID, r.CI, frame)
-		if err == nil {
-			s.dataPool.Put(bp)
-		}
-		_ = s.condemn(r.ID, r.CI, err)
-	}
-}
-
 // A Compactor writes chunks, in the order given, into new packs of frames
 // of about FrameTarget chunk bytes each at CompactLevel. It is not safe
 // for concurrent use; one compaction runs at a time.
@@ -145,7 +116,7 @@ type Written struct {
 // Add appends chunk id, whose verified bytes are data and whose copy the
 // index names at from, to the frame being filled. It returns the pack it
 // stored, if the frame filled the pack.
-func (c *Compactor) Add(ctx context.Context, id chunkid.ID, data []byte, from pack.ID, fromCI index.ChunkInfo) (*Written, error) {
+func (c *Compactor) Add(ctx context.Context, id chunkid.ID, data []byte, from index.ChunkInfo) (*Written, error) {
 	var w *Written
 	if len(c.raw) > 0 && (len(c.raw)+len(data) > FrameTarget || len(c.inRaw) == maxFrameChunks) {
 		var err error
@@ -154,7 +125,7 @@ func (c *Compactor) Add(ctx context.Context, id chunkid.ID, data []byte, from pa
 		}
 	}
 	c.inRaw = append(c.inRaw, pack.Entry{ID: id, Size: int64(len(data)), InFrame: int64(len(c.raw))})
-	c.from = append(c.from, index.Move{ID: id, From: from, FromOff: fromCI.Off, FromInFrame: fromCI.InFrame})
+	c.from = append(c.from, index.Move{ID: id, From: from.Pack, FromOff: from.Off, FromInFrame: from.InFrame})
 	c.raw = append(c.raw, data...)
 	c.Read += int64(len(data))
 	return w, nil
